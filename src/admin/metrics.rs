@@ -1,0 +1,116 @@
+//! The gateway's Prometheus metrics. Labels come from fixed sets (listener, route, operation,
+//! fault code, reason), never from message content, so cardinality is bounded and no personal
+//! data can reach a metric.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub listener: &'static str,
+    pub route: &'static str,
+    pub operation: &'static str,
+    /// `ok`, or the contract fault code.
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub listener: &'static str,
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerReason {
+    pub listener: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamError {
+    pub upstream: &'static str,
+    pub kind: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms .. ~8 s
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+/// Every metric the gateway exports, registered once.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub upstream_duration: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
+    pub handshake_failures: Family<ListenerReason, Counter>,
+    pub connections_refused: Family<ListenerReason, Counter>,
+    pub connections_open: Family<ListenerLabels, Gauge>,
+    pub upstream_errors: Family<UpstreamError, Counter>,
+    pub upstream_up: Family<UpstreamLabels, Gauge>,
+    pub in_flight: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("spocgw");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "Requests by listener, route, operation and outcome code", requests.clone());
+        let request_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register("request_duration_seconds", "Time from request headers to response", request_duration.clone());
+        let upstream_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register("upstream_duration_seconds", "Time spent waiting for the upstream", upstream_duration.clone());
+        let handshake_failures = Family::<ListenerReason, Counter>::default();
+        registry.register("tls_handshake_failures", "Refused or failed TLS handshakes by reason", handshake_failures.clone());
+        let connections_refused = Family::<ListenerReason, Counter>::default();
+        registry.register("connections_refused", "Connections closed before the handshake", connections_refused.clone());
+        let connections_open = Family::<ListenerLabels, Gauge>::default();
+        registry.register("connections_open", "Open client connections", connections_open.clone());
+        let upstream_errors = Family::<UpstreamError, Counter>::default();
+        registry.register("upstream_errors", "Failed upstream exchanges by kind", upstream_errors.clone());
+        let upstream_up = Family::<UpstreamLabels, Gauge>::default();
+        registry.register("upstream_up", "1 when the upstream was reachable at the last attempt", upstream_up.clone());
+        let in_flight = Gauge::default();
+        registry.register("requests_in_flight", "Requests being processed", in_flight.clone());
+        Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            handshake_failures,
+            connections_refused,
+            connections_open,
+            upstream_errors,
+            upstream_up,
+            in_flight,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,194 @@
+//! `spocgw demo [--keep DIR]`: the whole system end to end on a fresh development PKI: the
+//! simulated Ministry, the police callback receiver and the gateway, in this process, over
+//! real mutual TLS on 127.0.0.1. Runs the scenarios of CONTRACT.md section 6 that the gateway
+//! performs today, prints a table, and exits 0 only when every scenario behaved.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+
+use super::dev_pki::{self, Ports};
+use crate::config::{GatewayConfig, UpstreamConfig};
+use crate::gateway::Gateway;
+use crate::gateway::upstream::{Reply, Upstream, UpstreamError, soap_headers};
+use crate::sim::messages::{self, BioRequest};
+use crate::sim::{self, ministry::MinistryConfig, receiver::ReceiverConfig};
+use crate::xml::SoapVersion;
+
+struct Row {
+    scenario: &'static str,
+    expected: &'static str,
+    observed: String,
+    pass: bool,
+}
+
+pub fn run(keep: Option<&Path>) -> ExitCode {
+    match run_inner(keep) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("spocgw demo: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn run_inner(keep: Option<&Path>) -> anyhow::Result<bool> {
+    let tmp;
+    let dir: PathBuf = match keep {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+            d.to_path_buf()
+        }
+        None => {
+            tmp = tempfile::Builder::new().prefix("spocgw-demo-").tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let ports = Ports {
+        gateway: free_port()?,
+        callback: free_port()?,
+        admin: free_port()?,
+        ministry: free_port()?,
+        receiver: free_port()?,
+    };
+    dev_pki::generate(&dir, ports)?;
+    // Logs go to a file so the table stays readable.
+    let log_path = dir.join("demo.log");
+    let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+    let _ = tracing_subscriber::fmt().json().with_writer(Mutex::new(log)).try_init();
+    println!("spocgw demo: development PKI and configurations in {}", dir.display());
+
+    let rt = super::runtime()?;
+    let rows = rt.block_on(async {
+        let ministry_file = dir.join("ministry.toml");
+        let receiver_file = dir.join("receiver.toml");
+        let gateway_file = dir.join("gateway.toml");
+        let ministry = sim::start_ministry(&MinistryConfig::load(&ministry_file)?, &ministry_file).await?;
+        let (receiver, received) = sim::start_receiver(&ReceiverConfig::load(&receiver_file)?, &receiver_file).await?;
+        let gateway = Gateway::start(&GatewayConfig::load(&gateway_file)?, &gateway_file).await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !gateway.is_ready() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let rows = scenarios(&dir, &gateway, &received).await;
+        gateway.shutdown().await;
+        receiver.stop().await;
+        ministry.stop().await;
+        anyhow::Ok(rows?)
+    })?;
+
+    let w = rows.iter().map(|r| r.scenario.len()).max().unwrap_or(8);
+    let we = rows.iter().map(|r| r.expected.len()).max().unwrap_or(8);
+    let wo = rows.iter().map(|r| r.observed.len()).max().unwrap_or(8);
+    println!("\n{:<w$}  {:<we$}  {:<wo$}  pass", "scenario", "expected", "observed");
+    println!("{}", "-".repeat(w + we + wo + 10));
+    for r in &rows {
+        println!("{:<w$}  {:<we$}  {:<wo$}  {}", r.scenario, r.expected, r.observed, if r.pass { "yes" } else { "NO" });
+    }
+    let passed = rows.iter().filter(|r| r.pass).count();
+    println!("\n{passed} passed, {} failed", rows.len() - passed);
+    println!("logs: {}", log_path.display());
+    Ok(passed == rows.len())
+}
+
+fn client(dir: &Path, port: u16, who: &str, http2: bool) -> anyhow::Result<Upstream> {
+    let mut cfg = UpstreamConfig::client(
+        format!("https://127.0.0.1:{port}"),
+        &dir.join("ca/police-ca.pem"),
+        &dir.join(format!("clients/{who}.pem")),
+        &dir.join(format!("clients/{who}.key")),
+    );
+    cfg.http2 = http2;
+    Ok(Upstream::new(&cfg)?)
+}
+
+async fn post(c: &Upstream, path: &str, action: &str, body: String) -> Result<Reply, UpstreamError> {
+    c.post(path, soap_headers("text/xml; charset=utf-8", Some(action), None), Bytes::from(body)).await
+}
+
+fn describe(r: &Result<Reply, UpstreamError>, needle: &str) -> String {
+    match r {
+        Ok(reply) => {
+            let text = String::from_utf8_lossy(&reply.body);
+            let code = ["XmlThreat", "XmlMalformed", "SchemaViolation", "UnknownOperation"]
+                .into_iter()
+                .find(|c| text.contains(&format!("<Code>{c}</Code>")));
+            match code {
+                Some(c) => format!("{} {c}", reply.status.as_u16()),
+                None if !needle.is_empty() && text.contains(needle) => format!("{} {}", reply.status.as_u16(), strip(needle)),
+                None => format!("{}", reply.status.as_u16()),
+            }
+        }
+        Err(e) => format!("refused ({})", e.kind()),
+    }
+}
+
+fn strip(tagged: &str) -> String {
+    tagged.split(['<', '>']).filter(|s| !s.is_empty() && !s.contains('/')).nth(1).unwrap_or(tagged).to_owned()
+}
+
+async fn scenarios(dir: &Path, gw: &Gateway, received: &sim::receiver::Receiver) -> anyhow::Result<Vec<Row>> {
+    let port = gw.police_addr.port();
+    let officer = client(dir, port, "officer", false)?;
+    let officer_h2 = client(dir, port, "officer", true)?;
+    let revoked = client(dir, port, "revoked", false)?;
+    let v11 = SoapVersion::V11;
+    let bio = BioRequest::matching("6f1c1c4e-3f0a-4d53-9a43-2b5c1e0f9a01", 20 * 1024);
+    let mut rows = Vec::new();
+    let mut row = |scenario, expected: &'static str, observed: String| {
+        let pass = observed == expected;
+        rows.push(Row { scenario, expected, observed, pass });
+    };
+
+    let r = post(&officer, "/bio/v1", "VerifyFingerprintRequest", messages::envelope(v11, &bio.verify_fingerprint())).await;
+    row("officer verifies a fingerprint", "200 MATCH", describe(&r, "<Result>MATCH</Result>"));
+
+    let r = post(&officer_h2, "/bio/v1", "VerifyFingerprintRequest", messages::envelope(v11, &bio.verify_fingerprint())).await;
+    row("officer verifies a fingerprint over HTTP/2", "200 MATCH", describe(&r, "<Result>MATCH</Result>"));
+
+    let r = post(&officer, "/bio/v1", "CheckIdentityRequest", messages::envelope(v11, &bio.check_identity())).await;
+    row("officer checks identity", "200 VALID", describe(&r, "<DocumentStatus>VALID</DocumentStatus>"));
+
+    let doctype = format!("<!DOCTYPE x [<!ENTITY e \"e\">]>{}", messages::envelope(v11, &bio.check_identity()).replace("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n", ""));
+    let r = post(&officer, "/bio/v1", "CheckIdentityRequest", doctype).await;
+    row("message with a DOCTYPE", "400 XmlThreat", describe(&r, ""));
+
+    let broken = messages::envelope(v11, &bio.check_identity()).replace("</TravelDocument>", "");
+    let r = post(&officer, "/bio/v1", "CheckIdentityRequest", broken).await;
+    row("message that is not well-formed", "400 XmlMalformed", describe(&r, ""));
+
+    let r = post(&officer, "/bio/v1", "VerifyFingerprintRequest", messages::envelope(v11, &bio.check_identity())).await;
+    row("SOAPAction disagrees with the Body", "400 SchemaViolation", describe(&r, ""));
+
+    let r = post(&officer, "/bio/v1", "GetCACertificates", messages::envelope(v11, &messages::get_ca_certificates("M-1"))).await;
+    row("operation not on this route", "404 UnknownOperation", describe(&r, ""));
+
+    let r = post(&revoked, "/bio/v1", "CheckIdentityRequest", messages::envelope(v11, &bio.check_identity())).await;
+    let observed = if r.is_err() { "handshake refused".to_owned() } else { describe(&r, "") };
+    row("revoked certificate", "handshake refused", observed);
+
+    let message_id = format!("DEMO-{}", uuid::Uuid::new_v4());
+    let r = post(&officer, "/spoc/csn369791", "RequestCertificate", messages::envelope(v11, &messages::request_certificate(&message_id))).await;
+    row("CSN RequestCertificate, asynchronous", "200 ok_reception_ack", describe(&r, "<result>ok_reception_ack</result>"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !received.received().contains(&message_id) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivered = received.received().contains(&message_id);
+    row(
+        "its SendCertificates callback delivered",
+        "delivered to police",
+        if delivered { "delivered to police".into() } else { "not delivered".into() },
+    );
+    Ok(rows)
+}

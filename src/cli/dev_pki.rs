@@ -1,0 +1,333 @@
+//! `spocgw dev-pki --out DIR`: the development PKI and ready-to-run configurations of
+//! CONTRACT.md section 5. Every key is new on each run (ECDSA P-256); nothing here is for
+//! production.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
+};
+use time::{Duration, OffsetDateTime};
+
+use crate::sim::messages::{self, BioRequest};
+use crate::xml::SoapVersion;
+
+/// The ports written into the generated configurations.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub gateway: u16,
+    pub callback: u16,
+    pub admin: u16,
+    pub ministry: u16,
+    pub receiver: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Self { gateway: 8443, callback: 8444, admin: 8081, ministry: 9443, receiver: 8445 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevPkiError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("certificate generation failed: {0}")]
+    Cert(#[from] rcgen::Error),
+}
+
+/// CSN 36 9791 extended key usages for SPOC TLS clients and servers.
+const CSN_EKU_CLIENT: &[u64] = &[1, 2, 203, 7064, 1, 1, 369791, 1];
+const CSN_EKU_SERVER: &[u64] = &[1, 2, 203, 7064, 1, 1, 369791, 2];
+
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+fn serial() -> SerialNumber {
+    let mut b = [0u8; 16];
+    // aws-lc's RNG; a failing RNG leaves zeros, and the counter below still makes serials differ.
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    b[0] &= 0x7F;
+    b[0] |= 0x10;
+    SerialNumber::from_slice(&b)
+}
+
+fn dn(cn: &str, o: &str, ou: Option<&str>) -> DistinguishedName {
+    let mut d = DistinguishedName::new();
+    d.push(DnType::CountryName, "CZ");
+    d.push(DnType::OrganizationName, o);
+    if let Some(ou) = ou {
+        d.push(DnType::OrganizationalUnitName, ou);
+    }
+    d.push(DnType::CommonName, cn);
+    d
+}
+
+fn new_ca(cn: &str, o: &str) -> Result<Ca, DevPkiError> {
+    let now = OffsetDateTime::now_utc();
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn(cn, o, None);
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.not_before = now - Duration::days(1);
+    p.not_after = now + Duration::days(3650);
+    p.serial_number = Some(serial());
+    let key = KeyPair::generate()?;
+    let cert = p.self_signed(&key)?;
+    Ok(Ca { pem: cert.pem(), issuer: Issuer::new(p, key) })
+}
+
+/// What a leaf certificate is for.
+struct Leaf<'a> {
+    cn: &'a str,
+    o: &'a str,
+    ou: Option<&'a str>,
+    server: bool,
+    client: bool,
+    csn: Option<&'static [u64]>,
+    /// Days of validity from now; negative `start` makes an expired certificate.
+    start_days: i64,
+    end_days: i64,
+}
+
+impl<'a> Leaf<'a> {
+    fn client(cn: &'a str, ou: &'a str) -> Self {
+        Self { cn, o: "Border Police", ou: Some(ou), server: false, client: true, csn: None, start_days: -1, end_days: 365 }
+    }
+    fn server(cn: &'a str, o: &'a str) -> Self {
+        Self { cn, o, ou: None, server: true, client: false, csn: None, start_days: -1, end_days: 365 }
+    }
+}
+
+fn issue(ca: &Ca, leaf: &Leaf<'_>) -> Result<(String, String, SerialNumber), DevPkiError> {
+    let now = OffsetDateTime::now_utc();
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn(leaf.cn, leaf.o, leaf.ou);
+    p.not_before = now + Duration::days(leaf.start_days);
+    p.not_after = now + Duration::days(leaf.end_days);
+    let sn = serial();
+    p.serial_number = Some(sn.clone());
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.use_authority_key_identifier_extension = true;
+    if leaf.server {
+        p.subject_alt_names = vec![
+            SanType::DnsName("localhost".try_into()?),
+            SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])),
+        ];
+        p.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+    }
+    if leaf.client {
+        p.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+    }
+    if let Some(oid) = leaf.csn {
+        p.extended_key_usages.push(ExtendedKeyUsagePurpose::Other(oid.to_vec()));
+    }
+    let key = KeyPair::generate()?;
+    let cert = p.signed_by(&key, &ca.issuer)?;
+    Ok((cert.pem(), key.serialize_pem(), sn))
+}
+
+fn write(path: &Path, contents: &str, secret: bool) -> Result<(), DevPkiError> {
+    let io = |source| DevPkiError::Io { path: path.to_path_buf(), source };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true).mode(if secret { 0o600 } else { 0o644 });
+    let mut f = opts.open(path).map_err(io)?;
+    f.write_all(contents.as_bytes()).map_err(io)
+}
+
+fn write_pair(dir: &Path, name: &str, cert: &str, key: &str) -> Result<(), DevPkiError> {
+    write(&dir.join(format!("{name}.pem")), cert, false)?;
+    write(&dir.join(format!("{name}.key")), key, true)
+}
+
+/// Writes the development PKI, configurations and sample messages into `out`.
+pub fn generate(out: &Path, ports: Ports) -> Result<(), DevPkiError> {
+    let police_ca = new_ca("spocgw dev Police CA", "Border Police")?;
+    let ministry_ca = new_ca("spocgw dev Ministry CA", "Ministry of Interior")?;
+    let untrusted_ca = new_ca("spocgw dev Untrusted CA", "Nobody")?;
+    write(&out.join("ca/police-ca.pem"), &police_ca.pem, false)?;
+    write(&out.join("ca/ministry-ca.pem"), &ministry_ca.pem, false)?;
+    write(&out.join("ca/untrusted-ca.pem"), &untrusted_ca.pem, false)?;
+
+    // The gateway: server toward the police (and client toward their callback receiver),
+    // client toward the Ministry, server for the Ministry's callbacks.
+    let mut police_side = Leaf::server("spocgw gateway (police side)", "Border Police");
+    police_side.client = true;
+    let (c, k, _) = issue(&police_ca, &police_side)?;
+    write_pair(&out.join("gateway"), "police-side", &c, &k)?;
+    let mut ministry_side = Leaf::client("spocgw gateway (ministry side)", "spoc-gateway");
+    ministry_side.csn = Some(CSN_EKU_CLIENT);
+    let (c, k, _) = issue(&ministry_ca, &ministry_side)?;
+    write_pair(&out.join("gateway"), "ministry-side", &c, &k)?;
+    let mut callback_side = Leaf::server("spocgw gateway (callback side)", "Border Police");
+    callback_side.csn = Some(CSN_EKU_SERVER);
+    let (c, k, _) = issue(&ministry_ca, &callback_side)?;
+    write_pair(&out.join("gateway"), "callback-side", &c, &k)?;
+
+    // The simulated Ministry and the police callback receiver.
+    let mut server = Leaf::server("National SPOC (simulated)", "Ministry of Interior");
+    server.csn = Some(CSN_EKU_SERVER);
+    let (c, k, _) = issue(&ministry_ca, &server)?;
+    write_pair(&out.join("ministry"), "server", &c, &k)?;
+    let mut client = Leaf::client("National SPOC callbacks (simulated)", "spoc");
+    client.o = "Ministry of Interior";
+    client.csn = Some(CSN_EKU_CLIENT);
+    let (c, k, _) = issue(&ministry_ca, &client)?;
+    write_pair(&out.join("ministry"), "client", &c, &k)?;
+    let (c, k, _) = issue(&police_ca, &Leaf::server("police callback receiver", "Border Police"))?;
+    write_pair(&out.join("police"), "callback-receiver", &c, &k)?;
+
+    // Police clients.
+    let clients = out.join("clients");
+    let (c, k, _) = issue(&police_ca, &Leaf::client("officer-0001", "border-verifier"))?;
+    write_pair(&clients, "officer", &c, &k)?;
+    let (c, k, _) = issue(&police_ca, &Leaf::client("analyst-0001", "analyst"))?;
+    write_pair(&clients, "analyst", &c, &k)?;
+    let (c, k, revoked_serial) = issue(&police_ca, &Leaf::client("revoked-0001", "border-verifier"))?;
+    write_pair(&clients, "revoked", &c, &k)?;
+    let mut expired = Leaf::client("expired-0001", "border-verifier");
+    expired.start_days = -30;
+    expired.end_days = -1;
+    let (c, k, _) = issue(&police_ca, &expired)?;
+    write_pair(&clients, "expired", &c, &k)?;
+    let (c, k, _) = issue(&untrusted_ca, &Leaf::client("untrusted-0001", "border-verifier"))?;
+    write_pair(&clients, "untrusted", &c, &k)?;
+    let mut wrong = Leaf::client("serverauth-only-0001", "border-verifier");
+    wrong.client = false;
+    wrong.server = true;
+    let (c, k, _) = issue(&police_ca, &wrong)?;
+    write_pair(&clients, "wrong-eku", &c, &k)?;
+
+    let now = OffsetDateTime::now_utc();
+    let crl = CertificateRevocationListParams {
+        this_update: now - Duration::minutes(5),
+        next_update: now + Duration::days(30),
+        crl_number: SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: vec![RevokedCertParams {
+            serial_number: revoked_serial,
+            revocation_time: now - Duration::minutes(5),
+            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        }],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&police_ca.issuer)?;
+    write(&out.join("ca/police-ca.crl.pem"), &crl.pem()?, false)?;
+
+    write(&out.join("gateway.toml"), &gateway_toml(ports), false)?;
+    write(&out.join("ministry.toml"), &ministry_toml(ports), false)?;
+    write(&out.join("receiver.toml"), &receiver_toml(ports), false)?;
+    write_samples(&out.join("samples"))?;
+    fs::create_dir_all(out.join("audit")).map_err(|source| DevPkiError::Io { path: out.join("audit"), source })?;
+    Ok(())
+}
+
+fn gateway_toml(p: Ports) -> String {
+    format!(
+        r#"# spocgw gateway configuration (development PKI; written by `spocgw dev-pki`).
+# Relative paths are relative to this file.
+
+[police]
+listen = "127.0.0.1:{gateway}"
+cert = "gateway/police-side.pem"
+key = "gateway/police-side.key"
+client_ca = "ca/police-ca.pem"
+crls = ["ca/police-ca.crl.pem"]
+
+[callback]
+listen = "127.0.0.1:{callback}"
+cert = "gateway/callback-side.pem"
+key = "gateway/callback-side.key"
+client_ca = "ca/ministry-ca.pem"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[upstream.ministry]
+url = "https://127.0.0.1:{ministry}"
+ca = "ca/ministry-ca.pem"
+cert = "gateway/ministry-side.pem"
+key = "gateway/ministry-side.key"
+
+[upstream.police_callback]
+url = "https://127.0.0.1:{receiver}"
+ca = "ca/police-ca.pem"
+cert = "gateway/police-side.pem"
+key = "gateway/police-side.key"
+"#,
+        gateway = p.gateway,
+        callback = p.callback,
+        admin = p.admin,
+        ministry = p.ministry,
+        receiver = p.receiver
+    )
+}
+
+fn ministry_toml(p: Ports) -> String {
+    format!(
+        r#"# Simulated National SPOC (`spocgw sim ministry --config ministry.toml`).
+
+[server]
+listen = "127.0.0.1:{ministry}"
+cert = "ministry/server.pem"
+key = "ministry/server.key"
+client_ca = "ca/ministry-ca.pem"
+
+# SendCertificates callbacks go to the gateway's callback listener.
+[callback]
+url = "https://127.0.0.1:{callback}"
+ca = "ca/ministry-ca.pem"
+cert = "ministry/client.pem"
+key = "ministry/client.key"
+
+[behaviour]
+latency_ms = 0
+fault = "none"
+request_certificate = "async"
+callback_delay_ms = 300
+"#,
+        ministry = p.ministry,
+        callback = p.callback
+    )
+}
+
+fn receiver_toml(p: Ports) -> String {
+    format!(
+        r#"# Police callback receiver (`spocgw sim police-receiver --config receiver.toml`).
+
+[server]
+listen = "127.0.0.1:{receiver}"
+cert = "police/callback-receiver.pem"
+key = "police/callback-receiver.key"
+client_ca = "ca/police-ca.pem"
+"#,
+        receiver = p.receiver
+    )
+}
+
+fn write_samples(dir: &Path) -> Result<(), DevPkiError> {
+    let bio = BioRequest::matching("6f1c1c4e-3f0a-4d53-9a43-2b5c1e0f9a01", 2048);
+    let v11 = SoapVersion::V11;
+    let files = [
+        ("verify-fingerprint.xml", messages::envelope(v11, &bio.verify_fingerprint())),
+        ("check-identity.xml", messages::envelope(v11, &bio.check_identity())),
+        ("request-certificate.xml", messages::envelope(v11, &messages::request_certificate("REQ-0001"))),
+        ("get-ca-certificates.xml", messages::envelope(v11, &messages::get_ca_certificates("GCA-0001"))),
+        ("general-message.xml", messages::envelope(v11, &messages::general_message("GM-0001", "test"))),
+        ("send-certificates.xml", messages::envelope(v11, &messages::send_certificates("REQ-0001"))),
+    ];
+    for (name, text) in files {
+        write(&dir.join(name), &text, false)?;
+    }
+    Ok(())
+}

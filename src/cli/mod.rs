@@ -1,0 +1,132 @@
+//! The commands of CONTRACT.md section 1, one file per command family. `anyhow` stays here,
+//! at the edge; exit codes follow the contract (2: usage or configuration).
+
+pub mod demo;
+pub mod dev_pki;
+pub mod serve;
+pub mod sim;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// spocgw: the SPOC interoperability gateway between police border systems and the
+/// Ministry of Interior's National SPOC.
+#[derive(Debug, Parser)]
+#[command(name = "spocgw", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway until SIGTERM/SIGINT (then drain in-flight requests and exit 0).
+    Serve {
+        /// gateway.toml
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the whole system end to end on a fresh development PKI and print the scenarios.
+    Demo {
+        /// Keep the PKI, configurations and logs in this directory.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+    /// Write the development PKI, configurations and sample messages.
+    DevPki {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 8443)]
+        gateway_port: u16,
+        #[arg(long, default_value_t = 8444)]
+        callback_port: u16,
+        #[arg(long, default_value_t = 8081)]
+        admin_port: u16,
+        #[arg(long, default_value_t = 9443)]
+        ministry_port: u16,
+        #[arg(long, default_value_t = 8445)]
+        receiver_port: u16,
+    },
+    /// Simulators for tests and demos.
+    Sim {
+        #[command(subcommand)]
+        which: SimCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// The simulated Ministry National SPOC (mutual TLS).
+    Ministry {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// The police side's callback receiver (mutual TLS).
+    PoliceReceiver {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// Runs a command and maps its result to the contract's exit codes.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve { config } => serve::run(&config),
+        Command::Demo { keep } => demo::run(keep.as_deref()),
+        Command::DevPki { out, gateway_port, callback_port, admin_port, ministry_port, receiver_port } => {
+            let ports = dev_pki::Ports {
+                gateway: gateway_port,
+                callback: callback_port,
+                admin: admin_port,
+                ministry: ministry_port,
+                receiver: receiver_port,
+            };
+            match dev_pki::generate(&out, ports) {
+                Ok(()) => {
+                    println!("development PKI and configurations written to {}", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("spocgw dev-pki: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Sim { which } => sim::run(which),
+    }
+}
+
+/// JSON logs on stderr; `RUST_LOG` filters (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_current_span(false)
+        .try_init();
+}
+
+/// A multi-threaded runtime for the long-running commands.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! `spocgw serve --config FILE`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::config::GatewayConfig;
+use crate::gateway::Gateway;
+
+pub fn run(file: &Path) -> ExitCode {
+    super::init_logging();
+    let cfg = match GatewayConfig::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("spocgw serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match super::runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("spocgw serve: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let gateway = match Gateway::start(&cfg, file).await {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("spocgw serve: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        super::termination().await;
+        tracing::info!("stopping: no new connections; draining in-flight requests");
+        if gateway.shutdown().await {
+            tracing::info!("stopped");
+        } else {
+            tracing::warn!("stopped; some connections did not finish within the drain deadline");
+        }
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,359 @@
+//! Configuration files: the TOML model of `gateway.toml` (and the simulators' files), with
+//! every problem reported as one line that names the file, the key and what is wrong.
+//!
+//! Unknown keys are refused (`deny_unknown_fields`), relative paths are resolved against the
+//! directory of the file that names them, and every file a key names must exist when the
+//! configuration is loaded: a gateway never starts half-configured.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// A configuration problem: which file, which key, what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(file: &Path, key: impl Into<String>, problem: impl fmt::Display) -> Self {
+        Self { file: file.to_path_buf(), key: key.into(), problem: problem.to_string() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.problem)
+        } else {
+            write!(f, "{}: key `{}`: {}", self.file.display(), self.key, self.problem)
+        }
+    }
+}
+
+/// `gateway.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Where police systems connect.
+    pub police: ListenerConfig,
+    /// Where the Ministry's CSN 36 9791 callbacks arrive (optional).
+    pub callback: Option<ListenerConfig>,
+    pub admin: AdminConfig,
+    pub upstream: Upstreams,
+    #[serde(default)]
+    pub routes: RouteLimits,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstreams {
+    /// The Ministry's National SPOC.
+    pub ministry: UpstreamConfig,
+    /// The police system's endpoint that receives forwarded callbacks; required with `[callback]`.
+    pub police_callback: Option<UpstreamConfig>,
+}
+
+/// A mutual-TLS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub listen: SocketAddr,
+    /// Server certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// Server private key (PEM, PKCS#8 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates that client certificates must chain to (PEM, one or more).
+    pub client_ca: PathBuf,
+    /// CRLs (PEM) checked for every client certificate.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+    /// Also accept TLS 1.2 (ECDHE with AEAD suites only). TLS 1.3 only when false.
+    #[serde(default)]
+    pub tls12: bool,
+    #[serde(default = "defaults::handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// Open connections at most; further ones are closed at once.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// Time allowed for a request's headers, and then for its whole body.
+    #[serde(default = "defaults::request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+impl ListenerConfig {
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Plain HTTP; keep it on loopback or a management network.
+    pub listen: SocketAddr,
+}
+
+/// A mutual-TLS upstream, reached through a pool of kept-alive connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `https://host:port`; requests go to the same path as they arrived on.
+    pub url: String,
+    /// CA certificates the upstream's server certificate must chain to (pinning).
+    pub ca: PathBuf,
+    /// Client certificate chain and key the gateway presents.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Name checked against the server certificate; the URL's host when absent.
+    pub server_name: Option<String>,
+    #[serde(default)]
+    pub tls12: bool,
+    /// Offer HTTP/2 by ALPN (HTTP/1.1 keep-alive otherwise).
+    #[serde(default)]
+    pub http2: bool,
+    #[serde(default = "defaults::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "defaults::handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// From the request sent to the response's headers.
+    #[serde(default = "defaults::response_timeout_ms")]
+    pub response_timeout_ms: u64,
+    /// From the response's headers to the end of its body.
+    #[serde(default = "defaults::response_timeout_ms")]
+    pub body_timeout_ms: u64,
+    #[serde(default = "defaults::max_response_bytes")]
+    pub max_response_bytes: usize,
+    #[serde(default = "defaults::pool_max_idle")]
+    pub pool_max_idle: usize,
+    #[serde(default = "defaults::pool_idle_timeout_ms")]
+    pub pool_idle_timeout_ms: u64,
+}
+
+/// Request body limits per route, in bytes; a body over its limit is refused (413) as soon as
+/// the limit is passed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLimits {
+    #[serde(default = "defaults::bio_max_body")]
+    pub bio_max_body_bytes: usize,
+    #[serde(default = "defaults::csn_max_body")]
+    pub csn_max_body_bytes: usize,
+    #[serde(default = "defaults::csn_max_body")]
+    pub callback_max_body_bytes: usize,
+}
+
+impl Default for RouteLimits {
+    fn default() -> Self {
+        Self {
+            bio_max_body_bytes: defaults::bio_max_body(),
+            csn_max_body_bytes: defaults::csn_max_body(),
+            callback_max_body_bytes: defaults::csn_max_body(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Requests being processed at once; more are shed with 503 Overloaded.
+    #[serde(default = "defaults::max_in_flight")]
+    pub max_in_flight: usize,
+    /// On SIGTERM, how long in-flight requests get to finish.
+    #[serde(default = "defaults::drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_in_flight: defaults::max_in_flight(), drain_timeout_ms: defaults::drain_timeout_ms() }
+    }
+}
+
+/// Defaults, chosen for a gateway in front of a national service: short handshakes (a slow
+/// handshake is an attack or a broken peer), bodies sized for two to six fingerprint images.
+pub mod defaults {
+    pub fn handshake_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn max_connections() -> usize {
+        4_096
+    }
+    pub fn request_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn connect_timeout_ms() -> u64 {
+        2_000
+    }
+    pub fn response_timeout_ms() -> u64 {
+        15_000
+    }
+    pub fn max_response_bytes() -> usize {
+        4 * 1024 * 1024
+    }
+    pub fn pool_max_idle() -> usize {
+        64
+    }
+    pub fn pool_idle_timeout_ms() -> u64 {
+        90_000
+    }
+    /// Six fingerprints of up to 50 KB each, base64-encoded, plus the envelope.
+    pub fn bio_max_body() -> usize {
+        512 * 1024
+    }
+    pub fn csn_max_body() -> usize {
+        256 * 1024
+    }
+    pub fn max_in_flight() -> usize {
+        1_024
+    }
+    pub fn drain_timeout_ms() -> u64 {
+        10_000
+    }
+}
+
+/// Reads and parses a TOML file into `T`, naming the key at fault on error.
+pub fn read_toml<T: DeserializeOwned>(file: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError::new(file, "", format!("cannot read: {e}")))?;
+    let de = toml::Deserializer::new(&text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let mut problem = inner.message().to_string();
+        if let Some(span) = inner.span() {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            problem = format!("{problem} (line {line})");
+        }
+        // serde names the key a struct refused in the message, not in the path
+        let key = if key == "." { String::new() } else { key };
+        ConfigError::new(file, key, problem)
+    })
+}
+
+impl GatewayConfig {
+    /// Loads `gateway.toml`: parses it, resolves relative paths, checks that every file exists
+    /// and that the settings agree with each other.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let mut cfg: GatewayConfig = read_toml(file)?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        cfg.police.resolve(base, file, "police")?;
+        if let Some(cb) = cfg.callback.as_mut() {
+            cb.resolve(base, file, "callback")?;
+        }
+        cfg.upstream.ministry.resolve(base, file, "upstream.ministry")?;
+        if let Some(up) = cfg.upstream.police_callback.as_mut() {
+            up.resolve(base, file, "upstream.police_callback")?;
+        }
+        if cfg.callback.is_some() && cfg.upstream.police_callback.is_none() {
+            return Err(ConfigError::new(
+                file,
+                "upstream.police_callback",
+                "missing: the [callback] listener needs somewhere to deliver callbacks",
+            ));
+        }
+        if cfg.limits.max_in_flight == 0 {
+            return Err(ConfigError::new(file, "limits.max_in_flight", "must be at least 1"));
+        }
+        Ok(cfg)
+    }
+}
+
+/// Joins a relative path to `base` and checks that the file exists.
+pub fn resolve_file(path: &mut PathBuf, base: &Path, file: &Path, key: &str) -> Result<(), ConfigError> {
+    if path.is_relative() {
+        *path = base.join(&*path);
+    }
+    match std::fs::metadata(&*path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(ConfigError::new(file, key, format!("{} is not a file", path.display()))),
+        Err(e) => Err(ConfigError::new(file, key, format!("{}: {e}", path.display()))),
+    }
+}
+
+impl ListenerConfig {
+    pub fn resolve(&mut self, base: &Path, file: &Path, table: &str) -> Result<(), ConfigError> {
+        resolve_file(&mut self.cert, base, file, &format!("{table}.cert"))?;
+        resolve_file(&mut self.key, base, file, &format!("{table}.key"))?;
+        resolve_file(&mut self.client_ca, base, file, &format!("{table}.client_ca"))?;
+        for (i, crl) in self.crls.iter_mut().enumerate() {
+            resolve_file(crl, base, file, &format!("{table}.crls[{i}]"))?;
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::new(file, format!("{table}.max_connections"), "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl UpstreamConfig {
+    pub fn resolve(&mut self, base: &Path, file: &Path, table: &str) -> Result<(), ConfigError> {
+        resolve_file(&mut self.ca, base, file, &format!("{table}.ca"))?;
+        resolve_file(&mut self.cert, base, file, &format!("{table}.cert"))?;
+        resolve_file(&mut self.key, base, file, &format!("{table}.key"))?;
+        self.uri().map_err(|p| ConfigError::new(file, format!("{table}.url"), p))?;
+        Ok(())
+    }
+
+    /// The upstream's base URI: `https`, a host and a port, nothing else.
+    pub fn uri(&self) -> Result<Uri, String> {
+        let uri: Uri = self.url.parse().map_err(|e| format!("not a URL: {e}"))?;
+        if uri.scheme_str() != Some("https") {
+            return Err("must start with https://".into());
+        }
+        if uri.host().is_none() {
+            return Err("has no host".into());
+        }
+        if uri.path() != "/" && !uri.path().is_empty() {
+            return Err("must not have a path (requests keep the path they arrived on)".into());
+        }
+        Ok(uri)
+    }
+
+    /// A client-side upstream for tools and tests: a URL with the given key pair and CA.
+    pub fn client(url: impl Into<String>, ca: &Path, cert: &Path, key: &Path) -> Self {
+        Self {
+            url: url.into(),
+            ca: ca.to_path_buf(),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            server_name: None,
+            tls12: false,
+            http2: false,
+            connect_timeout_ms: defaults::connect_timeout_ms(),
+            handshake_timeout_ms: defaults::handshake_timeout_ms(),
+            response_timeout_ms: defaults::response_timeout_ms(),
+            body_timeout_ms: defaults::response_timeout_ms(),
+            max_response_bytes: defaults::max_response_bytes(),
+            pool_max_idle: defaults::pool_max_idle(),
+            pool_idle_timeout_ms: defaults::pool_idle_timeout_ms(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("g.toml");
+        std::fs::write(&f, "[admin]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n").unwrap();
+        let e = read_toml::<Upstreams>(&f).unwrap_err().to_string();
+        assert!(e.contains("g.toml"), "{e}");
+        let e2 = read_toml::<GatewayConfig>(&f).unwrap_err().to_string();
+        assert!(e2.contains("bogus") && e2.contains("admin"), "{e2}");
+    }
+}

@@ -1,0 +1,176 @@
+//! The gateway: listeners, routes, the request pipeline and the upstream pools, started from a
+//! [`GatewayConfig`] and stopped with a graceful drain.
+
+pub mod body;
+pub mod fault;
+pub mod listener;
+pub mod pipeline;
+pub mod routes;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, AdminState, metrics::Metrics};
+use crate::config::{ConfigError, GatewayConfig, ListenerConfig};
+use crate::tls;
+pub use fault::Refusal;
+use listener::ListenerSpec;
+use pipeline::Pipeline;
+use routes::{ListenerKind, RouteTable};
+use upstream::{Health, Upstream};
+
+/// A running gateway.
+pub struct Gateway {
+    pub police_addr: SocketAddr,
+    pub callback_addr: Option<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    listeners: Vec<JoinHandle<GracefulShutdown>>,
+    background: Vec<JoinHandle<()>>,
+    admin: Arc<AdminState>,
+    drain_timeout: Duration,
+}
+
+async fn bind(addr: SocketAddr, file: &Path, key: &str) -> Result<TcpListener, ConfigError> {
+    TcpListener::bind(addr).await.map_err(|e| ConfigError::new(file, key, format!("cannot listen on {addr}: {e}")))
+}
+
+fn spec(name: &'static str, l: &ListenerConfig, file: &Path, table: &str) -> Result<ListenerSpec, ConfigError> {
+    Ok(ListenerSpec {
+        name,
+        tls: tls::server_config(l).map_err(|e| ConfigError::new(file, table, e))?,
+        handshake_timeout: l.handshake_timeout(),
+        max_connections: l.max_connections,
+        header_timeout: l.request_timeout(),
+    })
+}
+
+impl Gateway {
+    /// Builds every TLS configuration and upstream client, binds every listener, and starts
+    /// serving. Any problem is a [`ConfigError`] naming the key behind it; nothing is served
+    /// unless everything could be set up.
+    pub async fn start(cfg: &GatewayConfig, file: &Path) -> Result<Self, ConfigError> {
+        let metrics = Arc::new(Metrics::new());
+        let police_spec = spec("police", &cfg.police, file, "police")?;
+        let callback_spec = match &cfg.callback {
+            Some(c) => Some(spec("callback", c, file, "callback")?),
+            None => None,
+        };
+        let ministry =
+            Upstream::new(&cfg.upstream.ministry).map_err(|e| ConfigError::new(file, "upstream.ministry", e))?;
+        let police_callback = match &cfg.upstream.police_callback {
+            Some(u) => Some(Upstream::new(u).map_err(|e| ConfigError::new(file, "upstream.police_callback", e))?),
+            None => None,
+        };
+        let police_tcp = bind(cfg.police.listen, file, "police.listen").await?;
+        let callback_tcp = match &cfg.callback {
+            Some(c) => Some(bind(c.listen, file, "callback.listen").await?),
+            None => None,
+        };
+        let admin_tcp = bind(cfg.admin.listen, file, "admin.listen").await?;
+        let addr = |t: &TcpListener, key: &str| {
+            t.local_addr().map_err(|e| ConfigError::new(file, key, format!("cannot read the bound address: {e}")))
+        };
+        let police_addr = addr(&police_tcp, "police.listen")?;
+        let callback_addr = match &callback_tcp {
+            Some(t) => Some(addr(t, "callback.listen")?),
+            None => None,
+        };
+        let admin_addr = addr(&admin_tcp, "admin.listen")?;
+
+        let pipeline = Arc::new(Pipeline {
+            routes: RouteTable::new(&cfg.routes),
+            ministry: ministry.clone(),
+            police_callback: police_callback.clone(),
+            metrics: metrics.clone(),
+            in_flight: Semaphore::new(cfg.limits.max_in_flight),
+            request_timeout: cfg.police.request_timeout(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let mut listeners = Vec::new();
+        for (tcp, spec, kind) in [(Some(police_tcp), Some(police_spec), ListenerKind::Police), (callback_tcp, callback_spec, ListenerKind::Callback)] {
+            let (Some(tcp), Some(spec)) = (tcp, spec) else { continue };
+            let p = pipeline.clone();
+            let handler = move |peer: Arc<tls::PeerIdentity>, req| {
+                let p = p.clone();
+                async move { p.handle(kind, &peer, req).await.map_err(|e| std::io::Error::new(std::io::ErrorKind::TimedOut, e)) }
+            };
+            tracing::info!(listener = spec.name, addr = %tcp.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
+            listeners.push(tokio::spawn(listener::serve(tcp, spec, Some(metrics.clone()), handler, stopped.clone())));
+        }
+
+        let mut upstreams = vec![("ministry", ministry)];
+        if let Some(u) = police_callback {
+            upstreams.push(("police_callback", u));
+        }
+        let admin = Arc::new(AdminState::new(metrics.clone(), upstreams.clone()));
+        tracing::info!(listener = "admin", addr = %admin_addr, "listening");
+        let mut background = vec![tokio::spawn(admin::serve(admin_tcp, admin.clone(), stopped.clone()))];
+        for (name, u) in upstreams {
+            background.push(tokio::spawn(watch_upstream(name, u, metrics.clone(), stopped.clone())));
+        }
+        Ok(Self {
+            police_addr,
+            callback_addr,
+            admin_addr,
+            stop,
+            listeners,
+            background,
+            admin,
+            drain_timeout: Duration::from_millis(cfg.limits.drain_timeout_ms),
+        })
+    }
+
+    /// True when `/readyz` would answer 200.
+    pub fn is_ready(&self) -> bool {
+        self.admin.readiness().0
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the drain deadline, and stops.
+    /// Returns true when every connection finished in time.
+    pub async fn shutdown(self) -> bool {
+        self.admin.set_draining();
+        let _ = self.stop.send(true);
+        let mut drains = Vec::new();
+        for l in self.listeners {
+            if let Ok(g) = l.await {
+                drains.push(listener::drain(g, self.drain_timeout));
+            }
+        }
+        let mut all = true;
+        for d in drains {
+            all &= d.await;
+        }
+        for b in self.background {
+            b.abort();
+        }
+        all
+    }
+}
+
+/// Keeps an eye on an upstream that is down (or not yet tried): one handshake every two
+/// seconds until it answers. An upstream in use needs no probe: each request tells.
+async fn watch_upstream(name: &'static str, upstream: Upstream, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+    let gauge = metrics.upstream_up.get_or_create(&admin::metrics::UpstreamLabels { upstream: name }).clone();
+    loop {
+        if upstream.health() != Health::Up {
+            match upstream.probe().await {
+                Ok(()) => tracing::info!(upstream = name, "upstream reachable"),
+                Err(e) => tracing::warn!(upstream = name, error = %e, "upstream unreachable"),
+            }
+        }
+        gauge.set(i64::from(upstream.health() == Health::Up));
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! One request, start to end (DESIGN.md): route, media type, body within its limit, envelope
+//! read once, operation and action checked, forwarded upstream, reply checked, returned.
+//! Every step that says no produces a [`Refusal`]; every request ends in one log line and one
+//! metrics update under its incident ID.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::sync::Semaphore;
+
+use super::body::{BodyError, read_limited};
+use super::fault::Refusal;
+use super::routes::{ListenerKind, Route, RouteTable, UpstreamKind, action_agrees, parse_content_type};
+use super::upstream::{Upstream, UpstreamError, soap_headers};
+use crate::admin::metrics::{Metrics, RequestLabels, RouteLabels, UpstreamError as UpstreamErrorLabels, UpstreamLabels};
+use crate::tls::PeerIdentity;
+use crate::xml::{self, EnvelopeError, FaultText, SoapVersion};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_FAULT: HeaderName = HeaderName::from_static("x-spocgw-fault");
+const SOAPACTION: HeaderName = HeaderName::from_static("soapaction");
+
+/// The request body took longer than the listener allows: the connection is dropped.
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received in time")]
+pub struct RequestTimeout;
+
+/// What the pipeline needs, shared by every connection.
+pub struct Pipeline {
+    pub routes: RouteTable,
+    pub ministry: Upstream,
+    pub police_callback: Option<Upstream>,
+    pub metrics: Arc<Metrics>,
+    pub in_flight: Semaphore,
+    pub request_timeout: std::time::Duration,
+}
+
+/// What is known about a request as it travels; filled in stage by stage.
+struct Exchange<'a> {
+    incident: String,
+    listener: ListenerKind,
+    peer: &'a PeerIdentity,
+    route: &'static str,
+    operation: &'static str,
+    version: Option<SoapVersion>,
+    message_id: Option<String>,
+    upstream_status: Option<u16>,
+    started: Instant,
+}
+
+/// Where a request ended: the reply to pass back, or a refusal with its detail for the log.
+enum Outcome {
+    Forwarded(super::upstream::Reply),
+    Refused(Refusal, String),
+}
+
+impl Pipeline {
+    /// Runs one request through the pipeline.
+    pub async fn handle(
+        &self,
+        listener: ListenerKind,
+        peer: &PeerIdentity,
+        req: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, RequestTimeout> {
+        let mut x = Exchange {
+            incident: uuid::Uuid::new_v4().to_string(),
+            listener,
+            peer,
+            route: "none",
+            operation: "unknown",
+            version: None,
+            message_id: None,
+            upstream_status: None,
+            started: Instant::now(),
+        };
+        let outcome = match self.in_flight.try_acquire() {
+            Err(_) => Outcome::Refused(Refusal::Overloaded, "in-flight cap reached".into()),
+            Ok(_permit) => {
+                self.metrics.in_flight.inc();
+                let o = self.run(&mut x, req).await;
+                self.metrics.in_flight.dec();
+                o?
+            }
+        };
+        Ok(self.finish(&x, outcome))
+    }
+
+    async fn run(&self, x: &mut Exchange<'_>, req: Request<Incoming>) -> Result<Outcome, RequestTimeout> {
+        // Route by listener and path.
+        let Some(route) = self.routes.lookup(x.listener, req.uri().path()) else {
+            x.version = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(parse_content_type).map(|m| m.version);
+            return Ok(Outcome::Refused(Refusal::UnknownOperation, format!("no route for path {}", req.uri().path())));
+        };
+        x.route = route.name;
+        if req.method() != Method::POST {
+            return Ok(Outcome::Refused(Refusal::UnknownOperation, format!("method {}", req.method())));
+        }
+        // Media type: SOAP 1.1 or 1.2, UTF-8.
+        let media = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(parse_content_type);
+        let Some(media) = media else {
+            return Ok(Outcome::Refused(Refusal::UnsupportedMediaType, "content type not SOAP/UTF-8".into()));
+        };
+        x.version = Some(media.version);
+        let action = match media.version {
+            SoapVersion::V11 => req.headers().get(SOAPACTION).and_then(|v| v.to_str().ok()).map(str::to_owned),
+            SoapVersion::V12 => media.action.clone(),
+        };
+        let content_type = req.headers().get(CONTENT_TYPE).cloned();
+        // Body, within the route's limit and the listener's deadline.
+        let body = match tokio::time::timeout(self.request_timeout, read_limited(req.into_body(), route.max_body)).await {
+            Err(_) => return Err(RequestTimeout),
+            Ok(Err(BodyError::TooLarge)) => {
+                return Ok(Outcome::Refused(Refusal::PayloadTooLarge, format!("over {} bytes", route.max_body)));
+            }
+            Ok(Err(BodyError::Read(e))) => return Err(RequestTimeout).inspect_err(|_| tracing::info!(incident_id = %x.incident, error = %e, "request body read failed")),
+            Ok(Ok(b)) => b,
+        };
+        // Envelope, read once.
+        let envelope = match xml::read_envelope(&body) {
+            Ok(e) => e,
+            Err(e) => return Ok(refuse_envelope(&e)),
+        };
+        x.message_id = envelope.message_id.clone();
+        if envelope.version != media.version {
+            return Ok(Outcome::Refused(Refusal::SchemaViolation, "envelope version differs from content type".into()));
+        }
+        let Some(operation) = route.operation(&envelope.namespace, &envelope.operation) else {
+            return Ok(Outcome::Refused(Refusal::UnknownOperation, "operation not on this route".into()));
+        };
+        x.operation = operation;
+        if !action.as_deref().is_some_and(|a| action_agrees(a, route.namespace, operation)) {
+            return Ok(Outcome::Refused(Refusal::SchemaViolation, "SOAPAction/action does not name the Body's operation".into()));
+        }
+        // Forward.
+        let ct = content_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("text/xml; charset=utf-8");
+        let soap_action = if media.version == SoapVersion::V11 { action.as_deref() } else { None };
+        let headers = soap_headers(ct, soap_action, Some(&x.incident));
+        Ok(self.forward(x, route, headers, body).await)
+    }
+
+    async fn forward(&self, x: &mut Exchange<'_>, route: &Route, headers: http::HeaderMap, body: Bytes) -> Outcome {
+        let (upstream, name) = match route.upstream {
+            UpstreamKind::Ministry => (&self.ministry, "ministry"),
+            UpstreamKind::PoliceCallback => match &self.police_callback {
+                Some(u) => (u, "police_callback"),
+                None => return Outcome::Refused(Refusal::UpstreamUnavailable, "no police callback upstream".into()),
+            },
+        };
+        let started = Instant::now();
+        let result = upstream.post(route.path, headers, body).await;
+        self.metrics
+            .upstream_duration
+            .get_or_create(&UpstreamLabels { upstream: name })
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.upstream_up.get_or_create(&UpstreamLabels { upstream: name }).set(i64::from(result.is_ok()));
+        let reply = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.upstream_errors.get_or_create(&UpstreamErrorLabels { upstream: name, kind: e.kind() }).inc();
+                let refusal = match &e {
+                    e if e.is_timeout() => Refusal::UpstreamTimeout,
+                    UpstreamError::TooLarge(_) => Refusal::UpstreamInvalidResponse,
+                    _ => Refusal::UpstreamUnavailable,
+                };
+                return Outcome::Refused(refusal, format!("{name}: {e}"));
+            }
+        };
+        x.upstream_status = Some(reply.status.as_u16());
+        // A reply is passed back only when it is a SOAP message: 200, or a 500 carrying a Fault.
+        let envelope = xml::read_envelope(&reply.body);
+        let kind = match (reply.status, &envelope) {
+            (StatusCode::OK, Ok(_)) => None,
+            (StatusCode::INTERNAL_SERVER_ERROR, Ok(e)) if e.operation == "Fault" => None,
+            (StatusCode::OK | StatusCode::INTERNAL_SERVER_ERROR, Err(_)) => Some("invalid_reply"),
+            _ => Some("status"),
+        };
+        match kind {
+            None => Outcome::Forwarded(reply),
+            Some(kind) => {
+                self.metrics.upstream_errors.get_or_create(&UpstreamErrorLabels { upstream: name, kind }).inc();
+                match envelope {
+                    Err(e) if kind == "invalid_reply" => {
+                        Outcome::Refused(Refusal::UpstreamInvalidResponse, format!("{name}: reply {e}"))
+                    }
+                    _ => Outcome::Refused(Refusal::UpstreamUnavailable, format!("{name}: HTTP status {}", reply.status)),
+                }
+            }
+        }
+    }
+
+    /// Builds the response, logs the request's one line and updates the metrics.
+    fn finish(&self, x: &Exchange<'_>, outcome: Outcome) -> Response<Full<Bytes>> {
+        let (response, code, detail) = match outcome {
+            Outcome::Forwarded(reply) => {
+                let mut resp = Response::new(Full::new(reply.body));
+                *resp.status_mut() = reply.status;
+                if let Some(ct) = reply.content_type {
+                    resp.headers_mut().insert(CONTENT_TYPE, ct);
+                }
+                (resp, "ok", String::new())
+            }
+            Outcome::Refused(r, detail) => (self.refusal_response(x, r), r.code(), detail),
+        };
+        let mut response = response;
+        if let Ok(v) = HeaderValue::from_str(&x.incident) {
+            response.headers_mut().insert(X_REQUEST_ID, v);
+        }
+        let elapsed = x.started.elapsed();
+        let listener = x.listener.name();
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels { listener, route: x.route, operation: x.operation, code })
+            .inc();
+        self.metrics
+            .request_duration
+            .get_or_create(&RouteLabels { listener, route: x.route })
+            .observe(elapsed.as_secs_f64());
+        tracing::info!(
+            incident_id = %x.incident,
+            listener,
+            route = x.route,
+            operation = x.operation,
+            message_id = x.message_id.as_deref().unwrap_or(""),
+            peer_subject = %x.peer.subject,
+            peer_fingerprint = %x.peer.fingerprint,
+            code,
+            detail = %detail,
+            status = response.status().as_u16(),
+            upstream_status = x.upstream_status.unwrap_or(0),
+            latency_us = elapsed.as_micros() as u64,
+            "request"
+        );
+        response
+    }
+
+    fn refusal_response(&self, x: &Exchange<'_>, r: Refusal) -> Response<Full<Bytes>> {
+        let text = FaultText {
+            code: r.code(),
+            reason: r.reason(),
+            sender: r.is_sender(),
+            incident_id: &x.incident,
+            message_id: x.message_id.as_deref(),
+        };
+        let (body, ct) = match x.version {
+            Some(v) => xml::soap_fault(v, &text),
+            None => (xml::plain_fault(&text), "text/plain; charset=utf-8"),
+        };
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() = r.status();
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+        h.insert(X_FAULT, HeaderValue::from_static(r.code()));
+        if let Some(s) = r.retry_after() {
+            h.insert(RETRY_AFTER, HeaderValue::from_static(s));
+        }
+        resp
+    }
+}
+
+fn refuse_envelope(e: &EnvelopeError) -> Outcome {
+    let refusal = match e {
+        EnvelopeError::Malformed(_) => Refusal::XmlMalformed,
+        EnvelopeError::Threat(_) => Refusal::XmlThreat,
+        EnvelopeError::NotSoap(_) => Refusal::SchemaViolation,
+    };
+    Outcome::Refused(refusal, e.to_string())
+}

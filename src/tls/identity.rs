@@ -1,0 +1,109 @@
+//! `PeerIdentity`: who is on the other end of a mutual-TLS connection, taken once from the
+//! verified peer certificate. Identity never comes from HTTP headers.
+
+use std::fmt::Write as _;
+
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("the peer presented no certificate")]
+    NoCertificate,
+    #[error("the peer certificate cannot be parsed: {0}")]
+    Parse(String),
+}
+
+/// The attributes of a verified peer certificate that routing, policy and audit use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// RFC 4514 subject, e.g. `CN=officer-0001,OU=border-verifier,O=Border Police`.
+    pub subject: String,
+    pub common_name: Option<String>,
+    pub organization: Option<String>,
+    pub organizational_unit: Option<String>,
+    pub issuer: String,
+    /// Serial number, lower-case hex.
+    pub serial: String,
+    /// SHA-256 of the DER certificate, lower-case hex.
+    pub fingerprint: String,
+    pub subject_alt_names: Vec<String>,
+    /// Extended key usages, as names (`clientAuth`) or dotted OIDs.
+    pub extended_key_usages: Vec<String>,
+    /// Validity, seconds since the Unix epoch.
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// SHA-256 of `data`, lower-case hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
+}
+
+impl PeerIdentity {
+    /// Builds the identity from the peer's end-entity certificate (already verified by rustls).
+    pub fn from_der(der: &[u8]) -> Result<Self, IdentityError> {
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| IdentityError::Parse(e.to_string()))?;
+        let subject = cert.subject();
+        let first = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| {
+            it.next().and_then(|a| a.as_str().ok()).map(str::to_owned)
+        };
+        let mut sans = Vec::new();
+        if let Ok(Some(ext)) = cert.subject_alternative_name() {
+            for name in &ext.value.general_names {
+                match name {
+                    GeneralName::DNSName(d) => sans.push(format!("DNS:{d}")),
+                    GeneralName::IPAddress(ip) => match ip.len() {
+                        4 => sans.push(format!("IP:{}", std::net::Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]))),
+                        16 => {
+                            let mut o = [0u8; 16];
+                            o.copy_from_slice(ip);
+                            sans.push(format!("IP:{}", std::net::Ipv6Addr::from(o)));
+                        }
+                        _ => {}
+                    },
+                    GeneralName::RFC822Name(m) => sans.push(format!("email:{m}")),
+                    GeneralName::URI(u) => sans.push(format!("URI:{u}")),
+                    _ => {}
+                }
+            }
+        }
+        let mut ekus = Vec::new();
+        if let Ok(Some(ext)) = cert.extended_key_usage() {
+            let e = ext.value;
+            for (set, name) in [
+                (e.server_auth, "serverAuth"),
+                (e.client_auth, "clientAuth"),
+                (e.code_signing, "codeSigning"),
+                (e.email_protection, "emailProtection"),
+                (e.time_stamping, "timeStamping"),
+                (e.ocsp_signing, "OCSPSigning"),
+            ] {
+                if set {
+                    ekus.push(name.to_owned());
+                }
+            }
+            ekus.extend(e.other.iter().map(|oid| oid.to_id_string()));
+        }
+        Ok(Self {
+            subject: subject.to_string(),
+            common_name: first(&mut subject.iter_common_name()),
+            organization: first(&mut subject.iter_organization()),
+            organizational_unit: first(&mut subject.iter_organizational_unit()),
+            issuer: cert.issuer().to_string(),
+            serial: hex(cert.raw_serial()),
+            fingerprint: sha256_hex(der),
+            subject_alt_names: sans,
+            extended_key_usages: ekus,
+            not_before: cert.validity().not_before.timestamp(),
+            not_after: cert.validity().not_after.timestamp(),
+        })
+    }
+}

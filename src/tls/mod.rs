@@ -1,0 +1,177 @@
+//! TLS for every side of the gateway: the listeners' rustls server configurations (client
+//! certificates required, verified against CA bundles and CRLs, EKU clientAuth required), the
+//! upstreams' client configurations (server pinned to its CA, our client certificate), and the
+//! [`PeerIdentity`] taken from a verified peer certificate.
+//!
+//! One crypto provider (aws-lc-rs) serves the whole process, restricted to ECDHE key exchange
+//! and AEAD suites; TLS 1.3 only unless a listener or upstream enables TLS 1.2.
+
+mod identity;
+mod verifier;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+
+pub use identity::{IdentityError, PeerIdentity};
+pub use verifier::RequireClientAuthEku;
+
+use crate::config::{ListenerConfig, UpstreamConfig};
+
+/// Why a TLS configuration could not be built; each names the file at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    #[error("{path}: cannot read PEM: {reason}")]
+    Pem { path: PathBuf, reason: String },
+    #[error("{path}: no {what} found in the PEM file")]
+    Empty { path: PathBuf, what: &'static str },
+    #[error("{path}: certificate not usable as a trust anchor: {reason}")]
+    TrustAnchor { path: PathBuf, reason: String },
+    #[error("client certificate verifier: {0}")]
+    Verifier(String),
+    #[error("certificate and key do not fit together or are unsupported: {0}")]
+    KeyPair(String),
+    #[error("server name {0:?} is not a valid DNS name or IP address")]
+    ServerName(String),
+}
+
+/// The process's crypto provider: aws-lc-rs, ECDHE key exchange and AEAD suites only.
+pub fn provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::aws_lc_rs::{self, cipher_suite as cs, kx_group};
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![
+            cs::TLS13_AES_256_GCM_SHA384,
+            cs::TLS13_AES_128_GCM_SHA256,
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ],
+        kx_groups: vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1],
+        ..aws_lc_rs::default_provider()
+    })
+}
+
+fn versions(tls12: bool) -> &'static [&'static SupportedProtocolVersion] {
+    static TLS13_AND_12: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+    static TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    if tls12 { TLS13_AND_12 } else { TLS13_ONLY }
+}
+
+/// Reads every certificate in a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Pem { path: path.into(), reason: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty { path: path.into(), what: "certificate" });
+    }
+    Ok(certs)
+}
+
+/// Reads the private key of a PEM file (PKCS#8, SEC1 or PKCS#1).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => TlsError::Empty { path: path.into(), what: "private key" },
+        other => TlsError::Pem { path: path.into(), reason: other.to_string() },
+    })
+}
+
+fn load_crls(paths: &[PathBuf]) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let crls = CertificateRevocationListDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| TlsError::Pem { path: path.clone(), reason: e.to_string() })?;
+        if crls.is_empty() {
+            return Err(TlsError::Empty { path: path.clone(), what: "CRL" });
+        }
+        out.extend(crls);
+    }
+    Ok(out)
+}
+
+fn root_store(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots.add(cert).map_err(|e| TlsError::TrustAnchor { path: path.into(), reason: e.to_string() })?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// ALPN identifiers the listeners offer.
+pub const ALPN_H2: &[u8] = b"h2";
+pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+/// The rustls configuration of a mutual-TLS listener.
+pub fn server_config(l: &ListenerConfig) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let roots = root_store(&l.client_ca)?;
+    let inner = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .with_crls(load_crls(&l.crls)?)
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier = Arc::new(RequireClientAuthEku::new(inner));
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions(l.tls12))
+        .map_err(|e| TlsError::Verifier(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(&l.cert)?, load_key(&l.key)?)
+        .map_err(|e| TlsError::KeyPair(e.to_string()))?;
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+    // Tickets would let a revoked client resume without its certificate being checked again.
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
+    Ok(Arc::new(cfg))
+}
+
+/// The rustls configuration for talking to an upstream: its certificate must chain to the
+/// configured CA; ours comes from the configured key pair.
+pub fn client_config(u: &UpstreamConfig) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions(u.tls12))
+        .map_err(|e| TlsError::Verifier(e.to_string()))?
+        .with_root_certificates(root_store(&u.ca)?)
+        .with_client_auth_cert(load_certs(&u.cert)?, load_key(&u.key)?)
+        .map_err(|e| TlsError::KeyPair(e.to_string()))?;
+    cfg.alpn_protocols =
+        if u.http2 { vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()] } else { vec![ALPN_HTTP11.to_vec()] };
+    Ok(Arc::new(cfg))
+}
+
+/// Why a handshake failed, as one word for metrics and logs.
+pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError as C, Error as E};
+    let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<E>()) else {
+        return match err.kind() {
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => "closed",
+            _ => "io",
+        };
+    };
+    match tls {
+        E::NoCertificatesPresented => "no_certificate",
+        E::InvalidCertificate(c) => match c {
+            C::Revoked => "revoked",
+            C::Expired | C::ExpiredContext { .. } => "expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "not_yet_valid",
+            C::UnknownIssuer => "untrusted",
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => "wrong_purpose",
+            C::UnknownRevocationStatus | C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => {
+                "revocation_unknown"
+            }
+            _ => "bad_certificate",
+        },
+        E::PeerIncompatible(_) | E::NoApplicationProtocol => "incompatible",
+        E::AlertReceived(_) => "alert_received",
+        _ => "protocol",
+    }
+}
