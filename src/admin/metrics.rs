@@ -77,13 +77,29 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("requests", "Requests by listener, route, operation and outcome code", requests.clone());
         let request_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
-        registry.register("request_duration_seconds", "Time from request headers to response", request_duration.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from request headers to response",
+            request_duration.clone(),
+        );
         let upstream_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
-        registry.register("upstream_duration_seconds", "Time spent waiting for the upstream", upstream_duration.clone());
+        registry.register(
+            "upstream_duration_seconds",
+            "Time spent waiting for the upstream",
+            upstream_duration.clone(),
+        );
         let handshake_failures = Family::<ListenerReason, Counter>::default();
-        registry.register("tls_handshake_failures", "Refused or failed TLS handshakes by reason", handshake_failures.clone());
+        registry.register(
+            "tls_handshake_failures",
+            "Refused or failed TLS handshakes by reason",
+            handshake_failures.clone(),
+        );
         let connections_refused = Family::<ListenerReason, Counter>::default();
-        registry.register("connections_refused", "Connections closed before the handshake", connections_refused.clone());
+        registry.register(
+            "connections_refused",
+            "Connections closed before the handshake",
+            connections_refused.clone(),
+        );
         let connections_open = Family::<ListenerLabels, Gauge>::default();
         registry.register("connections_open", "Open client connections", connections_open.clone());
         let upstream_errors = Family::<UpstreamError, Counter>::default();

@@ -125,7 +125,9 @@ fn describe(r: &Result<Reply, UpstreamError>, needle: &str) -> String {
                 .find(|c| text.contains(&format!("<Code>{c}</Code>")));
             match code {
                 Some(c) => format!("{} {c}", reply.status.as_u16()),
-                None if !needle.is_empty() && text.contains(needle) => format!("{} {}", reply.status.as_u16(), strip(needle)),
+                None if !needle.is_empty() && text.contains(needle) => {
+                    format!("{} {}", reply.status.as_u16(), strip(needle))
+                }
                 None => format!("{}", reply.status.as_u16()),
             }
         }
@@ -150,16 +152,22 @@ async fn scenarios(dir: &Path, gw: &Gateway, received: &sim::receiver::Receiver)
         rows.push(Row { scenario, expected, observed, pass });
     };
 
-    let r = post(&officer, "/bio/v1", "VerifyFingerprintRequest", messages::envelope(v11, &bio.verify_fingerprint())).await;
+    let r =
+        post(&officer, "/bio/v1", "VerifyFingerprintRequest", messages::envelope(v11, &bio.verify_fingerprint())).await;
     row("officer verifies a fingerprint", "200 MATCH", describe(&r, "<Result>MATCH</Result>"));
 
-    let r = post(&officer_h2, "/bio/v1", "VerifyFingerprintRequest", messages::envelope(v11, &bio.verify_fingerprint())).await;
+    let r =
+        post(&officer_h2, "/bio/v1", "VerifyFingerprintRequest", messages::envelope(v11, &bio.verify_fingerprint()))
+            .await;
     row("officer verifies a fingerprint over HTTP/2", "200 MATCH", describe(&r, "<Result>MATCH</Result>"));
 
     let r = post(&officer, "/bio/v1", "CheckIdentityRequest", messages::envelope(v11, &bio.check_identity())).await;
     row("officer checks identity", "200 VALID", describe(&r, "<DocumentStatus>VALID</DocumentStatus>"));
 
-    let doctype = format!("<!DOCTYPE x [<!ENTITY e \"e\">]>{}", messages::envelope(v11, &bio.check_identity()).replace("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n", ""));
+    let doctype = format!(
+        "<!DOCTYPE x [<!ENTITY e \"e\">]>{}",
+        messages::envelope(v11, &bio.check_identity()).replace("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n", "")
+    );
     let r = post(&officer, "/bio/v1", "CheckIdentityRequest", doctype).await;
     row("message with a DOCTYPE", "400 XmlThreat", describe(&r, ""));
 
@@ -170,7 +178,9 @@ async fn scenarios(dir: &Path, gw: &Gateway, received: &sim::receiver::Receiver)
     let r = post(&officer, "/bio/v1", "VerifyFingerprintRequest", messages::envelope(v11, &bio.check_identity())).await;
     row("SOAPAction disagrees with the Body", "400 SchemaViolation", describe(&r, ""));
 
-    let r = post(&officer, "/bio/v1", "GetCACertificates", messages::envelope(v11, &messages::get_ca_certificates("M-1"))).await;
+    let r =
+        post(&officer, "/bio/v1", "GetCACertificates", messages::envelope(v11, &messages::get_ca_certificates("M-1")))
+            .await;
     row("operation not on this route", "404 UnknownOperation", describe(&r, ""));
 
     let r = post(&revoked, "/bio/v1", "CheckIdentityRequest", messages::envelope(v11, &bio.check_identity())).await;
@@ -178,8 +188,18 @@ async fn scenarios(dir: &Path, gw: &Gateway, received: &sim::receiver::Receiver)
     row("revoked certificate", "handshake refused", observed);
 
     let message_id = format!("DEMO-{}", uuid::Uuid::new_v4());
-    let r = post(&officer, "/spoc/csn369791", "RequestCertificate", messages::envelope(v11, &messages::request_certificate(&message_id))).await;
-    row("CSN RequestCertificate, asynchronous", "200 ok_reception_ack", describe(&r, "<result>ok_reception_ack</result>"));
+    let r = post(
+        &officer,
+        "/spoc/csn369791",
+        "RequestCertificate",
+        messages::envelope(v11, &messages::request_certificate(&message_id)),
+    )
+    .await;
+    row(
+        "CSN RequestCertificate, asynchronous",
+        "200 ok_reception_ack",
+        describe(&r, "<result>ok_reception_ack</result>"),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while !received.received().contains(&message_id) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -98,7 +98,16 @@ struct Leaf<'a> {
 
 impl<'a> Leaf<'a> {
     fn client(cn: &'a str, ou: &'a str) -> Self {
-        Self { cn, o: "Border Police", ou: Some(ou), server: false, client: true, csn: None, start_days: -1, end_days: 365 }
+        Self {
+            cn,
+            o: "Border Police",
+            ou: Some(ou),
+            server: false,
+            client: true,
+            csn: None,
+            start_days: -1,
+            end_days: 365,
+        }
     }
     fn server(cn: &'a str, o: &'a str) -> Self {
         Self { cn, o, ou: None, server: true, client: false, csn: None, start_days: -1, end_days: 365 }
@@ -116,10 +125,8 @@ fn issue(ca: &Ca, leaf: &Leaf<'_>) -> Result<(String, String, SerialNumber), Dev
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.use_authority_key_identifier_extension = true;
     if leaf.server {
-        p.subject_alt_names = vec![
-            SanType::DnsName("localhost".try_into()?),
-            SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])),
-        ];
+        p.subject_alt_names =
+            vec![SanType::DnsName("localhost".try_into()?), SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]))];
         p.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
     }
     if leaf.client {

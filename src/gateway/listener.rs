@@ -104,7 +104,8 @@ where
                 _ => return refused("bad_certificate"),
             };
             tracing::debug!(listener = name, peer_subject = %peer.subject, peer_fingerprint = %peer.fingerprint, "connection");
-            let open = metrics.as_ref().map(|m| m.connections_open.get_or_create(&ListenerLabels { listener: name }).clone());
+            let open =
+                metrics.as_ref().map(|m| m.connections_open.get_or_create(&ListenerLabels { listener: name }).clone());
             if let Some(g) = &open {
                 g.inc();
             }
@@ -137,4 +138,3 @@ where
 pub async fn drain(graceful: GracefulShutdown, deadline: Duration) -> bool {
     tokio::time::timeout(deadline, graceful.shutdown()).await.is_ok()
 }
-

@@ -96,12 +96,17 @@ impl Gateway {
         });
         let (stop, stopped) = watch::channel(false);
         let mut listeners = Vec::new();
-        for (tcp, spec, kind) in [(Some(police_tcp), Some(police_spec), ListenerKind::Police), (callback_tcp, callback_spec, ListenerKind::Callback)] {
+        for (tcp, spec, kind) in [
+            (Some(police_tcp), Some(police_spec), ListenerKind::Police),
+            (callback_tcp, callback_spec, ListenerKind::Callback),
+        ] {
             let (Some(tcp), Some(spec)) = (tcp, spec) else { continue };
             let p = pipeline.clone();
             let handler = move |peer: Arc<tls::PeerIdentity>, req| {
                 let p = p.clone();
-                async move { p.handle(kind, &peer, req).await.map_err(|e| std::io::Error::new(std::io::ErrorKind::TimedOut, e)) }
+                async move {
+                    p.handle(kind, &peer, req).await.map_err(|e| std::io::Error::new(std::io::ErrorKind::TimedOut, e))
+                }
             };
             tracing::info!(listener = spec.name, addr = %tcp.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
             listeners.push(tokio::spawn(listener::serve(tcp, spec, Some(metrics.clone()), handler, stopped.clone())));
@@ -158,7 +163,12 @@ impl Gateway {
 
 /// Keeps an eye on an upstream that is down (or not yet tried): one handshake every two
 /// seconds until it answers. An upstream in use needs no probe: each request tells.
-async fn watch_upstream(name: &'static str, upstream: Upstream, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+async fn watch_upstream(
+    name: &'static str,
+    upstream: Upstream,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
     let gauge = metrics.upstream_up.get_or_create(&admin::metrics::UpstreamLabels { upstream: name }).clone();
     loop {
         if upstream.health() != Health::Up {

@@ -17,7 +17,9 @@ use super::body::{BodyError, read_limited};
 use super::fault::Refusal;
 use super::routes::{ListenerKind, Route, RouteTable, UpstreamKind, action_agrees, parse_content_type};
 use super::upstream::{Upstream, UpstreamError, soap_headers};
-use crate::admin::metrics::{Metrics, RequestLabels, RouteLabels, UpstreamError as UpstreamErrorLabels, UpstreamLabels};
+use crate::admin::metrics::{
+    Metrics, RequestLabels, RouteLabels, UpstreamError as UpstreamErrorLabels, UpstreamLabels,
+};
 use crate::tls::PeerIdentity;
 use crate::xml::{self, EnvelopeError, FaultText, SoapVersion};
 
@@ -93,7 +95,12 @@ impl Pipeline {
     async fn run(&self, x: &mut Exchange<'_>, req: Request<Incoming>) -> Result<Outcome, RequestTimeout> {
         // Route by listener and path.
         let Some(route) = self.routes.lookup(x.listener, req.uri().path()) else {
-            x.version = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(parse_content_type).map(|m| m.version);
+            x.version = req
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_content_type)
+                .map(|m| m.version);
             return Ok(Outcome::Refused(Refusal::UnknownOperation, format!("no route for path {}", req.uri().path())));
         };
         x.route = route.name;
@@ -112,12 +119,16 @@ impl Pipeline {
         };
         let content_type = req.headers().get(CONTENT_TYPE).cloned();
         // Body, within the route's limit and the listener's deadline.
-        let body = match tokio::time::timeout(self.request_timeout, read_limited(req.into_body(), route.max_body)).await {
+        let body = match tokio::time::timeout(self.request_timeout, read_limited(req.into_body(), route.max_body)).await
+        {
             Err(_) => return Err(RequestTimeout),
             Ok(Err(BodyError::TooLarge)) => {
                 return Ok(Outcome::Refused(Refusal::PayloadTooLarge, format!("over {} bytes", route.max_body)));
             }
-            Ok(Err(BodyError::Read(e))) => return Err(RequestTimeout).inspect_err(|_| tracing::info!(incident_id = %x.incident, error = %e, "request body read failed")),
+            Ok(Err(BodyError::Read(e))) => {
+                return Err(RequestTimeout)
+                    .inspect_err(|_| tracing::info!(incident_id = %x.incident, error = %e, "request body read failed"));
+            }
             Ok(Ok(b)) => b,
         };
         // Envelope, read once.
@@ -134,7 +145,10 @@ impl Pipeline {
         };
         x.operation = operation;
         if !action.as_deref().is_some_and(|a| action_agrees(a, route.namespace, operation)) {
-            return Ok(Outcome::Refused(Refusal::SchemaViolation, "SOAPAction/action does not name the Body's operation".into()));
+            return Ok(Outcome::Refused(
+                Refusal::SchemaViolation,
+                "SOAPAction/action does not name the Body's operation".into(),
+            ));
         }
         // Forward.
         let ct = content_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("text/xml; charset=utf-8");
@@ -161,7 +175,10 @@ impl Pipeline {
         let reply = match result {
             Ok(r) => r,
             Err(e) => {
-                self.metrics.upstream_errors.get_or_create(&UpstreamErrorLabels { upstream: name, kind: e.kind() }).inc();
+                self.metrics
+                    .upstream_errors
+                    .get_or_create(&UpstreamErrorLabels { upstream: name, kind: e.kind() })
+                    .inc();
                 let refusal = match &e {
                     e if e.is_timeout() => Refusal::UpstreamTimeout,
                     UpstreamError::TooLarge(_) => Refusal::UpstreamInvalidResponse,
@@ -187,7 +204,9 @@ impl Pipeline {
                     Err(e) if kind == "invalid_reply" => {
                         Outcome::Refused(Refusal::UpstreamInvalidResponse, format!("{name}: reply {e}"))
                     }
-                    _ => Outcome::Refused(Refusal::UpstreamUnavailable, format!("{name}: HTTP status {}", reply.status)),
+                    _ => {
+                        Outcome::Refused(Refusal::UpstreamUnavailable, format!("{name}: HTTP status {}", reply.status))
+                    }
                 }
             }
         }

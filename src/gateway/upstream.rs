@@ -5,24 +5,18 @@
 //!
 //! The same client serves tools and tests that call the gateway as a police system would.
 
-use std::future::Future;
-use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use http::header::{CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -91,13 +85,48 @@ pub enum Health {
 /// A pooled mutual-TLS client for one upstream.
 #[derive(Clone)]
 pub struct Upstream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     base: Uri,
-    client: Client<TlsConnect, Full<Bytes>>,
+    authority: String,
     connector: TlsConnect,
     response_timeout: Duration,
     body_timeout: Duration,
     max_response_bytes: usize,
-    health: Arc<AtomicU8>,
+    pool: Pool,
+    health: AtomicU8,
+}
+
+/// Idle HTTP/1.1 connections (one request at a time each) and at most one shared HTTP/2
+/// connection (many streams at once).
+struct Pool {
+    idle: Mutex<Vec<(http1::SendRequest<Full<Bytes>>, Instant)>>,
+    h2: Mutex<Option<http2::SendRequest<Full<Bytes>>>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+enum Sender {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+impl Sender {
+    async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    async fn send(&mut self, req: Request<Full<Bytes>>) -> hyper::Result<http::Response<Incoming>> {
+        match self {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    }
 }
 
 impl Upstream {
@@ -105,33 +134,37 @@ impl Upstream {
     pub fn new(cfg: &UpstreamConfig) -> Result<Self, TlsError> {
         let base = cfg.uri().map_err(|_| TlsError::ServerName(cfg.url.clone()))?;
         let host = base.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
-        let name = cfg.server_name.clone().unwrap_or(host);
+        let name = cfg.server_name.clone().unwrap_or_else(|| host.clone());
         let server_name = ServerName::try_from(name.clone()).map_err(|_| TlsError::ServerName(name))?;
         let connector = TlsConnect {
             tls: TlsConnector::from(tls::client_config(cfg)?),
             server_name,
+            host,
+            port: base.port_u16().unwrap_or(443),
             connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
             handshake_timeout: Duration::from_millis(cfg.handshake_timeout_ms),
         };
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_millis(cfg.pool_idle_timeout_ms))
-            .pool_max_idle_per_host(cfg.pool_max_idle)
-            .build(connector.clone());
         Ok(Self {
-            base,
-            client,
-            connector,
-            response_timeout: Duration::from_millis(cfg.response_timeout_ms),
-            body_timeout: Duration::from_millis(cfg.body_timeout_ms),
-            max_response_bytes: cfg.max_response_bytes,
-            health: Arc::new(AtomicU8::new(Health::Unknown as u8)),
+            inner: Arc::new(Inner {
+                authority: base.authority().map(|a| a.as_str().to_owned()).unwrap_or_default(),
+                base,
+                connector,
+                response_timeout: Duration::from_millis(cfg.response_timeout_ms),
+                body_timeout: Duration::from_millis(cfg.body_timeout_ms),
+                max_response_bytes: cfg.max_response_bytes,
+                pool: Pool {
+                    idle: Mutex::new(Vec::new()),
+                    h2: Mutex::new(None),
+                    max_idle: cfg.pool_max_idle,
+                    idle_timeout: Duration::from_millis(cfg.pool_idle_timeout_ms),
+                },
+                health: AtomicU8::new(Health::Unknown as u8),
+            }),
         })
     }
 
     pub fn health(&self) -> Health {
-        match self.health.load(Ordering::Relaxed) {
+        match self.inner.health.load(Ordering::Relaxed) {
             x if x == Health::Up as u8 => Health::Up,
             x if x == Health::Down as u8 => Health::Down,
             _ => Health::Unknown,
@@ -139,54 +172,150 @@ impl Upstream {
     }
 
     fn set_health(&self, h: Health) {
-        self.health.store(h as u8, Ordering::Relaxed);
+        self.inner.health.store(h as u8, Ordering::Relaxed);
     }
 
     /// The upstream's URL (scheme, host, port).
     pub fn base(&self) -> &Uri {
-        &self.base
+        &self.inner.base
+    }
+
+    fn request(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        body: &Bytes,
+        h2: bool,
+    ) -> Result<Request<Full<Bytes>>, UpstreamError> {
+        // HTTP/2 wants the full URI (:scheme, :authority); HTTP/1.1 the path and a Host header.
+        let uri = if h2 {
+            Uri::builder().scheme("https").authority(self.inner.authority.as_str()).path_and_query(path).build()
+        } else {
+            Uri::builder().path_and_query(path).build()
+        }
+        .map_err(|e| UpstreamError::Exchange(e.to_string()))?;
+        let mut req = Request::new(Full::new(body.clone()));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers.clone();
+        if !h2 && let Ok(v) = HeaderValue::from_str(&self.inner.authority) {
+            req.headers_mut().insert(HOST, v);
+        }
+        Ok(req)
     }
 
     /// POSTs `body` to `path` with exactly `headers` (the caller has filtered them) and reads
     /// the whole reply within the deadlines and the size limit.
     pub async fn post(&self, path: &str, headers: HeaderMap, body: Bytes) -> Result<Reply, UpstreamError> {
-        let uri = Uri::builder()
-            .scheme("https")
-            .authority(self.base.authority().map(|a| a.as_str()).unwrap_or_default())
-            .path_and_query(path)
-            .build()
-            .map_err(|e| UpstreamError::Exchange(e.to_string()))?;
-        let mut req = Request::new(Full::new(body));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = uri;
-        *req.headers_mut() = headers;
-        // Connect and handshake have their own deadlines inside the connector.
-        let overall = self.response_timeout + self.connector.connect_timeout + self.connector.handshake_timeout;
-        let resp = match tokio::time::timeout(overall, self.client.request(req)).await {
-            Err(_) => return Err(UpstreamError::ResponseTimeout(self.response_timeout)),
-            Ok(Err(e)) => {
-                let err = classify(&e);
-                if err.is_unreachable() {
-                    self.set_health(Health::Down);
-                }
-                return Err(err);
-            }
-            Ok(Ok(resp)) => resp,
+        let (mut sender, reused) = match self.checkout() {
+            Some(s) => (s, true),
+            None => (self.open().await?, false),
         };
-        self.set_health(Health::Up);
+        let h2 = matches!(sender, Sender::H2(_));
+        let deadline = self.inner.response_timeout;
+        let mut result = tokio::time::timeout(deadline, sender.send(self.request(path, &headers, &body, h2)?)).await;
+        if reused && matches!(&result, Ok(Err(e)) if e.is_canceled() || e.is_closed()) {
+            // The pooled connection had been closed by the upstream before our request went
+            // out: nothing was processed, so one retry on a new connection is safe.
+            sender = self.open().await?;
+            let h2 = matches!(sender, Sender::H2(_));
+            result = tokio::time::timeout(deadline, sender.send(self.request(path, &headers, &body, h2)?)).await;
+        }
+        let resp = match result {
+            Err(_) => return Err(UpstreamError::ResponseTimeout(deadline)),
+            Ok(Err(e)) => return Err(UpstreamError::Exchange(error_chain(&e))),
+            Ok(Ok(r)) => r,
+        };
         let status = resp.status();
         let content_type = resp.headers().get(CONTENT_TYPE).cloned();
-        let body = read_reply(resp.into_body(), self.max_response_bytes, self.body_timeout).await?;
+        let body = read_reply(resp.into_body(), self.inner.max_response_bytes, self.inner.body_timeout).await?;
+        self.checkin(sender);
         Ok(Reply { status, content_type, body })
+    }
+
+    /// An idle connection from the pool, if one is usable.
+    fn checkout(&self) -> Option<Sender> {
+        let pool = &self.inner.pool;
+        if let Ok(h2) = pool.h2.lock()
+            && let Some(s) = h2.as_ref()
+            && !s.is_closed()
+        {
+            return Some(Sender::H2(s.clone()));
+        }
+        let mut idle = pool.idle.lock().ok()?;
+        while let Some((s, since)) = idle.pop() {
+            if s.is_ready() && !s.is_closed() && since.elapsed() < pool.idle_timeout {
+                return Some(Sender::H1(s));
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose exchange completed to the pool.
+    fn checkin(&self, sender: Sender) {
+        let pool = &self.inner.pool;
+        match sender {
+            Sender::H1(s) => {
+                if let Ok(mut idle) = pool.idle.lock() {
+                    idle.retain(|(s, since)| !s.is_closed() && since.elapsed() < pool.idle_timeout);
+                    if idle.len() < pool.max_idle {
+                        idle.push((s, Instant::now()));
+                    }
+                }
+            }
+            Sender::H2(_) => {}
+        }
+    }
+
+    /// Opens a new connection: TCP, TLS, then HTTP/1.1 or HTTP/2 as ALPN chose.
+    async fn open(&self) -> Result<Sender, UpstreamError> {
+        let stream = match self.inner.connector.connect().await {
+            Ok(s) => {
+                self.set_health(Health::Up);
+                s
+            }
+            Err(e) => {
+                self.set_health(Health::Down);
+                return Err(e);
+            }
+        };
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2);
+        let io = TokioIo::new(stream);
+        if h2 {
+            let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30))
+                .handshake(io)
+                .await
+                .map_err(|e| UpstreamError::Handshake(e.to_string()))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            sender.ready().await.map_err(|e| UpstreamError::Exchange(e.to_string()))?;
+            if let Ok(mut slot) = self.inner.pool.h2.lock() {
+                *slot = Some(sender.clone());
+            }
+            Ok(Sender::H2(sender))
+        } else {
+            let (sender, conn) =
+                http1::Builder::new().handshake(io).await.map_err(|e| UpstreamError::Handshake(e.to_string()))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
+                }
+            });
+            let mut sender = Sender::H1(sender);
+            sender.ready().await.map_err(|e| UpstreamError::Exchange(e.to_string()))?;
+            Ok(sender)
+        }
     }
 
     /// Opens (and drops) one connection: TCP connect and TLS handshake. Used to learn whether
     /// an upstream that looked down is back.
     pub async fn probe(&self) -> Result<(), UpstreamError> {
-        let result = self.connector.connect(&self.base).await.map(drop).map_err(|e| match e {
-            ConnectError::Connect(m) => UpstreamError::Connect(m),
-            ConnectError::Handshake(m) => UpstreamError::Handshake(m),
-        });
+        let result = self.inner.connector.connect().await.map(drop);
         self.set_health(if result.is_ok() { Health::Up } else { Health::Down });
         result
     }
@@ -201,26 +330,6 @@ async fn read_reply(body: Incoming, limit: usize, deadline: Duration) -> Result<
     }
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
-    use std::error::Error as _;
-    // Walk the source chain to find our connector's own error, which knows its phase.
-    let mut src = e.source();
-    while let Some(s) = src {
-        if let Some(c) = s.downcast_ref::<ConnectError>() {
-            return match c {
-                ConnectError::Connect(m) => UpstreamError::Connect(m.clone()),
-                ConnectError::Handshake(m) => UpstreamError::Handshake(m.clone()),
-            };
-        }
-        src = s.source();
-    }
-    if e.is_connect() {
-        UpstreamError::Connect(e.to_string())
-    } else {
-        UpstreamError::Exchange(error_chain(e))
-    }
-}
-
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
@@ -232,96 +341,32 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The connector the pool uses: TCP then TLS, each with its deadline.
+/// TCP then TLS, each with its deadline.
 #[derive(Clone)]
 struct TlsConnect {
     tls: TlsConnector,
     server_name: ServerName<'static>,
+    host: String,
+    port: u16,
     connect_timeout: Duration,
     handshake_timeout: Duration,
 }
 
-#[derive(Debug, thiserror::Error)]
-enum ConnectError {
-    #[error("{0}")]
-    Connect(String),
-    #[error("{0}")]
-    Handshake(String),
-}
-
 impl TlsConnect {
-    fn connect(&self, uri: &Uri) -> impl Future<Output = Result<TokioIo<UpstreamStream>, ConnectError>> + use<> {
-        let this = self.clone();
-        let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
-        let port = uri.port_u16().unwrap_or(443);
-        async move {
-            let tcp = match tokio::time::timeout(this.connect_timeout, TcpStream::connect((host.as_str(), port))).await {
-                Err(_) => return Err(ConnectError::Connect(format!("no connection within {:?}", this.connect_timeout))),
-                Ok(Err(e)) => return Err(ConnectError::Connect(e.to_string())),
-                Ok(Ok(s)) => s,
-            };
-            let _ = tcp.set_nodelay(true);
-            let tls = match tokio::time::timeout(this.handshake_timeout, this.tls.connect(this.server_name.clone(), tcp)).await {
-                Err(_) => {
-                    return Err(ConnectError::Handshake(format!("no handshake within {:?}", this.handshake_timeout)));
-                }
-                Ok(Err(e)) => return Err(ConnectError::Handshake(e.to_string())),
-                Ok(Ok(s)) => s,
-            };
-            Ok(TokioIo::new(UpstreamStream(tls)))
+    async fn connect(&self) -> Result<TlsStream<TcpStream>, UpstreamError> {
+        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect((self.host.as_str(), self.port)))
+            .await
+        {
+            Err(_) => return Err(UpstreamError::Connect(format!("no connection within {:?}", self.connect_timeout))),
+            Ok(Err(e)) => return Err(UpstreamError::Connect(e.to_string())),
+            Ok(Ok(s)) => s,
+        };
+        let _ = tcp.set_nodelay(true);
+        match tokio::time::timeout(self.handshake_timeout, self.tls.connect(self.server_name.clone(), tcp)).await {
+            Err(_) => Err(UpstreamError::Handshake(format!("no handshake within {:?}", self.handshake_timeout))),
+            Ok(Err(e)) => Err(UpstreamError::Handshake(e.to_string())),
+            Ok(Ok(s)) => Ok(s),
         }
-    }
-}
-
-impl tower_service::Service<Uri> for TlsConnect {
-    type Response = TokioIo<UpstreamStream>;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        Box::pin(self.connect(&uri))
-    }
-}
-
-/// A TLS connection to the upstream, as the pool sees it.
-pub struct UpstreamStream(TlsStream<TcpStream>);
-
-impl Connection for UpstreamStream {
-    fn connected(&self) -> Connected {
-        let c = Connected::new();
-        if self.0.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2) { c.negotiated_h2() } else { c }
-    }
-}
-
-impl AsyncRead for UpstreamStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for UpstreamStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
     }
 }
 

@@ -316,7 +316,9 @@ impl Ministry {
                     ))
                 } else {
                     self.schedule_callback(f.message_id.clone());
-                    Some(format!("<RequestCertificateResponse xmlns=\"{CSN_NS}\"><result>ok_reception_ack</result></RequestCertificateResponse>"))
+                    Some(format!(
+                        "<RequestCertificateResponse xmlns=\"{CSN_NS}\"><result>ok_reception_ack</result></RequestCertificateResponse>"
+                    ))
                 }
             }
             (CSN_NS, "GetCACertificates") => Some(format!(

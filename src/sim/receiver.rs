@@ -61,7 +61,9 @@ impl Receiver {
         };
         let text = messages::envelope(
             SoapVersion::V11,
-            &format!("<SendCertificatesResponse xmlns=\"{CSN_NS}\"><result>{result}</result></SendCertificatesResponse>"),
+            &format!(
+                "<SendCertificatesResponse xmlns=\"{CSN_NS}\"><result>{result}</result></SendCertificatesResponse>"
+            ),
         );
         let mut resp = Response::new(SimBody::whole(text));
         *resp.status_mut() = status;

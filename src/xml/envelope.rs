@@ -232,7 +232,8 @@ pub fn read_envelope(body: &[u8]) -> Result<Envelope, EnvelopeError> {
                     }
                 }
                 if in_message_id {
-                    let s = std::str::from_utf8(&raw).map_err(|_| EnvelopeError::Malformed("text is not UTF-8".into()))?;
+                    let s =
+                        std::str::from_utf8(&raw).map_err(|_| EnvelopeError::Malformed("text is not UTF-8".into()))?;
                     let s = s.trim();
                     if !s.is_empty() && s.len() <= MAX_MESSAGE_ID {
                         message_id = Some(s.to_owned());
@@ -260,9 +261,9 @@ pub fn read_envelope(body: &[u8]) -> Result<Envelope, EnvelopeError> {
 
 fn namespace_of<'a>(ns: &'a ResolveResult<'_>) -> Result<Option<&'a str>, EnvelopeError> {
     match ns {
-        ResolveResult::Bound(Namespace(n)) => std::str::from_utf8(n)
-            .map(Some)
-            .map_err(|_| EnvelopeError::Malformed("namespace is not UTF-8".into())),
+        ResolveResult::Bound(Namespace(n)) => {
+            std::str::from_utf8(n).map(Some).map_err(|_| EnvelopeError::Malformed("namespace is not UTF-8".into()))
+        }
         ResolveResult::Unbound => Ok(None),
         ResolveResult::Unknown(_) => Err(EnvelopeError::Malformed("undeclared namespace prefix".into())),
     }
@@ -318,10 +319,11 @@ mod tests {
 
     #[test]
     fn refuses_hostile_and_broken() {
-        let env = |inner: &str| {
-            format!("<s:Envelope xmlns:s=\"{SOAP12_NS}\"><s:Body>{inner}</s:Body></s:Envelope>")
-        };
-        assert!(matches!(err(&format!("<!DOCTYPE x [<!ENTITY a \"b\">]>{}", env("<a xmlns=\"u\"/>"))), EnvelopeError::Threat(_)));
+        let env = |inner: &str| format!("<s:Envelope xmlns:s=\"{SOAP12_NS}\"><s:Body>{inner}</s:Body></s:Envelope>");
+        assert!(matches!(
+            err(&format!("<!DOCTYPE x [<!ENTITY a \"b\">]>{}", env("<a xmlns=\"u\"/>"))),
+            EnvelopeError::Threat(_)
+        ));
         assert!(matches!(err(&env("<a xmlns=\"u\">&xxe;</a>")), EnvelopeError::Threat(_)));
         assert!(matches!(err(&env("<?pi x?><a xmlns=\"u\"/>")), EnvelopeError::Threat(_)));
         assert!(matches!(err(&env("<a xmlns=\"u\"><b></a>")), EnvelopeError::Malformed(_)));
@@ -334,7 +336,9 @@ mod tests {
         assert!(matches!(err(&env("<a xmlns=\"u\">")), EnvelopeError::Malformed(_)));
         let deep = format!("{}{}", "<a xmlns=\"u\">".repeat(100), "</a>".repeat(100));
         assert!(matches!(err(&env(&deep)), EnvelopeError::Threat(_)));
-        let two_bodies = format!("<s:Envelope xmlns:s=\"{SOAP12_NS}\"><s:Body><a xmlns=\"u\"/></s:Body><s:Body><a xmlns=\"u\"/></s:Body></s:Envelope>");
+        let two_bodies = format!(
+            "<s:Envelope xmlns:s=\"{SOAP12_NS}\"><s:Body><a xmlns=\"u\"/></s:Body><s:Body><a xmlns=\"u\"/></s:Body></s:Envelope>"
+        );
         assert!(matches!(err(&two_bodies), EnvelopeError::NotSoap(_)));
         assert!(matches!(
             err(&format!("<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?>{}", env("<a xmlns=\"u\"/>"))),

@@ -1,0 +1,249 @@
+//! Test harness: a fresh development PKI per test (made by the real `spocgw dev-pki`), the
+//! real binary started as child processes on ports the test chose, and clients that speak
+//! mutual TLS as police systems do. Every child is killed when its handle drops.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use spocgw::config::UpstreamConfig;
+use spocgw::gateway::upstream::{Reply, Upstream, UpstreamError, soap_headers};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_spocgw");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process killed on drop; its stderr goes to a file the test can read.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn start(args: &[&str], log: PathBuf) -> Proc {
+        let f = std::fs::File::create(&log).unwrap();
+        let child =
+            Command::new(BIN).args(args).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(f).spawn().unwrap();
+        Proc { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_port(port: u16) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listens on port {port}");
+}
+
+/// A plain HTTP GET to the admin listener: (status, body).
+pub fn admin_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one metric line (`name{labels}`), 0 when absent.
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// One test's world: PKI, configs, and the processes it started.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub gateway_port: u16,
+    pub callback_port: u16,
+    pub admin_port: u16,
+    pub ministry_port: u16,
+    pub receiver_port: u16,
+    pub procs: Vec<Proc>,
+}
+
+impl World {
+    /// Makes a fresh PKI and configs; starts nothing.
+    pub fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let w = World {
+            gateway_port: free_port(),
+            callback_port: free_port(),
+            admin_port: free_port(),
+            ministry_port: free_port(),
+            receiver_port: free_port(),
+            dir,
+            procs: Vec::new(),
+        };
+        let out = Command::new(BIN)
+            .args(["dev-pki", "--out"])
+            .arg(w.dir.path())
+            .args(["--gateway-port", &w.gateway_port.to_string()])
+            .args(["--callback-port", &w.callback_port.to_string()])
+            .args(["--admin-port", &w.admin_port.to_string()])
+            .args(["--ministry-port", &w.ministry_port.to_string()])
+            .args(["--receiver-port", &w.receiver_port.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "dev-pki failed: {}", String::from_utf8_lossy(&out.stderr));
+        w
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Appends TOML to a config file (tables added after the existing ones).
+    pub fn append(&self, file: &str, toml: &str) {
+        let p = self.path(file);
+        let mut s = std::fs::read_to_string(&p).unwrap();
+        s.push_str(toml);
+        std::fs::write(p, s).unwrap();
+    }
+
+    /// Replaces text in a config file.
+    pub fn edit(&self, file: &str, from: &str, to: &str) {
+        let p = self.path(file);
+        let s = std::fs::read_to_string(&p).unwrap();
+        assert!(s.contains(from), "{file} has no {from:?}");
+        std::fs::write(p, s.replace(from, to)).unwrap();
+    }
+
+    pub fn start_ministry(&mut self) {
+        let cfg = self.path("ministry.toml");
+        let p = Proc::start(&["sim", "ministry", "--config", cfg.to_str().unwrap()], self.path("ministry.log"));
+        self.procs.push(p);
+        wait_port(self.ministry_port);
+    }
+
+    pub fn start_receiver(&mut self) {
+        let cfg = self.path("receiver.toml");
+        let p = Proc::start(&["sim", "police-receiver", "--config", cfg.to_str().unwrap()], self.path("receiver.log"));
+        self.procs.push(p);
+        wait_port(self.receiver_port);
+    }
+
+    /// Starts the gateway and waits until it listens (not until the upstream is up).
+    pub fn start_gateway(&mut self) -> usize {
+        let cfg = self.path("gateway.toml");
+        let p = Proc::start(&["serve", "--config", cfg.to_str().unwrap()], self.path("gateway.log"));
+        self.procs.push(p);
+        wait_port(self.gateway_port);
+        wait_port(self.admin_port);
+        self.procs.len() - 1
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&self) {
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end {
+            if admin_get(self.admin_port, "/readyz").0 == 200 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("gateway not ready: {:?}", admin_get(self.admin_port, "/readyz"));
+    }
+
+    /// The whole chain, ready to serve.
+    pub fn full() -> World {
+        let mut w = World::new();
+        w.start_ministry();
+        w.start_receiver();
+        w.start_gateway();
+        w.wait_ready();
+        w
+    }
+
+    pub fn metrics(&self) -> String {
+        admin_get(self.admin_port, "/metrics").1
+    }
+
+    /// A police client with `clients/<who>` credentials.
+    pub fn client(&self, who: &str, http2: bool) -> Upstream {
+        let mut cfg = UpstreamConfig::client(
+            format!("https://127.0.0.1:{}", self.gateway_port),
+            &self.path("ca/police-ca.pem"),
+            &self.path(&format!("clients/{who}.pem")),
+            &self.path(&format!("clients/{who}.key")),
+        );
+        cfg.http2 = http2;
+        Upstream::new(&cfg).unwrap()
+    }
+
+    pub fn gateway_log(&self) -> String {
+        std::fs::read_to_string(self.path("gateway.log")).unwrap_or_default()
+    }
+}
+
+pub async fn post(
+    c: &Upstream,
+    path: &str,
+    content_type: &str,
+    action: Option<&str>,
+    body: String,
+) -> Result<Reply, UpstreamError> {
+    c.post(path, soap_headers(content_type, action, None), Bytes::from(body)).await
+}
+
+pub fn text(r: &Reply) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+/// The `GatewayFault` code of a reply, if it is one.
+pub fn fault_code(r: &Reply) -> Option<String> {
+    let t = text(r);
+    let start = t.find("<Code>")? + 6;
+    let end = t[start..].find("</Code>")? + start;
+    Some(t[start..end].to_owned())
+}
+
+/// Reads a child's log lines until one contains `needle`.
+pub fn log_contains(path: &Path, needle: &str) -> bool {
+    std::fs::File::open(path)
+        .map(|f| BufReader::new(f).lines().map_while(Result::ok).any(|l| l.contains(needle)))
+        .unwrap_or(false)
+}

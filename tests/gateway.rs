@@ -1,0 +1,390 @@
+//! The gateway as police systems see it: the real binary, real mutual TLS on 127.0.0.1,
+//! certificates from `spocgw dev-pki`, the simulated Ministry behind it.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use spocgw::sim::messages::{self, BioRequest};
+use spocgw::xml::SoapVersion;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const XML11: &str = "text/xml; charset=utf-8";
+
+fn bio() -> BioRequest {
+    BioRequest::matching("6f1c1c4e-3f0a-4d53-9a43-2b5c1e0f9a01", 8 * 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn officer_reaches_every_operation_over_http1_and_http2() {
+    let w = World::full();
+    let b = bio();
+    let cases: Vec<(&str, &str, String, &str)> = vec![
+        ("/bio/v1", "VerifyFingerprintRequest", b.verify_fingerprint(), "<Result>MATCH</Result>"),
+        ("/bio/v1", "CheckIdentityRequest", b.check_identity(), "<DocumentStatus>VALID</DocumentStatus>"),
+        (
+            "/spoc/csn369791",
+            "RequestCertificate",
+            messages::request_certificate("SYNC-1"),
+            "<result>ok_cert_available</result>",
+        ),
+        (
+            "/spoc/csn369791",
+            "RequestCertificate",
+            messages::request_certificate("ASYNC-1"),
+            "<result>ok_reception_ack</result>",
+        ),
+        (
+            "/spoc/csn369791",
+            "GetCACertificates",
+            messages::get_ca_certificates("G-1"),
+            "<result>ok_cert_available</result>",
+        ),
+        ("/spoc/csn369791", "GeneralMessage", messages::general_message("M-1", "hello"), "<result>ok</result>"),
+    ];
+    for http2 in [false, true] {
+        let c = w.client("officer", http2);
+        for (path, action, op, expect) in &cases {
+            let r = post(&c, path, XML11, Some(action), messages::envelope(SoapVersion::V11, op)).await.unwrap();
+            assert_eq!(r.status, 200, "{action} http2={http2}: {}", text(&r));
+            assert!(text(&r).contains(expect), "{action}: {}", text(&r));
+        }
+        // SOAP 1.2: the action travels in the content type.
+        let ct = messages::content_type(SoapVersion::V12, "urn:spocgw:bio:1/VerifyFingerprintRequest");
+        let r = post(&c, "/bio/v1", &ct, None, messages::envelope(SoapVersion::V12, &b.verify_fingerprint()))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", text(&r));
+        assert!(text(&r).contains(spocgw::xml::SOAP12_NS));
+    }
+    let m = w.metrics();
+    assert!(
+        metric(
+            &m,
+            r#"spocgw_requests_total{listener="police",route="bio_v1",operation="VerifyFingerprintRequest",code="ok"}"#
+        ) >= 4.0,
+        "{m}"
+    );
+    // The request ID the gateway assigned reached the upstream and comes back to the client.
+    let log = w.gateway_log();
+    assert!(log.contains("\"peer_subject\":\"C=CZ, O=Border Police, OU=border-verifier, CN=officer-0001\""), "{log}");
+    assert!(!log.contains(&b.document_number), "document number leaked into the log");
+}
+
+#[test]
+fn curl_and_openssl_clients_get_through() {
+    let w = World::full();
+    let sample = w.path("samples/verify-fingerprint.xml");
+    for http in ["--http1.1", "--http2"] {
+        let out = Command::new("curl")
+            .args(["-sS", http, "--fail-with-body", "--cacert"])
+            .arg(w.path("ca/police-ca.pem"))
+            .arg("--cert")
+            .arg(w.path("clients/officer.pem"))
+            .arg("--key")
+            .arg(w.path("clients/officer.key"))
+            .args(["-H", "Content-Type: text/xml; charset=utf-8", "-H", "SOAPAction: \"VerifyFingerprintRequest\""])
+            .arg("--data-binary")
+            .arg(format!("@{}", sample.display()))
+            .arg(format!("https://localhost:{}/bio/v1", w.gateway_port))
+            .output()
+            .expect("curl must be installed (make test installs it)");
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "curl {http}: {} {body}", String::from_utf8_lossy(&out.stderr));
+        assert!(body.contains("<Result>MATCH</Result>"), "{body}");
+    }
+
+    // openssl s_client, HTTP/1.1 written by hand.
+    let payload = std::fs::read_to_string(&sample).unwrap();
+    let request = format!(
+        "POST /bio/v1 HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml; charset=utf-8\r\nSOAPAction: VerifyFingerprintRequest\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        payload.len()
+    );
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect"])
+        .arg(format!("127.0.0.1:{}", w.gateway_port))
+        .arg("-CAfile")
+        .arg(w.path("ca/police-ca.pem"))
+        .arg("-cert")
+        .arg(w.path("clients/officer.pem"))
+        .arg("-key")
+        .arg(w.path("clients/officer.key"))
+        .args(["-servername", "localhost", "-verify_return_error"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl must be installed (make test installs it)");
+    use std::io::Write;
+    child.stdin.as_mut().unwrap().write_all(request.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text} / {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("<Result>MATCH</Result>"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_client_certificates_are_refused_at_the_handshake_and_counted() {
+    let w = World::full();
+    let body = messages::envelope(SoapVersion::V11, &bio().check_identity());
+    for who in ["revoked", "expired", "untrusted", "wrong-eku"] {
+        let r = post(&w.client(who, false), "/bio/v1", XML11, Some("CheckIdentityRequest"), body.clone()).await;
+        assert!(r.is_err(), "{who} got through: {:?}", r.map(|r| r.status));
+    }
+    // No certificate at all.
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(w.path("ca/police-ca.pem"))
+        .args([
+            "-H",
+            "Content-Type: text/xml; charset=utf-8",
+            "-H",
+            "SOAPAction: CheckIdentityRequest",
+            "--data",
+            &body,
+        ])
+        .arg(format!("https://localhost:{}/bio/v1", w.gateway_port))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a client without certificate got an answer");
+    // The officer still gets through.
+    let r = post(&w.client("officer", false), "/bio/v1", XML11, Some("CheckIdentityRequest"), body).await.unwrap();
+    assert_eq!(r.status, 200);
+
+    let m = w.metrics();
+    for reason in ["revoked", "expired", "untrusted", "wrong_purpose", "no_certificate"] {
+        let line = format!(r#"spocgw_tls_handshake_failures_total{{listener="police",reason="{reason}"}}"#);
+        assert_eq!(metric(&m, &line), 1.0, "{reason}: {m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_unknown_and_mistyped_requests_get_contract_faults() {
+    let w = World::full();
+    let c = w.client("officer", false);
+    let b = bio();
+    let ci = messages::envelope(SoapVersion::V11, &b.check_identity());
+
+    let r = post(&c, "/nowhere", XML11, Some("CheckIdentityRequest"), ci.clone()).await.unwrap();
+    assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (404, Some("UnknownOperation")));
+    let r = post(
+        &c,
+        "/bio/v1",
+        XML11,
+        Some("GeneralMessage"),
+        messages::envelope(SoapVersion::V11, &messages::general_message("x", "y")),
+    )
+    .await
+    .unwrap();
+    assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (404, Some("UnknownOperation")));
+
+    let r = post(&c, "/bio/v1", "application/json", None, "{}".into()).await.unwrap();
+    assert_eq!(r.status, 415);
+    assert!(text(&r).starts_with("UnsupportedMediaType"), "{}", text(&r));
+    let r =
+        post(&c, "/bio/v1", "text/xml; charset=iso-8859-1", Some("CheckIdentityRequest"), ci.clone()).await.unwrap();
+    assert_eq!(r.status, 415);
+
+    let r = post(&c, "/bio/v1", XML11, Some("VerifyFingerprintRequest"), ci.clone()).await.unwrap();
+    assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (400, Some("SchemaViolation")));
+    // Faults carry the incident ID and, when known, the MessageID; never internal detail.
+    let t = text(&r);
+    assert!(t.contains("<IncidentID>"), "{t}");
+    assert!(t.contains(&format!("<MessageID>{}</MessageID>", b.message_id)), "{t}");
+    assert!(!t.contains("SOAPAction/action"), "internal detail leaked: {t}");
+    let r = post(&c, "/bio/v1", XML11, None, ci.clone()).await.unwrap();
+    assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (400, Some("SchemaViolation")));
+
+    let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), ci.replace("</Requester>", "")).await.unwrap();
+    assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (400, Some("XmlMalformed")));
+    let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), ci.replace("OFF-0001", "&xxe;")).await.unwrap();
+    assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (400, Some("XmlThreat")));
+    let m = w.metrics();
+    assert!(
+        metric(&m, r#"spocgw_requests_total{listener="police",route="bio_v1",operation="unknown",code="XmlThreat"}"#)
+            >= 1.0,
+        "{m}"
+    );
+}
+
+/// Opens a raw mutual-TLS connection to the gateway as the officer.
+async fn raw_officer(w: &World) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let cfg = spocgw::config::UpstreamConfig::client(
+        format!("https://127.0.0.1:{}", w.gateway_port),
+        &w.path("ca/police-ca.pem"),
+        &w.path("clients/officer.pem"),
+        &w.path("clients/officer.key"),
+    );
+    let tls = tokio_rustls::TlsConnector::from(spocgw::tls::client_config(&cfg).unwrap());
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", w.gateway_port)).await.unwrap();
+    tls.connect("localhost".try_into().unwrap(), tcp).await.unwrap()
+}
+
+async fn read_status(s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> String {
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("no response").unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_over_the_limit_is_refused_while_it_streams() {
+    let mut w = World::new();
+    w.append("gateway.toml", "\n[routes]\nbio_max_body_bytes = 65536\n");
+    w.start_ministry();
+    w.start_gateway();
+    w.wait_ready();
+
+    // Declared too large: refused before any body byte is read.
+    let mut s = raw_officer(&w).await;
+    s.write_all(b"POST /bio/v1 HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\nSOAPAction: VerifyFingerprintRequest\r\nContent-Length: 10000000\r\n\r\n").await.unwrap();
+    let head = read_status(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(head.contains("PayloadTooLarge"), "{head}");
+
+    // Chunked, no length declared: 128 KiB sent of a body that would never end; the 413
+    // arrives while the client is still sending, so the gateway never holds the whole body.
+    let s = raw_officer(&w).await;
+    let (mut rd, mut wr) = tokio::io::split(s);
+    let writer = tokio::spawn(async move {
+        wr.write_all(b"POST /bio/v1 HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\nSOAPAction: VerifyFingerprintRequest\r\nTransfer-Encoding: chunked\r\n\r\n").await?;
+        let chunk = format!("{:x}\r\n{}\r\n", 8192, "<".repeat(8192));
+        let mut sent = 0usize;
+        // Up to 64 MiB; the gateway must answer long before.
+        for _ in 0..8192 {
+            wr.write_all(chunk.as_bytes()).await?;
+            sent += 8192;
+        }
+        std::io::Result::Ok(sent)
+    });
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf)).await.expect("no response").unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    // The writer was stopped by the gateway closing the connection, far short of the 64 MiB.
+    let sent = writer.await.unwrap();
+    assert!(sent.is_err(), "the gateway read the whole 64 MiB body: {sent:?}");
+    let m = w.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            r#"spocgw_requests_total{listener="police",route="bio_v1",operation="unknown",code="PayloadTooLarge"}"#
+        ),
+        2.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_become_502_and_504_and_others_keep_being_served() {
+    let mut w = World::new();
+    w.edit(
+        "gateway.toml",
+        "key = \"gateway/ministry-side.key\"\n",
+        "key = \"gateway/ministry-side.key\"\nresponse_timeout_ms = 1000\n",
+    );
+    w.start_ministry();
+    w.start_receiver();
+    w.start_gateway();
+    w.wait_ready();
+    let c = w.client("officer", false);
+    let with_case = |case: &str| {
+        let mut b = bio();
+        b.case_reference = case.to_owned();
+        messages::envelope(SoapVersion::V11, &b.check_identity())
+    };
+
+    // Slower than the deadline -> 504, while another client is served meanwhile.
+    let slow = {
+        let c = c.clone();
+        let body = with_case("SIM-DELAY-3000");
+        tokio::spawn(async move { post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), body).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let other = w.client("officer", true);
+    let r = post(&other, "/bio/v1", XML11, Some("CheckIdentityRequest"), with_case("CASE-1")).await.unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let r = slow.await.unwrap().unwrap();
+    assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (504, Some("UpstreamTimeout")));
+
+    // Reset mid-response -> 502.
+    let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), with_case("SIM-RESET")).await.unwrap();
+    assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (502, Some("UpstreamUnavailable")));
+    // A 503 from the Ministry -> 502; a reply that is not XML -> 502 UpstreamInvalidResponse.
+    let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), with_case("SIM-STATUS-503")).await.unwrap();
+    assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (502, Some("UpstreamUnavailable")));
+    let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), with_case("SIM-MALFORMED")).await.unwrap();
+    assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (502, Some("UpstreamInvalidResponse")));
+    let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), with_case("CASE-2")).await.unwrap();
+    assert_eq!(r.status, 200);
+
+    // Upstream down -> 502 at once (no waiting for the response deadline), readyz says why.
+    w.procs.remove(0); // the simulated Ministry, killed on drop
+    let started = Instant::now();
+    let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), with_case("CASE-3")).await.unwrap();
+    assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (502, Some("UpstreamUnavailable")));
+    assert!(started.elapsed() < Duration::from_millis(1000), "took {:?}", started.elapsed());
+    let (status, body) = admin_get(w.admin_port, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("ministry: unreachable"), "{body}");
+    let m = w.metrics();
+    assert!(metric(&m, r#"spocgw_upstream_errors_total{upstream="ministry",kind="connect"}"#) >= 1.0, "{m}");
+    assert!(metric(&m, r#"spocgw_upstream_errors_total{upstream="ministry",kind="response_timeout"}"#) >= 1.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits_0() {
+    let mut w = World::full();
+    let c = w.client("officer", false);
+    let mut b = bio();
+    b.case_reference = "SIM-DELAY-1500".into();
+    let body = messages::envelope(SoapVersion::V11, &b.check_identity());
+    let in_flight = tokio::spawn(async move { post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), body).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gw = w.procs.len() - 1;
+    w.procs[gw].signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // No new connections once draining.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", w.gateway_port)).is_err(), "still accepting after SIGTERM");
+    let r = in_flight.await.unwrap().unwrap();
+    assert_eq!(r.status, 200, "in-flight request cut: {}", text(&r));
+    let status = w.procs[gw].wait_exit(Duration::from_secs(15)).expect("gateway did not exit");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn broken_configs_exit_2_with_one_line_naming_file_key_and_problem() {
+    let w = World::new();
+    let run = |file: &std::path::Path| {
+        let out = Command::new(BIN).args(["serve", "--config"]).arg(file).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    w.edit("gateway.toml", "cert = \"gateway/police-side.pem\"", "cert = \"gateway/missing.pem\"");
+    let (code, err) = run(&w.path("gateway.toml"));
+    assert_eq!(code, Some(2));
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("gateway.toml") && err.contains("police.cert") && err.contains("missing.pem"), "{err}");
+
+    w.edit("gateway.toml", "cert = \"gateway/missing.pem\"", "cert = \"gateway/police-side.pem\"\ncolour = \"blue\"");
+    let (code, err) = run(&w.path("gateway.toml"));
+    assert_eq!(code, Some(2));
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("gateway.toml") && err.contains("colour") && err.contains("police"), "{err}");
+
+    let (code, err) = run(&w.path("nonexistent.toml"));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("nonexistent.toml"), "{err}");
+}
+
+#[test]
+fn healthz_readyz_and_metrics_answer() {
+    let w = World::full();
+    assert_eq!(admin_get(w.admin_port, "/healthz"), (200, "ok\n".to_owned()));
+    let (status, body) = admin_get(w.admin_port, "/readyz");
+    assert_eq!(status, 200);
+    assert!(body.contains("ministry: ok"), "{body}");
+    let m = w.metrics();
+    assert!(m.contains("spocgw_requests_in_flight"), "{m}");
+    assert!(m.contains("# EOF"), "{m}");
+}
