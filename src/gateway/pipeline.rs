@@ -126,8 +126,9 @@ impl Pipeline {
                 return Ok(Outcome::Refused(Refusal::PayloadTooLarge, format!("over {} bytes", route.max_body)));
             }
             Ok(Err(BodyError::Read(e))) => {
-                return Err(RequestTimeout)
-                    .inspect_err(|_| tracing::info!(incident_id = %x.incident, error = %e, "request body read failed"));
+                return Err(RequestTimeout).inspect_err(
+                    |_| tracing::info!(incident_id = %x.incident, error = %e, "request body read failed"),
+                );
             }
             Ok(Ok(b)) => b,
         };
