@@ -97,7 +97,9 @@ fn run_inner(keep: Option<&Path>) -> anyhow::Result<bool> {
     }
     let passed = rows.iter().filter(|r| r.pass).count();
     println!("\n{passed} passed, {} failed", rows.len() - passed);
-    println!("logs: {}", log_path.display());
+    if keep.is_some() {
+        println!("logs: {}", log_path.display());
+    }
     Ok(passed == rows.len())
 }
 
