@@ -5,3 +5,4 @@ pub mod fault;
 
 pub use envelope::{Envelope, EnvelopeError, SOAP11_NS, SOAP12_NS, SoapVersion, read_envelope};
 pub use fault::{FAULT_NS, FaultText, plain_fault, soap_fault};
+pub mod xsd;

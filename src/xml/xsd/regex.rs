@@ -1,0 +1,200 @@
+//! XSD regular expressions (XML Schema Part 2, appendix F) translated for the `regex` crate.
+//!
+//! XSD patterns are implicitly anchored, treat `^` and `$` as ordinary characters, use `-[...]`
+//! for class subtraction, and have their own `.`, `\s`, `\w`, `\i`, `\c` and `\p{IsBlock}`. The
+//! translation is a single scan; anything it does not know is refused with a reason, never
+//! passed through. Compiled programs are size-limited.
+
+use regex::{Regex, RegexBuilder};
+
+/// Compiled size limit for one pattern: patterns are schema-authored, but a typo like
+/// `\p{L}{1,100000}` must not turn into a memory problem.
+const SIZE_LIMIT: usize = 1 << 20;
+
+/// NameStartChar and NameChar of XML 1.0 fifth edition (what `\i` and `\c` stand for).
+const NAME_START: &str = r":A-Z_a-z\u{C0}-\u{D6}\u{D8}-\u{F6}\u{F8}-\u{2FF}\u{370}-\u{37D}\u{37F}-\u{1FFF}\u{200C}-\u{200D}\u{2070}-\u{218F}\u{2C00}-\u{2FEF}\u{3001}-\u{D7FF}\u{F900}-\u{FDCF}\u{FDF0}-\u{FFFD}\u{10000}-\u{EFFFF}";
+const NAME_EXTRA: &str = r"\-.0-9\u{B7}\u{300}-\u{36F}\u{203F}-\u{2040}";
+
+/// The Unicode blocks `\p{IsX}` may name (the ones a European identity schema plausibly uses).
+const BLOCKS: &[(&str, &str)] = &[
+    ("BasicLatin", r"\u{0}-\u{7F}"),
+    ("Latin-1Supplement", r"\u{80}-\u{FF}"),
+    ("LatinExtended-A", r"\u{100}-\u{17F}"),
+    ("LatinExtended-B", r"\u{180}-\u{24F}"),
+    ("IPAExtensions", r"\u{250}-\u{2AF}"),
+    ("SpacingModifierLetters", r"\u{2B0}-\u{2FF}"),
+    ("CombiningDiacriticalMarks", r"\u{300}-\u{36F}"),
+    ("Greek", r"\u{370}-\u{3FF}"),
+    ("Cyrillic", r"\u{400}-\u{4FF}"),
+    ("Armenian", r"\u{530}-\u{58F}"),
+    ("Hebrew", r"\u{590}-\u{5FF}"),
+    ("Arabic", r"\u{600}-\u{6FF}"),
+    ("LatinExtendedAdditional", r"\u{1E00}-\u{1EFF}"),
+    ("GreekExtended", r"\u{1F00}-\u{1FFF}"),
+    ("GeneralPunctuation", r"\u{2000}-\u{206F}"),
+];
+
+/// Translates an XSD pattern into an anchored `regex` pattern.
+pub fn translate(xsd: &str) -> Result<String, String> {
+    let chars: Vec<char> = xsd.chars().collect();
+    let mut out = String::with_capacity(xsd.len() + 16);
+    out.push_str("^(?:");
+    let mut i = 0;
+    // Depth of character classes we are inside (subtraction nests them).
+    let mut class_depth = 0usize;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '\\' => {
+                let (s, used) = escape(&chars[i..], class_depth > 0)?;
+                out.push_str(&s);
+                i += used;
+                continue;
+            }
+            '[' => {
+                class_depth += 1;
+                out.push('[');
+                if chars.get(i + 1) == Some(&'^') {
+                    out.push('^');
+                    i += 1;
+                }
+            }
+            ']' if class_depth > 0 => {
+                class_depth -= 1;
+                out.push(']');
+            }
+            '-' if class_depth > 0 && chars.get(i + 1) == Some(&'[') => {
+                // class subtraction: [a-z-[aeiou]] -> [a-z--[aeiou]]
+                out.push_str("--");
+            }
+            '.' if class_depth == 0 => out.push_str(r"[^\n\r]"),
+            '^' | '$' if class_depth == 0 => {
+                out.push('\\');
+                out.push(c);
+            }
+            '&' | '~' if class_depth > 0 => {
+                out.push('\\');
+                out.push(c);
+            }
+            '-' if class_depth > 0 => out.push('-'),
+            '(' => {
+                if chars.get(i + 1) == Some(&'?') {
+                    return Err("'(?' is not XSD regex syntax".into());
+                }
+                out.push('(');
+            }
+            '#' | ' ' if class_depth > 0 => {
+                out.push('\\');
+                out.push(c);
+            }
+            _ => out.push(c),
+        }
+        i += 1;
+    }
+    if class_depth != 0 {
+        return Err("unterminated character class".into());
+    }
+    out.push_str(")$");
+    Ok(out)
+}
+
+/// Translates the escape at the start of `chars`; returns the text and how many chars it used.
+fn escape(chars: &[char], in_class: bool) -> Result<(String, usize), String> {
+    let Some(&e) = chars.get(1) else { return Err("pattern ends with a backslash".into()) };
+    let wrap = |s: &str| if in_class { s.to_owned() } else { format!("[{s}]") };
+    let wrap_neg = |s: &str| {
+        if in_class {
+            Err("negated multi-character escape inside a class is not supported".to_owned())
+        } else {
+            Ok(format!("[^{s}]"))
+        }
+    };
+    let s = match e {
+        'n' => r"\n".to_owned(),
+        'r' => r"\r".to_owned(),
+        't' => r"\t".to_owned(),
+        '\\' | '|' | '.' | '-' | '^' | '?' | '*' | '+' | '{' | '}' | '(' | ')' | '[' | ']' => format!("\\{e}"),
+        's' => wrap(r" \t\n\r"),
+        'S' => wrap_neg(r" \t\n\r")?,
+        'd' => r"\p{Nd}".to_owned(),
+        'D' => r"\P{Nd}".to_owned(),
+        'w' => {
+            if in_class {
+                return Err(r"\w inside a class is not supported".into());
+            }
+            r"[^\p{P}\p{Z}\p{C}]".to_owned()
+        }
+        'W' => wrap(r"\p{P}\p{Z}\p{C}"),
+        'i' => wrap(NAME_START),
+        'I' => wrap_neg(NAME_START)?,
+        'c' => wrap(&format!("{NAME_START}{NAME_EXTRA}")),
+        'C' => wrap_neg(&format!("{NAME_START}{NAME_EXTRA}"))?,
+        'p' | 'P' => {
+            let close = chars.iter().position(|&c| c == '}').ok_or("unterminated \\p{...}")?;
+            if chars.get(2) != Some(&'{') {
+                return Err("\\p must be followed by {".into());
+            }
+            let name: String = chars[3..close].iter().collect();
+            let body = if let Some(block) = name.strip_prefix("Is") {
+                let range = BLOCKS
+                    .iter()
+                    .find(|(n, _)| *n == block)
+                    .map(|(_, r)| *r)
+                    .ok_or_else(|| format!("unsupported Unicode block \\p{{{name}}}"))?;
+                if e == 'p' { wrap(range) } else { wrap_neg(range)? }
+            } else {
+                const CATEGORIES: &[&str] = &[
+                    "L", "Lu", "Ll", "Lt", "Lm", "Lo", "M", "Mn", "Mc", "Me", "N", "Nd", "Nl", "No", "P", "Pc", "Pd",
+                    "Ps", "Pe", "Pi", "Pf", "Po", "Z", "Zs", "Zl", "Zp", "S", "Sm", "Sc", "Sk", "So", "C", "Cc", "Cf",
+                    "Co", "Cn",
+                ];
+                if !CATEGORIES.contains(&name.as_str()) {
+                    return Err(format!("unknown Unicode category \\{e}{{{name}}}"));
+                }
+                format!("\\{e}{{{name}}}")
+            };
+            return Ok((body, close + 1));
+        }
+        other => return Err(format!("unknown escape \\{other}")),
+    };
+    Ok((s, 2))
+}
+
+/// Translates and compiles an XSD pattern.
+pub fn compile(xsd: &str) -> Result<Regex, String> {
+    let translated = translate(xsd)?;
+    RegexBuilder::new(&translated)
+        .size_limit(SIZE_LIMIT)
+        .dfa_size_limit(SIZE_LIMIT)
+        .build()
+        .map_err(|e| format!("pattern {xsd:?} does not compile: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(p: &str, s: &str) -> bool {
+        compile(p).unwrap().is_match(s)
+    }
+
+    #[test]
+    fn xsd_semantics() {
+        assert!(m("[A-Z]{3}|D<<", "D<<"));
+        assert!(!m("[A-Z]{3}|D<<", "XD<<"));
+        assert!(m("a^b$", "a^b$"));
+        assert!(m("[a-z-[aeiou]]+", "bcd"));
+        assert!(!m("[a-z-[aeiou]]+", "bad"));
+        assert!(m(r"\i\c*", "_a-1"));
+        assert!(!m(r"\i\c*", "1a"));
+        assert!(m(r"\p{IsBasicLatin}+", "abc"));
+        assert!(!m(r"\p{IsBasicLatin}+", "é"));
+        assert!(!m(".", "\n"));
+        assert!(m(r"\d{2}", "42"));
+        assert!(m(r"[+\-]\d", "-1"));
+        assert!(m(r"[A-Za-z0-9/\-]{1,3}", "a/-"));
+        assert!(compile(r"\p{IsKlingon}").is_err());
+        assert!(compile("(?i)a").is_err());
+        assert!(compile("[a").is_err());
+    }
+}
