@@ -122,7 +122,7 @@ fn describe(r: &Result<Reply, UpstreamError>, needle: &str) -> String {
     match r {
         Ok(reply) => {
             let text = String::from_utf8_lossy(&reply.body);
-            let code = ["XmlThreat", "XmlMalformed", "SchemaViolation", "UnknownOperation"]
+            let code = ["XmlThreat", "XmlMalformed", "SchemaViolation", "ContentMismatch", "UnknownOperation"]
                 .into_iter()
                 .find(|c| text.contains(&format!("<Code>{c}</Code>")));
             match code {
@@ -172,6 +172,22 @@ async fn scenarios(dir: &Path, gw: &Gateway, received: &sim::receiver::Receiver)
     );
     let r = post(&officer, "/bio/v1", "CheckIdentityRequest", doctype).await;
     row("message with a DOCTYPE", "400 XmlThreat", describe(&r, ""));
+
+    let mut invalid = bio.clone();
+    invalid.purpose = "CURIOSITY";
+    let r = post(&officer, "/bio/v1", "CheckIdentityRequest", messages::envelope(v11, &invalid.check_identity())).await;
+    row("schema-invalid message (unknown Purpose)", "400 SchemaViolation", describe(&r, ""));
+
+    let mut mislabelled = bio.clone();
+    mislabelled.live[0].format = "JPEG2000";
+    let r = post(
+        &officer,
+        "/bio/v1",
+        "VerifyFingerprintRequest",
+        messages::envelope(v11, &mislabelled.verify_fingerprint()),
+    )
+    .await;
+    row("WSQ image labelled JPEG2000", "400 ContentMismatch", describe(&r, ""));
 
     let broken = messages::envelope(v11, &bio.check_identity()).replace("</TravelDocument>", "");
     let r = post(&officer, "/bio/v1", "CheckIdentityRequest", broken).await;

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod dev_pki;
 pub mod serve;
 pub mod sim;
+pub mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +49,15 @@ pub enum Command {
         ministry_port: u16,
         #[arg(long, default_value_t = 8445)]
         receiver_port: u16,
+    },
+    /// Validate XML files against the schemas in DIR with the gateway's engine and limits.
+    Validate {
+        /// Directory of .xsd files (e.g. policies/schemas)
+        #[arg(long)]
+        schemas: PathBuf,
+        /// SOAP envelopes or bare documents
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// Simulators for tests and demos.
     Sim {
@@ -95,6 +105,7 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Sim { which } => sim::run(which),
+        Command::Validate { schemas, files } => validate::run(&schemas, &files),
     }
 }
 

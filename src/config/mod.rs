@@ -14,6 +14,8 @@ use http::Uri;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::xml::firewall::LimitsOverride;
+
 /// A configuration problem: which file, which key, what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
@@ -52,6 +54,22 @@ pub struct GatewayConfig {
     pub routes: RouteLimits,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub xml: XmlConfig,
+}
+
+/// `[xml]`: the schemas and the XML firewall's limits.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XmlConfig {
+    /// Directory of `.xsd` files; the schemas compiled into the binary when absent.
+    pub schemas: Option<PathBuf>,
+    /// Changes to the firewall's default limits, for every route.
+    #[serde(default)]
+    pub limits: LimitsOverride,
+    /// Changes for one route (`bio_v1`, `csn369791`, `csn369791_callback`), on top of `limits`.
+    #[serde(default)]
+    pub routes: std::collections::BTreeMap<String, LimitsOverride>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -262,6 +280,23 @@ impl GatewayConfig {
                 "upstream.police_callback",
                 "missing: the [callback] listener needs somewhere to deliver callbacks",
             ));
+        }
+        if let Some(dir) = cfg.xml.schemas.as_mut() {
+            if dir.is_relative() {
+                *dir = base.join(&*dir);
+            }
+            if !dir.is_dir() {
+                return Err(ConfigError::new(file, "xml.schemas", format!("{} is not a directory", dir.display())));
+            }
+        }
+        for name in cfg.xml.routes.keys() {
+            if !["bio_v1", "csn369791", "csn369791_callback"].contains(&name.as_str()) {
+                return Err(ConfigError::new(
+                    file,
+                    format!("xml.routes.{name}"),
+                    "unknown route (bio_v1, csn369791, csn369791_callback)",
+                ));
+            }
         }
         if cfg.limits.max_in_flight == 0 {
             return Err(ConfigError::new(file, "limits.max_in_flight", "must be at least 1"));

@@ -10,6 +10,7 @@ pub enum Refusal {
     XmlMalformed,
     XmlThreat,
     SchemaViolation,
+    ContentMismatch,
     UnknownOperation,
     UnsupportedMediaType,
     PayloadTooLarge,
@@ -25,6 +26,7 @@ impl Refusal {
             Refusal::XmlMalformed => "XmlMalformed",
             Refusal::XmlThreat => "XmlThreat",
             Refusal::SchemaViolation => "SchemaViolation",
+            Refusal::ContentMismatch => "ContentMismatch",
             Refusal::UnknownOperation => "UnknownOperation",
             Refusal::UnsupportedMediaType => "UnsupportedMediaType",
             Refusal::PayloadTooLarge => "PayloadTooLarge",
@@ -37,7 +39,9 @@ impl Refusal {
 
     pub fn status(self) -> StatusCode {
         match self {
-            Refusal::XmlMalformed | Refusal::XmlThreat | Refusal::SchemaViolation => StatusCode::BAD_REQUEST,
+            Refusal::XmlMalformed | Refusal::XmlThreat | Refusal::SchemaViolation | Refusal::ContentMismatch => {
+                StatusCode::BAD_REQUEST
+            }
             Refusal::UnknownOperation => StatusCode::NOT_FOUND,
             Refusal::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Refusal::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -53,6 +57,7 @@ impl Refusal {
             Refusal::XmlMalformed => "the message is not well-formed UTF-8 XML",
             Refusal::XmlThreat => "the message contains a construct or size the gateway does not accept",
             Refusal::SchemaViolation => "the message is not a valid request for this operation",
+            Refusal::ContentMismatch => "a binary field's data is not in the format it declares",
             Refusal::UnknownOperation => "no such operation at this address",
             Refusal::UnsupportedMediaType => "the content type must be SOAP 1.1 or 1.2 in UTF-8",
             Refusal::PayloadTooLarge => "the message is larger than this route accepts",

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, AdminState, metrics::Metrics};
 use crate::config::{ConfigError, GatewayConfig, ListenerConfig};
 use crate::tls;
+use crate::xml::xsd::Schema;
 pub use fault::Refusal;
 use listener::ListenerSpec;
 use pipeline::Pipeline;
@@ -70,6 +71,10 @@ impl Gateway {
             Some(u) => Some(Upstream::new(u).map_err(|e| ConfigError::new(file, "upstream.police_callback", e))?),
             None => None,
         };
+        let schema = Arc::new(match &cfg.xml.schemas {
+            Some(dir) => Schema::load_dir(dir).map_err(|e| ConfigError::new(file, "xml.schemas", e))?,
+            None => Schema::embedded().map_err(|e| ConfigError::new(file, "xml.schemas", e))?,
+        });
         let police_tcp = bind(cfg.police.listen, file, "police.listen").await?;
         let callback_tcp = match &cfg.callback {
             Some(c) => Some(bind(c.listen, file, "callback.listen").await?),
@@ -87,7 +92,8 @@ impl Gateway {
         let admin_addr = addr(&admin_tcp, "admin.listen")?;
 
         let pipeline = Arc::new(Pipeline {
-            routes: RouteTable::new(&cfg.routes),
+            routes: RouteTable::new(&cfg.routes, &cfg.xml),
+            schema,
             ministry: ministry.clone(),
             police_callback: police_callback.clone(),
             metrics: metrics.clone(),

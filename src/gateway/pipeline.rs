@@ -21,7 +21,10 @@ use crate::admin::metrics::{
     Metrics, RequestLabels, RouteLabels, UpstreamError as UpstreamErrorLabels, UpstreamLabels,
 };
 use crate::tls::PeerIdentity;
-use crate::xml::{self, EnvelopeError, FaultText, SoapVersion};
+use crate::xml::facts::MessageFacts;
+use crate::xml::validate::{Expect, XmlRefusal, line_col, validate};
+use crate::xml::xsd::Schema;
+use crate::xml::{self, FaultText, SoapVersion};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FAULT: HeaderName = HeaderName::from_static("x-spocgw-fault");
@@ -35,6 +38,7 @@ pub struct RequestTimeout;
 /// What the pipeline needs, shared by every connection.
 pub struct Pipeline {
     pub routes: RouteTable,
+    pub schema: Arc<Schema>,
     pub ministry: Upstream,
     pub police_callback: Option<Upstream>,
     pub metrics: Arc<Metrics>,
@@ -51,6 +55,8 @@ struct Exchange<'a> {
     operation: &'static str,
     version: Option<SoapVersion>,
     message_id: Option<String>,
+    /// What validation learned of the request, for policy and audit.
+    facts: MessageFacts,
     upstream_status: Option<u16>,
     started: Instant,
 }
@@ -77,6 +83,7 @@ impl Pipeline {
             operation: "unknown",
             version: None,
             message_id: None,
+            facts: MessageFacts::default(),
             upstream_status: None,
             started: Instant::now(),
         };
@@ -132,19 +139,21 @@ impl Pipeline {
             }
             Ok(Ok(b)) => b,
         };
-        // Envelope, read once.
-        let envelope = match xml::read_envelope(&body) {
-            Ok(e) => e,
-            Err(e) => return Ok(refuse_envelope(&e)),
+        // Firewall, envelope and schema, in one pass.
+        let expect = Expect::Soap { operations: &route.requests, fault_ok: false };
+        let validated = match validate(&self.schema, &route.limits, &body, expect) {
+            Ok(v) => v,
+            Err(e) => return Ok(refuse_xml(&e, &body)),
         };
-        x.message_id = envelope.message_id.clone();
-        if envelope.version != media.version {
+        x.message_id = validated.facts.message_id.clone();
+        if validated.version != Some(media.version) {
             return Ok(Outcome::Refused(Refusal::SchemaViolation, "envelope version differs from content type".into()));
         }
-        let Some(operation) = route.operation(&envelope.namespace, &envelope.operation) else {
+        let Some(operation) = route.operation(&validated.namespace, &validated.operation) else {
             return Ok(Outcome::Refused(Refusal::UnknownOperation, "operation not on this route".into()));
         };
         x.operation = operation;
+        x.facts = validated.facts;
         if !action.as_deref().is_some_and(|a| action_agrees(a, route.namespace, operation)) {
             return Ok(Outcome::Refused(
                 Refusal::SchemaViolation,
@@ -189,26 +198,31 @@ impl Pipeline {
             }
         };
         x.upstream_status = Some(reply.status.as_u16());
-        // A reply is passed back only when it is a SOAP message: 200, or a 500 carrying a Fault.
-        let envelope = xml::read_envelope(&reply.body);
-        let kind = match (reply.status, &envelope) {
-            (StatusCode::OK, Ok(_)) => None,
-            (StatusCode::INTERNAL_SERVER_ERROR, Ok(e)) if e.operation == "Fault" => None,
-            (StatusCode::OK | StatusCode::INTERNAL_SERVER_ERROR, Err(_)) => Some("invalid_reply"),
-            _ => Some("status"),
-        };
-        match kind {
-            None => Outcome::Forwarded(reply),
-            Some(kind) => {
-                self.metrics.upstream_errors.get_or_create(&UpstreamErrorLabels { upstream: name, kind }).inc();
-                match envelope {
-                    Err(e) if kind == "invalid_reply" => {
-                        Outcome::Refused(Refusal::UpstreamInvalidResponse, format!("{name}: reply {e}"))
-                    }
-                    _ => {
-                        Outcome::Refused(Refusal::UpstreamUnavailable, format!("{name}: HTTP status {}", reply.status))
-                    }
-                }
+        // A reply is passed back only when it is 200 with the operation's reply element, or a
+        // 500 carrying a SOAP Fault, and valid against the schemas.
+        let fault_ok = reply.status == StatusCode::INTERNAL_SERVER_ERROR;
+        if reply.status != StatusCode::OK && !fault_ok {
+            self.metrics.upstream_errors.get_or_create(&UpstreamErrorLabels { upstream: name, kind: "status" }).inc();
+            return Outcome::Refused(Refusal::UpstreamUnavailable, format!("{name}: HTTP status {}", reply.status));
+        }
+        let expected: Vec<(&str, &str)> = route.reply_pairs(x.operation).into_iter().collect();
+        let expect = Expect::Soap { operations: &expected, fault_ok };
+        match validate(&self.schema, &route.limits, &reply.body, expect) {
+            Ok(v) if fault_ok && v.operation != "Fault" => {
+                self.metrics
+                    .upstream_errors
+                    .get_or_create(&UpstreamErrorLabels { upstream: name, kind: "invalid_reply" })
+                    .inc();
+                Outcome::Refused(Refusal::UpstreamInvalidResponse, format!("{name}: HTTP 500 without a SOAP Fault"))
+            }
+            Ok(_) => Outcome::Forwarded(reply),
+            Err(e) => {
+                self.metrics
+                    .upstream_errors
+                    .get_or_create(&UpstreamErrorLabels { upstream: name, kind: "invalid_reply" })
+                    .inc();
+                let (line, col) = line_col(&reply.body, e.offset());
+                Outcome::Refused(Refusal::UpstreamInvalidResponse, format!("{name}: reply at {line}:{col}: {e}"))
             }
         }
     }
@@ -282,11 +296,16 @@ impl Pipeline {
     }
 }
 
-fn refuse_envelope(e: &EnvelopeError) -> Outcome {
+/// Maps a validator refusal to the contract's code; the detail (which limit, which element,
+/// where) goes to the log only.
+fn refuse_xml(e: &XmlRefusal, body: &[u8]) -> Outcome {
     let refusal = match e {
-        EnvelopeError::Malformed(_) => Refusal::XmlMalformed,
-        EnvelopeError::Threat(_) => Refusal::XmlThreat,
-        EnvelopeError::NotSoap(_) => Refusal::SchemaViolation,
+        XmlRefusal::Malformed { .. } => Refusal::XmlMalformed,
+        XmlRefusal::Threat { .. } => Refusal::XmlThreat,
+        XmlRefusal::Invalid { .. } => Refusal::SchemaViolation,
+        XmlRefusal::UnknownOperation { .. } => Refusal::UnknownOperation,
+        XmlRefusal::ContentMismatch { .. } => Refusal::ContentMismatch,
     };
-    Outcome::Refused(refusal, e.to_string())
+    let (line, col) = line_col(body, e.offset());
+    Outcome::Refused(refusal, format!("{e} at {line}:{col}"))
 }

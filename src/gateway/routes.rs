@@ -1,8 +1,9 @@
 //! The routes of CONTRACT.md section 3: which listener accepts which path, which operations
 //! (Body elements, by namespace and local name) each path carries, and where it forwards.
 
-use crate::config::RouteLimits;
+use crate::config::{RouteLimits, XmlConfig};
 use crate::xml::SoapVersion;
+use crate::xml::firewall::Limits;
 
 pub const BIO_NS: &str = "urn:spocgw:bio:1";
 pub const CSN_NS: &str = "http://namespaces.unmz.cz/csn369791";
@@ -38,9 +39,26 @@ pub struct Route {
     pub operations: &'static [&'static str],
     pub upstream: UpstreamKind,
     pub max_body: usize,
+    /// The XML firewall's limits for this route (requests and replies).
+    pub limits: Limits,
+    /// (namespace, operation) pairs, for the validator.
+    pub requests: Vec<(&'static str, &'static str)>,
+    /// (namespace, reply element) pairs.
+    pub replies: Vec<(&'static str, String)>,
+}
+
+/// The reply element of an operation: `XRequest` -> `XResponse`, `X` -> `XResponse`.
+pub fn reply_element(operation: &str) -> String {
+    format!("{}Response", operation.strip_suffix("Request").unwrap_or(operation))
 }
 
 impl Route {
+    /// The reply element this route's upstream may answer `operation` with.
+    pub fn reply_pairs(&self, operation: &str) -> Option<(&'static str, &str)> {
+        let expected = reply_element(operation);
+        self.replies.iter().find(|(_, r)| *r == expected).map(|(n, r)| (*n, r.as_str()))
+    }
+
     /// The operation's static name, if this route carries it.
     pub fn operation(&self, namespace: &str, local: &str) -> Option<&'static str> {
         if namespace != self.namespace {
@@ -57,8 +75,8 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn new(limits: &RouteLimits) -> Self {
-        Self {
+    pub fn new(limits: &RouteLimits, xml: &XmlConfig) -> Self {
+        let mut table = Self {
             routes: vec![
                 Route {
                     name: "bio_v1",
@@ -68,6 +86,9 @@ impl RouteTable {
                     operations: &["VerifyFingerprintRequest", "CheckIdentityRequest"],
                     upstream: UpstreamKind::Ministry,
                     max_body: limits.bio_max_body_bytes,
+                    limits: Limits::default(),
+                    requests: Vec::new(),
+                    replies: Vec::new(),
                 },
                 Route {
                     name: "csn369791",
@@ -77,6 +98,9 @@ impl RouteTable {
                     operations: &["RequestCertificate", "GetCACertificates", "GeneralMessage"],
                     upstream: UpstreamKind::Ministry,
                     max_body: limits.csn_max_body_bytes,
+                    limits: Limits::default(),
+                    requests: Vec::new(),
+                    replies: Vec::new(),
                 },
                 Route {
                     name: "csn369791_callback",
@@ -86,9 +110,22 @@ impl RouteTable {
                     operations: &["SendCertificates"],
                     upstream: UpstreamKind::PoliceCallback,
                     max_body: limits.callback_max_body_bytes,
+                    limits: Limits::default(),
+                    requests: Vec::new(),
+                    replies: Vec::new(),
                 },
             ],
+        };
+        let base = xml.limits.apply(&Limits::default());
+        for r in &mut table.routes {
+            r.limits = match xml.routes.get(r.name) {
+                Some(o) => o.apply(&base),
+                None => base.clone(),
+            };
+            r.requests = r.operations.iter().map(|op| (r.namespace, *op)).collect();
+            r.replies = r.operations.iter().map(|op| (r.namespace, reply_element(op))).collect();
         }
+        table
     }
 
     pub fn lookup(&self, listener: ListenerKind, path: &str) -> Option<&Route> {

@@ -198,7 +198,7 @@ impl<'a> Compiler<'a> {
     }
 
     /// Children other than annotations.
-    fn content<'n>(node: &'n Node) -> impl Iterator<Item = &'n Node> {
+    fn content(node: &Node) -> impl Iterator<Item = &Node> {
         node.children.iter().filter(|c| !c.is_xs("annotation"))
     }
 

@@ -161,13 +161,13 @@ impl SimpleType {
         let normalized = normalize(raw, self.whitespace);
         let v: &str = &normalized;
         let number = lexical(self.builtin, v)?;
-        if let Some(n) = &number {
-            if let Builtin::Integer { min, max } = self.builtin {
-                let too_small = min.is_some_and(|m| n.cmp(&Decimal::from_i128(m)) == Ordering::Less);
-                let too_big = max.is_some_and(|m| n.cmp(&Decimal::from_i128(m)) == Ordering::Greater);
-                if too_small || too_big {
-                    return Err(format!("{v:?} is out of the range of {}", self.name));
-                }
+        if let Some(n) = &number
+            && let Builtin::Integer { min, max } = self.builtin
+        {
+            let too_small = min.is_some_and(|m| n.cmp(&Decimal::from_i128(m)) == Ordering::Less);
+            let too_big = max.is_some_and(|m| n.cmp(&Decimal::from_i128(m)) == Ordering::Greater);
+            if too_small || too_big {
+                return Err(format!("{v:?} is out of the range of {}", self.name));
             }
         }
         if self.builtin.has_length() {
@@ -292,7 +292,7 @@ fn lexical(b: Builtin, v: &str) -> Result<Option<Decimal>, String> {
         Builtin::Time => check_time(v).map(|_| None).map_err(|_| format!("{v:?} is not a valid time")),
         Builtin::Base64Binary => base64_octets(v).map(|_| None).ok_or_else(|| format!("{v:?} is not valid base64")),
         Builtin::HexBinary => {
-            if v.len() % 2 == 0 && v.bytes().all(|c| c.is_ascii_hexdigit()) {
+            if v.len().is_multiple_of(2) && v.bytes().all(|c| c.is_ascii_hexdigit()) {
                 Ok(None)
             } else {
                 bad("hexBinary")
@@ -493,7 +493,7 @@ impl Base64Check {
 
     /// The decoded length, or None when the whole value was not valid base64.
     pub fn finish(&self) -> Option<u64> {
-        if self.bad || self.chars % 4 != 0 {
+        if self.bad || !self.chars.is_multiple_of(4) {
             return None;
         }
         // The bits a padded group does not use must be zero.
