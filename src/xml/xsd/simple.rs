@@ -156,8 +156,23 @@ impl SimpleType {
         self.builtin == Builtin::Base64Binary && self.patterns.is_empty() && self.enumeration.is_none()
     }
 
+    /// True when whitespace around the value is refused although XSD would collapse it.
+    ///
+    /// libxml2 (which the Ministry's and police systems' SOAP stacks commonly use) refuses
+    /// surrounding whitespace in the sized integer types and in date, dateTime and time, unless
+    /// the type has a pattern or an enumeration. We refuse the same, so that nothing passes the
+    /// gateway that such a peer would refuse; the differential test holds us to it.
+    fn strict_whitespace(&self) -> bool {
+        let sized = matches!(self.builtin, Builtin::Integer { min: Some(_), max: Some(_) });
+        let temporal = matches!(self.builtin, Builtin::Date | Builtin::DateTime | Builtin::Time);
+        (sized || temporal) && self.patterns.is_empty() && self.enumeration.is_none()
+    }
+
     /// Checks one value. Returns the reason on failure.
     pub fn check(&self, raw: &str) -> Result<(), String> {
+        if self.strict_whitespace() && raw.trim_matches(is_xml_space).len() != raw.len() {
+            return Err(format!("whitespace around the value is not accepted in {}", self.name));
+        }
         let normalized = normalize(raw, self.whitespace);
         let v: &str = &normalized;
         let number = lexical(self.builtin, v)?;
