@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 
 # command:package pairs the tests and the demo need
-TOOLS := curl:curl openssl:openssl
+TOOLS := curl:curl openssl:openssl xmllint:libxml2-utils
 
 .PHONY: all deps demo test lint check fmt clean
 

@@ -201,6 +201,23 @@ async fn malformed_unknown_and_mistyped_requests_get_contract_faults() {
     assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (400, Some("XmlMalformed")));
     let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), ci.replace("OFF-0001", "&xxe;")).await.unwrap();
     assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (400, Some("XmlThreat")));
+    let billion = format!(
+        "<!DOCTYPE l [<!ENTITY l \"l\"><!ENTITY l2 \"&l;&l;&l;&l;\">]>{}",
+        ci.replace("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n", "")
+    );
+    let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), billion).await.unwrap();
+    assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (400, Some("XmlThreat")));
+    let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), ci.replace("IDENTITY_DOUBT", "CURIOSITY"))
+        .await
+        .unwrap();
+    assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (400, Some("SchemaViolation")));
+    let mut mislabelled = bio();
+    mislabelled.chip[0].format = "JPEG2000";
+    let vf = messages::envelope(SoapVersion::V11, &mislabelled.verify_fingerprint());
+    let r = post(&c, "/bio/v1", XML11, Some("VerifyFingerprintRequest"), vf).await.unwrap();
+    assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (400, Some("ContentMismatch")));
+    // The log names the limit or rule; the client's fault does not.
+    assert!(!text(&r).contains("JPEG2000"), "{}", text(&r));
     let m = w.metrics();
     assert!(
         metric(&m, r#"spocgw_requests_total{listener="police",route="bio_v1",operation="unknown",code="XmlThreat"}"#)
@@ -316,6 +333,12 @@ async fn upstream_failures_become_502_and_504_and_others_keep_being_served() {
     assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (502, Some("UpstreamUnavailable")));
     let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), with_case("SIM-MALFORMED")).await.unwrap();
     assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (502, Some("UpstreamInvalidResponse")));
+    let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), with_case("SIM-NOTSOAP")).await.unwrap();
+    assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (502, Some("UpstreamInvalidResponse")));
+    // Well-formed SOAP that breaks the reply's schema: refused too.
+    let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), with_case("SIM-INVALID")).await.unwrap();
+    assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (502, Some("UpstreamInvalidResponse")));
+    assert!(!text(&r).contains("FINE"), "the invalid reply leaked: {}", text(&r));
     let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), with_case("CASE-2")).await.unwrap();
     assert_eq!(r.status, 200);
 

@@ -14,7 +14,7 @@
 //! - `GetCACertificates`: `ok_cert_available` with two certificates. `GeneralMessage`: `ok`.
 //! - Misbehaviour, for every request (`[behaviour] fault`) or for one request whose
 //!   `CaseReference`, `subject` or `messageID` is `SIM-DELAY-<ms>`, `SIM-RESET`,
-//!   `SIM-STATUS-<code>`, `SIM-MALFORMED` or `SIM-NOTSOAP`.
+//!   `SIM-STATUS-<code>`, `SIM-MALFORMED`, `SIM-NOTSOAP` or `SIM-INVALID` (schema-invalid reply).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -55,7 +55,7 @@ pub struct Behaviour {
     /// Added to every answer.
     #[serde(default)]
     pub latency_ms: u64,
-    /// `none`, `reset`, `status-500`, `status-503`, `malformed`, `notsoap`.
+    /// `none`, `reset`, `status-500`, `status-503`, `malformed`, `notsoap`, `invalid`, `delay-<ms>`.
     #[serde(default = "default_fault")]
     pub fault: String,
     /// `async` (acknowledge, then call back) or `sync`.
@@ -111,6 +111,8 @@ enum Misbehaviour {
     Status(u16),
     Malformed,
     NotSoap,
+    /// Well-formed SOAP whose content breaks the schema.
+    Invalid,
 }
 
 impl Misbehaviour {
@@ -122,6 +124,7 @@ impl Misbehaviour {
             "reset" => Some(Self::Reset),
             "malformed" => Some(Self::Malformed),
             "notsoap" => Some(Self::NotSoap),
+            "invalid" => Some(Self::Invalid),
             _ => {
                 if let Some(ms) = s.strip_prefix("delay-") {
                     ms.parse().ok().map(Self::Delay)
@@ -262,6 +265,13 @@ impl Ministry {
             ),
             Some(Misbehaviour::Malformed) => (status, SimBody::whole(text[..text.len() / 2].to_owned())),
             Some(Misbehaviour::NotSoap) => (status, SimBody::whole("<html><body>gateway error</body></html>".into())),
+            Some(Misbehaviour::Invalid) => {
+                let broken = text
+                    .replace("<Result>MATCH</Result>", "<Result>PERHAPS</Result>")
+                    .replace("<DocumentStatus>VALID</DocumentStatus>", "<DocumentStatus>FINE</DocumentStatus>")
+                    .replace("<result>", "<result>maybe_");
+                (status, SimBody::whole(broken))
+            }
         };
         let mut resp = Response::new(body);
         *resp.status_mut() = status;

@@ -97,7 +97,6 @@ enum Frame {
 struct ElementFrame {
     decl: usize,
     state: ContentState,
-    children: usize,
     text_len: usize,
     /// The `Format` recorded from a child, for sniffing a sibling `Data`.
     format: Option<String>,
@@ -117,7 +116,8 @@ struct Run<'s> {
     schema: &'s Schema,
     limits: &'s Limits,
     stack: Vec<Frame>,
-    children_of_root_level: usize,
+    /// Child elements seen so far, per open element (index 0: the document level).
+    child_counts: Vec<usize>,
     elements: usize,
     namespaces: usize,
     comment_bytes: usize,
@@ -150,7 +150,7 @@ pub fn validate(schema: &Schema, limits: &Limits, body: &[u8], expect: Expect<'_
         schema,
         limits,
         stack: Vec::with_capacity(16),
-        children_of_root_level: 0,
+        child_counts: vec![0],
         elements: 0,
         namespaces: 0,
         comment_bytes: 0,
@@ -197,15 +197,7 @@ impl<'s> Run<'s> {
                         });
                     }
                     seen_decl = true;
-                    if let Some(enc) = d.encoding() {
-                        let ok = enc.map(|e| e.eq_ignore_ascii_case(b"utf-8")).unwrap_or(false);
-                        if !ok {
-                            return Err(XmlRefusal::Malformed {
-                                offset,
-                                reason: "declared encoding is not UTF-8".into(),
-                            });
-                        }
-                    }
+                    check_declaration(utf8(&d), offset)?;
                 }
                 Event::DocType(_) => return Err(XmlRefusal::Threat { offset, breach: Breach::Dtd }),
                 Event::PI(_) => return Err(XmlRefusal::Threat { offset, breach: Breach::ProcessingInstruction }),
@@ -257,7 +249,7 @@ impl<'s> Run<'s> {
                     let r = self.start(&reader, offset, e, ns, local, expect);
                     if r.is_err() && self.stack.len() == depth {
                         // keep the element's place so its end tag balances
-                        self.stack.push(Frame::Skip);
+                        self.push(Frame::Skip);
                     }
                     self.settle(r)?;
                     if empty {
@@ -290,6 +282,11 @@ impl<'s> Run<'s> {
             }
         }
         Ok(Validated { version: self.version, namespace, operation, facts: std::mem::take(&mut self.facts) })
+    }
+
+    fn push(&mut self, frame: Frame) {
+        self.stack.push(frame);
+        self.child_counts.push(0);
     }
 
     /// Passes firewall and well-formedness refusals on at once; keeps the first validity error
@@ -333,15 +330,12 @@ impl<'s> Run<'s> {
         if e.name().as_ref().len() > self.limits.max_name_bytes {
             return threat(Breach::NameBytes);
         }
-        let children = match self.stack.last_mut() {
-            Some(Frame::Element(f)) => {
-                f.children += 1;
-                f.children
+        let children = match self.child_counts.last_mut() {
+            Some(c) => {
+                *c += 1;
+                *c
             }
-            _ => {
-                self.children_of_root_level += 1;
-                self.children_of_root_level
-            }
+            None => 0,
         };
         if children > self.limits.max_children {
             return threat(Breach::Children);
@@ -399,7 +393,7 @@ impl<'s> Run<'s> {
             if self.stack.is_empty() && self.root_done {
                 return Err(XmlRefusal::Malformed { offset, reason: "content after the root element".into() });
             }
-            self.stack.push(Frame::Skip);
+            self.push(Frame::Skip);
             return Ok(());
         }
         let schema = self.schema;
@@ -449,8 +443,12 @@ impl<'s> Run<'s> {
                 }
             }
             Some(Frame::Header) => {
-                // A header entry: refused if it must be understood (we understand none).
+                // A header entry: refused if it must be understood (we understand none), or if
+                // it is a SOAP element (a Body hidden in the Header).
                 let soap_ns = self.version.map(SoapVersion::namespace).unwrap_or_default();
+                if ns == soap_ns {
+                    return Self::invalid(offset, format!("SOAP element {local} inside the Header"));
+                }
                 for a in e.attributes().flatten() {
                     let (ans, alocal) = reader.resolve_attribute(a.key);
                     if matches!(ans, ResolveResult::Bound(Namespace(n)) if n == soap_ns.as_bytes())
@@ -547,7 +545,7 @@ impl<'s> Run<'s> {
                 self.element_frame(reader, offset, e, decl)?
             }
         };
-        self.stack.push(frame);
+        self.push(frame);
         Ok(())
     }
 
@@ -604,7 +602,7 @@ impl<'s> Run<'s> {
                 return Self::invalid(offset, format!("attribute {} is required on {}", u.name, d.local));
             }
         }
-        Ok(Frame::Element(Box::new(ElementFrame { decl, state, children: 0, text_len: 0, format: None })))
+        Ok(Frame::Element(Box::new(ElementFrame { decl, state, text_len: 0, format: None })))
     }
 
     fn text(&mut self, offset: usize, s: &str) -> Result<(), XmlRefusal> {
@@ -656,6 +654,7 @@ impl<'s> Run<'s> {
     }
 
     fn end(&mut self, offset: usize) -> Result<(), XmlRefusal> {
+        self.child_counts.pop();
         let Some(frame) = self.stack.pop() else {
             return Err(XmlRefusal::Malformed { offset, reason: "unbalanced end tag".into() });
         };
@@ -792,6 +791,31 @@ fn namespace<'a>(ns: &'a ResolveResult<'_>, offset: usize) -> Result<&'a str, Xm
             Err(XmlRefusal::Malformed { offset, reason: "undeclared namespace prefix".into() })
         }
     }
+}
+
+/// The XML declaration, strictly: `xml version="1.0"`, optionally `encoding="UTF-8"` and
+/// `standalone`, in that order, nothing else.
+fn check_declaration(content: &str, offset: usize) -> Result<(), XmlRefusal> {
+    static DECL: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
+    let re = DECL.get_or_init(|| {
+        regex::Regex::new(
+            r#"^xml[ \t\r\n]+version[ \t\r\n]*=[ \t\r\n]*("1\.0"|'1\.0')([ \t\r\n]+encoding[ \t\r\n]*=[ \t\r\n]*("[A-Za-z][A-Za-z0-9._-]*"|'[A-Za-z][A-Za-z0-9._-]*'))?([ \t\r\n]+standalone[ \t\r\n]*=[ \t\r\n]*("yes"|"no"|'yes'|'no'))?[ \t\r\n]*$"#,
+        )
+        .ok()
+    });
+    let Some(re) = re else {
+        return Err(XmlRefusal::Malformed { offset, reason: "internal: declaration grammar".into() });
+    };
+    let Some(caps) = re.captures(content) else {
+        return Err(XmlRefusal::Malformed { offset, reason: "malformed XML declaration".into() });
+    };
+    if let Some(enc) = caps.get(3) {
+        let enc = enc.as_str().trim_matches(['"', '\'']);
+        if !enc.eq_ignore_ascii_case("utf-8") {
+            return Err(XmlRefusal::Malformed { offset, reason: "declared encoding is not UTF-8".into() });
+        }
+    }
+    Ok(())
 }
 
 /// References in attribute values follow the same rule as in text.
