@@ -7,7 +7,7 @@ CARGO ?= cargo
 # command:package pairs the tests and the demo need
 TOOLS := curl:curl openssl:openssl xmllint:libxml2-utils
 
-.PHONY: all deps demo test lint check fmt clean
+.PHONY: all deps demo test lint check fmt clean bench bench-xsd fuzz
 
 all: check
 
@@ -43,3 +43,19 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+# Benchmarks: criterion micro-benchmarks, then the side-by-side XSD figures against xmllint.
+bench: deps
+	$(CARGO) bench --locked --bench validator
+	bash bench/xsd.sh
+
+bench-xsd: deps
+	bash bench/xsd.sh
+
+# Fuzzing (not in CI): cargo-fuzz targets in fuzz/, 60 s each by default.
+FUZZ_SECONDS ?= 60
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in validate envelope xsd_compile xsd_regex; do \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run $$t --sanitizer none -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done

@@ -55,6 +55,9 @@ pub enum Command {
         /// Directory of .xsd files (e.g. policies/schemas)
         #[arg(long)]
         schemas: PathBuf,
+        /// Threads to use (default: one per core)
+        #[arg(long)]
+        jobs: Option<usize>,
         /// SOAP envelopes or bare documents
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -105,7 +108,7 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Sim { which } => sim::run(which),
-        Command::Validate { schemas, files } => validate::run(&schemas, &files),
+        Command::Validate { schemas, jobs, files } => validate::run(&schemas, &files, jobs),
     }
 }
 

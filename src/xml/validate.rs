@@ -91,7 +91,7 @@ enum Frame {
     },
     /// Content the gateway does not validate (header entries, a Fault); limits still apply.
     Skip,
-    Element(Box<ElementFrame>),
+    Element(ElementFrame),
 }
 
 struct ElementFrame {
@@ -106,8 +106,9 @@ enum ContentState {
     Dfa(usize),
     All(u64),
     Empty,
-    /// Simple content held whole (strings, numbers, dates...).
-    Text(String),
+    /// Simple content held whole (strings, numbers, dates...) in the run's text buffer (simple
+    /// elements have no children, so one buffer serves all).
+    Text,
     /// base64Binary checked as it streams.
     Base64(Base64Check),
 }
@@ -127,6 +128,8 @@ struct Run<'s> {
     ids: HashSet<String>,
     idrefs: Vec<(usize, String)>,
     root_done: bool,
+    /// The text of the simple element being read.
+    text_buf: String,
     /// The first validity error. Reading goes on with the firewall only, so that a message
     /// that is also hostile or not well-formed further on is refused for that instead.
     failed: Option<XmlRefusal>,
@@ -161,6 +164,7 @@ pub fn validate(schema: &Schema, limits: &Limits, body: &[u8], expect: Expect<'_
         idrefs: Vec::new(),
         root_done: false,
         failed: None,
+        text_buf: String::new(),
     };
     run.go(text, expect)
 }
@@ -225,12 +229,12 @@ impl<'s> Run<'s> {
                             None => return Err(XmlRefusal::Threat { offset, breach: Breach::EntityReference }),
                         }
                     };
-                    let r = self.text(offset, &resolved);
+                    let r = self.text(offset, resolved.as_bytes());
                     self.settle(r)?;
                 }
                 Event::Text(t) => {
                     let raw = t.into_inner();
-                    let r = self.text(offset, utf8(&raw));
+                    let r = self.text(offset, &raw);
                     self.settle(r)?;
                 }
                 Event::CData(c) => {
@@ -238,7 +242,7 @@ impl<'s> Run<'s> {
                     if self.stack.is_empty() {
                         return Err(XmlRefusal::Malformed { offset, reason: "CDATA outside the root element".into() });
                     }
-                    let r = self.text(offset, utf8(&raw));
+                    let r = self.text(offset, &raw);
                     self.settle(r)?;
                 }
                 Event::Start(ref e) | Event::Empty(ref e) => {
@@ -537,7 +541,7 @@ impl<'s> Run<'s> {
                         *seen |= 1 << i;
                         members[i].decl
                     }
-                    ContentState::Empty | ContentState::Text(_) | ContentState::Base64(_) => {
+                    ContentState::Empty | ContentState::Text | ContentState::Base64(_) => {
                         let parent_name = &schema.decls[parent.decl].local;
                         return Self::invalid(offset, format!("element {parent_name} may not contain elements"));
                     }
@@ -602,19 +606,22 @@ impl<'s> Run<'s> {
                 return Self::invalid(offset, format!("attribute {} is required on {}", u.name, d.local));
             }
         }
-        Ok(Frame::Element(Box::new(ElementFrame { decl, state, text_len: 0, format: None })))
+        if matches!(state, ContentState::Text) {
+            self.text_buf.clear();
+        }
+        Ok(Frame::Element(ElementFrame { decl, state, text_len: 0, format: None }))
     }
 
-    fn text(&mut self, offset: usize, s: &str) -> Result<(), XmlRefusal> {
-        let blank = s.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    fn text(&mut self, offset: usize, s: &[u8]) -> Result<(), XmlRefusal> {
+        let blank = || s.iter().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
         match self.stack.last_mut() {
             None => {
-                if !blank {
+                if !blank() {
                     return Err(XmlRefusal::Malformed { offset, reason: "text outside the root element".into() });
                 }
             }
             Some(Frame::Envelope { .. } | Frame::Header | Frame::Body { .. }) => {
-                if !blank {
+                if !blank() {
                     return Self::invalid(offset, "text directly inside the SOAP Envelope, Header or Body");
                 }
             }
@@ -630,19 +637,19 @@ impl<'s> Run<'s> {
                         if f.text_len > self.limits.max_base64_bytes {
                             return Err(XmlRefusal::Threat { offset, breach: Breach::Base64Bytes });
                         }
-                        check.feed(s.as_bytes());
+                        check.feed(s);
                     }
-                    ContentState::Text(buf) => {
+                    ContentState::Text => {
                         if f.text_len > self.limits.max_text_bytes {
                             return Err(XmlRefusal::Threat { offset, breach: Breach::TextBytes });
                         }
-                        buf.push_str(s);
+                        self.text_buf.push_str(utf8(s));
                     }
                     ContentState::Dfa(_) | ContentState::All(_) | ContentState::Empty => {
                         if f.text_len > self.limits.max_text_bytes {
                             return Err(XmlRefusal::Threat { offset, breach: Breach::TextBytes });
                         }
-                        if !blank {
+                        if !blank() {
                             let name = &self.schema.decls[f.decl].local;
                             return Self::invalid(offset, format!("element {name} may not contain text"));
                         }
@@ -673,7 +680,7 @@ impl<'s> Run<'s> {
                 }
             }
             Frame::Header | Frame::Skip => {}
-            Frame::Element(f) => self.end_element(offset, *f)?,
+            Frame::Element(f) => self.end_element(offset, f)?,
         }
         Ok(())
     }
@@ -711,7 +718,8 @@ impl<'s> Run<'s> {
                 }
             }
             ContentState::Empty => {}
-            ContentState::Text(value) => {
+            ContentState::Text => {
+                let value = std::mem::take(&mut self.text_buf);
                 let st = simple_type.map(|i| &schema.simple[i]);
                 if let Some(st) = st {
                     st.check(&value)
@@ -736,6 +744,8 @@ impl<'s> Run<'s> {
                         parent.format = Some(normalized.into_owned());
                     }
                 }
+                // Hand the buffer back, keeping its capacity for the next simple element.
+                self.text_buf = value;
             }
             ContentState::Base64(check) => {
                 let st = simple_type.map(|i| &schema.simple[i]);
@@ -779,7 +789,7 @@ fn simple_state(b: Builtin, streams: bool) -> ContentState {
     if b == Builtin::Base64Binary && streams {
         ContentState::Base64(Base64Check::default())
     } else {
-        ContentState::Text(String::new())
+        ContentState::Text
     }
 }
 

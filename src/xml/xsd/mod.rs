@@ -95,7 +95,8 @@ pub const EMBEDDED: &[(&str, &str)] = &[
 impl Schema {
     /// The global element named (ns, local).
     pub fn global(&self, ns: &str, local: &str) -> Option<usize> {
-        self.globals.get(&(ns.to_owned(), local.to_owned())).copied()
+        // A handful of globals: a scan beats building a key.
+        self.globals.iter().find(|((n, l), _)| l == local && n == ns).map(|(_, &i)| i)
     }
 
     /// Loads every `*.xsd` file of `dir`.

@@ -451,56 +451,125 @@ pub struct Base64Check {
 /// How many decoded bytes [`Base64Check`] keeps.
 pub const SNIFF_BYTES: usize = 12;
 
-fn b64_value(c: u8) -> Option<u8> {
-    match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
+/// Class of each byte: 0..=63 the base64 value, [`B64_WS`] whitespace, [`B64_PAD`] `=`,
+/// [`B64_BAD`] anything else.
+const B64_WS: u8 = 64;
+const B64_PAD: u8 = 65;
+const B64_BAD: u8 = 255;
+const B64: [u8; 256] = {
+    let mut t = [B64_BAD; 256];
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut i = 0;
+    while i < 64 {
+        t[alphabet[i] as usize] = i as u8;
+        i += 1;
     }
+    t[b' ' as usize] = B64_WS;
+    t[b'\t' as usize] = B64_WS;
+    t[b'\n' as usize] = B64_WS;
+    t[b'\r' as usize] = B64_WS;
+    t[b'=' as usize] = B64_PAD;
+    t
+};
+
+/// True when all eight bytes of `x` are base64 alphabet characters (SWAR: each byte's high
+/// bit collects "in one of the ranges A-Z, a-z, 0-9, +, /").
+#[inline]
+fn all_base64(x: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    if x & HIGH != 0 {
+        return false;
+    }
+    // For bytes below 0x80: high bit of (b + 0x80 - lo) is set iff b >= lo; of (b + 0x7F - hi)
+    // iff b > hi. Neither sum can carry into the next byte.
+    let within = |lo: u8, hi: u8| (x + ONES * u64::from(0x80 - lo)) & !(x + ONES * u64::from(0x7F - hi));
+    let ok = within(b'A', b'Z') | within(b'a', b'z') | within(b'0', b'9') | within(b'+', b'+') | within(b'/', b'/');
+    ok & HIGH == HIGH
 }
 
 impl Base64Check {
+    /// Takes the next piece of the value.
     pub fn feed(&mut self, data: &[u8]) {
         if self.bad {
             return;
         }
-        for &c in data {
-            if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
-                continue;
+        let mut i = 0;
+        // The first characters decode into the sniffing prefix, one by one.
+        while self.prefix.len() < SNIFF_BYTES && i < data.len() {
+            self.step(data[i]);
+            i += 1;
+            if self.bad {
+                return;
             }
-            if c == b'=' {
+        }
+        let rest = &data[i..];
+        let mut j = 0;
+        if self.pad == 0 {
+            // The bulk: eight data characters at a time while no whitespace, padding or
+            // stray byte interrupts; one at a time otherwise.
+            let (mut chars, mut last) = (0u64, self.last);
+            while j < rest.len() {
+                if j + 8 <= rest.len() {
+                    let mut word = [0u8; 8];
+                    word.copy_from_slice(&rest[j..j + 8]);
+                    if all_base64(u64::from_le_bytes(word)) {
+                        chars += 8;
+                        last = B64[rest[j + 7] as usize];
+                        j += 8;
+                        continue;
+                    }
+                }
+                let v = B64[rest[j] as usize];
+                if v < 64 {
+                    chars += 1;
+                    last = v;
+                } else if v != B64_WS {
+                    break;
+                }
+                j += 1;
+            }
+            self.chars += chars;
+            self.last = last;
+        }
+        for &c in &rest[j..] {
+            self.step(c);
+            if self.bad {
+                return;
+            }
+        }
+    }
+
+    fn step(&mut self, c: u8) {
+        match B64[c as usize] {
+            B64_WS => {}
+            B64_PAD => {
                 self.pad += 1;
                 self.chars += 1;
                 if self.pad > 2 {
                     self.bad = true;
+                }
+            }
+            B64_BAD => self.bad = true,
+            val => {
+                if self.pad > 0 {
+                    self.bad = true;
                     return;
                 }
-                continue;
-            }
-            let Some(val) = b64_value(c) else {
-                self.bad = true;
-                return;
-            };
-            if self.pad > 0 {
-                self.bad = true;
-                return;
-            }
-            self.chars += 1;
-            self.last = val;
-            if self.prefix.len() < SNIFF_BYTES {
-                self.quad[self.qlen] = val;
-                self.qlen += 1;
-                if self.qlen == 4 {
-                    let q = self.quad;
-                    self.prefix.extend_from_slice(&[
-                        (q[0] << 2) | (q[1] >> 4),
-                        (q[1] << 4) | (q[2] >> 2),
-                        (q[2] << 6) | q[3],
-                    ]);
-                    self.qlen = 0;
+                self.chars += 1;
+                self.last = val;
+                if self.prefix.len() < SNIFF_BYTES {
+                    self.quad[self.qlen] = val;
+                    self.qlen += 1;
+                    if self.qlen == 4 {
+                        let q = self.quad;
+                        self.prefix.extend_from_slice(&[
+                            (q[0] << 2) | (q[1] >> 4),
+                            (q[1] << 4) | (q[2] >> 2),
+                            (q[2] << 6) | q[3],
+                        ]);
+                        self.qlen = 0;
+                    }
                 }
             }
         }
