@@ -12,6 +12,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod gateway;
+pub mod policy;
 pub mod sim;
 pub mod tls;
 pub mod xml;

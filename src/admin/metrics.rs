@@ -46,6 +46,16 @@ pub struct UpstreamError {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BundleLabels {
+    pub digest: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 0.25 ms .. ~8 s
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
@@ -63,6 +73,8 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamError, Counter>,
     pub upstream_up: Family<UpstreamLabels, Gauge>,
     pub in_flight: Gauge,
+    pub policy_bundle: Family<BundleLabels, Gauge>,
+    pub policy_reloads: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -108,8 +120,14 @@ impl Metrics {
         registry.register("upstream_up", "1 when the upstream was reachable at the last attempt", upstream_up.clone());
         let in_flight = Gauge::default();
         registry.register("requests_in_flight", "Requests being processed", in_flight.clone());
+        let policy_bundle = Family::<BundleLabels, Gauge>::default();
+        registry.register("policy_bundle", "1 for the active policy bundle's digest", policy_bundle.clone());
+        let policy_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register("policy_reloads", "Policy bundle reloads by result", policy_reloads.clone());
         Self {
             registry,
+            policy_bundle,
+            policy_reloads,
             requests,
             request_duration,
             upstream_duration,

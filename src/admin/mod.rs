@@ -26,12 +26,17 @@ pub struct AdminState {
     metrics: Arc<Metrics>,
     /// The first upstream gates readiness; the others are reported only.
     upstreams: Vec<(&'static str, Upstream)>,
+    policy: Arc<crate::policy::PolicyState>,
     draining: AtomicBool,
 }
 
 impl AdminState {
-    pub fn new(metrics: Arc<Metrics>, upstreams: Vec<(&'static str, Upstream)>) -> Self {
-        Self { metrics, upstreams, draining: AtomicBool::new(false) }
+    pub fn new(
+        metrics: Arc<Metrics>,
+        upstreams: Vec<(&'static str, Upstream)>,
+        policy: Arc<crate::policy::PolicyState>,
+    ) -> Self {
+        Self { metrics, upstreams, policy, draining: AtomicBool::new(false) }
     }
 
     pub fn set_draining(&self) {
@@ -57,6 +62,8 @@ impl AdminState {
             }
             body.push_str(&format!("{name}: {word}\n"));
         }
+        // A refused reload leaves the previous bundle serving: reported, not gating.
+        body.push_str(&self.policy.status_line());
         (ready, body)
     }
 

@@ -185,7 +185,7 @@ pub fn generate(out: &Path, ports: Ports) -> Result<(), DevPkiError> {
     server.csn = Some(CSN_EKU_SERVER);
     let (c, k, _) = issue(&ministry_ca, &server)?;
     write_pair(&out.join("ministry"), "server", &c, &k)?;
-    let mut client = Leaf::client("National SPOC callbacks (simulated)", "spoc");
+    let mut client = Leaf::client("National SPOC callbacks (simulated)", "national-spoc");
     client.o = "Ministry of Interior";
     client.csn = Some(CSN_EKU_CLIENT);
     let (c, k, _) = issue(&ministry_ca, &client)?;
@@ -199,6 +199,8 @@ pub fn generate(out: &Path, ports: Ports) -> Result<(), DevPkiError> {
     write_pair(&clients, "officer", &c, &k)?;
     let (c, k, _) = issue(&police_ca, &Leaf::client("analyst-0001", "analyst"))?;
     write_pair(&clients, "analyst", &c, &k)?;
+    let (c, k, _) = issue(&police_ca, &Leaf::client("dv-0001", "document-verifier"))?;
+    write_pair(&clients, "document-verifier", &c, &k)?;
     let (c, k, revoked_serial) = issue(&police_ca, &Leaf::client("revoked-0001", "border-verifier"))?;
     write_pair(&clients, "revoked", &c, &k)?;
     let mut expired = Leaf::client("expired-0001", "border-verifier");
@@ -231,6 +233,14 @@ pub fn generate(out: &Path, ports: Ports) -> Result<(), DevPkiError> {
     .signed_by(&police_ca.issuer)?;
     write(&out.join("ca/police-ca.crl.pem"), &crl.pem()?, false)?;
 
+    // The security officer's key that signs policy bundles (`spocgw policy sign`).
+    let officer = KeyPair::generate()?;
+    write(&out.join("officers/policy-officer.key"), &officer.serialize_pem(), true)?;
+    write(&out.join("officers/policy-officer.pub.pem"), &officer.public_key_pem(), false)?;
+    // The default policy bundle, to read, edit and reload.
+    for (name, text) in crate::policy::bundle::EMBEDDED {
+        write(&out.join("policies").join(name), text, false)?;
+    }
     write(&out.join("gateway.toml"), &gateway_toml(ports), false)?;
     write(&out.join("ministry.toml"), &ministry_toml(ports), false)?;
     write(&out.join("receiver.toml"), &receiver_toml(ports), false)?;
@@ -271,6 +281,12 @@ url = "https://127.0.0.1:{receiver}"
 ca = "ca/police-ca.pem"
 cert = "gateway/police-side.pem"
 key = "gateway/police-side.key"
+
+[policy]
+# The access policy bundle; edit it and the gateway reloads it (or send SIGHUP).
+# To accept only signed bundles: spocgw policy sign --key officers/policy-officer.key policies
+# then set require_signed = true and signers = ["officers/policy-officer.pub.pem"].
+dir = "policies"
 "#,
         gateway = p.gateway,
         callback = p.callback,

@@ -3,6 +3,7 @@
 
 pub mod demo;
 pub mod dev_pki;
+pub mod policy;
 pub mod serve;
 pub mod sim;
 pub mod validate;
@@ -62,6 +63,11 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Security officers' tools for the access policy bundle.
+    Policy {
+        #[command(subcommand)]
+        cmd: policy::PolicyCommand,
+    },
     /// Simulators for tests and demos.
     Sim {
         #[command(subcommand)]
@@ -108,6 +114,7 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Sim { which } => sim::run(which),
+        Command::Policy { cmd } => policy::run(cmd),
         Command::Validate { schemas, jobs, files } => validate::run(&schemas, &files, jobs),
     }
 }

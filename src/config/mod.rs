@@ -56,6 +56,8 @@ pub struct GatewayConfig {
     pub limits: Limits,
     #[serde(default)]
     pub xml: XmlConfig,
+    #[serde(default)]
+    pub policy: crate::policy::PolicyConfig,
 }
 
 /// `[xml]`: the schemas and the XML firewall's limits.
@@ -288,6 +290,24 @@ impl GatewayConfig {
             if !dir.is_dir() {
                 return Err(ConfigError::new(file, "xml.schemas", format!("{} is not a directory", dir.display())));
             }
+        }
+        if let Some(dir) = cfg.policy.dir.as_mut() {
+            if dir.is_relative() {
+                *dir = base.join(&*dir);
+            }
+            if !dir.is_dir() {
+                return Err(ConfigError::new(file, "policy.dir", format!("{} is not a directory", dir.display())));
+            }
+        }
+        for (i, signer) in cfg.policy.signers.iter_mut().enumerate() {
+            resolve_file(signer, base, file, &format!("policy.signers[{i}]"))?;
+        }
+        if cfg.policy.require_signed && cfg.policy.signers.is_empty() {
+            return Err(ConfigError::new(
+                file,
+                "policy.signers",
+                "require_signed = true needs at least one officer key",
+            ));
         }
         for name in cfg.xml.routes.keys() {
             if !["bio_v1", "csn369791", "csn369791_callback"].contains(&name.as_str()) {

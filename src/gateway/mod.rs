@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState, metrics::Metrics};
 use crate::config::{ConfigError, GatewayConfig, ListenerConfig};
+use crate::policy::PolicyState;
 use crate::tls;
 use crate::xml::xsd::Schema;
 pub use fault::Refusal;
@@ -75,6 +76,8 @@ impl Gateway {
             Some(dir) => Schema::load_dir(dir).map_err(|e| ConfigError::new(file, "xml.schemas", e))?,
             None => Schema::embedded().map_err(|e| ConfigError::new(file, "xml.schemas", e))?,
         });
+        let policy = Arc::new(PolicyState::load(&cfg.policy).map_err(|e| ConfigError::new(file, "policy", e))?);
+        tracing::info!(digest = %policy.current().digest, origin = %policy.current().origin, "policy bundle loaded");
         let police_tcp = bind(cfg.police.listen, file, "police.listen").await?;
         let callback_tcp = match &cfg.callback {
             Some(c) => Some(bind(c.listen, file, "callback.listen").await?),
@@ -94,6 +97,7 @@ impl Gateway {
         let pipeline = Arc::new(Pipeline {
             routes: RouteTable::new(&cfg.routes, &cfg.xml),
             schema,
+            policy: policy.clone(),
             ministry: ministry.clone(),
             police_callback: police_callback.clone(),
             metrics: metrics.clone(),
@@ -122,9 +126,10 @@ impl Gateway {
         if let Some(u) = police_callback {
             upstreams.push(("police_callback", u));
         }
-        let admin = Arc::new(AdminState::new(metrics.clone(), upstreams.clone()));
+        let admin = Arc::new(AdminState::new(metrics.clone(), upstreams.clone(), policy.clone()));
         tracing::info!(listener = "admin", addr = %admin_addr, "listening");
         let mut background = vec![tokio::spawn(admin::serve(admin_tcp, admin.clone(), stopped.clone()))];
+        background.push(tokio::spawn(watch_policy(policy.clone(), metrics.clone(), stopped.clone())));
         for (name, u) in upstreams {
             background.push(tokio::spawn(watch_upstream(name, u, metrics.clone(), stopped.clone())));
         }
@@ -164,6 +169,58 @@ impl Gateway {
             b.abort();
         }
         all
+    }
+}
+
+/// Reloads the policy bundle on SIGHUP and whenever its files change (checked every
+/// `reload_interval_ms`); a failed reload keeps the old bundle and is not retried until the
+/// files change again.
+async fn watch_policy(policy: Arc<PolicyState>, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let mut published = policy.current().digest.clone();
+    metrics.policy_bundle.get_or_create(&admin::metrics::BundleLabels { digest: published.clone() }).set(1);
+    loop {
+        let hup_fired = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await.is_some(),
+                None => std::future::pending().await,
+            }
+        };
+        let forced = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(policy.reload_interval()) => false,
+            fired = hup_fired => fired,
+        };
+        policy.prune_rates();
+        let on_disk = policy.disk_digest();
+        let changed = on_disk
+            .as_ref()
+            .is_some_and(|d| *d != policy.current().digest && Some(d) != policy.failed_digest().as_ref());
+        if !(forced || changed) {
+            continue;
+        }
+        match policy.reload() {
+            Ok(digest) => {
+                metrics.policy_reloads.get_or_create(&admin::metrics::ResultLabels { result: "ok" }).inc();
+                if digest != published {
+                    metrics
+                        .policy_bundle
+                        .get_or_create(&admin::metrics::BundleLabels { digest: published.clone() })
+                        .set(0);
+                    metrics
+                        .policy_bundle
+                        .get_or_create(&admin::metrics::BundleLabels { digest: digest.clone() })
+                        .set(1);
+                    tracing::info!(digest = %digest, "policy bundle reloaded");
+                    published = digest;
+                }
+            }
+            Err(e) => {
+                metrics.policy_reloads.get_or_create(&admin::metrics::ResultLabels { result: "refused" }).inc();
+                tracing::error!(error = %e, active = %policy.current().digest, "policy reload refused; the previous bundle stays active");
+            }
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use super::upstream::{Upstream, UpstreamError, soap_headers};
 use crate::admin::metrics::{
     Metrics, RequestLabels, RouteLabels, UpstreamError as UpstreamErrorLabels, UpstreamLabels,
 };
+use crate::policy::{Caller, PolicyState, minimise};
 use crate::tls::PeerIdentity;
 use crate::xml::facts::MessageFacts;
 use crate::xml::validate::{Expect, XmlRefusal, line_col, validate};
@@ -39,6 +40,7 @@ pub struct RequestTimeout;
 pub struct Pipeline {
     pub routes: RouteTable,
     pub schema: Arc<Schema>,
+    pub policy: Arc<PolicyState>,
     pub ministry: Upstream,
     pub police_callback: Option<Upstream>,
     pub metrics: Arc<Metrics>,
@@ -58,12 +60,20 @@ struct Exchange<'a> {
     /// What validation learned of the request, for policy and audit.
     facts: MessageFacts,
     upstream_status: Option<u16>,
+    /// The policy decision: allowed, deciding policy IDs, bundle digest (short).
+    decision: Option<(bool, String, String)>,
+    /// Seconds to wait, for a RateLimited refusal.
+    retry_after: Option<u64>,
+    /// Reply fields removed by data minimisation.
+    removed: Vec<String>,
     started: Instant,
 }
 
 /// Where a request ended: the reply to pass back, or a refusal with its detail for the log.
 enum Outcome {
     Forwarded(super::upstream::Reply),
+    /// The gateway answers itself (a callback it cannot correlate).
+    Answered(super::upstream::Reply),
     Refused(Refusal, String),
 }
 
@@ -85,6 +95,9 @@ impl Pipeline {
             message_id: None,
             facts: MessageFacts::default(),
             upstream_status: None,
+            decision: None,
+            retry_after: None,
+            removed: Vec::new(),
             started: Instant::now(),
         };
         let outcome = match self.in_flight.try_acquire() {
@@ -160,6 +173,30 @@ impl Pipeline {
                 "SOAPAction/action does not name the Body's operation".into(),
             ));
         }
+        // Decide: policy, then the caller's rate on this route.
+        let bundle = self.policy.current();
+        let caller = Caller::from_peer(x.peer);
+        let now = unix_now();
+        let d = bundle.decide(&caller, operation, route.name, &x.facts, now);
+        let policies = d.policies.join(",");
+        x.decision = Some((d.allowed, policies.clone(), bundle.digest[..16].to_owned()));
+        if !d.allowed {
+            let why = if d.errors.is_empty() { String::new() } else { format!("; errors: {}", d.errors.join("; ")) };
+            let by =
+                if policies.is_empty() { "no policy permits".to_owned() } else { format!("forbidden by {policies}") };
+            return Ok(Outcome::Refused(Refusal::PolicyDenied, format!("{by}{why}")));
+        }
+        if let Err(wait) = self.policy.check_rate(route.name, &x.peer.fingerprint) {
+            x.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+            return Ok(Outcome::Refused(Refusal::RateLimited, format!("over the rate of {}", route.name)));
+        }
+        // A callback for a messageID the gateway never forwarded is answered here.
+        if operation == "SendCertificates" {
+            let known = x.facts.message_id.as_deref().is_some_and(|id| self.policy.forwarded.knows(id));
+            if !known {
+                return Ok(Outcome::Answered(callback_unknown(media.version)));
+            }
+        }
         // Forward.
         let ct = content_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("text/xml; charset=utf-8");
         let soap_action = if media.version == SoapVersion::V11 { action.as_deref() } else { None };
@@ -215,7 +252,14 @@ impl Pipeline {
                     .inc();
                 Outcome::Refused(Refusal::UpstreamInvalidResponse, format!("{name}: HTTP 500 without a SOAP Fault"))
             }
-            Ok(_) => Outcome::Forwarded(reply),
+            Ok(_) => {
+                if x.operation == "RequestCertificate"
+                    && let Some(id) = &x.facts.message_id
+                {
+                    self.policy.forwarded.remember(id);
+                }
+                Outcome::Forwarded(self.minimise(x, reply))
+            }
             Err(e) => {
                 self.metrics
                     .upstream_errors
@@ -225,6 +269,23 @@ impl Pipeline {
                 Outcome::Refused(Refusal::UpstreamInvalidResponse, format!("{name}: reply at {line}:{col}: {e}"))
             }
         }
+    }
+
+    /// Removes the reply fields the policy does not let flow back to this caller.
+    fn minimise(&self, x: &mut Exchange<'_>, mut reply: super::upstream::Reply) -> super::upstream::Reply {
+        let bundle = self.policy.current();
+        let Some(fields) = bundle.routes.minimise.get(x.operation) else { return reply };
+        let caller = Caller::from_peer(x.peer);
+        let now = unix_now();
+        let withheld: Vec<&str> = fields
+            .iter()
+            .filter(|f| !bundle.may_receive(&caller, f, &x.facts, now).allowed)
+            .map(String::as_str)
+            .collect();
+        let (body, removed) = minimise::remove(&reply.body, &withheld);
+        reply.body = body;
+        x.removed = removed;
+        reply
     }
 
     /// Builds the response, logs the request's one line and updates the metrics.
@@ -237,6 +298,14 @@ impl Pipeline {
                     resp.headers_mut().insert(CONTENT_TYPE, ct);
                 }
                 (resp, "ok", String::new())
+            }
+            Outcome::Answered(reply) => {
+                let mut resp = Response::new(Full::new(reply.body));
+                *resp.status_mut() = reply.status;
+                if let Some(ct) = reply.content_type {
+                    resp.headers_mut().insert(CONTENT_TYPE, ct);
+                }
+                (resp, "messageID_unknown", "callback for a messageID the gateway did not forward".to_owned())
             }
             Outcome::Refused(r, detail) => (self.refusal_response(x, r), r.code(), detail),
         };
@@ -267,6 +336,10 @@ impl Pipeline {
             status = response.status().as_u16(),
             upstream_status = x.upstream_status.unwrap_or(0),
             latency_us = elapsed.as_micros() as u64,
+            decision = x.decision.as_ref().map(|d| if d.0 { "allow" } else { "deny" }).unwrap_or(""),
+            policies = x.decision.as_ref().map(|d| d.1.as_str()).unwrap_or(""),
+            bundle = x.decision.as_ref().map(|d| d.2.as_str()).unwrap_or(""),
+            removed = %x.removed.join(","),
             "request"
         );
         response
@@ -292,7 +365,36 @@ impl Pipeline {
         if let Some(s) = r.retry_after() {
             h.insert(RETRY_AFTER, HeaderValue::from_static(s));
         }
+        if let Some(secs) = x.retry_after
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            h.insert(RETRY_AFTER, v);
+        }
         resp
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The gateway's own answer to a SendCertificates it cannot correlate (CSN 36 9791).
+fn callback_unknown(version: SoapVersion) -> super::upstream::Reply {
+    let ns = super::routes::CSN_NS;
+    let body = crate::sim::messages::envelope(
+        version,
+        &format!(
+            "<SendCertificatesResponse xmlns=\"{ns}\"><result>failure_messageID_unknown</result></SendCertificatesResponse>"
+        ),
+    );
+    let ct = match version {
+        SoapVersion::V11 => "text/xml; charset=utf-8",
+        SoapVersion::V12 => "application/soap+xml; charset=utf-8",
+    };
+    super::upstream::Reply {
+        status: StatusCode::OK,
+        content_type: Some(HeaderValue::from_static(ct)),
+        body: Bytes::from(body),
     }
 }
 

@@ -1,0 +1,80 @@
+//! CSN 36 9791 callback correlation: the messageIDs of the RequestCertificate messages the
+//! gateway forwarded, remembered for a while (bounded, expiring). A SendCertificates callback
+//! whose messageID is not among them is answered `failure_messageID_unknown` and not forwarded.
+//! The store lives outside the policy bundle, so it survives a reload.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub struct ForwardedIds {
+    inner: Mutex<Inner>,
+    capacity: usize,
+    ttl: Duration,
+}
+
+#[derive(Default)]
+struct Inner {
+    seen: HashMap<String, Instant>,
+    order: VecDeque<(String, Instant)>,
+}
+
+impl ForwardedIds {
+    pub fn new(capacity: usize, ttl: Duration) -> Self {
+        Self { inner: Mutex::new(Inner::default()), capacity: capacity.max(1), ttl }
+    }
+
+    fn expire(&self, inner: &mut Inner, now: Instant) {
+        while let Some((id, at)) = inner.order.front() {
+            let too_old = now.duration_since(*at) > self.ttl;
+            if !too_old && inner.order.len() <= self.capacity {
+                break;
+            }
+            // Only drop the map entry if it is this (oldest) registration of the id.
+            if inner.seen.get(id) == Some(at) {
+                inner.seen.remove(id);
+            }
+            inner.order.pop_front();
+        }
+    }
+
+    pub fn remember(&self, id: &str) {
+        let now = Instant::now();
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.seen.insert(id.to_owned(), now);
+            inner.order.push_back((id.to_owned(), now));
+            self.expire(&mut inner, now);
+        }
+    }
+
+    /// True when `id` was forwarded and has not expired. Fails closed if the lock is poisoned.
+    pub fn knows(&self, id: &str) -> bool {
+        let now = Instant::now();
+        match self.inner.lock() {
+            Ok(mut inner) => {
+                self.expire(&mut inner, now);
+                inner.seen.contains_key(id)
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_and_expiring() {
+        let ids = ForwardedIds::new(2, Duration::from_secs(60));
+        ids.remember("a");
+        ids.remember("b");
+        ids.remember("c");
+        assert!(!ids.knows("a"));
+        assert!(ids.knows("b") && ids.knows("c"));
+        let short = ForwardedIds::new(10, Duration::from_millis(1));
+        short.remember("x");
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!short.knows("x"));
+    }
+}

@@ -1,0 +1,207 @@
+//! Decisions: the principal built from the client certificate (and the bundle's entity data),
+//! the action from the operation, the resource from the route (or the reply field), the context
+//! from the validated message facts and the time. Deny unless a policy permits and none forbids.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request,
+    RestrictedExpression,
+};
+
+use super::bundle::Bundle;
+use crate::xml::facts::MessageFacts;
+
+/// What a decision needs to know about the caller (from its certificate).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caller {
+    pub common_name: String,
+    pub organization: String,
+    pub unit: String,
+    pub fingerprint: String,
+    pub issuer: String,
+}
+
+impl Caller {
+    pub fn from_peer(p: &crate::tls::PeerIdentity) -> Self {
+        Self {
+            common_name: p.common_name.clone().unwrap_or_default(),
+            organization: p.organization.clone().unwrap_or_default(),
+            unit: p.organizational_unit.clone().unwrap_or_default(),
+            fingerprint: p.fingerprint.clone(),
+            issuer: p.issuer.clone(),
+        }
+    }
+}
+
+/// A decision and the policies that made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// IDs of the policies that determined the decision (the permits that applied, or the
+    /// forbids that did); empty for a default deny.
+    pub policies: Vec<String>,
+    /// Evaluation errors (a policy that could not be evaluated does not apply).
+    pub errors: Vec<String>,
+}
+
+fn uid(ty: &str, id: &str) -> Result<EntityUid, String> {
+    let t = EntityTypeName::from_str(ty).map_err(|e| e.to_string())?;
+    Ok(EntityUid::from_type_name_and_id(t, EntityId::new(id)))
+}
+
+/// The time parts of the context: hour (0-23) and ISO weekday (1 = Monday) in the bundle's zone.
+pub fn local_time(now_unix: i64, utc_offset: i32) -> (i64, i64) {
+    let t = now_unix + i64::from(utc_offset);
+    let days = t.div_euclid(86_400);
+    let hour = t.rem_euclid(86_400) / 3600;
+    // 1970-01-01 was a Thursday (ISO weekday 4).
+    let weekday = (days + 3).rem_euclid(7) + 1;
+    (hour, weekday)
+}
+
+impl Bundle {
+    /// The Terminal entity for a caller: roles from the certificate's OU, authority from its O,
+    /// plus whatever the bundle's entity data says about the same terminal.
+    pub fn principal(&self, c: &Caller) -> Result<(EntityUid, Entity), String> {
+        let id = if c.common_name.is_empty() { &c.fingerprint } else { &c.common_name };
+        let principal = uid("Spoc::Terminal", id)?;
+        let mut parents = HashSet::new();
+        if !c.unit.is_empty() {
+            parents.insert(uid("Spoc::Role", &c.unit)?);
+        }
+        if !c.organization.is_empty() {
+            parents.insert(uid("Spoc::Authority", &c.organization)?);
+        }
+        if let Some(known) = self.entities.get(&principal) {
+            // Entity data may add roles to a named terminal (never remove the certificate's).
+            let json = known.to_json_value().map_err(|e| e.to_string())?;
+            if let Some(list) = json.get("parents").and_then(|p| p.as_array()) {
+                for p in list {
+                    let (Some(t), Some(i)) =
+                        (p.get("type").and_then(|v| v.as_str()), p.get("id").and_then(|v| v.as_str()))
+                    else {
+                        continue;
+                    };
+                    parents.insert(uid(t, i)?);
+                }
+            }
+        }
+        let attrs = HashMap::from([
+            ("commonName".to_owned(), RestrictedExpression::new_string(c.common_name.clone())),
+            ("organization".to_owned(), RestrictedExpression::new_string(c.organization.clone())),
+            ("unit".to_owned(), RestrictedExpression::new_string(c.unit.clone())),
+            ("fingerprint".to_owned(), RestrictedExpression::new_string(c.fingerprint.clone())),
+            ("issuer".to_owned(), RestrictedExpression::new_string(c.issuer.clone())),
+        ]);
+        let entity = Entity::new(principal.clone(), attrs, parents).map_err(|e| e.to_string())?;
+        Ok((principal, entity))
+    }
+
+    /// The context of a decision (JSON-like pairs, for `explain` too).
+    pub fn context_pairs(&self, facts: &MessageFacts, now_unix: i64) -> Vec<(String, RestrictedExpression)> {
+        let (hour, weekday) = local_time(now_unix, self.utc_offset);
+        let mut pairs = vec![
+            ("chipFingerprints".to_owned(), RestrictedExpression::new_long(i64::from(facts.chip_fingerprints))),
+            ("liveFingerprints".to_owned(), RestrictedExpression::new_long(i64::from(facts.live_fingerprints))),
+            (
+                "formats".to_owned(),
+                RestrictedExpression::new_set(
+                    facts.formats.iter().map(|f| RestrictedExpression::new_string((*f).to_owned())),
+                ),
+            ),
+            ("hour".to_owned(), RestrictedExpression::new_long(hour)),
+            ("weekday".to_owned(), RestrictedExpression::new_long(weekday)),
+        ];
+        for (key, value) in [
+            ("purpose", &facts.purpose),
+            ("caseReference", &facts.case_reference),
+            ("borderCrossingPoint", &facts.border_crossing_point),
+            ("issuingState", &facts.issuing_state),
+            ("officerId", &facts.officer_id),
+            ("authority", &facts.authority),
+            ("callerId", &facts.caller_id),
+        ] {
+            if let Some(v) = value {
+                pairs.push((key.to_owned(), RestrictedExpression::new_string(v.clone())));
+            }
+        }
+        pairs
+    }
+
+    fn authorize(
+        &self,
+        caller: &Caller,
+        action: &str,
+        resource: EntityUid,
+        facts: &MessageFacts,
+        now_unix: i64,
+    ) -> Decision {
+        let deny = |e: String| Decision { allowed: false, policies: vec![], errors: vec![e] };
+        let (principal, entity) = match self.principal(caller) {
+            Ok(p) => p,
+            Err(e) => return deny(e),
+        };
+        let action = match uid("Spoc::Action", action) {
+            Ok(a) => a,
+            Err(e) => return deny(e),
+        };
+        let context = match Context::from_pairs(self.context_pairs(facts, now_unix)) {
+            Ok(c) => c,
+            Err(e) => return deny(e.to_string()),
+        };
+        let request = match Request::new(principal, action, resource, context, Some(&self.schema)) {
+            Ok(r) => r,
+            Err(e) => return deny(e.to_string()),
+        };
+        let entities: Entities = match self.entities.clone().add_entities([entity], Some(&self.schema)) {
+            Ok(e) => e,
+            Err(e) => return deny(e.to_string()),
+        };
+        let response = Authorizer::new().is_authorized(&request, &self.policies, &entities);
+        let mut policies: Vec<String> = response.diagnostics().reason().map(|p| p.to_string()).collect();
+        policies.sort_by_key(|id| self.policy_ids.iter().position(|p| p == id).unwrap_or(usize::MAX));
+        Decision {
+            allowed: response.decision() == CedarDecision::Allow,
+            policies,
+            errors: response.diagnostics().errors().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    /// May `caller` perform `operation` on `route` with these facts?
+    pub fn decide(
+        &self,
+        caller: &Caller,
+        operation: &str,
+        route: &str,
+        facts: &MessageFacts,
+        now_unix: i64,
+    ) -> Decision {
+        match uid("Spoc::Route", route) {
+            Ok(r) => self.authorize(caller, operation, r, facts, now_unix),
+            Err(e) => Decision { allowed: false, policies: vec![], errors: vec![e] },
+        }
+    }
+
+    /// May the reply field `field` (e.g. `Holder/Address`) flow back to `caller`?
+    pub fn may_receive(&self, caller: &Caller, field: &str, facts: &MessageFacts, now_unix: i64) -> Decision {
+        match uid("Spoc::Field", field) {
+            Ok(r) => self.authorize(caller, "ReceiveField", r, facts, now_unix),
+            Err(e) => Decision { allowed: false, policies: vec![], errors: vec![e] },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weekdays_and_hours() {
+        // 2026-11-23 was a Monday; 07:30 UTC is 08:30 at +01:00.
+        let t = 1_795_419_000; // 2026-11-23T07:30:00Z
+        assert_eq!(local_time(t, 3600), (8, 1));
+        assert_eq!(local_time(t, -8 * 3600), (23, 7));
+    }
+}
