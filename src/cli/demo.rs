@@ -122,9 +122,17 @@ fn describe(r: &Result<Reply, UpstreamError>, needle: &str) -> String {
     match r {
         Ok(reply) => {
             let text = String::from_utf8_lossy(&reply.body);
-            let code = ["XmlThreat", "XmlMalformed", "SchemaViolation", "ContentMismatch", "UnknownOperation"]
-                .into_iter()
-                .find(|c| text.contains(&format!("<Code>{c}</Code>")));
+            let code = [
+                "XmlThreat",
+                "XmlMalformed",
+                "SchemaViolation",
+                "ContentMismatch",
+                "UnknownOperation",
+                "PolicyDenied",
+                "RateLimited",
+            ]
+            .into_iter()
+            .find(|c| text.contains(&format!("<Code>{c}</Code>")));
             match code {
                 Some(c) => format!("{} {c}", reply.status.as_u16()),
                 None if !needle.is_empty() && text.contains(needle) => {
@@ -145,6 +153,8 @@ async fn scenarios(dir: &Path, gw: &Gateway, received: &sim::receiver::Receiver)
     let port = gw.police_addr.port();
     let officer = client(dir, port, "officer", false)?;
     let officer_h2 = client(dir, port, "officer", true)?;
+    let analyst = client(dir, port, "analyst", false)?;
+    let dv = client(dir, port, "document-verifier", false)?;
     let revoked = client(dir, port, "revoked", false)?;
     let v11 = SoapVersion::V11;
     let bio = BioRequest::matching("6f1c1c4e-3f0a-4d53-9a43-2b5c1e0f9a01", 20 * 1024);
@@ -164,7 +174,34 @@ async fn scenarios(dir: &Path, gw: &Gateway, received: &sim::receiver::Receiver)
     row("officer verifies a fingerprint over HTTP/2", "200 MATCH", describe(&r, "<Result>MATCH</Result>"));
 
     let r = post(&officer, "/bio/v1", "CheckIdentityRequest", messages::envelope(v11, &bio.check_identity())).await;
-    row("officer checks identity", "200 VALID", describe(&r, "<DocumentStatus>VALID</DocumentStatus>"));
+    let observed = match &r {
+        Ok(reply) if reply.status == 200 => {
+            let t = String::from_utf8_lossy(&reply.body);
+            match (t.contains("<DocumentStatus>VALID</DocumentStatus>"), t.contains("<Address>")) {
+                (true, false) => "200 VALID, Address removed".to_owned(),
+                (true, true) => "200 VALID, Address present".to_owned(),
+                _ => describe(&r, ""),
+            }
+        }
+        _ => describe(&r, ""),
+    };
+    row("officer checks identity (IDENTITY_DOUBT)", "200 VALID, Address removed", observed);
+
+    let r =
+        post(&analyst, "/bio/v1", "VerifyFingerprintRequest", messages::envelope(v11, &bio.verify_fingerprint())).await;
+    row("analyst asks to verify a fingerprint", "403 PolicyDenied", describe(&r, ""));
+
+    let mut burst = Vec::new();
+    for _ in 0..8 {
+        let r = post(&analyst, "/bio/v1", "CheckIdentityRequest", messages::envelope(v11, &bio.check_identity())).await;
+        burst.push(r.map(|r| r.status.as_u16()).unwrap_or(0));
+    }
+    let limited = burst.iter().filter(|s| **s == 429).count();
+    row(
+        "burst of 8 identity checks from one terminal",
+        "429 RateLimited",
+        if limited > 0 { "429 RateLimited".into() } else { format!("statuses {burst:?}") },
+    );
 
     let doctype = format!(
         "<!DOCTYPE x [<!ENTITY e \"e\">]>{}",
@@ -207,7 +244,7 @@ async fn scenarios(dir: &Path, gw: &Gateway, received: &sim::receiver::Receiver)
 
     let message_id = format!("DEMO-{}", uuid::Uuid::new_v4());
     let r = post(
-        &officer,
+        &dv,
         "/spoc/csn369791",
         "RequestCertificate",
         messages::envelope(v11, &messages::request_certificate(&message_id)),
@@ -228,5 +265,25 @@ async fn scenarios(dir: &Path, gw: &Gateway, received: &sim::receiver::Receiver)
         "delivered to police",
         if delivered { "delivered to police".into() } else { "not delivered".into() },
     );
+
+    let ministry = Upstream::new(&UpstreamConfig::client(
+        format!("https://127.0.0.1:{}", gw.callback_addr.map(|a| a.port()).unwrap_or(0)),
+        &dir.join("ca/ministry-ca.pem"),
+        &dir.join("ministry/client.pem"),
+        &dir.join("ministry/client.key"),
+    ))?;
+    let r = post(
+        &ministry,
+        "/spoc/csn369791",
+        "SendCertificates",
+        messages::envelope(v11, &messages::send_certificates("NEVER-FORWARDED-1")),
+    )
+    .await;
+    let forwarded = received.received().iter().any(|id| id == "NEVER-FORWARDED-1");
+    let observed = match (describe(&r, "<result>failure_messageID_unknown</result>"), forwarded) {
+        (d, false) => d,
+        (d, true) => format!("{d}, but forwarded"),
+    };
+    row("callback with an unknown messageID", "200 failure_messageID_unknown", observed);
     Ok(rows)
 }

@@ -392,6 +392,7 @@ fn callback_unknown(version: SoapVersion) -> super::upstream::Reply {
         SoapVersion::V12 => "application/soap+xml; charset=utf-8",
     };
     super::upstream::Reply {
+        retry_after: None,
         status: StatusCode::OK,
         content_type: Some(HeaderValue::from_static(ct)),
         body: Bytes::from(body),

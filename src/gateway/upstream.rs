@@ -71,6 +71,8 @@ impl UpstreamError {
 pub struct Reply {
     pub status: StatusCode,
     pub content_type: Option<HeaderValue>,
+    /// `Retry-After`, when the upstream sent one (tools and tests read it).
+    pub retry_after: Option<HeaderValue>,
     pub body: Bytes,
 }
 
@@ -228,9 +230,10 @@ impl Upstream {
         };
         let status = resp.status();
         let content_type = resp.headers().get(CONTENT_TYPE).cloned();
+        let retry_after = resp.headers().get(http::header::RETRY_AFTER).cloned();
         let body = read_reply(resp.into_body(), self.inner.max_response_bytes, self.inner.body_timeout).await?;
         self.checkin(sender);
-        Ok(Reply { status, content_type, body })
+        Ok(Reply { status, content_type, retry_after, body })
     }
 
     /// An idle connection from the pool, if one is usable.

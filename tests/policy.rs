@@ -1,0 +1,350 @@
+//! Access policy as police systems, the Ministry and security officers meet it: decisions over
+//! real TLS, rate limits, data minimisation, callback correlation, reloads, signed bundles, and
+//! the officer tools.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use spocgw::config::UpstreamConfig;
+use spocgw::gateway::upstream::Upstream;
+use spocgw::sim::messages::{self, BioRequest};
+use spocgw::xml::SoapVersion;
+
+const XML11: &str = "text/xml; charset=utf-8";
+
+fn bio(purpose: &'static str) -> BioRequest {
+    let mut b = BioRequest::matching("6f1c1c4e-3f0a-4d53-9a43-2b5c1e0f9a01", 4096);
+    b.purpose = purpose;
+    b
+}
+
+fn ci(purpose: &'static str) -> String {
+    messages::envelope(SoapVersion::V11, &bio(purpose).check_identity())
+}
+
+/// The National SPOC's client, calling the gateway's callback listener.
+fn ministry_client(w: &World) -> Upstream {
+    Upstream::new(&UpstreamConfig::client(
+        format!("https://127.0.0.1:{}", w.callback_port),
+        &w.path("ca/ministry-ca.pem"),
+        &w.path("ministry/client.pem"),
+        &w.path("ministry/client.key"),
+    ))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_follow_the_policy_and_are_logged_with_their_reasons() {
+    let w = World::full();
+    let vf = messages::envelope(SoapVersion::V11, &bio("IDENTITY_DOUBT").verify_fingerprint());
+    let r = post(&w.client("analyst", false), "/bio/v1", XML11, Some("VerifyFingerprintRequest"), vf.clone())
+        .await
+        .unwrap();
+    assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (403, Some("PolicyDenied")));
+    let r = post(&w.client("officer", false), "/bio/v1", XML11, Some("VerifyFingerprintRequest"), vf.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    // SYSTEM_TEST is forbidden on the production route, even for a border verifier.
+    let test = messages::envelope(SoapVersion::V11, &bio("SYSTEM_TEST").verify_fingerprint());
+    let r = post(&w.client("officer", false), "/bio/v1", XML11, Some("VerifyFingerprintRequest"), test).await.unwrap();
+    assert_eq!(r.status, 403);
+    // CSN traffic is the document verifier's alone.
+    let rc = messages::envelope(SoapVersion::V11, &messages::request_certificate("SYNC-7"));
+    let r = post(&w.client("officer", false), "/spoc/csn369791", XML11, Some("RequestCertificate"), rc.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+    let r = post(&w.client("document-verifier", false), "/spoc/csn369791", XML11, Some("RequestCertificate"), rc)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+
+    let log = w.gateway_log();
+    assert!(log.contains("\"decision\":\"allow\",\"policies\":\"verify-fingerprint-by-border-verifiers\""), "{log}");
+    assert!(log.contains("\"policies\":\"system-test-only-on-test-routes\""), "{log}");
+    assert!(log.contains("\"code\":\"PolicyDenied\""), "{log}");
+    let m = w.metrics();
+    assert!(m.contains("spocgw_policy_bundle{digest="), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_the_rate_gets_429_with_retry_after() {
+    let mut w = World::new();
+    std::fs::write(
+        w.path("policies/routes.toml"),
+        "[rate.bio_v1]\nper_second = 1\nburst = 3\n\n[minimise]\nCheckIdentityRequest = [\"Holder/Address\"]\n",
+    )
+    .unwrap();
+    w.start_ministry();
+    w.start_gateway();
+    w.wait_ready();
+    let analyst = w.client("analyst", false);
+    let mut statuses = Vec::new();
+    let mut retry = None;
+    for _ in 0..8 {
+        let r = post(&analyst, "/bio/v1", XML11, Some("CheckIdentityRequest"), ci("DOCUMENT_DOUBT")).await.unwrap();
+        if r.status == 429 {
+            assert_eq!(fault_code(&r).as_deref(), Some("RateLimited"));
+            retry = r.retry_after.clone();
+        }
+        statuses.push(r.status.as_u16());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 5, "{statuses:?}");
+    let secs: u64 = retry.expect("Retry-After").to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&secs), "{secs}");
+    // Another certificate has its own allowance.
+    let r = post(&w.client("officer", false), "/bio/v1", XML11, Some("CheckIdentityRequest"), ci("DOCUMENT_DOUBT"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_address_flows_back_only_for_second_line_checks() {
+    let w = World::full();
+    let officer = w.client("officer", false);
+    let r = post(&officer, "/bio/v1", XML11, Some("CheckIdentityRequest"), ci("IDENTITY_DOUBT")).await.unwrap();
+    assert_eq!(r.status, 200);
+    let t = text(&r);
+    assert!(!t.contains("<Address>") && t.contains("<PlaceOfBirth>") && t.contains("<Surname>"), "{t}");
+    let r = post(&officer, "/bio/v1", XML11, Some("CheckIdentityRequest"), ci("SECOND_LINE_CHECK")).await.unwrap();
+    assert!(text(&r).contains("<Address>"), "{}", text(&r));
+    // The minimised reply is still valid against the schema.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("reply.xml");
+    let r = post(&officer, "/bio/v1", XML11, Some("CheckIdentityRequest"), ci("DOCUMENT_DOUBT")).await.unwrap();
+    std::fs::write(&f, &r.body).unwrap();
+    let out = Command::new(BIN).args(["validate", "--schemas", "policies/schemas"]).arg(&f).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(w.gateway_log().contains("\"removed\":\"Holder/Address\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_are_forwarded_only_for_messages_the_gateway_forwarded() {
+    let w = World::full();
+    let ministry = ministry_client(&w);
+    let unknown = messages::envelope(SoapVersion::V11, &messages::send_certificates("NEVER-SENT-1"));
+    let r = post(&ministry, "/spoc/csn369791", XML11, Some("SendCertificates"), unknown).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(text(&r).contains("<result>failure_messageID_unknown</result>"), "{}", text(&r));
+    assert!(!std::fs::read_to_string(w.path("receiver.log")).unwrap().contains("NEVER-SENT-1"), "forwarded anyway");
+
+    // A RequestCertificate forwarded by the gateway: its callback passes (the simulated
+    // Ministry calls back by itself after ~300 ms).
+    let rc = messages::envelope(SoapVersion::V11, &messages::request_certificate("ASYNC-42"));
+    let r = post(&w.client("document-verifier", false), "/spoc/csn369791", XML11, Some("RequestCertificate"), rc)
+        .await
+        .unwrap();
+    assert!(text(&r).contains("ok_reception_ack"));
+    let end = Instant::now() + Duration::from_secs(10);
+    while !log_contains(&w.path("receiver.log"), "ASYNC-42") && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(log_contains(&w.path("receiver.log"), "ASYNC-42"), "callback not delivered");
+    // The police side may not send callbacks.
+    let again = messages::envelope(SoapVersion::V11, &messages::send_certificates("ASYNC-42"));
+    let police_on_callback = Upstream::new(&UpstreamConfig::client(
+        format!("https://127.0.0.1:{}", w.callback_port),
+        &w.path("ca/ministry-ca.pem"),
+        &w.path("clients/officer.pem"),
+        &w.path("clients/officer.key"),
+    ))
+    .unwrap();
+    assert!(
+        post(&police_on_callback, "/spoc/csn369791", XML11, Some("SendCertificates"), again).await.is_err(),
+        "police cert accepted on the callback listener"
+    );
+}
+
+fn readyz(w: &World) -> String {
+    admin_get(w.admin_port, "/readyz").1
+}
+
+fn wait_for(w: &World, what: &str, needle: &str) {
+    let end = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < end {
+        if readyz(w).contains(needle) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what}: /readyz never said {needle:?}: {}", readyz(w));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_bundle_is_refused_on_reload_and_the_old_one_keeps_serving() {
+    let mut w = World::new();
+    w.edit("gateway.toml", "dir = \"policies\"", "dir = \"policies\"\nreload_interval_ms = 200");
+    w.start_ministry();
+    w.start_gateway();
+    w.wait_ready();
+    let vf = messages::envelope(SoapVersion::V11, &bio("IDENTITY_DOUBT").verify_fingerprint());
+    let analyst = w.client("analyst", false);
+    assert_eq!(
+        post(&analyst, "/bio/v1", XML11, Some("VerifyFingerprintRequest"), vf.clone()).await.unwrap().status,
+        403
+    );
+
+    // A syntax error: refused, old bundle active.
+    std::fs::write(w.path("policies/extra.cedar"), "permit (principal, action, resource) when { oops").unwrap();
+    wait_for(&w, "syntax error", "reload-failed");
+    assert_eq!(
+        post(&analyst, "/bio/v1", XML11, Some("VerifyFingerprintRequest"), vf.clone()).await.unwrap().status,
+        403
+    );
+    assert_eq!(
+        post(&w.client("officer", false), "/bio/v1", XML11, Some("VerifyFingerprintRequest"), vf.clone())
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+
+    // A policy that breaks the bundle's own tests: refused too.
+    std::fs::write(
+        w.path("policies/extra.cedar"),
+        "@id(\"analysts-verify\")\npermit (principal in Spoc::Role::\"analyst\", action == Spoc::Action::\"VerifyFingerprintRequest\", resource);\n",
+    )
+    .unwrap();
+    wait_for(&w, "failing tests", "tests fail");
+    assert_eq!(
+        post(&analyst, "/bio/v1", XML11, Some("VerifyFingerprintRequest"), vf.clone()).await.unwrap().status,
+        403
+    );
+
+    // Change the test too: the whole new bundle is consistent, and it is swapped in.
+    w.edit("policies/tests/default.toml", "name = \"an analyst may not verify fingerprints\"\nprincipal = { cn = \"analyst-0001\", o = \"Border Police\", ou = \"analyst\" }\naction = \"VerifyFingerprintRequest\"\nroute = \"bio_v1\"\nfacts = { purpose = \"IDENTITY_DOUBT\", caseReference = \"CASE-1\", chipFingerprints = 1, liveFingerprints = 1, formats = [\"WSQ\"] }\nexpect = \"deny\"\npolicies = []", "name = \"analysts may verify fingerprints now\"\nprincipal = { cn = \"analyst-0001\", o = \"Border Police\", ou = \"analyst\" }\naction = \"VerifyFingerprintRequest\"\nroute = \"bio_v1\"\nfacts = { purpose = \"IDENTITY_DOUBT\", caseReference = \"CASE-1\", chipFingerprints = 1, liveFingerprints = 1, formats = [\"WSQ\"] }\nexpect = \"allow\"\npolicies = [\"analysts-verify\"]");
+    wait_for(&w, "valid bundle", "policy: ok");
+    assert_eq!(
+        post(&analyst, "/bio/v1", XML11, Some("VerifyFingerprintRequest"), vf.clone()).await.unwrap().status,
+        200
+    );
+    assert!(metric(&w.metrics(), r#"spocgw_policy_reloads_total{result="refused"}"#) >= 2.0);
+}
+
+fn serve_once(w: &World) -> (Option<i32>, String) {
+    let mut p =
+        Proc::start(&["serve", "--config", w.path("gateway.toml").to_str().unwrap()], w.path("gateway-once.log"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            return (s.code(), p.log_text());
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", w.gateway_port)).is_ok() {
+            return (None, p.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (None, p.log_text())
+}
+
+#[test]
+fn signed_bundles_are_required_when_configured() {
+    let w = World::new();
+    w.edit(
+        "gateway.toml",
+        "dir = \"policies\"",
+        "dir = \"policies\"\nrequire_signed = true\nsigners = [\"officers/policy-officer.pub.pem\"]",
+    );
+    // Unsigned: refused at start, exit 2, one line saying why.
+    let (code, err) = serve_once(&w);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not signed"), "{err}");
+
+    // Signed by another key: refused.
+    let other = w.path("other.key");
+    let out = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let sign = |key: &std::path::Path| {
+        Command::new(BIN).args(["policy", "sign", "--key"]).arg(key).arg(w.path("policies")).output().unwrap()
+    };
+    assert!(sign(&other).status.success());
+    let (code, err) = serve_once(&w);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("does not verify"), "{err}");
+
+    // Signed by the officer: serves.
+    assert!(sign(&w.path("officers/policy-officer.key")).status.success());
+    let (code, err) = serve_once(&w);
+    assert_eq!(code, None, "{err}");
+
+    // Changed after signing: refused.
+    w.edit("policies/routes.toml", "[minimise]", "# edited\n[minimise]");
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, err) = serve_once(&w);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("changed after it was signed"), "{err}");
+}
+
+#[test]
+fn officer_tools_check_test_and_explain() {
+    let w = World::new();
+    let policy = |args: &[&str]| {
+        let out = Command::new(BIN).arg("policy").args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let dir = w.path("policies");
+    let dir = dir.to_str().unwrap();
+    let (code, out) = policy(&["check", dir]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("7 policies valid") && out.contains("17 tests passed"), "{out}");
+    let (code, out) = policy(&["test", dir]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("17 passed, 0 failed"), "{out}");
+
+    let (code, out) = policy(&[
+        "explain",
+        dir,
+        "--cert",
+        w.path("clients/officer.pem").to_str().unwrap(),
+        "--request",
+        w.path("samples/verify-fingerprint.xml").to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["decision"], "allow");
+    assert_eq!(v["policies"][0], "verify-fingerprint-by-border-verifiers");
+    assert_eq!(v["context"]["purpose"], "IDENTITY_DOUBT");
+    assert_eq!(
+        v["principal"]["parents"][0]["id"].as_str().map(|s| s == "border-verifier" || s == "Border Police"),
+        Some(true)
+    );
+    let (code, out) = policy(&[
+        "explain",
+        dir,
+        "--cn",
+        "analyst-0001",
+        "--ou",
+        "analyst",
+        "--o",
+        "Border Police",
+        "--field",
+        "Holder/Address",
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+
+    // A rule that can never apply is reported by the lint; a wrong expectation fails the tests.
+    let access = std::fs::read_to_string(w.path("policies/access.cedar")).unwrap();
+    std::fs::write(
+        w.path("policies/access.cedar"),
+        format!("{access}\n@id(\"never\")\npermit (principal, action == Spoc::Action::\"GeneralMessage\", resource) when {{ false }};\n"),
+    )
+    .unwrap();
+    let (code, out) = policy(&["check", dir]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("never: its condition is constant"), "{out}");
+    std::fs::write(w.path("policies/access.cedar"), access).unwrap();
+    w.edit("policies/tests/default.toml", "expect = \"deny\"\npolicies = []", "expect = \"allow\"\npolicies = []");
+    let (code, out) = policy(&["test", dir]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL") && out.contains("16 passed, 1 failed"), "{out}");
+}
