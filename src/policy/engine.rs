@@ -67,26 +67,25 @@ impl Bundle {
     pub fn principal(&self, c: &Caller) -> Result<(EntityUid, Entity), String> {
         let id = if c.common_name.is_empty() { &c.fingerprint } else { &c.common_name };
         let principal = uid("Spoc::Terminal", id)?;
-        let mut parents = HashSet::new();
+        let mut direct = Vec::new();
         if !c.unit.is_empty() {
-            parents.insert(uid("Spoc::Role", &c.unit)?);
+            direct.push(uid("Spoc::Role", &c.unit)?);
         }
         if !c.organization.is_empty() {
-            parents.insert(uid("Spoc::Authority", &c.organization)?);
+            direct.push(uid("Spoc::Authority", &c.organization)?);
         }
-        if let Some(known) = self.entities.get(&principal) {
-            // Entity data may add roles to a named terminal (never remove the certificate's).
-            let json = known.to_json_value().map_err(|e| e.to_string())?;
-            if let Some(list) = json.get("parents").and_then(|p| p.as_array()) {
-                for p in list {
-                    let (Some(t), Some(i)) =
-                        (p.get("type").and_then(|v| v.as_str()), p.get("id").and_then(|v| v.as_str()))
-                    else {
-                        continue;
-                    };
-                    parents.insert(uid(t, i)?);
-                }
+        if let Some(known) = self.entities.ancestors(&principal) {
+            // Entity data may add groups to a named terminal (never remove the certificate's).
+            direct.extend(known.cloned());
+        }
+        // Parents are given with all their ancestors, so a decision needs no entity graph
+        // beyond the principal and the resource.
+        let mut parents = HashSet::new();
+        for p in direct {
+            if let Some(up) = self.entities.ancestors(&p) {
+                parents.extend(up.cloned());
             }
+            parents.insert(p);
         }
         let attrs = HashMap::from([
             ("commonName".to_owned(), RestrictedExpression::new_string(c.common_name.clone())),
@@ -151,11 +150,18 @@ impl Bundle {
             Ok(c) => c,
             Err(e) => return deny(e.to_string()),
         };
-        let request = match Request::new(principal, action, resource, context, Some(&self.schema)) {
+        let resource_uid = resource.clone();
+        let request = match Request::new(principal, action, resource, context, None) {
             Ok(r) => r,
             Err(e) => return deny(e.to_string()),
         };
-        let entities: Entities = match self.entities.clone().add_entities([entity], Some(&self.schema)) {
+        // The principal (with its ancestors expanded) and the resource (for its attributes): all
+        // the policies can look at.
+        let mut members = vec![entity];
+        if let Some(r) = self.entities.get(&resource_uid) {
+            members.push(r.clone());
+        }
+        let entities: Entities = match Entities::from_entities(members, None) {
             Ok(e) => e,
             Err(e) => return deny(e.to_string()),
         };
@@ -196,6 +202,31 @@ impl Bundle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Requests are built without schema checks on the hot path; this pins that what we build
+    /// conforms to the bundle's schema.
+    #[test]
+    fn principals_and_contexts_conform_to_the_schema() {
+        let b = Bundle::embedded().unwrap();
+        let caller = Caller {
+            common_name: "officer-0001".into(),
+            organization: "Border Police".into(),
+            unit: "border-verifier".into(),
+            fingerprint: "ab".repeat(32),
+            issuer: "CN=ca".into(),
+        };
+        let facts = MessageFacts {
+            purpose: Some("IDENTITY_DOUBT".into()),
+            caller_id: Some("CZ".into()),
+            formats: vec!["WSQ"],
+            ..MessageFacts::default()
+        };
+        let (principal, entity) = b.principal(&caller).unwrap();
+        b.entities.clone().add_entities([entity], Some(&b.schema)).unwrap();
+        let context = Context::from_pairs(b.context_pairs(&facts, 0)).unwrap();
+        let action = uid("Spoc::Action", "VerifyFingerprintRequest").unwrap();
+        Request::new(principal, action, uid("Spoc::Route", "bio_v1").unwrap(), context, Some(&b.schema)).unwrap();
+    }
 
     #[test]
     fn weekdays_and_hours() {
