@@ -348,3 +348,25 @@ fn officer_tools_check_test_and_explain() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("FAIL") && out.contains("16 passed, 1 failed"), "{out}");
 }
+
+#[test]
+fn sighup_reloads_the_bundle() {
+    let mut w = World::new();
+    w.edit("gateway.toml", "dir = \"policies\"", "dir = \"policies\"\nreload_interval_ms = 3600000");
+    w.start_ministry();
+    let gw = w.start_gateway();
+    w.wait_ready();
+    let before = readyz(&w);
+    assert!(before.contains("policy: ok"), "{before}");
+    w.edit("policies/routes.toml", "[minimise]", "# reviewed by the security officer\n[minimise]");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(readyz(&w), before, "reloaded without a signal");
+    w.procs[gw].signal("HUP");
+    let end = Instant::now() + Duration::from_secs(10);
+    while readyz(&w) == before && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = readyz(&w);
+    assert!(after.contains("policy: ok") && after != before, "{before} -> {after}");
+    assert!(w.gateway_log().contains("policy bundle reloaded"));
+}
