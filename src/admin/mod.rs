@@ -27,6 +27,7 @@ pub struct AdminState {
     /// The first upstream gates readiness; the others are reported only.
     upstreams: Vec<(&'static str, Upstream)>,
     policy: Arc<crate::policy::PolicyState>,
+    audit: Arc<crate::audit::Audit>,
     draining: AtomicBool,
 }
 
@@ -35,8 +36,9 @@ impl AdminState {
         metrics: Arc<Metrics>,
         upstreams: Vec<(&'static str, Upstream)>,
         policy: Arc<crate::policy::PolicyState>,
+        audit: Arc<crate::audit::Audit>,
     ) -> Self {
-        Self { metrics, upstreams, policy, draining: AtomicBool::new(false) }
+        Self { metrics, upstreams, policy, audit, draining: AtomicBool::new(false) }
     }
 
     pub fn set_draining(&self) {
@@ -61,6 +63,12 @@ impl AdminState {
                 ready = false;
             }
             body.push_str(&format!("{name}: {word}\n"));
+        }
+        if self.audit.is_healthy() {
+            body.push_str("audit: ok\n");
+        } else {
+            ready = false;
+            body.push_str("audit: failing\n");
         }
         // A refused reload leaves the previous bundle serving: reported, not gating.
         body.push_str(&self.policy.status_line());

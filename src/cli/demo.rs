@@ -80,11 +80,13 @@ fn run_inner(keep: Option<&Path>) -> anyhow::Result<bool> {
         while !gateway.is_ready() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let rows = scenarios(&dir, &gateway, &received).await;
+        let (rows, incidents, secrets) = scenarios(&dir, &gateway, &received).await?;
         gateway.shutdown().await;
         receiver.stop().await;
         ministry.stop().await;
-        anyhow::Ok(rows?)
+        let mut rows = rows;
+        audit_rows(&dir, &incidents, &secrets, &mut rows);
+        anyhow::Ok(rows)
     })?;
 
     let w = rows.iter().map(|r| r.scenario.len()).max().unwrap_or(8);
@@ -149,7 +151,47 @@ fn strip(tagged: &str) -> String {
     tagged.split(['<', '>']).filter(|s| !s.is_empty() && !s.contains('/')).nth(1).unwrap_or(tagged).to_owned()
 }
 
-async fn scenarios(dir: &Path, gw: &Gateway, received: &sim::receiver::Receiver) -> anyhow::Result<Vec<Row>> {
+/// The audit log's scenarios, run on the stopped gateway's log: it verifies, every incident ID a
+/// client was given is in it, and no biometric data, name or document number is.
+fn audit_rows(dir: &Path, incidents: &[String], secrets: &[String], rows: &mut Vec<Row>) {
+    let mut row = |scenario, expected: &'static str, observed: String| {
+        let pass = observed == expected;
+        rows.push(Row { scenario, expected, observed, pass });
+    };
+    let log_dir = dir.join("audit");
+    match crate::audit::verify::verify(&log_dir, &dir.join("gateway/audit-checkpoint.pub.pem")) {
+        Ok(s) => {
+            println!("audit chain head: {} records, root {}", s.records, s.root);
+            row("audit verify", "passes", "passes".into());
+        }
+        Err(e) => row("audit verify", "passes", e),
+    }
+    let text = crate::audit::segments(&log_dir)
+        .map(|segs| segs.iter().filter_map(|p| std::fs::read_to_string(p).ok()).collect::<String>())
+        .unwrap_or_default();
+    let missing = incidents.iter().filter(|id| !text.contains(&format!("\"incident_id\":\"{id}\""))).count();
+    row(
+        "every incident ID a client got is in the log",
+        "all recorded",
+        if missing == 0 && !incidents.is_empty() {
+            "all recorded".into()
+        } else {
+            format!("{missing} of {} missing", incidents.len())
+        },
+    );
+    let leaked = secrets.iter().filter(|s| text.contains(s.as_str())).count();
+    row(
+        "no fingerprint data, name or document number in the log",
+        "none found",
+        if leaked == 0 { "none found".into() } else { format!("{leaked} found") },
+    );
+}
+
+async fn scenarios(
+    dir: &Path,
+    gw: &Gateway,
+    received: &sim::receiver::Receiver,
+) -> anyhow::Result<(Vec<Row>, Vec<String>, Vec<String>)> {
     let port = gw.police_addr.port();
     let officer = client(dir, port, "officer", false)?;
     let officer_h2 = client(dir, port, "officer", true)?;
@@ -159,9 +201,17 @@ async fn scenarios(dir: &Path, gw: &Gateway, received: &sim::receiver::Receiver)
     let v11 = SoapVersion::V11;
     let bio = BioRequest::matching("6f1c1c4e-3f0a-4d53-9a43-2b5c1e0f9a01", 20 * 1024);
     let mut rows = Vec::new();
+    let mut incidents: Vec<String> = Vec::new();
     let mut row = |scenario, expected: &'static str, observed: String| {
         let pass = observed == expected;
         rows.push(Row { scenario, expected, observed, pass });
+    };
+    let mut note = |r: &Result<Reply, UpstreamError>| {
+        if let Ok(reply) = r
+            && let Some(id) = &reply.request_id
+        {
+            incidents.push(id.clone());
+        }
     };
 
     let r =
@@ -174,6 +224,7 @@ async fn scenarios(dir: &Path, gw: &Gateway, received: &sim::receiver::Receiver)
     row("officer verifies a fingerprint over HTTP/2", "200 MATCH", describe(&r, "<Result>MATCH</Result>"));
 
     let r = post(&officer, "/bio/v1", "CheckIdentityRequest", messages::envelope(v11, &bio.check_identity())).await;
+    note(&r);
     let observed = match &r {
         Ok(reply) if reply.status == 200 => {
             let t = String::from_utf8_lossy(&reply.body);
@@ -194,6 +245,7 @@ async fn scenarios(dir: &Path, gw: &Gateway, received: &sim::receiver::Receiver)
     let mut burst = Vec::new();
     for _ in 0..8 {
         let r = post(&analyst, "/bio/v1", "CheckIdentityRequest", messages::envelope(v11, &bio.check_identity())).await;
+        note(&r);
         burst.push(r.map(|r| r.status.as_u16()).unwrap_or(0));
     }
     let limited = burst.iter().filter(|s| **s == 429).count();
@@ -208,11 +260,13 @@ async fn scenarios(dir: &Path, gw: &Gateway, received: &sim::receiver::Receiver)
         messages::envelope(v11, &bio.check_identity()).replace("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n", "")
     );
     let r = post(&officer, "/bio/v1", "CheckIdentityRequest", doctype).await;
+    note(&r);
     row("message with a DOCTYPE", "400 XmlThreat", describe(&r, ""));
 
     let mut invalid = bio.clone();
     invalid.purpose = "CURIOSITY";
     let r = post(&officer, "/bio/v1", "CheckIdentityRequest", messages::envelope(v11, &invalid.check_identity())).await;
+    note(&r);
     row("schema-invalid message (unknown Purpose)", "400 SchemaViolation", describe(&r, ""));
 
     let mut mislabelled = bio.clone();
@@ -224,13 +278,16 @@ async fn scenarios(dir: &Path, gw: &Gateway, received: &sim::receiver::Receiver)
         messages::envelope(v11, &mislabelled.verify_fingerprint()),
     )
     .await;
+    note(&r);
     row("WSQ image labelled JPEG2000", "400 ContentMismatch", describe(&r, ""));
 
     let broken = messages::envelope(v11, &bio.check_identity()).replace("</TravelDocument>", "");
     let r = post(&officer, "/bio/v1", "CheckIdentityRequest", broken).await;
+    note(&r);
     row("message that is not well-formed", "400 XmlMalformed", describe(&r, ""));
 
     let r = post(&officer, "/bio/v1", "VerifyFingerprintRequest", messages::envelope(v11, &bio.check_identity())).await;
+    note(&r);
     row("SOAPAction disagrees with the Body", "400 SchemaViolation", describe(&r, ""));
 
     let r =
@@ -239,6 +296,7 @@ async fn scenarios(dir: &Path, gw: &Gateway, received: &sim::receiver::Receiver)
     row("operation not on this route", "404 UnknownOperation", describe(&r, ""));
 
     let r = post(&revoked, "/bio/v1", "CheckIdentityRequest", messages::envelope(v11, &bio.check_identity())).await;
+    note(&r);
     let observed = if r.is_err() { "handshake refused".to_owned() } else { describe(&r, "") };
     row("revoked certificate", "handshake refused", observed);
 
@@ -250,6 +308,7 @@ async fn scenarios(dir: &Path, gw: &Gateway, received: &sim::receiver::Receiver)
         messages::envelope(v11, &messages::request_certificate(&message_id)),
     )
     .await;
+    note(&r);
     row(
         "CSN RequestCertificate, asynchronous",
         "200 ok_reception_ack",
@@ -279,11 +338,16 @@ async fn scenarios(dir: &Path, gw: &Gateway, received: &sim::receiver::Receiver)
         messages::envelope(v11, &messages::send_certificates("NEVER-FORWARDED-1")),
     )
     .await;
+    note(&r);
     let forwarded = received.received().iter().any(|id| id == "NEVER-FORWARDED-1");
     let observed = match (describe(&r, "<result>failure_messageID_unknown</result>"), forwarded) {
         (d, false) => d,
         (d, true) => format!("{d}, but forwarded"),
     };
     row("callback with an unknown messageID", "200 failure_messageID_unknown", observed);
-    Ok(rows)
+    // What must never reach the log: image data (any 40 characters of its base64), the
+    // holder's name, the document number.
+    let image = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &bio.live[0].data);
+    let secrets = vec![image[400..440].to_owned(), "NOVAKOVA".to_owned(), bio.document_number.clone()];
+    Ok((rows, incidents, secrets))
 }

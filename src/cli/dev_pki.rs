@@ -237,6 +237,17 @@ pub fn generate(out: &Path, ports: Ports) -> Result<(), DevPkiError> {
     let officer = KeyPair::generate()?;
     write(&out.join("officers/policy-officer.key"), &officer.serialize_pem(), true)?;
     write(&out.join("officers/policy-officer.pub.pem"), &officer.public_key_pem(), false)?;
+    // The audit checkpoint key (file key until TPM custody) and the pseudonymisation key.
+    let checkpoint = KeyPair::generate()?;
+    write(&out.join("gateway/audit-checkpoint.key"), &checkpoint.serialize_pem(), true)?;
+    write(&out.join("gateway/audit-checkpoint.pub.pem"), &checkpoint.public_key_pem(), false)?;
+    let mut pseudonym = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut pseudonym).map_err(|_| DevPkiError::Io {
+        path: out.join("gateway/audit-pseudonym.key"),
+        source: std::io::Error::other("no randomness"),
+    })?;
+    let hex: String = pseudonym.iter().map(|b| format!("{b:02x}")).collect();
+    write(&out.join("gateway/audit-pseudonym.key"), &format!("{hex}\n"), true)?;
     // The default policy bundle, to read, edit and reload.
     for (name, text) in crate::policy::bundle::EMBEDDED {
         write(&out.join("policies").join(name), text, false)?;
@@ -281,6 +292,12 @@ url = "https://127.0.0.1:{receiver}"
 ca = "ca/police-ca.pem"
 cert = "gateway/police-side.pem"
 key = "gateway/police-side.key"
+
+[audit]
+# Records are durable before a request is forwarded; checkpoints are signed with this key.
+dir = "audit"
+checkpoint_key = "gateway/audit-checkpoint.key"
+pseudonym_key = "gateway/audit-pseudonym.key"
 
 [policy]
 # The access policy bundle; edit it and the gateway reloads it (or send SIGHUP).

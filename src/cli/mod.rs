@@ -1,6 +1,7 @@
 //! The commands of CONTRACT.md section 1, one file per command family. `anyhow` stays here,
 //! at the edge; exit codes follow the contract (2: usage or configuration).
 
+pub mod audit;
 pub mod demo;
 pub mod dev_pki;
 pub mod policy;
@@ -63,6 +64,11 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Security officers' tools for the audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: audit::AuditCommand,
+    },
     /// Security officers' tools for the access policy bundle.
     Policy {
         #[command(subcommand)]
@@ -115,6 +121,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Sim { which } => sim::run(which),
         Command::Policy { cmd } => policy::run(cmd),
+        Command::Audit { cmd } => audit::run(cmd),
         Command::Validate { schemas, jobs, files } => validate::run(&schemas, &files, jobs),
     }
 }

@@ -58,6 +58,8 @@ pub struct GatewayConfig {
     pub xml: XmlConfig,
     #[serde(default)]
     pub policy: crate::policy::PolicyConfig,
+    /// The audit log; required: the gateway forwards nothing it cannot audit.
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// `[xml]`: the schemas and the XML firewall's limits.
@@ -291,6 +293,11 @@ impl GatewayConfig {
                 return Err(ConfigError::new(file, "xml.schemas", format!("{} is not a directory", dir.display())));
             }
         }
+        if cfg.audit.dir.is_relative() {
+            cfg.audit.dir = base.join(&cfg.audit.dir);
+        }
+        resolve_file(&mut cfg.audit.checkpoint_key, base, file, "audit.checkpoint_key")?;
+        resolve_file(&mut cfg.audit.pseudonym_key, base, file, "audit.pseudonym_key")?;
         if let Some(dir) = cfg.policy.dir.as_mut() {
             if dir.is_relative() {
                 *dir = base.join(&*dir);

@@ -19,6 +19,7 @@ pub enum Refusal {
     UpstreamUnavailable,
     UpstreamInvalidResponse,
     UpstreamTimeout,
+    AuditUnavailable,
     Overloaded,
 }
 
@@ -37,6 +38,7 @@ impl Refusal {
             Refusal::UpstreamUnavailable => "UpstreamUnavailable",
             Refusal::UpstreamInvalidResponse => "UpstreamInvalidResponse",
             Refusal::UpstreamTimeout => "UpstreamTimeout",
+            Refusal::AuditUnavailable => "AuditUnavailable",
             Refusal::Overloaded => "Overloaded",
         }
     }
@@ -53,7 +55,7 @@ impl Refusal {
             Refusal::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Refusal::UpstreamUnavailable | Refusal::UpstreamInvalidResponse => StatusCode::BAD_GATEWAY,
             Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Refusal::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Overloaded | Refusal::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -72,6 +74,7 @@ impl Refusal {
             Refusal::UpstreamUnavailable => "the national service could not be reached",
             Refusal::UpstreamInvalidResponse => "the national service answered with an invalid message",
             Refusal::UpstreamTimeout => "the national service did not answer in time",
+            Refusal::AuditUnavailable => "the request could not be recorded, so it was not forwarded; retry later",
             Refusal::Overloaded => "the gateway is busy; retry later",
         }
     }
@@ -84,7 +87,7 @@ impl Refusal {
     /// Seconds a client should wait before retrying, where retrying can help.
     pub fn retry_after(self) -> Option<&'static str> {
         match self {
-            Refusal::Overloaded => Some("1"),
+            Refusal::Overloaded | Refusal::AuditUnavailable => Some("1"),
             _ => None,
         }
     }

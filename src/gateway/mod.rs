@@ -19,6 +19,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState, metrics::Metrics};
+use crate::audit::Audit;
 use crate::config::{ConfigError, GatewayConfig, ListenerConfig};
 use crate::policy::PolicyState;
 use crate::tls;
@@ -38,6 +39,7 @@ pub struct Gateway {
     listeners: Vec<JoinHandle<GracefulShutdown>>,
     background: Vec<JoinHandle<()>>,
     admin: Arc<AdminState>,
+    audit: Arc<Audit>,
     drain_timeout: Duration,
 }
 
@@ -78,6 +80,7 @@ impl Gateway {
         });
         let policy = Arc::new(PolicyState::load(&cfg.policy).map_err(|e| ConfigError::new(file, "policy", e))?);
         tracing::info!(digest = %policy.current().digest, origin = %policy.current().origin, "policy bundle loaded");
+        let audit = Audit::start(&cfg.audit).map_err(|e| ConfigError::new(file, "audit", e))?;
         let police_tcp = bind(cfg.police.listen, file, "police.listen").await?;
         let callback_tcp = match &cfg.callback {
             Some(c) => Some(bind(c.listen, file, "callback.listen").await?),
@@ -98,6 +101,7 @@ impl Gateway {
             routes: RouteTable::new(&cfg.routes, &cfg.xml),
             schema,
             policy: policy.clone(),
+            audit: audit.clone(),
             ministry: ministry.clone(),
             police_callback: police_callback.clone(),
             metrics: metrics.clone(),
@@ -126,7 +130,7 @@ impl Gateway {
         if let Some(u) = police_callback {
             upstreams.push(("police_callback", u));
         }
-        let admin = Arc::new(AdminState::new(metrics.clone(), upstreams.clone(), policy.clone()));
+        let admin = Arc::new(AdminState::new(metrics.clone(), upstreams.clone(), policy.clone(), audit.clone()));
         tracing::info!(listener = "admin", addr = %admin_addr, "listening");
         let mut background = vec![tokio::spawn(admin::serve(admin_tcp, admin.clone(), stopped.clone()))];
         background.push(tokio::spawn(watch_policy(policy.clone(), metrics.clone(), stopped.clone())));
@@ -141,6 +145,7 @@ impl Gateway {
             listeners,
             background,
             admin,
+            audit,
             drain_timeout: Duration::from_millis(cfg.limits.drain_timeout_ms),
         })
     }
@@ -167,6 +172,9 @@ impl Gateway {
         }
         for b in self.background {
             b.abort();
+        }
+        if let Err(e) = self.audit.checkpoint_now().await {
+            tracing::error!(error = %e, "final audit checkpoint failed");
         }
         all
     }

@@ -20,6 +20,7 @@ use super::upstream::{Upstream, UpstreamError, soap_headers};
 use crate::admin::metrics::{
     Metrics, RequestLabels, RouteLabels, UpstreamError as UpstreamErrorLabels, UpstreamLabels,
 };
+use crate::audit::{Audit, ClientCert, Record};
 use crate::policy::{Caller, PolicyState, minimise};
 use crate::tls::PeerIdentity;
 use crate::xml::facts::MessageFacts;
@@ -41,6 +42,7 @@ pub struct Pipeline {
     pub routes: RouteTable,
     pub schema: Arc<Schema>,
     pub policy: Arc<PolicyState>,
+    pub audit: Arc<Audit>,
     pub ministry: Upstream,
     pub police_callback: Option<Upstream>,
     pub metrics: Arc<Metrics>,
@@ -66,6 +68,9 @@ struct Exchange<'a> {
     retry_after: Option<u64>,
     /// Reply fields removed by data minimisation.
     removed: Vec<String>,
+    request_sha256: Option<String>,
+    response_sha256: Option<String>,
+    recipient: Option<&'static str>,
     started: Instant,
 }
 
@@ -98,6 +103,9 @@ impl Pipeline {
             decision: None,
             retry_after: None,
             removed: Vec::new(),
+            request_sha256: None,
+            response_sha256: None,
+            recipient: None,
             started: Instant::now(),
         };
         let outcome = match self.in_flight.try_acquire() {
@@ -197,6 +205,16 @@ impl Pipeline {
                 return Ok(Outcome::Answered(callback_unknown(media.version)));
             }
         }
+        // Audit: the request's record must be durable before anything is forwarded.
+        x.request_sha256 = Some(crate::tls::sha256_hex(&body));
+        x.recipient = Some(match route.upstream {
+            UpstreamKind::Ministry => "ministry",
+            UpstreamKind::PoliceCallback => "police_callback",
+        });
+        let record = self.record(x, "request", None, None);
+        if let Err(e) = self.audit.append_durable(record).await {
+            return Ok(Outcome::Refused(Refusal::AuditUnavailable, format!("audit: {e}")));
+        }
         // Forward.
         let ct = content_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("text/xml; charset=utf-8");
         let soap_action = if media.version == SoapVersion::V11 { action.as_deref() } else { None };
@@ -271,10 +289,64 @@ impl Pipeline {
         }
     }
 
+    /// An audit record of what is known about the request so far.
+    fn record(&self, x: &Exchange<'_>, event: &str, code: Option<&str>, status: Option<u16>) -> Record {
+        let f = &x.facts;
+        let mut data = Vec::new();
+        let prints = f.chip_fingerprints + f.live_fingerprints;
+        if prints > 0 {
+            let formats = if f.formats.is_empty() { "unknown".to_owned() } else { f.formats.join("+") };
+            data.push(format!("fingerprint/{formats} x{prints}"));
+        }
+        if f.document_number.is_some() {
+            data.push("document/identity".to_owned());
+        }
+        let mut r = Record::now(event);
+        r.incident_id = Some(x.incident.clone());
+        r.listener = Some(x.listener.name().to_owned());
+        r.route = Some(x.route.to_owned());
+        r.operation = Some(x.operation.to_owned());
+        r.recipient = x.recipient.map(str::to_owned);
+        r.client = Some(ClientCert {
+            fingerprint: x.peer.fingerprint.clone(),
+            subject: x.peer.subject.clone(),
+            issuer: x.peer.issuer.clone(),
+            serial: x.peer.serial.clone(),
+        });
+        r.officer_id = f.officer_id.clone();
+        r.authority = f.authority.clone();
+        r.border_crossing_point = f.border_crossing_point.clone();
+        r.purpose = f.purpose.clone();
+        r.case_reference = f.case_reference.clone();
+        r.message_id = f.message_id.clone();
+        r.caller_id = f.caller_id.clone();
+        r.issuing_state = f.issuing_state.clone();
+        r.document = f.document_number.as_ref().map(|d| self.audit.pseudonym(d));
+        r.data = data;
+        if let Some((allowed, policies, bundle)) = &x.decision {
+            r.decision = Some(if *allowed { "allow" } else { "deny" }.to_owned());
+            r.policies = Some(policies.clone());
+            r.bundle = Some(bundle.clone());
+        }
+        r.removed = x.removed.clone();
+        r.code = code.map(str::to_owned);
+        r.status = status;
+        r.upstream_status = x.upstream_status;
+        r.request_sha256 = x.request_sha256.clone();
+        r.response_sha256 = x.response_sha256.clone();
+        if event == "outcome" {
+            r.latency_us = Some(x.started.elapsed().as_micros() as u64);
+        }
+        r
+    }
+
     /// Removes the reply fields the policy does not let flow back to this caller.
     fn minimise(&self, x: &mut Exchange<'_>, mut reply: super::upstream::Reply) -> super::upstream::Reply {
         let bundle = self.policy.current();
-        let Some(fields) = bundle.routes.minimise.get(x.operation) else { return reply };
+        let Some(fields) = bundle.routes.minimise.get(x.operation) else {
+            x.response_sha256 = Some(crate::tls::sha256_hex(&reply.body));
+            return reply;
+        };
         let caller = Caller::from_peer(x.peer);
         let now = unix_now();
         let withheld: Vec<&str> = fields
@@ -285,6 +357,7 @@ impl Pipeline {
         let (body, removed) = minimise::remove(&reply.body, &withheld);
         reply.body = body;
         x.removed = removed;
+        x.response_sha256 = Some(crate::tls::sha256_hex(&reply.body));
         reply
     }
 
@@ -313,6 +386,8 @@ impl Pipeline {
         if let Ok(v) = HeaderValue::from_str(&x.incident) {
             response.headers_mut().insert(X_REQUEST_ID, v);
         }
+        // Every request has its outcome on record, refused ones included.
+        self.audit.append(self.record(x, "outcome", Some(code), Some(response.status().as_u16())));
         let elapsed = x.started.elapsed();
         let listener = x.listener.name();
         self.metrics
@@ -393,6 +468,7 @@ fn callback_unknown(version: SoapVersion) -> super::upstream::Reply {
     };
     super::upstream::Reply {
         retry_after: None,
+        request_id: None,
         status: StatusCode::OK,
         content_type: Some(HeaderValue::from_static(ct)),
         body: Bytes::from(body),

@@ -73,6 +73,8 @@ pub struct Reply {
     pub content_type: Option<HeaderValue>,
     /// `Retry-After`, when the upstream sent one (tools and tests read it).
     pub retry_after: Option<HeaderValue>,
+    /// `X-Request-Id` (the gateway's incident ID), when present.
+    pub request_id: Option<String>,
     pub body: Bytes,
 }
 
@@ -231,9 +233,10 @@ impl Upstream {
         let status = resp.status();
         let content_type = resp.headers().get(CONTENT_TYPE).cloned();
         let retry_after = resp.headers().get(http::header::RETRY_AFTER).cloned();
+        let request_id = resp.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let body = read_reply(resp.into_body(), self.inner.max_response_bytes, self.inner.body_timeout).await?;
         self.checkin(sender);
-        Ok(Reply { status, content_type, retry_after, body })
+        Ok(Reply { status, content_type, retry_after, request_id, body })
     }
 
     /// An idle connection from the pool, if one is usable.

@@ -1,0 +1,483 @@
+//! The tamper-evident audit log. A dedicated writer thread takes records from a bounded queue,
+//! writes them in batches to the current segment and fsyncs once per batch (group commit); a
+//! request is forwarded only after its record is durable. The records form an RFC 9162 Merkle
+//! tree; signed checkpoints (origin, size, root, time) are written every N records or T ms.
+//! If a record cannot be made durable in time (disk full, read-only, I/O error), the request
+//! is refused with `AuditUnavailable` and `/readyz` turns 503.
+//!
+//! On disk: `segment-NNNNNN.jsonl` (records, one per line), `checkpoints.jsonl`.
+
+pub mod merkle;
+pub mod record;
+pub mod verify;
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use zeroize::Zeroizing;
+
+use merkle::CompactTree;
+pub use record::{ClientCert, Record};
+
+/// `[audit]` in gateway.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    pub dir: PathBuf,
+    /// PKCS#8 PEM P-256 key that signs checkpoints (a TPM key once key custody lands).
+    pub checkpoint_key: PathBuf,
+    /// 32 random bytes (raw or hex) keying the HMAC of document numbers.
+    pub pseudonym_key: PathBuf,
+    /// Name of this log in checkpoints.
+    #[serde(default = "default_origin")]
+    pub origin: String,
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    #[serde(default = "default_checkpoint_ms")]
+    pub checkpoint_interval_ms: u64,
+    /// How long a request waits for its record to be durable before it is refused.
+    #[serde(default = "default_durable_ms")]
+    pub durable_timeout_ms: u64,
+    #[serde(default = "default_segment_bytes")]
+    pub segment_max_bytes: u64,
+    /// Records waiting for the writer, at most; a full queue refuses at once.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+}
+
+fn default_origin() -> String {
+    "spocgw".into()
+}
+fn default_checkpoint_every() -> u64 {
+    1000
+}
+fn default_checkpoint_ms() -> u64 {
+    1000
+}
+fn default_durable_ms() -> u64 {
+    2000
+}
+fn default_segment_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_queue() -> usize {
+    65_536
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    #[error("{path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Key(String),
+    #[error("the audit log is damaged: {0} (run `spocgw audit verify`)")]
+    Damaged(String),
+    #[error("the audit record could not be made durable: {0}")]
+    NotDurable(String),
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> AuditError {
+    AuditError::Io { path: path.to_path_buf(), reason: e.to_string() }
+}
+
+/// A signed tree head.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    pub origin: String,
+    pub tree_size: u64,
+    pub root_hash: String,
+    pub time: String,
+    pub key_id: String,
+    pub signature: String,
+}
+
+impl Checkpoint {
+    /// The bytes the signature covers.
+    pub fn signed_bytes(origin: &str, tree_size: u64, root_hash: &str, time: &str) -> Vec<u8> {
+        format!("spocgw-audit-checkpoint-v1\n{origin}\n{tree_size}\n{root_hash}\n{time}\n").into_bytes()
+    }
+}
+
+pub fn segment_name(i: u32) -> String {
+    format!("segment-{i:06}.jsonl")
+}
+
+/// The segments of `dir`, in order.
+pub fn segments(dir: &Path) -> Result<Vec<PathBuf>, AuditError> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| io_err(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("segment-") && n.ends_with(".jsonl"))
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// The key ID of a checkpoint key: the first 16 hex digits of SHA-256 over its public key.
+pub fn key_id(public_key: &[u8]) -> String {
+    crate::tls::sha256_hex(public_key)[..16].to_owned()
+}
+
+struct Job {
+    record: Record,
+    done: Option<oneshot::Sender<Result<u64, String>>>,
+}
+
+enum Msg {
+    Append(Box<Job>),
+    /// Write a checkpoint now (at shutdown), then acknowledge.
+    Checkpoint(oneshot::Sender<Result<(), String>>),
+}
+
+/// The audit log's handle, shared by every request.
+pub struct Audit {
+    queue: SyncSender<Msg>,
+    healthy: Arc<AtomicBool>,
+    durable_timeout: Duration,
+    pseudonym: Zeroizing<Vec<u8>>,
+}
+
+impl Audit {
+    /// Opens (recovering a torn tail) and starts the writer thread.
+    pub fn start(cfg: &AuditConfig) -> Result<Arc<Audit>, AuditError> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|e| io_err(&cfg.dir, e))?;
+        let key = load_signing_key(&cfg.checkpoint_key)?;
+        let pseudonym = load_pseudonym_key(&cfg.pseudonym_key)?;
+        let (mut writer, recovered) = Writer::open(cfg, key)?;
+        let healthy = Arc::new(AtomicBool::new(true));
+        let (tx, rx) = sync_channel(cfg.queue.max(1));
+        // The first records: a recovery note if the tail was cut, and the start.
+        let mut first = Vec::new();
+        if let Some(detail) = recovered {
+            let mut r = Record::now("recovery");
+            r.detail = Some(detail);
+            first.push(r);
+        }
+        let mut start = Record::now("start");
+        start.detail =
+            Some(format!("spocgw {} audit log opened at size {}", env!("CARGO_PKG_VERSION"), writer.tree.size()));
+        first.push(start);
+        writer
+            .append(first.into_iter().map(|record| Job { record, done: None }).collect())
+            .map_err(AuditError::NotDurable)?;
+        writer.checkpoint().map_err(AuditError::NotDurable)?;
+        let h = healthy.clone();
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(rx, h))
+            .map_err(|e| AuditError::NotDurable(e.to_string()))?;
+        Ok(Arc::new(Audit {
+            queue: tx,
+            healthy,
+            durable_timeout: Duration::from_millis(cfg.durable_timeout_ms),
+            pseudonym,
+        }))
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Appends a record and waits until it is durable; Err if it is not within the deadline.
+    pub async fn append_durable(&self, record: Record) -> Result<u64, String> {
+        let (tx, rx) = oneshot::channel();
+        match self.queue.try_send(Msg::Append(Box::new(Job { record, done: Some(tx) }))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err("the audit queue is full".into()),
+            Err(TrySendError::Disconnected(_)) => return Err("the audit writer has stopped".into()),
+        }
+        match tokio::time::timeout(self.durable_timeout, rx).await {
+            Err(_) => {
+                self.healthy.store(false, Ordering::Relaxed);
+                Err(format!("not durable within {:?}", self.durable_timeout))
+            }
+            Ok(Err(_)) => Err("the audit writer dropped the record".into()),
+            Ok(Ok(r)) => r,
+        }
+    }
+
+    /// Appends a record without waiting (outcomes of requests already decided).
+    pub fn append(&self, record: Record) {
+        if self.queue.try_send(Msg::Append(Box::new(Job { record, done: None }))).is_err() {
+            self.healthy.store(false, Ordering::Relaxed);
+            tracing::error!("audit queue full or writer stopped: an outcome record was lost");
+        }
+    }
+
+    /// Writes a signed checkpoint of everything appended so far (used at shutdown).
+    pub async fn checkpoint_now(&self) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        let queue = self.queue.clone();
+        tokio::task::spawn_blocking(move || {
+            queue.send(Msg::Checkpoint(tx)).map_err(|_| "the audit writer has stopped".to_owned())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        rx.await.map_err(|_| "the audit writer stopped".to_owned())?
+    }
+
+    /// HMAC-SHA256 of a document number under the pseudonymisation key, hex.
+    pub fn pseudonym(&self, document_number: &str) -> String {
+        pseudonymise(&self.pseudonym, document_number)
+    }
+}
+
+pub fn pseudonymise(key: &[u8], value: &str) -> String {
+    let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
+    aws_lc_rs::hmac::sign(&k, value.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn load_signing_key(path: &Path) -> Result<EcdsaKeyPair, AuditError> {
+    let der =
+        match PrivateKeyDer::from_pem_file(path).map_err(|e| AuditError::Key(format!("{}: {e}", path.display())))? {
+            PrivateKeyDer::Pkcs8(k) => k,
+            _ => return Err(AuditError::Key(format!("{}: the checkpoint key must be PKCS#8", path.display()))),
+        };
+    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, der.secret_pkcs8_der())
+        .map_err(|_| AuditError::Key(format!("{}: not an ECDSA P-256 key", path.display())))
+}
+
+pub fn load_pseudonym_key(path: &Path) -> Result<Zeroizing<Vec<u8>>, AuditError> {
+    let raw = Zeroizing::new(std::fs::read(path).map_err(|e| io_err(path, e))?);
+    let text = String::from_utf8_lossy(&raw).trim().to_owned();
+    let bytes: Vec<u8> = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        (0..32).filter_map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()).collect()
+    } else {
+        raw.to_vec()
+    };
+    if bytes.len() < 32 {
+        return Err(AuditError::Key(format!("{}: the pseudonymisation key needs at least 32 bytes", path.display())));
+    }
+    Ok(Zeroizing::new(bytes))
+}
+
+struct Writer {
+    dir: PathBuf,
+    origin: String,
+    segment: File,
+    segment_index: u32,
+    segment_len: u64,
+    segment_max: u64,
+    checkpoints: File,
+    tree: CompactTree,
+    key: EcdsaKeyPair,
+    key_id: String,
+    every: u64,
+    interval: Duration,
+    last_checkpoint_size: u64,
+    last_checkpoint: Instant,
+}
+
+impl Writer {
+    /// Opens the log: replays every segment into the tree, cuts a torn tail of the last one.
+    fn open(cfg: &AuditConfig, key: EcdsaKeyPair) -> Result<(Writer, Option<String>), AuditError> {
+        let dir = cfg.dir.clone();
+        let mut tree = CompactTree::default();
+        let segs = segments(&dir)?;
+        let mut recovered = None;
+        let last_index = segs.len().saturating_sub(1);
+        for (i, path) in segs.iter().enumerate() {
+            let mut bytes = Vec::new();
+            File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(|e| io_err(path, e))?;
+            let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+            if complete < bytes.len() {
+                if i != last_index {
+                    return Err(AuditError::Damaged(format!("{} ends without a newline", path.display())));
+                }
+                // A crash mid-write: the record was never acknowledged; cut it.
+                let f = OpenOptions::new().write(true).open(path).map_err(|e| io_err(path, e))?;
+                f.set_len(complete as u64).map_err(|e| io_err(path, e))?;
+                f.sync_all().map_err(|e| io_err(path, e))?;
+                recovered = Some(format!(
+                    "cut a torn tail of {} bytes from {}",
+                    bytes.len() - complete,
+                    path.file_name().and_then(|n| n.to_str()).unwrap_or("")
+                ));
+            }
+            for (line_no, line) in bytes[..complete].split(|&b| b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+                let r: Record = serde_json::from_slice(line)
+                    .map_err(|e| AuditError::Damaged(format!("{} line {}: {e}", path.display(), line_no + 1)))?;
+                if r.seq != tree.size() {
+                    return Err(AuditError::Damaged(format!(
+                        "{} line {}: sequence {} where {} was expected",
+                        path.display(),
+                        line_no + 1,
+                        r.seq,
+                        tree.size()
+                    )));
+                }
+                tree.push(merkle::leaf_hash(line));
+            }
+        }
+        let segment_index = segs.last().and_then(|p| {
+            p.file_name()?.to_str()?.trim_start_matches("segment-").trim_end_matches(".jsonl").parse().ok()
+        });
+        let segment_index = segment_index.unwrap_or(1);
+        let path = dir.join(segment_name(segment_index));
+        let segment = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io_err(&path, e))?;
+        let segment_len = segment.metadata().map_err(|e| io_err(&path, e))?.len();
+        let cp_path = dir.join("checkpoints.jsonl");
+        let checkpoints =
+            OpenOptions::new().create(true).append(true).open(&cp_path).map_err(|e| io_err(&cp_path, e))?;
+        let key_id = key_id(key.public_key().as_ref());
+        let size = tree.size();
+        Ok((
+            Writer {
+                dir,
+                origin: cfg.origin.clone(),
+                segment,
+                segment_index,
+                segment_len,
+                segment_max: cfg.segment_max_bytes.max(4096),
+                checkpoints,
+                tree,
+                key,
+                key_id,
+                every: cfg.checkpoint_every.max(1),
+                interval: Duration::from_millis(cfg.checkpoint_interval_ms.max(10)),
+                last_checkpoint_size: size,
+                last_checkpoint: Instant::now(),
+            },
+            recovered,
+        ))
+    }
+
+    fn run(mut self, rx: Receiver<Msg>, healthy: Arc<AtomicBool>) {
+        loop {
+            let mut forced = Vec::new();
+            let mut batch: Vec<Job> = Vec::new();
+            match rx.recv_timeout(self.interval) {
+                Ok(Msg::Append(j)) => batch.push(*j),
+                Ok(Msg::Checkpoint(done)) => forced.push(done),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = self.checkpoint();
+                    return;
+                }
+            }
+            while batch.len() < 4096 {
+                match rx.try_recv() {
+                    Ok(Msg::Append(j)) => batch.push(*j),
+                    Ok(Msg::Checkpoint(done)) => forced.push(done),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                match self.append(batch) {
+                    Ok(()) => healthy.store(true, Ordering::Relaxed),
+                    Err(e) => {
+                        tracing::error!(error = %e, "audit write failed; requests are refused until it succeeds");
+                        healthy.store(false, Ordering::Relaxed);
+                    }
+                }
+            }
+            let due = self.tree.size() > self.last_checkpoint_size
+                && (!forced.is_empty()
+                    || self.tree.size() - self.last_checkpoint_size >= self.every
+                    || self.last_checkpoint.elapsed() >= self.interval);
+            let result = if due { self.checkpoint() } else { Ok(()) };
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "audit checkpoint failed");
+                healthy.store(false, Ordering::Relaxed);
+            }
+            for done in forced {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+
+    /// Writes and fsyncs a batch; acknowledges each record only once it is durable. On any
+    /// failure the segment is cut back to where the batch began and every record is refused.
+    fn append(&mut self, batch: Vec<Job>) -> Result<(), String> {
+        let start_len = self.segment_len;
+        let start_size = self.tree.size();
+        let mut buf = Vec::with_capacity(batch.len() * 512);
+        let mut leaves = Vec::with_capacity(batch.len());
+        for (i, job) in batch.iter().enumerate() {
+            let mut r = job.record.clone();
+            r.seq = start_size + i as u64;
+            let line = r.canonical();
+            leaves.push(merkle::leaf_hash(&line));
+            buf.extend_from_slice(&line);
+            buf.push(b'\n');
+        }
+        let result = self.segment.write_all(&buf).and_then(|()| self.segment.sync_data());
+        if let Err(e) = result {
+            let _ = self.segment.set_len(start_len);
+            let _ = self.segment.seek(SeekFrom::End(0));
+            let reason = e.to_string();
+            for job in batch {
+                if let Some(done) = job.done {
+                    let _ = done.send(Err(reason.clone()));
+                }
+            }
+            return Err(reason);
+        }
+        self.segment_len += buf.len() as u64;
+        for l in leaves {
+            self.tree.push(l);
+        }
+        for (i, job) in batch.into_iter().enumerate() {
+            if let Some(done) = job.done {
+                let _ = done.send(Ok(start_size + i as u64));
+            }
+        }
+        if self.segment_len >= self.segment_max {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<(), String> {
+        let next = self.segment_index + 1;
+        let path = self.dir.join(segment_name(next));
+        let f =
+            OpenOptions::new().create(true).append(true).open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        self.segment = f;
+        self.segment_index = next;
+        self.segment_len = 0;
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<(), String> {
+        let size = self.tree.size();
+        let root = merkle::hex(&self.tree.root());
+        let time = record::now_rfc3339_micros();
+        let msg = Checkpoint::signed_bytes(&self.origin, size, &root, &time);
+        let sig = self.key.sign(&SystemRandom::new(), &msg).map_err(|_| "checkpoint signing failed".to_owned())?;
+        let cp = Checkpoint {
+            origin: self.origin.clone(),
+            tree_size: size,
+            root_hash: root,
+            time,
+            key_id: self.key_id.clone(),
+            signature: B64.encode(sig.as_ref()),
+        };
+        let mut line = serde_json::to_vec(&cp).map_err(|e| e.to_string())?;
+        line.push(b'\n');
+        self.checkpoints.write_all(&line).and_then(|()| self.checkpoints.sync_data()).map_err(|e| e.to_string())?;
+        self.last_checkpoint_size = size;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+}

@@ -1,0 +1,216 @@
+//! Officer tools on an audit log: verify it end to end (every record, the sequence, the Merkle
+//! tree and every checkpoint signature), and read it (query, export, inclusion proofs).
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use rustls_pki_types::SubjectPublicKeyInfoDer;
+use rustls_pki_types::pem::PemObject;
+use x509_parser::prelude::FromDer;
+
+use super::merkle::{self, CompactTree, Hash};
+use super::{Checkpoint, Record, segments};
+
+/// Where a record is.
+#[derive(Debug, Clone)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+/// Every record of the log, in order, with its exact bytes.
+pub struct LogContents {
+    pub records: Vec<(Record, Vec<u8>, Location)>,
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+/// Reads the log; the first record that does not parse is an error naming it.
+pub fn read_log(dir: &Path) -> Result<LogContents, String> {
+    let mut records = Vec::new();
+    for path in segments(dir).map_err(|e| e.to_string())? {
+        let mut bytes = Vec::new();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if !bytes.is_empty() && bytes.last() != Some(&b'\n') {
+            return Err(format!("{}: the last record is incomplete (torn tail)", path.display()));
+        }
+        for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let loc = Location { file: path.clone(), line: i + 1 };
+            let r: Record = serde_json::from_slice(line)
+                .map_err(|e| format!("record at {}:{} does not parse: {e}", loc.file.display(), loc.line))?;
+            records.push((r, line.to_vec(), loc));
+        }
+    }
+    let mut checkpoints = Vec::new();
+    let cp_path = dir.join("checkpoints.jsonl");
+    if let Ok(text) = std::fs::read_to_string(&cp_path) {
+        for (i, line) in text.lines().enumerate() {
+            let cp: Checkpoint = serde_json::from_str(line)
+                .map_err(|e| format!("checkpoint at {}:{}: {e}", cp_path.display(), i + 1))?;
+            checkpoints.push(cp);
+        }
+    }
+    Ok(LogContents { records, checkpoints })
+}
+
+/// The EC point of a checkpoint public key (PEM SPKI).
+pub fn public_point(path: &Path) -> Result<Vec<u8>, String> {
+    let spki = SubjectPublicKeyInfoDer::from_pem_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (_, info) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki.as_ref())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(info.subject_public_key.data.to_vec())
+}
+
+pub fn check_signature(cp: &Checkpoint, point: &[u8]) -> bool {
+    let Ok(sig) = B64.decode(&cp.signature) else { return false };
+    let msg = Checkpoint::signed_bytes(&cp.origin, cp.tree_size, &cp.root_hash, &cp.time);
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, point).verify(&msg, &sig).is_ok()
+}
+
+/// What a successful verification found.
+#[derive(Debug)]
+pub struct Summary {
+    pub records: u64,
+    pub checkpoints: usize,
+    pub root: String,
+    pub last_checkpoint: Option<Checkpoint>,
+}
+
+/// Verifies the whole log; the error names the first bad record or checkpoint and what is wrong.
+pub fn verify(dir: &Path, key: &Path) -> Result<Summary, String> {
+    let point = public_point(key)?;
+    let log = read_log(dir)?;
+    let mut tree = CompactTree::default();
+    // Roots at every checkpointed size, computed in the same pass.
+    let mut wanted: Vec<u64> = log.checkpoints.iter().map(|c| c.tree_size).collect();
+    wanted.sort_unstable();
+    let mut roots = std::collections::HashMap::new();
+    if wanted.first() == Some(&0) {
+        roots.insert(0u64, merkle::hex(&tree.root()));
+    }
+    for (i, (r, bytes, loc)) in log.records.iter().enumerate() {
+        if r.seq != i as u64 {
+            return Err(format!(
+                "record {i} at {}:{}: sequence number {} (records are missing, added or reordered)",
+                loc.file.display(),
+                loc.line,
+                r.seq
+            ));
+        }
+        if r.canonical() != *bytes {
+            return Err(format!("record {i} at {}:{}: not in canonical form (altered)", loc.file.display(), loc.line));
+        }
+        tree.push(merkle::leaf_hash(bytes));
+        if wanted.binary_search(&tree.size()).is_ok() {
+            roots.insert(tree.size(), merkle::hex(&tree.root()));
+        }
+    }
+    for (i, cp) in log.checkpoints.iter().enumerate() {
+        if !check_signature(cp, &point) {
+            return Err(format!(
+                "checkpoint {i} (tree size {}): the signature does not verify under {}",
+                cp.tree_size,
+                key.display()
+            ));
+        }
+        match roots.get(&cp.tree_size) {
+            None => {
+                return Err(format!(
+                    "checkpoint {i} covers {} records but the log has {} (records were removed)",
+                    cp.tree_size,
+                    tree.size()
+                ));
+            }
+            Some(root) if *root != cp.root_hash => {
+                // Find the first record that differs from what the checkpoint signed is not
+                // possible from a root alone; name the range.
+                let prev = log.checkpoints[..i]
+                    .iter()
+                    .filter(|c| c.tree_size < cp.tree_size && roots.get(&c.tree_size) == Some(&c.root_hash))
+                    .map(|c| c.tree_size)
+                    .max()
+                    .unwrap_or(0);
+                let first = log
+                    .records
+                    .get(prev as usize)
+                    .map(|(_, _, l)| format!("{}:{}", l.file.display(), l.line))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "checkpoint {i} (tree size {}): the records do not hash to its root; a record between {prev} ({first}) and {} was altered",
+                    cp.tree_size,
+                    cp.tree_size - 1
+                ));
+            }
+            Some(_) => {}
+        }
+        if i > 0 && cp.tree_size < log.checkpoints[i - 1].tree_size {
+            return Err(format!("checkpoint {i}: tree size goes backwards"));
+        }
+    }
+    Ok(Summary {
+        records: tree.size(),
+        checkpoints: log.checkpoints.len(),
+        root: merkle::hex(&tree.root()),
+        last_checkpoint: log.checkpoints.last().cloned(),
+    })
+}
+
+/// An inclusion proof for one record against a checkpoint, self-contained for an external
+/// verifier who has only the checkpoint public key.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Proof {
+    /// The record's exact bytes (its canonical JSON).
+    pub record: String,
+    pub leaf_index: u64,
+    pub checkpoint: Checkpoint,
+    /// Audit path, hex, leaf to root.
+    pub path: Vec<String>,
+}
+
+/// Builds the proof for the record of `incident` (its first record) against the latest
+/// checkpoint that covers it.
+pub fn prove(dir: &Path, incident: &str) -> Result<Proof, String> {
+    let log = read_log(dir)?;
+    let (index, (_, bytes, _)) = log
+        .records
+        .iter()
+        .enumerate()
+        .find(|(_, (r, _, _))| r.incident_id.as_deref() == Some(incident))
+        .ok_or_else(|| format!("no record has incident ID {incident}"))?;
+    let cp = log
+        .checkpoints
+        .iter()
+        .filter(|c| c.tree_size > index as u64)
+        .max_by_key(|c| c.tree_size)
+        .ok_or("no checkpoint covers this record yet; try again in a moment")?
+        .clone();
+    let leaves: Vec<Hash> =
+        log.records.iter().take(cp.tree_size as usize).map(|(_, b, _)| merkle::leaf_hash(b)).collect();
+    let path = merkle::inclusion_proof(&leaves, index).iter().map(merkle::hex).collect();
+    Ok(Proof { record: String::from_utf8_lossy(bytes).into_owned(), leaf_index: index as u64, checkpoint: cp, path })
+}
+
+/// Checks a proof with only the checkpoint public key.
+pub fn verify_proof(proof: &Proof, key: &Path) -> Result<(), String> {
+    let point = public_point(key)?;
+    if !check_signature(&proof.checkpoint, &point) {
+        return Err("the checkpoint's signature does not verify".into());
+    }
+    let path: Option<Vec<Hash>> = proof.path.iter().map(|h| merkle::unhex(h)).collect();
+    let path = path.ok_or("the proof's path is not hex hashes")?;
+    let leaf = merkle::leaf_hash(proof.record.as_bytes());
+    let root = merkle::root_from_proof(leaf, proof.leaf_index, proof.checkpoint.tree_size, &path)
+        .ok_or("the proof's path does not fit the tree size")?;
+    if merkle::hex(&root) != proof.checkpoint.root_hash {
+        return Err("the record is not in the log the checkpoint signs (root differs)".into());
+    }
+    Ok(())
+}

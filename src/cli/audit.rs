@@ -1,0 +1,244 @@
+//! `spocgw audit verify|query|export|prove|verify-proof`: the officers' view of the audit log.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use crate::audit::verify::{self, Proof};
+use crate::audit::{Record, load_pseudonym_key, pseudonymise};
+
+// Parsed once per process: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify every record, the Merkle tree and every checkpoint signature.
+    Verify {
+        dir: PathBuf,
+        /// Checkpoint public key (PEM); keep a copy away from the appliance for independent checks.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Search the log.
+    Query {
+        dir: PathBuf,
+        #[arg(long)]
+        incident: Option<String>,
+        #[arg(long)]
+        officer: Option<String>,
+        /// Client certificate SHA-256 fingerprint.
+        #[arg(long)]
+        client: Option<String>,
+        #[arg(long)]
+        operation: Option<String>,
+        /// allow or deny
+        #[arg(long)]
+        decision: Option<String>,
+        /// Outcome code (ok, PolicyDenied, XmlThreat...)
+        #[arg(long)]
+        code: Option<String>,
+        /// RFC 3339 time bounds (compared as UTC text)
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        /// A document number, matched through its pseudonym (needs --pseudonym-key).
+        #[arg(long)]
+        document: Option<String>,
+        #[arg(long)]
+        pseudonym_key: Option<PathBuf>,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export every record as JSON lines or RFC 5424 syslog lines (for a SIEM).
+    Export {
+        dir: PathBuf,
+        #[arg(long, default_value = "json")]
+        format: String,
+    },
+    /// Inclusion proof of an incident's record against the latest checkpoint (JSON).
+    Prove {
+        dir: PathBuf,
+        #[arg(long)]
+        incident: String,
+    },
+    /// Check an inclusion proof with only the checkpoint public key.
+    VerifyProof {
+        #[arg(long)]
+        key: PathBuf,
+        proof: PathBuf,
+    },
+}
+
+pub fn run(cmd: AuditCommand) -> ExitCode {
+    match cmd {
+        AuditCommand::Verify { dir, key } => match verify::verify(&dir, &key) {
+            Ok(s) => {
+                let cp = s
+                    .last_checkpoint
+                    .map(|c| format!("last checkpoint: size {} root {} at {}", c.tree_size, c.root_hash, c.time));
+                println!(
+                    "audit log {} verified: {} records, {} checkpoints, head {}",
+                    dir.display(),
+                    s.records,
+                    s.checkpoints,
+                    s.root
+                );
+                if let Some(cp) = cp {
+                    println!("{cp}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("audit log {} FAILED verification: {e}", dir.display());
+                ExitCode::from(1)
+            }
+        },
+        AuditCommand::Query {
+            dir,
+            incident,
+            officer,
+            client,
+            operation,
+            decision,
+            code,
+            since,
+            until,
+            document,
+            pseudonym_key,
+            json,
+        } => {
+            let pseudonym = match (document, pseudonym_key) {
+                (Some(d), Some(k)) => match load_pseudonym_key(&k) {
+                    Ok(key) => Some(pseudonymise(&key, &d)),
+                    Err(e) => {
+                        eprintln!("spocgw audit query: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                (Some(_), None) => {
+                    eprintln!("spocgw audit query: --document needs --pseudonym-key");
+                    return ExitCode::from(2);
+                }
+                _ => None,
+            };
+            let m = |want: &Option<String>, have: &Option<String>| {
+                want.as_ref().is_none_or(|w| have.as_deref() == Some(w.as_str()))
+            };
+            let filter = |r: &Record| {
+                m(&incident, &r.incident_id)
+                    && m(&officer, &r.officer_id)
+                    && m(&operation, &r.operation)
+                    && m(&decision, &r.decision)
+                    && m(&code, &r.code)
+                    && m(&pseudonym, &r.document)
+                    && client.as_ref().is_none_or(|c| r.client.as_ref().is_some_and(|rc| &rc.fingerprint == c))
+                    && since.as_ref().is_none_or(|s| r.time.as_str() >= s.as_str())
+                    && until.as_ref().is_none_or(|u| r.time.as_str() <= u.as_str())
+            };
+            print_records(&dir, &filter, if json { Format::Json } else { Format::Table })
+        }
+        AuditCommand::Export { dir, format } => {
+            let f = match format.as_str() {
+                "json" => Format::Json,
+                "syslog" => Format::Syslog,
+                other => {
+                    eprintln!("spocgw audit export: unknown format {other:?} (json, syslog)");
+                    return ExitCode::from(2);
+                }
+            };
+            print_records(&dir, &|_| true, f)
+        }
+        AuditCommand::Prove { dir, incident } => match verify::prove(&dir, &incident) {
+            Ok(p) => {
+                println!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("spocgw audit prove: {e}");
+                ExitCode::from(1)
+            }
+        },
+        AuditCommand::VerifyProof { key, proof } => {
+            let p: Proof = match std::fs::read_to_string(&proof)
+                .map_err(|e| e.to_string())
+                .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("spocgw audit verify-proof: {}: {e}", proof.display());
+                    return ExitCode::from(2);
+                }
+            };
+            match verify::verify_proof(&p, &key) {
+                Ok(()) => {
+                    println!(
+                        "proof verified: record {} is in the log of size {} with root {}",
+                        p.leaf_index, p.checkpoint.tree_size, p.checkpoint.root_hash
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    println!("proof FAILED: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+enum Format {
+    Table,
+    Json,
+    Syslog,
+}
+
+fn print_records(dir: &Path, filter: &dyn Fn(&Record) -> bool, format: Format) -> ExitCode {
+    let log = match verify::read_log(dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("spocgw audit: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if matches!(format, Format::Table) {
+        let _ = writeln!(
+            out,
+            "{:<6} {:<27} {:<8} {:<36} {:<25} {:<10} {:<6} {:<18}",
+            "seq", "time", "event", "incident", "operation", "officer", "status", "code"
+        );
+    }
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "-".into());
+    for (r, bytes, _) in log.records.iter().filter(|(r, _, _)| filter(r)) {
+        let written = match format {
+            Format::Json => writeln!(out, "{}", String::from_utf8_lossy(bytes)),
+            Format::Syslog => {
+                // RFC 5424: PRI (facility 13 log audit, severity 6 informational) VERSION TIMESTAMP
+                // HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA MSG
+                writeln!(out, "<110>1 {} {host} spocgw - {} - {}", r.time, r.event, String::from_utf8_lossy(bytes))
+            }
+            Format::Table => writeln!(
+                out,
+                "{:<6} {:<27} {:<8} {:<36} {:<25} {:<10} {:<6} {:<18}",
+                r.seq,
+                r.time,
+                r.event,
+                r.incident_id.as_deref().unwrap_or("-"),
+                r.operation.as_deref().unwrap_or("-"),
+                r.officer_id.as_deref().unwrap_or("-"),
+                r.status.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                r.code.as_deref().unwrap_or("-")
+            ),
+        };
+        if written.is_err() {
+            // A closed pipe (| head) ends the listing quietly.
+            return ExitCode::SUCCESS;
+        }
+    }
+    let _ = out.flush();
+    ExitCode::SUCCESS
+}
