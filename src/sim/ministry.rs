@@ -148,6 +148,7 @@ pub struct Ministry {
 #[derive(Default, Debug)]
 struct Facts {
     message_id: String,
+    case_reference: String,
     trigger: Option<String>,
     document_number: String,
     /// (chip?, position, data)
@@ -178,6 +179,7 @@ fn read_facts(body: &[u8]) -> Facts {
                 match (current.as_str(), print.as_mut()) {
                     ("MessageID" | "messageID", _) if facts.message_id.is_empty() => facts.message_id = text,
                     ("DocumentNumber", _) => facts.document_number = text,
+                    ("CaseReference", _) => facts.case_reference = text,
                     ("FingerPosition", Some(p)) => p.1 = text,
                     ("Data", Some(p)) => p.2.push_str(&text),
                     _ => {}
@@ -223,6 +225,7 @@ impl Ministry {
             .await
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         let facts = read_facts(&body);
+        tracing::info!(message_id = %facts.message_id, case_reference = %facts.case_reference, trigger = facts.trigger.as_deref().unwrap_or(""), bytes = body.len(), "request received");
         let misbehaviour = facts
             .trigger
             .as_deref()

@@ -1,0 +1,325 @@
+//! The audit log: tampering is detected and named, crashes lose nothing acknowledged, a full
+//! disk refuses requests before anything is forwarded, proofs verify and fail when altered.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use spocgw::audit::{Audit, AuditConfig, Record};
+use spocgw::sim::messages::{self, BioRequest};
+use spocgw::xml::SoapVersion;
+
+const XML11: &str = "text/xml; charset=utf-8";
+
+fn audit_config(w: &World, dir: &std::path::Path) -> AuditConfig {
+    let toml = format!(
+        "dir = {:?}\ncheckpoint_key = {:?}\npseudonym_key = {:?}\ncheckpoint_every = 10\ncheckpoint_interval_ms = 50",
+        dir,
+        w.path("gateway/audit-checkpoint.key"),
+        w.path("gateway/audit-pseudonym.key")
+    );
+    toml::from_str(&toml).unwrap()
+}
+
+fn verify(w: &World, dir: &std::path::Path) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["audit", "verify"])
+        .arg(dir)
+        .arg("--key")
+        .arg(w.path("gateway/audit-checkpoint.pub.pem"))
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A log of 25 records and its checkpoints, written through the real writer.
+async fn small_log(w: &World, dir: &std::path::Path) {
+    let audit = Audit::start(&audit_config(w, dir)).unwrap();
+    for i in 0..25 {
+        let mut r = Record::now("request");
+        r.incident_id = Some(format!("incident-{i}"));
+        r.operation = Some("CheckIdentityRequest".into());
+        audit.append_durable(r).await.unwrap();
+    }
+    audit.checkpoint_now().await.unwrap();
+}
+
+fn lines(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("segment-000001.jsonl")).unwrap().lines().map(str::to_owned).collect()
+}
+
+fn write_lines(dir: &std::path::Path, l: &[String]) {
+    std::fs::write(dir.join("segment-000001.jsonl"), l.join("\n") + "\n").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_is_detected_and_named() {
+    let w = World::new();
+    let base = tempfile::tempdir().unwrap();
+    let fresh = |name: &str| {
+        let d = base.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let original = fresh("original");
+    small_log(&w, &original).await;
+    let (ok, out) = verify(&w, &original);
+    assert!(ok, "{out}");
+    assert!(out.contains("26 records"), "{out}"); // start + 25
+    let copy = |name: &str| {
+        let d = fresh(name);
+        for f in ["segment-000001.jsonl", "checkpoints.jsonl"] {
+            std::fs::copy(original.join(f), d.join(f)).unwrap();
+        }
+        d
+    };
+
+    // A flipped byte inside a record.
+    let d = copy("flip");
+    let mut l = lines(&d);
+    l[5] = l[5].replace("incident-4", "incident-X");
+    write_lines(&d, &l);
+    let (ok, out) = verify(&w, &d);
+    assert!(!ok && out.contains("altered") && out.contains("checkpoint"), "{out}");
+
+    // A dropped record, two reordered records.
+    let d = copy("drop");
+    let mut l = lines(&d);
+    l.remove(7);
+    write_lines(&d, &l);
+    let (ok, out) = verify(&w, &d);
+    assert!(!ok && out.contains("record 7") && out.contains("sequence"), "{out}");
+    let d = copy("reorder");
+    let mut l = lines(&d);
+    l.swap(3, 4);
+    write_lines(&d, &l);
+    let (ok, out) = verify(&w, &d);
+    assert!(!ok && out.contains("record 3"), "{out}");
+
+    // Truncated: the last records removed (the signed checkpoint still covers them).
+    let d = copy("truncate");
+    let l = lines(&d);
+    write_lines(&d, &l[..20]);
+    let (ok, out) = verify(&w, &d);
+    assert!(!ok && out.contains("removed"), "{out}");
+
+    // A checkpoint replaced (root changed) and one re-signed with another key.
+    let d = copy("checkpoint");
+    let cps = std::fs::read_to_string(d.join("checkpoints.jsonl")).unwrap();
+    let mut cp: serde_json::Value = serde_json::from_str(cps.lines().last().unwrap()).unwrap();
+    cp["root_hash"] = serde_json::Value::String("00".repeat(32));
+    std::fs::write(d.join("checkpoints.jsonl"), format!("{cp}\n")).unwrap();
+    let (ok, out) = verify(&w, &d);
+    assert!(!ok && out.contains("signature does not verify"), "{out}");
+
+    let other = World::new(); // another key pair
+    let d = fresh("resigned");
+    small_log(&other, &d).await;
+    let (ok, out) = verify(&w, &d);
+    assert!(!ok && out.contains("signature does not verify"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_tail_is_cut_at_start_and_recorded() {
+    let w = World::new();
+    let d = tempfile::tempdir().unwrap();
+    small_log(&w, d.path()).await;
+    let seg = d.path().join("segment-000001.jsonl");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes.extend_from_slice(b"{\"seq\":27,\"time\":\"2026-");
+    std::fs::write(&seg, bytes).unwrap();
+    let (ok, out) = verify(&w, d.path());
+    assert!(!ok && out.contains("torn"), "{out}");
+    small_log(&w, d.path()).await; // reopens: recovery, then 25 more
+    let (ok, out) = verify(&w, d.path());
+    assert!(ok, "{out}");
+    let text = std::fs::read_to_string(&seg).unwrap();
+    assert!(text.contains("\"event\":\"recovery\"") && text.contains("cut a torn tail of 23 bytes"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inclusion_proofs_verify_and_fail_when_altered() {
+    let w = World::new();
+    let d = tempfile::tempdir().unwrap();
+    small_log(&w, d.path()).await;
+    let out =
+        Command::new(BIN).args(["audit", "prove"]).arg(d.path()).args(["--incident", "incident-13"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let proof = d.path().join("proof.json");
+    std::fs::write(&proof, &out.stdout).unwrap();
+    let check = || {
+        let o = Command::new(BIN)
+            .args(["audit", "verify-proof", "--key"])
+            .arg(w.path("gateway/audit-checkpoint.pub.pem"))
+            .arg(&proof)
+            .output()
+            .unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let (code, text) = check();
+    assert_eq!(code, Some(0), "{text}");
+    let altered = String::from_utf8_lossy(&out.stdout).replace("incident-13", "incident-99");
+    std::fs::write(&proof, altered).unwrap();
+    let (code, text) = check();
+    assert_eq!(code, Some(1), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_nothing_a_client_was_told() {
+    let mut w = World::full();
+    let gw = w.procs.len() - 1;
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let c = w.client("officer", false);
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            let end = Instant::now() + Duration::from_millis(1500);
+            let mut i = 0;
+            while Instant::now() < end {
+                let mut b = BioRequest::matching("6f1c1c4e-3f0a-4d53-9a43-2b5c1e0f9a01", 1024);
+                b.case_reference = format!("LOAD-{t}-{i}");
+                i += 1;
+                match post(
+                    &c,
+                    "/bio/v1",
+                    XML11,
+                    Some("CheckIdentityRequest"),
+                    messages::envelope(SoapVersion::V11, &b.check_identity()),
+                )
+                .await
+                {
+                    Ok(r) => {
+                        if let Some(id) = r.request_id {
+                            ids.push(id);
+                        }
+                    }
+                    Err(_) => break, // the gateway died under us
+                }
+            }
+            ids
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    w.procs[gw].signal("KILL");
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.extend(t.await.unwrap());
+    }
+    assert!(seen.len() > 20, "too little load: {}", seen.len());
+    w.procs.remove(gw);
+    // Restart on the same log: it opens (cutting any torn tail), and verifies.
+    w.start_gateway();
+    w.wait_ready();
+    let gw = w.procs.len() - 1;
+    w.procs[gw].signal("TERM");
+    w.procs[gw].wait_exit(Duration::from_secs(10)).expect("gateway did not stop");
+    let (ok, out) = verify(&w, &w.path("audit"));
+    assert!(ok, "{out}");
+    let text: String = spocgw::audit::segments(&w.path("audit"))
+        .unwrap()
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    let missing: Vec<_> = seen.iter().filter(|id| !text.contains(&format!("\"incident_id\":\"{id}\""))).collect();
+    assert!(missing.is_empty(), "{} of {} acknowledged incidents missing", missing.len(), seen.len());
+    // Fingerprint data, names and plain document numbers never reach the log.
+    assert!(!text.contains("NOVAKOVA") && !text.contains("X1234567"), "personal data in the audit log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_requests_and_nothing_is_forwarded() {
+    let mut w = World::new();
+    let audit = w.path("audit");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=96k", "tmpfs"])
+        .arg(&audit)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        assert!(std::env::var_os("CI").is_none(), "this test needs to mount a tmpfs (root) in CI");
+        eprintln!("SKIPPED: cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(audit.clone());
+    w.start_ministry();
+    w.start_gateway();
+    w.wait_ready();
+    let c = w.client("officer", false);
+    let send = |case: String| {
+        let c = c.clone();
+        async move {
+            let mut b = BioRequest::matching("6f1c1c4e-3f0a-4d53-9a43-2b5c1e0f9a01", 1024);
+            b.case_reference = case;
+            post(
+                &c,
+                "/bio/v1",
+                XML11,
+                Some("CheckIdentityRequest"),
+                messages::envelope(SoapVersion::V11, &b.check_identity()),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(send("BEFORE-FULL".into()).await.status, 200);
+    // Fill the disk, leaving less than one record.
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=1k", "count=200"])
+        .arg(format!("of={}", audit.join("filler").display()))
+        .output();
+    // The last page the segment already has may still take a record or two; after that,
+    // every request is refused before it is forwarded.
+    let mut refused = Vec::new();
+    let mut passed = Vec::new();
+    for i in 0..12 {
+        let case = format!("FULL-{i:02}");
+        let r = send(case.clone()).await;
+        if r.status == 503 {
+            assert_eq!(fault_code(&r).as_deref(), Some("AuditUnavailable"));
+            refused.push(case);
+        } else {
+            assert_eq!(r.status, 200);
+            passed.push(case);
+        }
+    }
+    assert!(refused.len() >= 8, "passed: {passed:?}");
+    assert!(
+        refused.iter().all(|c| c > passed.last().unwrap_or(&String::new())),
+        "refused then passed again: {passed:?} {refused:?}"
+    );
+    let (status, body) = admin_get(w.admin_port, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("audit: failing"), "{body}");
+    let sim = std::fs::read_to_string(w.path("ministry.log")).unwrap();
+    assert!(sim.contains("\"case_reference\":\"BEFORE-FULL\""), "{sim}");
+    for case in &passed {
+        assert!(
+            sim.contains(&format!("\"case_reference\":\"{case}\"")),
+            "{case} passed but the Ministry did not see it"
+        );
+    }
+    for case in &refused {
+        assert!(
+            !sim.contains(&format!("\"case_reference\":\"{case}\"")),
+            "the Ministry received {case}, which was not recorded"
+        );
+    }
+    // Space again: the gateway recovers by itself.
+    std::fs::remove_file(audit.join("filler")).unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut ok = false;
+    while Instant::now() < end && !ok {
+        ok = send("AFTER".into()).await.status == 200;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "did not recover after space was freed");
+}
