@@ -46,7 +46,7 @@ clean:
 
 # Benchmarks: criterion micro-benchmarks, then the side-by-side XSD figures against xmllint.
 bench: deps
-	$(CARGO) bench --locked --bench validator --bench policy
+	$(CARGO) bench --locked --bench validator --bench policy --bench audit
 	bash bench/xsd.sh
 
 bench-xsd: deps
