@@ -155,6 +155,18 @@ async fn bad_client_certificates_are_refused_at_the_handshake_and_counted() {
     let r = post(&w.client("officer", false), "/bio/v1", XML11, Some("CheckIdentityRequest"), body).await.unwrap();
     assert_eq!(r.status, 200);
 
+    // Refused handshakes are on record too.
+    let log: String = spocgw::audit::segments(&w.path("audit"))
+        .unwrap()
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    for reason in ["revoked", "expired", "untrusted", "wrong_purpose"] {
+        assert!(
+            log.contains(&format!("\"event\":\"handshake_refusal\",\"listener\":\"police\",\"code\":\"{reason}\"")),
+            "{reason}: {log}"
+        );
+    }
     let m = w.metrics();
     for reason in ["revoked", "expired", "untrusted", "wrong_purpose", "no_certificate"] {
         let line = format!(r#"spocgw_tls_handshake_failures_total{{listener="police",reason="{reason}"}}"#);

@@ -22,7 +22,7 @@ pub struct Record {
     pub seq: u64,
     /// UTC, microseconds, RFC 3339.
     pub time: String,
-    /// `start`, `recovery`, `request`, `outcome`.
+    /// `start`, `recovery`, `request`, `outcome`, `handshake_refusal`, `policy_reload`.
     pub event: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub incident_id: Option<String>,

@@ -37,6 +37,8 @@ pub struct ListenerSpec {
     pub max_connections: usize,
     /// Deadline for a request's headers (HTTP/1.1) once a connection is idle or reading.
     pub header_timeout: Duration,
+    /// Where refused handshakes are recorded (the gateway's listeners; not the simulators).
+    pub audit: Option<Arc<crate::audit::Audit>>,
 }
 
 /// Serves connections on `tcp` until `shutdown` turns true; returns the handle that drains
@@ -90,6 +92,13 @@ where
             let refused = |reason: &'static str| {
                 if let Some(m) = &metrics {
                     m.handshake_failures.get_or_create(&ListenerReason { listener: name, reason }).inc();
+                }
+                if let Some(audit) = &spec.audit {
+                    let mut r = crate::audit::Record::now("handshake_refusal");
+                    r.listener = Some(name.to_owned());
+                    r.code = Some(reason.to_owned());
+                    r.detail = Some(format!("TLS handshake from {addr} refused: {reason}"));
+                    audit.append(r);
                 }
                 tracing::warn!(listener = name, peer_addr = %addr, reason, "TLS handshake refused");
             };

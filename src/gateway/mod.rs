@@ -47,8 +47,15 @@ async fn bind(addr: SocketAddr, file: &Path, key: &str) -> Result<TcpListener, C
     TcpListener::bind(addr).await.map_err(|e| ConfigError::new(file, key, format!("cannot listen on {addr}: {e}")))
 }
 
-fn spec(name: &'static str, l: &ListenerConfig, file: &Path, table: &str) -> Result<ListenerSpec, ConfigError> {
+fn spec(
+    name: &'static str,
+    l: &ListenerConfig,
+    file: &Path,
+    table: &str,
+    audit: &Arc<Audit>,
+) -> Result<ListenerSpec, ConfigError> {
     Ok(ListenerSpec {
+        audit: Some(audit.clone()),
         name,
         tls: tls::server_config(l).map_err(|e| ConfigError::new(file, table, e))?,
         handshake_timeout: l.handshake_timeout(),
@@ -63,9 +70,10 @@ impl Gateway {
     /// unless everything could be set up.
     pub async fn start(cfg: &GatewayConfig, file: &Path) -> Result<Self, ConfigError> {
         let metrics = Arc::new(Metrics::new());
-        let police_spec = spec("police", &cfg.police, file, "police")?;
+        let audit = Audit::start(&cfg.audit).map_err(|e| ConfigError::new(file, "audit", e))?;
+        let police_spec = spec("police", &cfg.police, file, "police", &audit)?;
         let callback_spec = match &cfg.callback {
-            Some(c) => Some(spec("callback", c, file, "callback")?),
+            Some(c) => Some(spec("callback", c, file, "callback", &audit)?),
             None => None,
         };
         let ministry =
@@ -80,7 +88,6 @@ impl Gateway {
         });
         let policy = Arc::new(PolicyState::load(&cfg.policy).map_err(|e| ConfigError::new(file, "policy", e))?);
         tracing::info!(digest = %policy.current().digest, origin = %policy.current().origin, "policy bundle loaded");
-        let audit = Audit::start(&cfg.audit).map_err(|e| ConfigError::new(file, "audit", e))?;
         let police_tcp = bind(cfg.police.listen, file, "police.listen").await?;
         let callback_tcp = match &cfg.callback {
             Some(c) => Some(bind(c.listen, file, "callback.listen").await?),
@@ -133,7 +140,7 @@ impl Gateway {
         let admin = Arc::new(AdminState::new(metrics.clone(), upstreams.clone(), policy.clone(), audit.clone()));
         tracing::info!(listener = "admin", addr = %admin_addr, "listening");
         let mut background = vec![tokio::spawn(admin::serve(admin_tcp, admin.clone(), stopped.clone()))];
-        background.push(tokio::spawn(watch_policy(policy.clone(), metrics.clone(), stopped.clone())));
+        background.push(tokio::spawn(watch_policy(policy.clone(), metrics.clone(), audit.clone(), stopped.clone())));
         for (name, u) in upstreams {
             background.push(tokio::spawn(watch_upstream(name, u, metrics.clone(), stopped.clone())));
         }
@@ -183,7 +190,12 @@ impl Gateway {
 /// Reloads the policy bundle on SIGHUP and whenever its files change (checked every
 /// `reload_interval_ms`); a failed reload keeps the old bundle and is not retried until the
 /// files change again.
-async fn watch_policy(policy: Arc<PolicyState>, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+async fn watch_policy(
+    policy: Arc<PolicyState>,
+    metrics: Arc<Metrics>,
+    audit: Arc<Audit>,
+    mut stop: watch::Receiver<bool>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).ok();
     let mut published = policy.current().digest.clone();
@@ -208,7 +220,16 @@ async fn watch_policy(policy: Arc<PolicyState>, metrics: Arc<Metrics>, mut stop:
         if !(forced || changed) {
             continue;
         }
-        match policy.reload() {
+        let result = policy.reload();
+        let mut r = crate::audit::Record::now("policy_reload");
+        r.bundle = Some(policy.current().digest.clone());
+        r.code = Some(if result.is_ok() { "ok" } else { "refused" }.to_owned());
+        r.detail = Some(match &result {
+            Ok(_) => format!("bundle {} active", policy.current().origin),
+            Err(e) => format!("refused, previous bundle stays active: {e}"),
+        });
+        audit.append(r);
+        match result {
             Ok(digest) => {
                 metrics.policy_reloads.get_or_create(&admin::metrics::ResultLabels { result: "ok" }).inc();
                 if digest != published {

@@ -44,6 +44,7 @@ async fn bind(
         handshake_timeout: server.handshake_timeout(),
         max_connections: server.max_connections,
         header_timeout: server.request_timeout(),
+        audit: None,
     };
     let tcp = TcpListener::bind(server.listen)
         .await
