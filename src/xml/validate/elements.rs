@@ -1,0 +1,254 @@
+//! Declared elements: attributes checked against their type, content followed through the
+//! content model, simple values checked when the element closes (base64 as it streams), and the
+//! binary fields sniffed against the `Format` their container declared.
+
+use quick_xml::NsReader;
+use quick_xml::events::BytesStart;
+use quick_xml::name::ResolveResult;
+
+use super::{ContentState, ElementFrame, Frame, Run, XmlRefusal, utf8};
+use crate::xml::content::format_matches;
+use crate::xml::firewall::Breach;
+use crate::xml::xsd::simple::{Base64Check, Builtin};
+use crate::xml::xsd::{Content, Schema, TypeRef};
+
+impl Run<'_> {
+    /// A frame for a declared element, after checking its attributes.
+    pub(super) fn element_frame(
+        &mut self,
+        reader: &NsReader<&[u8]>,
+        offset: usize,
+        e: &BytesStart<'_>,
+        decl: usize,
+    ) -> Result<Frame, XmlRefusal> {
+        let schema = self.schema;
+        let d = &schema.decls[decl];
+        self.facts.open(&d.local);
+        let (uses, state): (&[crate::xml::xsd::AttributeUse], ContentState) = match d.ty {
+            TypeRef::Simple(st) => (&[], simple_state(schema.simple[st].builtin, schema.simple[st].streams())),
+            TypeRef::Complex(c) => {
+                let ct = &schema.complex[c];
+                let state = match &ct.content {
+                    Content::Empty => ContentState::Empty,
+                    Content::Simple(st) => simple_state(schema.simple[*st].builtin, schema.simple[*st].streams()),
+                    Content::Elements(_) => ContentState::Dfa(0),
+                    Content::All { .. } => ContentState::All(0),
+                };
+                (&ct.attributes, state)
+            }
+        };
+        let mut present: u64 = 0;
+        for a in e.attributes().flatten() {
+            let key = a.key.as_ref();
+            if key == b"xmlns" || key.starts_with(b"xmlns:") {
+                continue;
+            }
+            let (ans, alocal) = reader.resolve_attribute(a.key);
+            let name = utf8(alocal.into_inner());
+            let qualified = !matches!(ans, ResolveResult::Unbound);
+            let found = if qualified { None } else { uses.iter().position(|u| u.name == name) };
+            let Some(i) = found else {
+                return Self::invalid(offset, format!("attribute {} is not allowed on {}", utf8(key), d.local));
+            };
+            present |= 1 << i.min(63);
+            let value = a.unescape_value().map_err(|err| XmlRefusal::Malformed { offset, reason: err.to_string() })?;
+            let st = &schema.simple[uses[i].ty];
+            st.check(&value)
+                .map_err(|reason| XmlRefusal::Invalid { offset, reason: format!("attribute {name}: {reason}") })?;
+            if let Some(fixed) = &uses[i].fixed
+                && crate::xml::xsd::simple::normalize(&value, st.whitespace) != fixed.as_str()
+            {
+                return Self::invalid(offset, format!("attribute {name} must be {fixed:?}"));
+            }
+        }
+        for (i, u) in uses.iter().enumerate() {
+            if u.required && present & (1 << i.min(63)) == 0 {
+                return Self::invalid(offset, format!("attribute {} is required on {}", u.name, d.local));
+            }
+        }
+        if matches!(state, ContentState::Text) {
+            self.text_buf.clear();
+        }
+        Ok(Frame::Element(ElementFrame { decl, state, text_len: 0, format: None }))
+    }
+
+    pub(super) fn text(&mut self, offset: usize, s: &[u8]) -> Result<(), XmlRefusal> {
+        let blank = || s.iter().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+        match self.stack.last_mut() {
+            None => {
+                if !blank() {
+                    return Err(XmlRefusal::Malformed { offset, reason: "text outside the root element".into() });
+                }
+            }
+            Some(Frame::Envelope { .. } | Frame::Header | Frame::Body { .. }) => {
+                if !blank() {
+                    return Self::invalid(offset, "text directly inside the SOAP Envelope, Header or Body");
+                }
+            }
+            Some(Frame::Skip) => {
+                if s.len() > self.limits.max_text_bytes {
+                    return Err(XmlRefusal::Threat { offset, breach: Breach::TextBytes });
+                }
+            }
+            Some(Frame::Element(f)) => {
+                f.text_len += s.len();
+                match &mut f.state {
+                    ContentState::Base64(check) => {
+                        if f.text_len > self.limits.max_base64_bytes {
+                            return Err(XmlRefusal::Threat { offset, breach: Breach::Base64Bytes });
+                        }
+                        check.feed(s);
+                    }
+                    ContentState::Text => {
+                        if f.text_len > self.limits.max_text_bytes {
+                            return Err(XmlRefusal::Threat { offset, breach: Breach::TextBytes });
+                        }
+                        self.text_buf.push_str(utf8(s));
+                    }
+                    ContentState::Dfa(_) | ContentState::All(_) | ContentState::Empty => {
+                        if f.text_len > self.limits.max_text_bytes {
+                            return Err(XmlRefusal::Threat { offset, breach: Breach::TextBytes });
+                        }
+                        if !blank() {
+                            let name = &self.schema.decls[f.decl].local;
+                            return Self::invalid(offset, format!("element {name} may not contain text"));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn end(&mut self, offset: usize) -> Result<(), XmlRefusal> {
+        self.child_counts.pop();
+        let Some(frame) = self.stack.pop() else {
+            return Err(XmlRefusal::Malformed { offset, reason: "unbalanced end tag".into() });
+        };
+        if self.stack.is_empty() {
+            self.root_done = true;
+        }
+        match frame {
+            Frame::Envelope { has_body, .. } => {
+                if !has_body {
+                    return Self::invalid(offset, "the Envelope has no Body");
+                }
+            }
+            Frame::Body { has_operation } => {
+                if !has_operation {
+                    return Self::invalid(offset, "the Body is empty");
+                }
+            }
+            Frame::Header | Frame::Skip => {}
+            Frame::Element(f) => self.end_element(offset, f)?,
+        }
+        Ok(())
+    }
+
+    pub(super) fn end_element(&mut self, offset: usize, f: ElementFrame) -> Result<(), XmlRefusal> {
+        let schema = self.schema;
+        let d = &schema.decls[f.decl];
+        let simple_type = match d.ty {
+            TypeRef::Simple(st) => Some(st),
+            TypeRef::Complex(c) => match &schema.complex[c].content {
+                Content::Simple(st) => Some(*st),
+                _ => None,
+            },
+        };
+        match f.state {
+            ContentState::Dfa(state) => {
+                if let Content::Elements(dfa) = content_of(schema, f.decl)
+                    && !dfa.accepts(state)
+                {
+                    let expected = dfa.expected(state);
+                    return Self::invalid(
+                        offset,
+                        format!("element {} is incomplete; expected {}", d.local, expected.join(" or ")),
+                    );
+                }
+            }
+            ContentState::All(seen) => {
+                if let Content::All { members, optional } = content_of(schema, f.decl) {
+                    let skip_all = *optional && seen == 0;
+                    if !skip_all
+                        && let Some(m) = members.iter().enumerate().find(|(i, m)| m.required && seen & (1 << i) == 0)
+                    {
+                        return Self::invalid(offset, format!("element {} is missing {}", d.local, m.1.local));
+                    }
+                }
+            }
+            ContentState::Empty => {}
+            ContentState::Text => {
+                let value = std::mem::take(&mut self.text_buf);
+                let st = simple_type.map(|i| &schema.simple[i]);
+                if let Some(st) = st {
+                    st.check(&value)
+                        .map_err(|reason| XmlRefusal::Invalid { offset, reason: format!("{}: {reason}", d.local) })?;
+                    let normalized = crate::xml::xsd::simple::normalize(&value, st.whitespace);
+                    match st.builtin {
+                        Builtin::Id if !self.ids.insert(normalized.to_string()) => {
+                            return Self::invalid(offset, format!("ID {normalized:?} is not unique"));
+                        }
+                        Builtin::IdRef => self.idrefs.push((offset, normalized.to_string())),
+                        Builtin::Base64Binary => {
+                            let mut check = Base64Check::default();
+                            check.feed(normalized.as_bytes());
+                            self.sniff(offset, &d.local, &check)?;
+                        }
+                        _ => {}
+                    }
+                    self.facts.record(&d.local, &normalized);
+                    if d.local == "Format"
+                        && let Some(Frame::Element(parent)) = self.stack.last_mut()
+                    {
+                        parent.format = Some(normalized.into_owned());
+                    }
+                }
+                // Hand the buffer back, keeping its capacity for the next simple element.
+                self.text_buf = value;
+            }
+            ContentState::Base64(check) => {
+                let st = simple_type.map(|i| &schema.simple[i]);
+                let Some(len) = check.finish() else {
+                    return Self::invalid(offset, format!("{}: not valid base64", d.local));
+                };
+                if let Some(st) = st {
+                    st.check_length(len)
+                        .map_err(|reason| XmlRefusal::Invalid { offset, reason: format!("{}: {reason}", d.local) })?;
+                }
+                self.sniff(offset, &d.local, &check)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a binary field against the `Format` its container declared.
+    pub(super) fn sniff(&self, offset: usize, local: &str, check: &Base64Check) -> Result<(), XmlRefusal> {
+        if let Some(Frame::Element(parent)) = self.stack.last()
+            && let Some(format) = &parent.format
+            && !format_matches(format, &check.prefix)
+        {
+            return Err(XmlRefusal::ContentMismatch {
+                offset,
+                reason: format!("{local} is declared {format} but its data is not {format}"),
+            });
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn content_of(schema: &Schema, decl: usize) -> &Content {
+    static EMPTY: Content = Content::Empty;
+    match schema.decls[decl].ty {
+        TypeRef::Complex(c) => &schema.complex[c].content,
+        TypeRef::Simple(_) => &EMPTY,
+    }
+}
+
+pub(super) fn simple_state(b: Builtin, streams: bool) -> ContentState {
+    if b == Builtin::Base64Binary && streams {
+        ContentState::Base64(Base64Check::default())
+    } else {
+        ContentState::Text
+    }
+}
