@@ -323,3 +323,40 @@ async fn a_full_disk_refuses_requests_and_nothing_is_forwarded() {
     }
     assert!(ok, "did not recover after space was freed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_old_segments_and_the_rest_still_verifies() {
+    let w = World::new();
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = audit_config(&w, d.path());
+    cfg.segment_max_bytes = 4096;
+    cfg.retention_s = 1;
+    let write = |audit: std::sync::Arc<Audit>, from: u32, n: u32| async move {
+        for i in from..from + n {
+            let mut r = Record::now("request");
+            r.incident_id = Some(format!("incident-{i}"));
+            r.operation = Some("CheckIdentityRequest".into());
+            audit.append_durable(r).await.unwrap();
+        }
+        audit.checkpoint_now().await.unwrap();
+    };
+    let audit = Audit::start(&cfg).unwrap();
+    write(audit.clone(), 0, 60).await;
+    let before = spocgw::audit::segments(d.path()).unwrap().len();
+    assert!(before >= 2, "{before} segments");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    write(audit.clone(), 60, 60).await;
+    let after = spocgw::audit::segments(d.path()).unwrap();
+    assert!(!after.iter().any(|p| p.ends_with("segment-000001.jsonl")), "nothing pruned: {after:?}");
+    assert!(d.path().join("anchor.json").exists());
+    let (ok, out) = verify(&w, d.path());
+    assert!(ok, "{out}");
+    // 1 start record + 120: the count includes the pruned part, which the anchor stands for.
+    assert!(out.contains("121 records"), "{out}");
+    // A record altered after the anchor is still caught.
+    let last = after.last().unwrap();
+    let text = std::fs::read_to_string(last).unwrap().replacen("incident-1", "incident-X", 1);
+    std::fs::write(last, text).unwrap();
+    let (ok, out) = verify(&w, d.path());
+    assert!(!ok, "{out}");
+}

@@ -45,6 +45,19 @@ impl CompactTree {
         self.size
     }
 
+    /// The peaks, largest first: (height, hash). With the size they are all a tree needs to
+    /// go on growing, which is what a retention anchor stores.
+    pub fn peaks(&self) -> &[(u32, Hash)] {
+        &self.peaks
+    }
+
+    /// A tree resumed from an anchor; None when the peaks do not fit the size.
+    pub fn from_peaks(size: u64, peaks: Vec<(u32, Hash)>) -> Option<CompactTree> {
+        let total: u64 = peaks.iter().map(|(h, _)| 1u64.checked_shl(*h).unwrap_or(0)).sum();
+        let decreasing = peaks.windows(2).all(|w| w[0].0 > w[1].0);
+        (total == size && decreasing).then_some(CompactTree { peaks, size })
+    }
+
     pub fn push(&mut self, leaf: Hash) {
         let mut node = (0u32, leaf);
         while let Some(&(h, left)) = self.peaks.last() {

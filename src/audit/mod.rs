@@ -56,6 +56,10 @@ pub struct AuditConfig {
     /// Records waiting for the writer, at most; a full queue refuses at once.
     #[serde(default = "default_queue")]
     pub queue: usize,
+    /// Whole segments whose newest record is older than this are pruned (0: keep everything).
+    /// Later checkpoints stay verifiable from the retention anchor (`anchor.json`).
+    #[serde(default)]
+    pub retention_s: u64,
 }
 
 fn default_origin() -> String {
@@ -110,6 +114,36 @@ impl Checkpoint {
     /// The bytes the signature covers.
     pub fn signed_bytes(origin: &str, tree_size: u64, root_hash: &str, time: &str) -> Vec<u8> {
         format!("spocgw-audit-checkpoint-v1\n{origin}\n{tree_size}\n{root_hash}\n{time}\n").into_bytes()
+    }
+}
+
+/// Where the log starts after retention pruned its oldest segments: the tree state (size and
+/// peaks) before the first remaining record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Anchor {
+    pub tree_size: u64,
+    /// (height, hash hex), largest first.
+    pub peaks: Vec<(u32, String)>,
+    /// When the pruning happened, and up to which segment.
+    pub time: String,
+    pub pruned_through: String,
+}
+
+impl Anchor {
+    pub fn tree(&self) -> Option<CompactTree> {
+        let peaks: Option<Vec<(u32, merkle::Hash)>> =
+            self.peaks.iter().map(|(h, x)| merkle::unhex(x).map(|x| (*h, x))).collect();
+        CompactTree::from_peaks(self.tree_size, peaks?)
+    }
+}
+
+/// The retention anchor of `dir`, if segments were pruned.
+pub fn read_anchor(dir: &Path) -> Result<Option<Anchor>, String> {
+    match std::fs::read_to_string(dir.join("anchor.json")) {
+        Ok(t) => serde_json::from_str(&t).map(Some).map_err(|e| format!("anchor.json: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("anchor.json: {e}")),
     }
 }
 
@@ -279,6 +313,7 @@ struct Writer {
     tree: CompactTree,
     key: EcdsaKeyPair,
     key_id: String,
+    retention: Option<Duration>,
     every: u64,
     interval: Duration,
     last_checkpoint_size: u64,
@@ -289,7 +324,12 @@ impl Writer {
     /// Opens the log: replays every segment into the tree, cuts a torn tail of the last one.
     fn open(cfg: &AuditConfig, key: EcdsaKeyPair) -> Result<(Writer, Option<String>), AuditError> {
         let dir = cfg.dir.clone();
-        let mut tree = CompactTree::default();
+        let mut tree = match read_anchor(&dir).map_err(AuditError::Damaged)? {
+            Some(a) => {
+                a.tree().ok_or_else(|| AuditError::Damaged("anchor.json: peaks do not fit the tree size".into()))?
+            }
+            None => CompactTree::default(),
+        };
         let segs = segments(&dir)?;
         let mut recovered = None;
         let last_index = segs.len().saturating_sub(1);
@@ -350,6 +390,7 @@ impl Writer {
                 tree,
                 key,
                 key_id,
+                retention: (cfg.retention_s > 0).then(|| Duration::from_secs(cfg.retention_s)),
                 every: cfg.checkpoint_every.max(1),
                 interval: Duration::from_millis(cfg.checkpoint_interval_ms.max(10)),
                 last_checkpoint_size: size,
@@ -456,6 +497,65 @@ impl Writer {
         self.segment = f;
         self.segment_index = next;
         self.segment_len = 0;
+        if let Err(e) = self.prune() {
+            tracing::error!(error = %e, "audit retention: pruning failed; nothing was removed");
+        }
+        Ok(())
+    }
+
+    /// Removes whole closed segments whose newest record is older than the retention period,
+    /// oldest first, after writing the anchor (tree state at the new start) durably.
+    fn prune(&mut self) -> Result<(), String> {
+        let Some(retention) = self.retention else { return Ok(()) };
+        let cutoff = time::OffsetDateTime::now_utc() - retention;
+        let cutoff = format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+            cutoff.year(),
+            u8::from(cutoff.month()),
+            cutoff.day(),
+            cutoff.hour(),
+            cutoff.minute(),
+            cutoff.second()
+        );
+        let segs = segments(&self.dir).map_err(|e| e.to_string())?;
+        let active = self.dir.join(segment_name(self.segment_index));
+        let mut tree = match read_anchor(&self.dir)? {
+            Some(a) => a.tree().ok_or("anchor.json does not fit")?,
+            None => CompactTree::default(),
+        };
+        let mut prune = Vec::new();
+        for path in segs.iter().filter(|p| **p != active) {
+            let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+            let newest =
+                lines.last().and_then(|l| serde_json::from_slice::<Record>(l).ok()).map(|r| r.time).unwrap_or_default();
+            if newest.as_str() >= cutoff.as_str() {
+                break; // segments are in time order: the rest are newer
+            }
+            for l in lines {
+                tree.push(merkle::leaf_hash(l));
+            }
+            prune.push(path.clone());
+        }
+        let Some(last) = prune.last() else { return Ok(()) };
+        let anchor = Anchor {
+            tree_size: tree.size(),
+            peaks: tree.peaks().iter().map(|(h, x)| (*h, merkle::hex(x))).collect(),
+            time: record::now_rfc3339_micros(),
+            pruned_through: last.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned(),
+        };
+        let tmp = self.dir.join("anchor.json.tmp");
+        let bytes = serde_json::to_vec(&anchor).map_err(|e| e.to_string())?;
+        let mut f = File::create(&tmp).map_err(|e| e.to_string())?;
+        f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, self.dir.join("anchor.json")).map_err(|e| e.to_string())?;
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        for p in &prune {
+            std::fs::remove_file(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+        tracing::info!(segments = prune.len(), tree_size = anchor.tree_size, "audit retention: pruned old segments");
         Ok(())
     }
 

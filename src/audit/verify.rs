@@ -88,15 +88,23 @@ pub struct Summary {
 pub fn verify(dir: &Path, key: &Path) -> Result<Summary, String> {
     let point = public_point(key)?;
     let log = read_log(dir)?;
-    let mut tree = CompactTree::default();
+    // After retention pruning the log resumes from its anchor; checkpoints of the pruned part
+    // can no longer be recomputed and are only signature-checked.
+    let anchor = super::read_anchor(dir)?;
+    let mut tree = match &anchor {
+        Some(a) => a.tree().ok_or("anchor.json: its peaks do not fit its tree size")?,
+        None => CompactTree::default(),
+    };
+    let base = tree.size();
     // Roots at every checkpointed size, computed in the same pass.
     let mut wanted: Vec<u64> = log.checkpoints.iter().map(|c| c.tree_size).collect();
     wanted.sort_unstable();
     let mut roots = std::collections::HashMap::new();
-    if wanted.first() == Some(&0) {
-        roots.insert(0u64, merkle::hex(&tree.root()));
+    if wanted.binary_search(&base).is_ok() {
+        roots.insert(base, merkle::hex(&tree.root()));
     }
     for (i, (r, bytes, loc)) in log.records.iter().enumerate() {
+        let i = i + base as usize;
         if r.seq != i as u64 {
             return Err(format!(
                 "record {i} at {}:{}: sequence number {} (records are missing, added or reordered)",
@@ -120,6 +128,9 @@ pub fn verify(dir: &Path, key: &Path) -> Result<Summary, String> {
                 cp.tree_size,
                 key.display()
             ));
+        }
+        if cp.tree_size < base {
+            continue; // before the retention anchor: signature checked above
         }
         match roots.get(&cp.tree_size) {
             None => {
@@ -178,6 +189,9 @@ pub struct Proof {
 /// Builds the proof for the record of `incident` (its first record) against the latest
 /// checkpoint that covers it.
 pub fn prove(dir: &Path, incident: &str) -> Result<Proof, String> {
+    if super::read_anchor(dir)?.is_some() {
+        return Err("inclusion proofs for a log pruned by retention are not supported yet".into());
+    }
     let log = read_log(dir)?;
     let (index, (_, bytes, _)) = log
         .records
