@@ -147,6 +147,23 @@ pub fn read_anchor(dir: &Path) -> Result<Option<Anchor>, String> {
     }
 }
 
+/// The checkpoint public key, as the gateway writes it beside the log.
+pub const PUBLIC_KEY_FILE: &str = "checkpoint.pub.pem";
+
+/// PEM SubjectPublicKeyInfo of an uncompressed P-256 point.
+pub fn spki_pem(point: &[u8]) -> String {
+    // SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING point }
+    const PREFIX: [u8; 26] = [
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
+        0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+    let mut der = PREFIX.to_vec();
+    der.extend_from_slice(point);
+    let b64 = B64.encode(der);
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or("")).collect();
+    format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", lines.join("\n"))
+}
+
 pub fn segment_name(i: u32) -> String {
     format!("segment-{i:06}.jsonl")
 }
@@ -193,6 +210,10 @@ impl Audit {
     pub fn start(cfg: &AuditConfig) -> Result<Arc<Audit>, AuditError> {
         std::fs::create_dir_all(&cfg.dir).map_err(|e| io_err(&cfg.dir, e))?;
         let key = load_signing_key(&cfg.checkpoint_key)?;
+        // The public key beside the log, so `audit verify DIR` works as is; an independent check
+        // passes a copy kept elsewhere with --key.
+        let pub_path = cfg.dir.join(PUBLIC_KEY_FILE);
+        std::fs::write(&pub_path, spki_pem(key.public_key().as_ref())).map_err(|e| io_err(&pub_path, e))?;
         let pseudonym = load_pseudonym_key(&cfg.pseudonym_key)?;
         let (mut writer, recovered) = Writer::open(cfg, key)?;
         let healthy = Arc::new(AtomicBool::new(true));

@@ -15,9 +15,10 @@ pub enum AuditCommand {
     /// Verify every record, the Merkle tree and every checkpoint signature.
     Verify {
         dir: PathBuf,
-        /// Checkpoint public key (PEM); keep a copy away from the appliance for independent checks.
+        /// Checkpoint public key (PEM). Default: the copy the gateway keeps beside the log; for an
+        /// independent check pass a copy kept away from the appliance.
         #[arg(long)]
-        key: PathBuf,
+        key: Option<PathBuf>,
     },
     /// Search the log.
     Query {
@@ -73,28 +74,16 @@ pub enum AuditCommand {
 
 pub fn run(cmd: AuditCommand) -> ExitCode {
     match cmd {
-        AuditCommand::Verify { dir, key } => match verify::verify(&dir, &key) {
-            Ok(s) => {
-                let cp = s
-                    .last_checkpoint
-                    .map(|c| format!("last checkpoint: size {} root {} at {}", c.tree_size, c.root_hash, c.time));
-                println!(
-                    "audit log {} verified: {} records, {} checkpoints, head {}",
-                    dir.display(),
-                    s.records,
-                    s.checkpoints,
-                    s.root
+        AuditCommand::Verify { dir, key } => {
+            let key = key.unwrap_or_else(|| {
+                eprintln!(
+                    "note: using the checkpoint key stored beside the log ({}); pass --key for an independent check",
+                    crate::audit::PUBLIC_KEY_FILE
                 );
-                if let Some(cp) = cp {
-                    println!("{cp}");
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                println!("audit log {} FAILED verification: {e}", dir.display());
-                ExitCode::from(1)
-            }
-        },
+                dir.join(crate::audit::PUBLIC_KEY_FILE)
+            });
+            verify_cmd(&dir, &key)
+        }
         AuditCommand::Query {
             dir,
             incident,
@@ -184,6 +173,32 @@ pub fn run(cmd: AuditCommand) -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+fn verify_cmd(dir: &Path, key: &Path) -> ExitCode {
+    use std::io::Write;
+    // Written with writeln so a closed pipe (`| head`) is not a panic.
+    let mut out = std::io::stdout();
+    match verify::verify(dir, key) {
+        Ok(s) => {
+            let _ = writeln!(
+                out,
+                "audit log {} verified: {} records, {} checkpoints, head {}",
+                dir.display(),
+                s.records,
+                s.checkpoints,
+                s.root
+            );
+            if let Some(c) = s.last_checkpoint {
+                let _ = writeln!(out, "last checkpoint: size {} root {} at {}", c.tree_size, c.root_hash, c.time);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = writeln!(out, "audit log {} FAILED verification: {e}", dir.display());
+            ExitCode::from(1)
         }
     }
 }
