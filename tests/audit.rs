@@ -360,3 +360,74 @@ async fn retention_prunes_old_segments_and_the_rest_still_verifies() {
     let (ok, out) = verify(&w, d.path());
     assert!(!ok, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_the_log_is_itself_recorded_and_one_writer_owns_the_log() {
+    let w = World::full();
+    let r = post(
+        &w.client("officer", false),
+        "/bio/v1",
+        XML11,
+        Some("CheckIdentityRequest"),
+        messages::envelope(
+            SoapVersion::V11,
+            &BioRequest::matching("6f1c1c4e-3f0a-4d53-9a43-2b5c1e0f9a01", 1024).check_identity(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let out = Command::new(BIN)
+        .args(["audit", "query"])
+        .arg(w.path("audit"))
+        .args(["--officer", "OFF-0001"])
+        .env("USER", "officer-smith")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("CheckIdentityRequest"));
+    let segments_text = || -> String {
+        spocgw::audit::segments(&w.path("audit")).unwrap().iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
+    };
+    let end = Instant::now() + Duration::from_secs(10);
+    while !segments_text().contains("\"event\":\"audit_access\"") && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = segments_text();
+    assert!(text.contains("audit query officer=OFF-0001 by OS user officer-smith"), "{text}");
+    // A second gateway on the same log is refused: one writer per log.
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(w.path("gateway.toml")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another process writes this audit log"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, out) = verify(&w, &w.path("audit"));
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn an_unwritable_audit_directory_stops_the_gateway_at_start() {
+    let w = World::new();
+    let audit = w.path("audit");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs"])
+        .arg(&audit)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        assert!(std::env::var_os("CI").is_none(), "this test needs to mount a tmpfs (root) in CI");
+        eprintln!("SKIPPED: cannot mount a tmpfs here");
+        return;
+    }
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(w.path("gateway.toml")).output();
+    let _ = Command::new("umount").arg("-l").arg(&audit).status();
+    let out = out.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("audit") && err.contains("Read-only"), "{err}");
+    // Nothing listens: nothing could have been forwarded.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", w.gateway_port)).is_err());
+}

@@ -60,6 +60,13 @@ pub struct AuditConfig {
     /// Later checkpoints stay verifiable from the retention anchor (`anchor.json`).
     #[serde(default)]
     pub retention_s: u64,
+    /// A new segment after this many seconds (as well as after `segment_max_bytes`).
+    #[serde(default = "default_segment_age")]
+    pub segment_max_age_s: u64,
+}
+
+fn default_segment_age() -> u64 {
+    24 * 3600
 }
 
 fn default_origin() -> String {
@@ -92,6 +99,8 @@ pub enum AuditError {
     Damaged(String),
     #[error("the audit record could not be made durable: {0}")]
     NotDurable(String),
+    #[error("{0}: another process writes this audit log")]
+    InUse(PathBuf),
 }
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> AuditError {
@@ -145,6 +154,23 @@ pub fn read_anchor(dir: &Path) -> Result<Option<Anchor>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("anchor.json: {e}")),
     }
+}
+
+/// Records other processes (the officer tools) leave for the writer: `DIR/spool/*.json`.
+pub const SPOOL_DIR: &str = "spool";
+
+/// Leaves a record for the log's writer to append (at once if a gateway is running, else at its
+/// next start). Written under a temporary name and renamed, so the writer never sees half a file.
+pub fn spool(dir: &Path, record: &Record) -> Result<PathBuf, String> {
+    let spool = dir.join(SPOOL_DIR);
+    std::fs::create_dir_all(&spool).map_err(|e| format!("{}: {e}", spool.display()))?;
+    let name = format!("{}-{}.json", record.time, uuid::Uuid::new_v4());
+    let tmp = spool.join(format!(".{name}.tmp"));
+    let path = spool.join(&name);
+    let mut f = File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    f.write_all(&record.canonical()).and_then(|()| f.sync_all()).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
 }
 
 /// The checkpoint public key, as the gateway writes it beside the log.
@@ -335,6 +361,10 @@ struct Writer {
     key: EcdsaKeyPair,
     key_id: String,
     retention: Option<Duration>,
+    segment_opened: Instant,
+    segment_max_age: Duration,
+    /// Held for the writer's life: one writer per log.
+    _lock: File,
     every: u64,
     interval: Duration,
     last_checkpoint_size: u64,
@@ -345,6 +375,14 @@ impl Writer {
     /// Opens the log: replays every segment into the tree, cuts a torn tail of the last one.
     fn open(cfg: &AuditConfig, key: EcdsaKeyPair) -> Result<(Writer, Option<String>), AuditError> {
         let dir = cfg.dir.clone();
+        let lock_path = dir.join("writer.lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_err(&lock_path, e))?;
+        lock.try_lock().map_err(|_| AuditError::InUse(dir.clone()))?;
         let mut tree = match read_anchor(&dir).map_err(AuditError::Damaged)? {
             Some(a) => {
                 a.tree().ok_or_else(|| AuditError::Damaged("anchor.json: peaks do not fit the tree size".into()))?
@@ -412,6 +450,9 @@ impl Writer {
                 key,
                 key_id,
                 retention: (cfg.retention_s > 0).then(|| Duration::from_secs(cfg.retention_s)),
+                segment_opened: Instant::now(),
+                segment_max_age: Duration::from_secs(cfg.segment_max_age_s.max(1)),
+                _lock: lock,
                 every: cfg.checkpoint_every.max(1),
                 interval: Duration::from_millis(cfg.checkpoint_interval_ms.max(10)),
                 last_checkpoint_size: size,
@@ -441,14 +482,27 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let spooled = self.take_spool(&mut batch);
             if !batch.is_empty() {
-                match self.append(batch) {
+                let result = self.append(batch);
+                if result.is_ok() {
+                    for p in spooled {
+                        let _ = std::fs::remove_file(p);
+                    }
+                }
+                match result {
                     Ok(()) => healthy.store(true, Ordering::Relaxed),
                     Err(e) => {
                         tracing::error!(error = %e, "audit write failed; requests are refused until it succeeds");
                         healthy.store(false, Ordering::Relaxed);
                     }
                 }
+            }
+            if self.segment_len > 0
+                && self.segment_opened.elapsed() >= self.segment_max_age
+                && let Err(e) = self.rotate()
+            {
+                tracing::error!(error = %e, "audit segment rotation failed");
             }
             let due = self.tree.size() > self.last_checkpoint_size
                 && (!forced.is_empty()
@@ -463,6 +517,35 @@ impl Writer {
                 let _ = done.send(result.clone());
             }
         }
+    }
+
+    /// Adds the spooled records (officer tools' access records) to the batch; returns their files,
+    /// to be removed once the batch is durable.
+    fn take_spool(&mut self, batch: &mut Vec<Job>) -> Vec<PathBuf> {
+        let spool = self.dir.join(SPOOL_DIR);
+        let Ok(entries) = std::fs::read_dir(&spool) else { return Vec::new() };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "json")
+                    && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        files.sort();
+        let mut taken = Vec::new();
+        for p in files.into_iter().take(1024) {
+            match std::fs::read(&p).ok().and_then(|b| serde_json::from_slice::<Record>(&b).ok()) {
+                Some(record) => {
+                    batch.push(Job { record, done: None });
+                    taken.push(p);
+                }
+                None => {
+                    tracing::error!(file = %p.display(), "unreadable spooled audit record set aside");
+                    let _ = std::fs::rename(&p, p.with_extension("rejected"));
+                }
+            }
+        }
+        taken
     }
 
     /// Writes and fsyncs a batch; acknowledges each record only once it is durable. On any
@@ -518,6 +601,7 @@ impl Writer {
         self.segment = f;
         self.segment_index = next;
         self.segment_len = 0;
+        self.segment_opened = Instant::now();
         if let Err(e) = self.prune() {
             tracing::error!(error = %e, "audit retention: pruning failed; nothing was removed");
         }

@@ -22,7 +22,8 @@ pub struct Record {
     pub seq: u64,
     /// UTC, microseconds, RFC 3339.
     pub time: String,
-    /// `start`, `recovery`, `request`, `outcome`, `handshake_refusal`, `policy_reload`.
+    /// `start`, `recovery`, `request`, `outcome`, `handshake_refusal`, `policy_reload`,
+    /// `audit_access`.
     pub event: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub incident_id: Option<String>,

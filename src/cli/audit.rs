@@ -72,6 +72,21 @@ pub enum AuditCommand {
     },
 }
 
+/// Records that an officer read the log (spooled for the writer). Reading is refused when the
+/// access cannot be recorded.
+fn record_access(dir: &Path, what: String) -> Result<(), ExitCode> {
+    let who = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let mut r = Record::now("audit_access");
+    r.detail = Some(format!("{what} by OS user {who}"));
+    crate::audit::spool(dir, &r).map(drop).map_err(|e| {
+        eprintln!("spocgw audit: this access cannot be recorded, so the log is not shown: {e}");
+        ExitCode::from(1)
+    })
+}
+
 pub fn run(cmd: AuditCommand) -> ExitCode {
     match cmd {
         AuditCommand::Verify { dir, key } => {
@@ -112,6 +127,27 @@ pub fn run(cmd: AuditCommand) -> ExitCode {
                 }
                 _ => None,
             };
+            let mut filters: Vec<String> = Vec::new();
+            for (name, v) in [
+                ("incident", &incident),
+                ("officer", &officer),
+                ("client", &client),
+                ("operation", &operation),
+                ("decision", &decision),
+                ("code", &code),
+                ("since", &since),
+                ("until", &until),
+            ] {
+                if let Some(v) = v {
+                    filters.push(format!("{name}={v}"));
+                }
+            }
+            if let Some(p) = &pseudonym {
+                filters.push(format!("document-pseudonym={p}"));
+            }
+            if let Err(code) = record_access(&dir, format!("audit query {}", filters.join(" "))) {
+                return code;
+            }
             let m = |want: &Option<String>, have: &Option<String>| {
                 want.as_ref().is_none_or(|w| have.as_deref() == Some(w.as_str()))
             };
@@ -137,18 +173,25 @@ pub fn run(cmd: AuditCommand) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if let Err(code) = record_access(&dir, format!("audit export --format {format}")) {
+                return code;
+            }
             print_records(&dir, &|_| true, f)
         }
-        AuditCommand::Prove { dir, incident } => match verify::prove(&dir, &incident) {
-            Ok(p) => {
-                println!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
-                ExitCode::SUCCESS
+        AuditCommand::Prove { dir, incident } => {
+            match record_access(&dir, format!("audit prove --incident {incident}")).and_then(|()| {
+                verify::prove(&dir, &incident).map_err(|e| {
+                    eprintln!("spocgw audit prove: {e}");
+                    ExitCode::from(1)
+                })
+            }) {
+                Ok(p) => {
+                    println!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
             }
-            Err(e) => {
-                eprintln!("spocgw audit prove: {e}");
-                ExitCode::from(1)
-            }
-        },
+        }
         AuditCommand::VerifyProof { key, proof } => {
             let p: Proof = match std::fs::read_to_string(&proof)
                 .map_err(|e| e.to_string())
