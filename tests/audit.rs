@@ -395,6 +395,7 @@ async fn reading_the_log_is_itself_recorded_and_one_writer_owns_the_log() {
     }
     let text = segments_text();
     assert!(text.contains("audit query officer=OFF-0001 by OS user officer-smith"), "{text}");
+    assert!(text.contains("\"event\":\"key_event\"") && text.contains("police listener certificate "), "{text}");
     // A second gateway on the same log is refused: one writer per log.
     let out = Command::new(BIN).args(["serve", "--config"]).arg(w.path("gateway.toml")).output().unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -22,8 +22,8 @@ pub struct Record {
     pub seq: u64,
     /// UTC, microseconds, RFC 3339.
     pub time: String,
-    /// `start`, `recovery`, `request`, `outcome`, `handshake_refusal`, `policy_reload`,
-    /// `audit_access`.
+    /// `start`, `recovery`, `key_event`, `request`, `outcome`, `handshake_refusal`,
+    /// `policy_reload`, `audit_access`.
     pub event: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub incident_id: Option<String>,

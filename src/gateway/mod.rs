@@ -88,6 +88,7 @@ impl Gateway {
         });
         let policy = Arc::new(PolicyState::load(&cfg.policy).map_err(|e| ConfigError::new(file, "policy", e))?);
         tracing::info!(digest = %policy.current().digest, origin = %policy.current().origin, "policy bundle loaded");
+        audit.append(key_event(cfg));
         let police_tcp = bind(cfg.police.listen, file, "police.listen").await?;
         let callback_tcp = match &cfg.callback {
             Some(c) => Some(bind(c.listen, file, "callback.listen").await?),
@@ -185,6 +186,28 @@ impl Gateway {
         }
         all
     }
+}
+
+/// The `key_event` record of a start: which certificates and keys this run speaks with (their
+/// SHA-256 fingerprints, never the keys), and where each private key lives.
+fn key_event(cfg: &GatewayConfig) -> crate::audit::Record {
+    let fingerprint = |p: &Path| {
+        tls::load_certs(p)
+            .ok()
+            .and_then(|c| c.first().map(|c| tls::sha256_hex(c.as_ref())))
+            .unwrap_or_else(|| "unreadable".into())
+    };
+    let mut parts = vec![format!("police listener certificate {}", fingerprint(&cfg.police.cert))];
+    if let Some(c) = &cfg.callback {
+        parts.push(format!("callback listener certificate {}", fingerprint(&c.cert)));
+    }
+    parts.push(format!("ministry client certificate {}", fingerprint(&cfg.upstream.ministry.cert)));
+    if let Some(u) = &cfg.upstream.police_callback {
+        parts.push(format!("police callback client certificate {}", fingerprint(&u.cert)));
+    }
+    let mut r = crate::audit::Record::now("key_event");
+    r.detail = Some(format!("keys loaded from files (no TPM): {}", parts.join("; ")));
+    r
 }
 
 /// Reloads the policy bundle on SIGHUP and whenever its files change (checked every
