@@ -156,6 +156,37 @@ pub fn read_anchor(dir: &Path) -> Result<Option<Anchor>, String> {
     }
 }
 
+/// What signs checkpoints. A file key for now ([`FileSigner`]); key custody moves it into the
+/// TPM behind this same interface.
+pub trait CheckpointSigner: Send {
+    /// The uncompressed P-256 public point.
+    fn public_key(&self) -> Vec<u8>;
+    /// An ASN.1 DER ECDSA P-256/SHA-256 signature of `message`.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String>;
+}
+
+/// A PKCS#8 P-256 key from a file (development, and until TPM custody lands).
+pub struct FileSigner(EcdsaKeyPair);
+
+impl FileSigner {
+    pub fn load(path: &Path) -> Result<Self, AuditError> {
+        load_signing_key(path).map(FileSigner)
+    }
+}
+
+impl CheckpointSigner for FileSigner {
+    fn public_key(&self) -> Vec<u8> {
+        self.0.public_key().as_ref().to_vec()
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        self.0
+            .sign(&SystemRandom::new(), message)
+            .map(|s| s.as_ref().to_vec())
+            .map_err(|_| "checkpoint signing failed".into())
+    }
+}
+
 /// Records other processes (the officer tools) leave for the writer: `DIR/spool/*.json`.
 pub const SPOOL_DIR: &str = "spool";
 
@@ -235,11 +266,11 @@ impl Audit {
     /// Opens (recovering a torn tail) and starts the writer thread.
     pub fn start(cfg: &AuditConfig) -> Result<Arc<Audit>, AuditError> {
         std::fs::create_dir_all(&cfg.dir).map_err(|e| io_err(&cfg.dir, e))?;
-        let key = load_signing_key(&cfg.checkpoint_key)?;
+        let key: Box<dyn CheckpointSigner> = Box::new(FileSigner::load(&cfg.checkpoint_key)?);
         // The public key beside the log, so `audit verify DIR` works as is; an independent check
         // passes a copy kept elsewhere with --key.
         let pub_path = cfg.dir.join(PUBLIC_KEY_FILE);
-        std::fs::write(&pub_path, spki_pem(key.public_key().as_ref())).map_err(|e| io_err(&pub_path, e))?;
+        std::fs::write(&pub_path, spki_pem(&key.public_key())).map_err(|e| io_err(&pub_path, e))?;
         let pseudonym = load_pseudonym_key(&cfg.pseudonym_key)?;
         let (mut writer, recovered) = Writer::open(cfg, key)?;
         let healthy = Arc::new(AtomicBool::new(true));
@@ -358,7 +389,7 @@ struct Writer {
     segment_max: u64,
     checkpoints: File,
     tree: CompactTree,
-    key: EcdsaKeyPair,
+    key: Box<dyn CheckpointSigner>,
     key_id: String,
     retention: Option<Duration>,
     segment_opened: Instant,
@@ -373,7 +404,7 @@ struct Writer {
 
 impl Writer {
     /// Opens the log: replays every segment into the tree, cuts a torn tail of the last one.
-    fn open(cfg: &AuditConfig, key: EcdsaKeyPair) -> Result<(Writer, Option<String>), AuditError> {
+    fn open(cfg: &AuditConfig, key: Box<dyn CheckpointSigner>) -> Result<(Writer, Option<String>), AuditError> {
         let dir = cfg.dir.clone();
         let lock_path = dir.join("writer.lock");
         let lock = OpenOptions::new()
@@ -435,7 +466,7 @@ impl Writer {
         let cp_path = dir.join("checkpoints.jsonl");
         let checkpoints =
             OpenOptions::new().create(true).append(true).open(&cp_path).map_err(|e| io_err(&cp_path, e))?;
-        let key_id = key_id(key.public_key().as_ref());
+        let key_id = key_id(&key.public_key());
         let size = tree.size();
         Ok((
             Writer {
@@ -669,14 +700,14 @@ impl Writer {
         let root = merkle::hex(&self.tree.root());
         let time = record::now_rfc3339_micros();
         let msg = Checkpoint::signed_bytes(&self.origin, size, &root, &time);
-        let sig = self.key.sign(&SystemRandom::new(), &msg).map_err(|_| "checkpoint signing failed".to_owned())?;
+        let sig = self.key.sign(&msg)?;
         let cp = Checkpoint {
             origin: self.origin.clone(),
             tree_size: size,
             root_hash: root,
             time,
             key_id: self.key_id.clone(),
-            signature: B64.encode(sig.as_ref()),
+            signature: B64.encode(&sig),
         };
         let mut line = serde_json::to_vec(&cp).map_err(|e| e.to_string())?;
         line.push(b'\n');
