@@ -1,0 +1,360 @@
+//! The writer thread: appends batches to the current segment with one fsync each, keeps the
+//! Merkle tree, writes checkpoints, rotates and prunes segments, and replays the log at start.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use super::merkle::{self, CompactTree};
+use super::{
+    Anchor, AuditConfig, AuditError, Checkpoint, CheckpointSigner, Job, Msg, Record, SPOOL_DIR, io_err, key_id,
+    read_anchor, record, segment_name, segments,
+};
+
+pub(super) struct Writer {
+    dir: PathBuf,
+    origin: String,
+    segment: File,
+    segment_index: u32,
+    segment_len: u64,
+    segment_max: u64,
+    checkpoints: File,
+    pub(super) tree: CompactTree,
+    key: Box<dyn CheckpointSigner>,
+    pub(super) key_id: String,
+    retention: Option<Duration>,
+    segment_opened: Instant,
+    segment_max_age: Duration,
+    /// Held for the writer's life: one writer per log.
+    _lock: File,
+    every: u64,
+    interval: Duration,
+    last_checkpoint_size: u64,
+    last_checkpoint: Instant,
+}
+
+impl Writer {
+    /// Opens the log: replays every segment into the tree, cuts a torn tail of the last one.
+    pub(super) fn open(
+        cfg: &AuditConfig,
+        key: Box<dyn CheckpointSigner>,
+    ) -> Result<(Writer, Option<String>), AuditError> {
+        let dir = cfg.dir.clone();
+        let lock_path = dir.join("writer.lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_err(&lock_path, e))?;
+        lock.try_lock().map_err(|_| AuditError::InUse(dir.clone()))?;
+        let mut tree = match read_anchor(&dir).map_err(AuditError::Damaged)? {
+            Some(a) => {
+                a.tree().ok_or_else(|| AuditError::Damaged("anchor.json: peaks do not fit the tree size".into()))?
+            }
+            None => CompactTree::default(),
+        };
+        let segs = segments(&dir)?;
+        let mut recovered = None;
+        let last_index = segs.len().saturating_sub(1);
+        for (i, path) in segs.iter().enumerate() {
+            let mut bytes = Vec::new();
+            File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(|e| io_err(path, e))?;
+            let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+            if complete < bytes.len() {
+                if i != last_index {
+                    return Err(AuditError::Damaged(format!("{} ends without a newline", path.display())));
+                }
+                // A crash mid-write: the record was never acknowledged; cut it.
+                let f = OpenOptions::new().write(true).open(path).map_err(|e| io_err(path, e))?;
+                f.set_len(complete as u64).map_err(|e| io_err(path, e))?;
+                f.sync_all().map_err(|e| io_err(path, e))?;
+                recovered = Some(format!(
+                    "cut a torn tail of {} bytes from {}",
+                    bytes.len() - complete,
+                    path.file_name().and_then(|n| n.to_str()).unwrap_or("")
+                ));
+            }
+            for (line_no, line) in bytes[..complete].split(|&b| b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+                let r: Record = serde_json::from_slice(line)
+                    .map_err(|e| AuditError::Damaged(format!("{} line {}: {e}", path.display(), line_no + 1)))?;
+                if r.seq != tree.size() {
+                    return Err(AuditError::Damaged(format!(
+                        "{} line {}: sequence {} where {} was expected",
+                        path.display(),
+                        line_no + 1,
+                        r.seq,
+                        tree.size()
+                    )));
+                }
+                tree.push(merkle::leaf_hash(line));
+            }
+        }
+        let segment_index = segs.last().and_then(|p| {
+            p.file_name()?.to_str()?.trim_start_matches("segment-").trim_end_matches(".jsonl").parse().ok()
+        });
+        let segment_index = segment_index.unwrap_or(1);
+        let path = dir.join(segment_name(segment_index));
+        let segment = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io_err(&path, e))?;
+        let segment_len = segment.metadata().map_err(|e| io_err(&path, e))?.len();
+        let cp_path = dir.join("checkpoints.jsonl");
+        let checkpoints =
+            OpenOptions::new().create(true).append(true).open(&cp_path).map_err(|e| io_err(&cp_path, e))?;
+        let key_id = key_id(&key.public_key());
+        let size = tree.size();
+        Ok((
+            Writer {
+                dir,
+                origin: cfg.origin.clone(),
+                segment,
+                segment_index,
+                segment_len,
+                segment_max: cfg.segment_max_bytes.max(4096),
+                checkpoints,
+                tree,
+                key,
+                key_id,
+                retention: (cfg.retention_s > 0).then(|| Duration::from_secs(cfg.retention_s)),
+                segment_opened: Instant::now(),
+                segment_max_age: Duration::from_secs(cfg.segment_max_age_s.max(1)),
+                _lock: lock,
+                every: cfg.checkpoint_every.max(1),
+                interval: Duration::from_millis(cfg.checkpoint_interval_ms.max(10)),
+                last_checkpoint_size: size,
+                last_checkpoint: Instant::now(),
+            },
+            recovered,
+        ))
+    }
+
+    pub(super) fn run(mut self, rx: Receiver<Msg>, healthy: Arc<AtomicBool>) {
+        loop {
+            let mut forced = Vec::new();
+            let mut batch: Vec<Job> = Vec::new();
+            match rx.recv_timeout(self.interval) {
+                Ok(Msg::Append(j)) => batch.push(*j),
+                Ok(Msg::Checkpoint(done)) => forced.push(done),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = self.checkpoint();
+                    return;
+                }
+            }
+            while batch.len() < 4096 {
+                match rx.try_recv() {
+                    Ok(Msg::Append(j)) => batch.push(*j),
+                    Ok(Msg::Checkpoint(done)) => forced.push(done),
+                    Err(_) => break,
+                }
+            }
+            let spooled = self.take_spool(&mut batch);
+            if !batch.is_empty() {
+                let result = self.append(batch);
+                if result.is_ok() {
+                    for p in spooled {
+                        let _ = std::fs::remove_file(p);
+                    }
+                }
+                match result {
+                    Ok(()) => healthy.store(true, Ordering::Relaxed),
+                    Err(e) => {
+                        tracing::error!(error = %e, "audit write failed; requests are refused until it succeeds");
+                        healthy.store(false, Ordering::Relaxed);
+                    }
+                }
+            }
+            if self.segment_len > 0
+                && self.segment_opened.elapsed() >= self.segment_max_age
+                && let Err(e) = self.rotate()
+            {
+                tracing::error!(error = %e, "audit segment rotation failed");
+            }
+            let due = self.tree.size() > self.last_checkpoint_size
+                && (!forced.is_empty()
+                    || self.tree.size() - self.last_checkpoint_size >= self.every
+                    || self.last_checkpoint.elapsed() >= self.interval);
+            let result = if due { self.checkpoint() } else { Ok(()) };
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "audit checkpoint failed");
+                healthy.store(false, Ordering::Relaxed);
+            }
+            for done in forced {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+
+    /// Adds the spooled records (officer tools' access records) to the batch; returns their files,
+    /// to be removed once the batch is durable.
+    fn take_spool(&mut self, batch: &mut Vec<Job>) -> Vec<PathBuf> {
+        let spool = self.dir.join(SPOOL_DIR);
+        let Ok(entries) = std::fs::read_dir(&spool) else { return Vec::new() };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "json")
+                    && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        files.sort();
+        let mut taken = Vec::new();
+        for p in files.into_iter().take(1024) {
+            match std::fs::read(&p).ok().and_then(|b| serde_json::from_slice::<Record>(&b).ok()) {
+                Some(record) => {
+                    batch.push(Job { record, done: None });
+                    taken.push(p);
+                }
+                None => {
+                    tracing::error!(file = %p.display(), "unreadable spooled audit record set aside");
+                    let _ = std::fs::rename(&p, p.with_extension("rejected"));
+                }
+            }
+        }
+        taken
+    }
+
+    /// Writes and fsyncs a batch; acknowledges each record only once it is durable. On any
+    /// failure the segment is cut back to where the batch began and every record is refused.
+    pub(super) fn append(&mut self, batch: Vec<Job>) -> Result<(), String> {
+        let start_len = self.segment_len;
+        let start_size = self.tree.size();
+        let mut buf = Vec::with_capacity(batch.len() * 512);
+        let mut leaves = Vec::with_capacity(batch.len());
+        for (i, job) in batch.iter().enumerate() {
+            let mut r = job.record.clone();
+            r.seq = start_size + i as u64;
+            let line = r.canonical();
+            leaves.push(merkle::leaf_hash(&line));
+            buf.extend_from_slice(&line);
+            buf.push(b'\n');
+        }
+        let result = self.segment.write_all(&buf).and_then(|()| self.segment.sync_data());
+        if let Err(e) = result {
+            let _ = self.segment.set_len(start_len);
+            let _ = self.segment.seek(SeekFrom::End(0));
+            let reason = e.to_string();
+            for job in batch {
+                if let Some(done) = job.done {
+                    let _ = done.send(Err(reason.clone()));
+                }
+            }
+            return Err(reason);
+        }
+        self.segment_len += buf.len() as u64;
+        for l in leaves {
+            self.tree.push(l);
+        }
+        for (i, job) in batch.into_iter().enumerate() {
+            if let Some(done) = job.done {
+                let _ = done.send(Ok(start_size + i as u64));
+            }
+        }
+        if self.segment_len >= self.segment_max {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<(), String> {
+        let next = self.segment_index + 1;
+        let path = self.dir.join(segment_name(next));
+        let f =
+            OpenOptions::new().create(true).append(true).open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        self.segment = f;
+        self.segment_index = next;
+        self.segment_len = 0;
+        self.segment_opened = Instant::now();
+        if let Err(e) = self.prune() {
+            tracing::error!(error = %e, "audit retention: pruning failed; nothing was removed");
+        }
+        Ok(())
+    }
+
+    /// Removes whole closed segments whose newest record is older than the retention period,
+    /// oldest first, after writing the anchor (tree state at the new start) durably.
+    fn prune(&mut self) -> Result<(), String> {
+        let Some(retention) = self.retention else { return Ok(()) };
+        let cutoff = time::OffsetDateTime::now_utc() - retention;
+        let cutoff = format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+            cutoff.year(),
+            u8::from(cutoff.month()),
+            cutoff.day(),
+            cutoff.hour(),
+            cutoff.minute(),
+            cutoff.second()
+        );
+        let segs = segments(&self.dir).map_err(|e| e.to_string())?;
+        let active = self.dir.join(segment_name(self.segment_index));
+        let mut tree = match read_anchor(&self.dir)? {
+            Some(a) => a.tree().ok_or("anchor.json does not fit")?,
+            None => CompactTree::default(),
+        };
+        let mut prune = Vec::new();
+        for path in segs.iter().filter(|p| **p != active) {
+            let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+            let newest =
+                lines.last().and_then(|l| serde_json::from_slice::<Record>(l).ok()).map(|r| r.time).unwrap_or_default();
+            if newest.as_str() >= cutoff.as_str() {
+                break; // segments are in time order: the rest are newer
+            }
+            for l in lines {
+                tree.push(merkle::leaf_hash(l));
+            }
+            prune.push(path.clone());
+        }
+        let Some(last) = prune.last() else { return Ok(()) };
+        let anchor = Anchor {
+            tree_size: tree.size(),
+            peaks: tree.peaks().iter().map(|(h, x)| (*h, merkle::hex(x))).collect(),
+            time: record::now_rfc3339_micros(),
+            pruned_through: last.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned(),
+        };
+        let tmp = self.dir.join("anchor.json.tmp");
+        let bytes = serde_json::to_vec(&anchor).map_err(|e| e.to_string())?;
+        let mut f = File::create(&tmp).map_err(|e| e.to_string())?;
+        f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, self.dir.join("anchor.json")).map_err(|e| e.to_string())?;
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        for p in &prune {
+            std::fs::remove_file(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+        tracing::info!(segments = prune.len(), tree_size = anchor.tree_size, "audit retention: pruned old segments");
+        Ok(())
+    }
+
+    pub(super) fn checkpoint(&mut self) -> Result<(), String> {
+        let size = self.tree.size();
+        let root = merkle::hex(&self.tree.root());
+        let time = record::now_rfc3339_micros();
+        let msg = Checkpoint::signed_bytes(&self.origin, size, &root, &time);
+        let sig = self.key.sign(&msg)?;
+        let cp = Checkpoint {
+            origin: self.origin.clone(),
+            tree_size: size,
+            root_hash: root,
+            time,
+            key_id: self.key_id.clone(),
+            signature: B64.encode(&sig),
+        };
+        let mut line = serde_json::to_vec(&cp).map_err(|e| e.to_string())?;
+        line.push(b'\n');
+        self.checkpoints.write_all(&line).and_then(|()| self.checkpoints.sync_data()).map_err(|e| e.to_string())?;
+        self.last_checkpoint_size = size;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+}
