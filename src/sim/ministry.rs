@@ -36,6 +36,9 @@ use crate::config::{ConfigError, ListenerConfig, UpstreamConfig, read_toml};
 use crate::gateway::body::read_limited;
 use crate::gateway::routes::{BIO_NS, CSN_NS};
 use crate::gateway::upstream::{Upstream, soap_headers};
+use crate::xml::firewall::Limits;
+use crate::xml::validate::{Expect, Validated, validate};
+use crate::xml::xsd::Schema;
 use crate::xml::{self, SoapVersion};
 
 /// `ministry.toml`.
@@ -142,6 +145,7 @@ impl Misbehaviour {
 pub struct Ministry {
     behaviour: Behaviour,
     callback: Option<Upstream>,
+    schema: Arc<Schema>,
 }
 
 /// The fields of a request the rules look at.
@@ -210,9 +214,9 @@ fn now() -> String {
 }
 
 impl Ministry {
-    pub fn new(cfg: &MinistryConfig) -> Result<Self, crate::tls::TlsError> {
+    pub fn new(cfg: &MinistryConfig, schema: Arc<Schema>) -> Result<Self, crate::tls::TlsError> {
         let callback = cfg.callback.as_ref().map(Upstream::new).transpose()?;
-        Ok(Self { behaviour: cfg.behaviour.clone(), callback })
+        Ok(Self { behaviour: cfg.behaviour.clone(), callback, schema })
     }
 
     /// Answers one request.
@@ -234,7 +238,8 @@ impl Ministry {
         if self.behaviour.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.behaviour.latency_ms)).await;
         }
-        let reply = match xml::read_envelope(&body) {
+        // The simulated SPOC checks requests with the same schemas the gateway uses.
+        let reply = match validate(&self.schema, &Limits::default(), &body, Expect::Any) {
             Ok(env) => self.clone().reply(&env, &facts),
             Err(_) => None,
         };
@@ -285,7 +290,7 @@ impl Ministry {
     }
 
     /// The reply's operation element, or None for a request the rules do not know.
-    fn reply(self: Arc<Self>, env: &xml::Envelope, f: &Facts) -> Option<String> {
+    fn reply(self: Arc<Self>, env: &Validated, f: &Facts) -> Option<String> {
         let mid = escape(&f.message_id).into_owned();
         let ts = now();
         match (env.namespace.as_str(), env.operation.as_str()) {

@@ -54,7 +54,8 @@ async fn bind(
 
 /// Starts the simulated Ministry.
 pub async fn start_ministry(cfg: &ministry::MinistryConfig, file: &std::path::Path) -> Result<Running, ConfigError> {
-    let sim = Arc::new(ministry::Ministry::new(cfg).map_err(|e| ConfigError::new(file, "callback", e))?);
+    let schema = Arc::new(crate::xml::xsd::Schema::embedded().map_err(|e| ConfigError::new(file, "", e))?);
+    let sim = Arc::new(ministry::Ministry::new(cfg, schema).map_err(|e| ConfigError::new(file, "callback", e))?);
     let (tcp, spec) = bind("sim-ministry", &cfg.server, file).await?;
     let addr = tcp.local_addr().map_err(|e| ConfigError::new(file, "server.listen", e))?;
     let (stop, stopped) = watch::channel(false);
@@ -69,7 +70,8 @@ pub async fn start_receiver(
     cfg: &receiver::ReceiverConfig,
     file: &std::path::Path,
 ) -> Result<(Running, receiver::Receiver), ConfigError> {
-    let rx = receiver::Receiver::default();
+    let schema = Arc::new(crate::xml::xsd::Schema::embedded().map_err(|e| ConfigError::new(file, "", e))?);
+    let rx = receiver::Receiver::new(schema);
     let (tcp, spec) = bind("sim-receiver", &cfg.server, file).await?;
     let addr = tcp.local_addr().map_err(|e| ConfigError::new(file, "server.listen", e))?;
     let (stop, stopped) = watch::channel(false);

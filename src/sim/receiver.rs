@@ -15,7 +15,10 @@ use super::ministry::SimBody;
 use crate::config::{ConfigError, ListenerConfig, read_toml};
 use crate::gateway::body::read_limited;
 use crate::gateway::routes::CSN_NS;
-use crate::xml::{self, SoapVersion};
+use crate::xml::SoapVersion;
+use crate::xml::firewall::Limits;
+use crate::xml::validate::{Expect, validate};
+use crate::xml::xsd::Schema;
 
 /// `receiver.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -34,12 +37,17 @@ impl ReceiverConfig {
 }
 
 /// The messageIDs of the callbacks received so far.
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub struct Receiver {
     received: Arc<Mutex<Vec<String>>>,
+    schema: Arc<Schema>,
 }
 
 impl Receiver {
+    pub fn new(schema: Arc<Schema>) -> Self {
+        Self { received: Arc::default(), schema }
+    }
+
     pub fn received(&self) -> Vec<String> {
         self.received.lock().map(|v| v.clone()).unwrap_or_default()
     }
@@ -48,9 +56,9 @@ impl Receiver {
         let body = read_limited(req.into_body(), 1024 * 1024)
             .await
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        let (status, result) = match xml::read_envelope(&body) {
-            Ok(env) if env.namespace == CSN_NS && env.operation == "SendCertificates" => {
-                let id = env.message_id.unwrap_or_default();
+        let (status, result) = match validate(&self.schema, &Limits::default(), &body, Expect::Any) {
+            Ok(v) if v.namespace == CSN_NS && v.operation == "SendCertificates" => {
+                let id = v.facts.message_id.unwrap_or_default();
                 tracing::info!(message_id = %id, "callback received");
                 if let Ok(mut v) = self.received.lock() {
                     v.push(id);

@@ -4,7 +4,7 @@
 
 use quick_xml::escape::escape;
 
-use super::envelope::{SOAP11_NS, SOAP12_NS, SoapVersion};
+use super::soap::{SOAP11_NS, SOAP12_NS, SoapVersion};
 
 pub const FAULT_NS: &str = "urn:spocgw:fault:1";
 
@@ -67,7 +67,9 @@ pub fn plain_fault(f: &FaultText<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xml::read_envelope;
+    use crate::xml::firewall::Limits;
+    use crate::xml::validate::{Expect, validate};
+    use crate::xml::xsd::Schema;
 
     #[test]
     fn faults_are_soap_themselves() {
@@ -80,7 +82,8 @@ mod tests {
                 message_id: Some("<m&>"),
             };
             let (body, _) = soap_fault(v, &f);
-            let e = read_envelope(body.as_bytes()).unwrap();
+            let schema = Schema::embedded().unwrap();
+            let e = validate(&schema, &Limits::default(), body.as_bytes(), Expect::Any).unwrap();
             assert_eq!(e.operation, "Fault");
             assert!(body.contains("&lt;m&amp;&gt;"));
         }

@@ -1,10 +1,11 @@
-//! XML: reading SOAP envelopes in one pass ([`read_envelope`]) and writing SOAP Faults.
+//! XML: the one-pass firewall and validator ([`validate`]), the schemas, SOAP Faults.
 
-pub mod envelope;
 pub mod fault;
 
-pub use envelope::{Envelope, EnvelopeError, SOAP11_NS, SOAP12_NS, SoapVersion, read_envelope};
+pub mod soap;
+
 pub use fault::{FAULT_NS, FaultText, plain_fault, soap_fault};
+pub use soap::{SOAP11_NS, SOAP12_NS, SoapVersion};
 pub mod content;
 pub mod facts;
 pub mod firewall;

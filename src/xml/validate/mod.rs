@@ -16,9 +16,9 @@ use quick_xml::NsReader;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::{Namespace, ResolveResult};
 
-use super::envelope::{SOAP11_NS, SOAP12_NS, SoapVersion};
 use super::facts::MessageFacts;
 use super::firewall::{Breach, Limits};
+use super::soap::{SOAP11_NS, SOAP12_NS, SoapVersion};
 use super::xsd::simple::Base64Check;
 use super::xsd::{Content, Schema};
 
