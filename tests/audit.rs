@@ -13,6 +13,33 @@ use spocgw::xml::SoapVersion;
 
 const XML11: &str = "text/xml; charset=utf-8";
 
+/// A tmpfs mounted over `dir` for one test, unmounted on drop. None (the test is skipped) when
+/// it cannot be mounted outside CI; in CI that fails the test.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, options: &str) -> Option<Tmpfs> {
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !mounted {
+            assert!(std::env::var_os("CI").is_none(), "this test needs to mount a tmpfs (root) in CI");
+            eprintln!("SKIPPED: cannot mount a tmpfs here");
+            return None;
+        }
+        Some(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 fn audit_config(w: &World, dir: &std::path::Path) -> AuditConfig {
     let toml = format!(
         "dir = {:?}\ncheckpoint_key = {:?}\npseudonym_key = {:?}\ncheckpoint_every = 10\ncheckpoint_interval_ms = 50",
@@ -232,24 +259,7 @@ async fn kill_9_under_load_loses_nothing_a_client_was_told() {
 async fn a_full_disk_refuses_requests_and_nothing_is_forwarded() {
     let mut w = World::new();
     let audit = w.path("audit");
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=96k", "tmpfs"])
-        .arg(&audit)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        assert!(std::env::var_os("CI").is_none(), "this test needs to mount a tmpfs (root) in CI");
-        eprintln!("SKIPPED: cannot mount a tmpfs here");
-        return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(audit.clone());
+    let Some(_guard) = Tmpfs::mount(&audit, "size=96k") else { return };
     w.start_ministry();
     w.start_gateway();
     w.wait_ready();
@@ -412,19 +422,9 @@ async fn reading_the_log_is_itself_recorded_and_one_writer_owns_the_log() {
 fn an_unwritable_audit_directory_stops_the_gateway_at_start() {
     let w = World::new();
     let audit = w.path("audit");
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs"])
-        .arg(&audit)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        assert!(std::env::var_os("CI").is_none(), "this test needs to mount a tmpfs (root) in CI");
-        eprintln!("SKIPPED: cannot mount a tmpfs here");
-        return;
-    }
+    let Some(guard) = Tmpfs::mount(&audit, "ro,size=64k") else { return };
     let out = Command::new(BIN).args(["serve", "--config"]).arg(w.path("gateway.toml")).output();
-    let _ = Command::new("umount").arg("-l").arg(&audit).status();
+    drop(guard);
     let out = out.unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);

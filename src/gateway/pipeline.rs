@@ -62,6 +62,8 @@ struct Exchange<'a> {
     /// What validation learned of the request, for policy and audit.
     facts: MessageFacts,
     upstream_status: Option<u16>,
+    /// The caller as policy sees it (built once, used for the decision and minimisation).
+    caller: Option<Caller>,
     /// The policy decision: allowed, deciding policy IDs, bundle digest (short).
     decision: Option<(bool, String, String)>,
     /// Seconds to wait, for a RateLimited refusal.
@@ -100,6 +102,7 @@ impl Pipeline {
             message_id: None,
             facts: MessageFacts::default(),
             upstream_status: None,
+            caller: None,
             decision: None,
             retry_after: None,
             removed: Vec::new(),
@@ -183,9 +186,9 @@ impl Pipeline {
         }
         // Decide: policy, then the caller's rate on this route.
         let bundle = self.policy.current();
-        let caller = Caller::from_peer(x.peer);
+        let caller = x.caller.insert(Caller::from_peer(x.peer));
         let now = unix_now();
-        let d = bundle.decide(&caller, operation, route.name, &x.facts, now);
+        let d = bundle.decide(caller, operation, route.name, &x.facts, now);
         let policies = d.policies.join(",");
         x.decision = Some((d.allowed, policies.clone(), bundle.digest[..16].to_owned()));
         if !d.allowed {
@@ -347,7 +350,7 @@ impl Pipeline {
             x.response_sha256 = Some(crate::tls::sha256_hex(&reply.body));
             return reply;
         };
-        let caller = Caller::from_peer(x.peer);
+        let caller = x.caller.take().unwrap_or_else(|| Caller::from_peer(x.peer));
         let now = unix_now();
         let withheld: Vec<&str> = fields
             .iter()
