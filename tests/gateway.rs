@@ -248,7 +248,9 @@ async fn raw_officer(w: &World) -> tokio_rustls::client::TlsStream<tokio::net::T
         &w.path("clients/officer.pem"),
         &w.path("clients/officer.key"),
     );
-    let tls = tokio_rustls::TlsConnector::from(spocgw::tls::client_config(&cfg).unwrap());
+    let tls = tokio_rustls::TlsConnector::from(
+        spocgw::tls::client_config(&cfg, spocgw::tls::file_key(&cfg.key).unwrap()).unwrap(),
+    );
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", w.gateway_port)).await.unwrap();
     tls.connect("localhost".try_into().unwrap(), tcp).await.unwrap()
 }

@@ -56,6 +56,17 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TpmOp {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TpmOpResult {
+    pub op: &'static str,
+    pub result: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 0.25 ms .. ~8 s
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
@@ -75,6 +86,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub policy_bundle: Family<BundleLabels, Gauge>,
     pub policy_reloads: Family<ResultLabels, Counter>,
+    pub tpm_operations: Family<TpmOpResult, Counter>,
+    pub tpm_duration: Family<TpmOp, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -124,8 +137,14 @@ impl Metrics {
         registry.register("policy_bundle", "1 for the active policy bundle's digest", policy_bundle.clone());
         let policy_reloads = Family::<ResultLabels, Counter>::default();
         registry.register("policy_reloads", "Policy bundle reloads by result", policy_reloads.clone());
+        let tpm_operations = Family::<TpmOpResult, Counter>::default();
+        registry.register("tpm_operations", "TPM operations by kind and result", tpm_operations.clone());
+        let tpm_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register("tpm_operation_duration_seconds", "Time of successful TPM operations", tpm_duration.clone());
         Self {
             registry,
+            tpm_operations,
+            tpm_duration,
             policy_bundle,
             policy_reloads,
             requests,

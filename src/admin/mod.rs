@@ -28,6 +28,7 @@ pub struct AdminState {
     upstreams: Vec<(&'static str, Upstream)>,
     policy: Arc<crate::policy::PolicyState>,
     audit: Arc<crate::audit::Audit>,
+    tpm: Option<Arc<crate::tpm::Tpm>>,
     draining: AtomicBool,
 }
 
@@ -37,8 +38,9 @@ impl AdminState {
         upstreams: Vec<(&'static str, Upstream)>,
         policy: Arc<crate::policy::PolicyState>,
         audit: Arc<crate::audit::Audit>,
+        tpm: Option<Arc<crate::tpm::Tpm>>,
     ) -> Self {
-        Self { metrics, upstreams, policy, audit, draining: AtomicBool::new(false) }
+        Self { metrics, upstreams, policy, audit, tpm, draining: AtomicBool::new(false) }
     }
 
     pub fn set_draining(&self) {
@@ -69,6 +71,14 @@ impl AdminState {
         } else {
             ready = false;
             body.push_str("audit: failing\n");
+        }
+        match &self.tpm {
+            Some(t) if t.is_healthy() => body.push_str("tpm: ok\n"),
+            Some(_) => {
+                ready = false;
+                body.push_str("tpm: unavailable\n");
+            }
+            None => body.push_str("tpm: none (file keys)\n"),
         }
         // A refused reload leaves the previous bundle serving: reported, not gating.
         body.push_str(&self.policy.status_line());

@@ -39,10 +39,11 @@ use writer::Writer;
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     pub dir: PathBuf,
-    /// PKCS#8 PEM P-256 key that signs checkpoints (a TPM key once key custody lands).
-    pub checkpoint_key: PathBuf,
-    /// 32 random bytes (raw or hex) keying the HMAC of document numbers.
-    pub pseudonym_key: PathBuf,
+    /// The P-256 key that signs checkpoints: `tpm:audit-checkpoint`, or a PKCS#8 PEM file.
+    pub checkpoint_key: crate::keys::KeyRef,
+    /// The key of the HMAC of document numbers: `tpm:audit-pseudonym` (sealed), or a file of
+    /// 32 random bytes (raw or hex).
+    pub pseudonym_key: crate::keys::KeyRef,
     /// Name of this log in checkpoints.
     #[serde(default = "default_origin")]
     pub origin: String,
@@ -158,8 +159,8 @@ pub fn read_anchor(dir: &Path) -> Result<Option<Anchor>, String> {
     }
 }
 
-/// What signs checkpoints. A file key for now ([`FileSigner`]); key custody moves it into the
-/// TPM behind this same interface.
+/// What signs checkpoints: a TPM-resident key (`keys::TpmKey`) or, in development, a file key
+/// ([`FileSigner`]).
 pub trait CheckpointSigner: Send {
     /// The uncompressed P-256 public point.
     fn public_key(&self) -> Vec<u8>;
@@ -167,7 +168,7 @@ pub trait CheckpointSigner: Send {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String>;
 }
 
-/// A PKCS#8 P-256 key from a file (development, and until TPM custody lands).
+/// A PKCS#8 P-256 key from a file (development).
 pub struct FileSigner(EcdsaKeyPair);
 
 impl FileSigner {
@@ -265,15 +266,25 @@ pub struct Audit {
 }
 
 impl Audit {
-    /// Opens (recovering a torn tail) and starts the writer thread.
+    /// Opens with the keys of the configuration read as files (tools, tests, benchmarks).
     pub fn start(cfg: &AuditConfig) -> Result<Arc<Audit>, AuditError> {
+        let keys = crate::keys::KeyStore::open(None).map_err(|e| AuditError::Key(e.to_string()))?;
+        let signer = keys.checkpoint_signer(&cfg.checkpoint_key).map_err(|e| AuditError::Key(e.to_string()))?;
+        let pseudonym = keys.secret(&cfg.pseudonym_key).map_err(|e| AuditError::Key(e.to_string()))?;
+        Self::start_with(cfg, signer, pseudonym)
+    }
+
+    /// Opens (recovering a torn tail) and starts the writer thread.
+    pub fn start_with(
+        cfg: &AuditConfig,
+        key: Box<dyn CheckpointSigner>,
+        pseudonym: Zeroizing<Vec<u8>>,
+    ) -> Result<Arc<Audit>, AuditError> {
         std::fs::create_dir_all(&cfg.dir).map_err(|e| io_err(&cfg.dir, e))?;
-        let key: Box<dyn CheckpointSigner> = Box::new(FileSigner::load(&cfg.checkpoint_key)?);
         // The public key beside the log, so `audit verify DIR` works as is; an independent check
         // passes a copy kept elsewhere with --key.
         let pub_path = cfg.dir.join(PUBLIC_KEY_FILE);
         std::fs::write(&pub_path, spki_pem(&key.public_key())).map_err(|e| io_err(&pub_path, e))?;
-        let pseudonym = load_pseudonym_key(&cfg.pseudonym_key)?;
         let (mut writer, recovered) = Writer::open(cfg, key)?;
         let healthy = Arc::new(AtomicBool::new(true));
         let (tx, rx) = sync_channel(cfg.queue.max(1));

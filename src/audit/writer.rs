@@ -180,11 +180,21 @@ impl Writer {
                 && (!forced.is_empty()
                     || self.tree.size() - self.last_checkpoint_size >= self.every
                     || self.last_checkpoint.elapsed() >= self.interval);
-            let result = if due { self.checkpoint() } else { Ok(()) };
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "audit checkpoint failed");
-                healthy.store(false, Ordering::Relaxed);
-            }
+            let result = match if due { self.try_checkpoint() } else { Ok(()) } {
+                Ok(()) => Ok(()),
+                // The signer (the TPM) is away: the records stay durable and chained, and the
+                // next signed checkpoint, one interval later, covers them all.
+                Err(CheckpointFailure::Signer(e)) => {
+                    tracing::error!(error = %e, tree_size = self.tree.size(), "audit checkpoint deferred: signer failed");
+                    self.last_checkpoint = Instant::now();
+                    Err(format!("checkpoint not signed: {e}"))
+                }
+                Err(CheckpointFailure::Write(e)) => {
+                    tracing::error!(error = %e, "audit checkpoint failed");
+                    healthy.store(false, Ordering::Relaxed);
+                    Err(e)
+                }
+            };
             for done in forced {
                 let _ = done.send(result.clone());
             }
@@ -337,11 +347,18 @@ impl Writer {
     }
 
     pub(super) fn checkpoint(&mut self) -> Result<(), String> {
+        self.try_checkpoint().map_err(|e| match e {
+            CheckpointFailure::Signer(e) => format!("checkpoint not signed: {e}"),
+            CheckpointFailure::Write(e) => e,
+        })
+    }
+
+    fn try_checkpoint(&mut self) -> Result<(), CheckpointFailure> {
         let size = self.tree.size();
         let root = merkle::hex(&self.tree.root());
         let time = record::now_rfc3339_micros();
         let msg = Checkpoint::signed_bytes(&self.origin, size, &root, &time);
-        let sig = self.key.sign(&msg)?;
+        let sig = self.key.sign(&msg).map_err(CheckpointFailure::Signer)?;
         let cp = Checkpoint {
             origin: self.origin.clone(),
             tree_size: size,
@@ -350,11 +367,19 @@ impl Writer {
             key_id: self.key_id.clone(),
             signature: B64.encode(&sig),
         };
-        let mut line = serde_json::to_vec(&cp).map_err(|e| e.to_string())?;
+        let mut line = serde_json::to_vec(&cp).map_err(|e| CheckpointFailure::Write(e.to_string()))?;
         line.push(b'\n');
-        self.checkpoints.write_all(&line).and_then(|()| self.checkpoints.sync_data()).map_err(|e| e.to_string())?;
+        self.checkpoints
+            .write_all(&line)
+            .and_then(|()| self.checkpoints.sync_data())
+            .map_err(|e| CheckpointFailure::Write(e.to_string()))?;
         self.last_checkpoint_size = size;
         self.last_checkpoint = Instant::now();
         Ok(())
     }
+}
+
+enum CheckpointFailure {
+    Signer(String),
+    Write(String),
 }

@@ -38,6 +38,8 @@ pub enum DevPkiError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("certificate generation failed: {0}")]
     Cert(#[from] rcgen::Error),
+    #[error("TPM provisioning failed: {0}")]
+    Tpm(String),
 }
 
 /// CSN 36 9791 extended key usages for SPOC TLS clients and servers.
@@ -115,6 +117,13 @@ impl<'a> Leaf<'a> {
 }
 
 fn issue(ca: &Ca, leaf: &Leaf<'_>) -> Result<(String, String, SerialNumber), DevPkiError> {
+    let key = KeyPair::generate()?;
+    let (cert, sn) = certify(ca, leaf, &key)?;
+    Ok((cert, key.serialize_pem(), sn))
+}
+
+/// A certificate for `leaf` around a public key held elsewhere (a TPM CSR's).
+fn certify(ca: &Ca, leaf: &Leaf<'_>, key: &impl rcgen::PublicKeyData) -> Result<(String, SerialNumber), DevPkiError> {
     let now = OffsetDateTime::now_utc();
     let mut p = CertificateParams::default();
     p.distinguished_name = dn(leaf.cn, leaf.o, leaf.ou);
@@ -135,9 +144,8 @@ fn issue(ca: &Ca, leaf: &Leaf<'_>) -> Result<(String, String, SerialNumber), Dev
     if let Some(oid) = leaf.csn {
         p.extended_key_usages.push(ExtendedKeyUsagePurpose::Other(oid.to_vec()));
     }
-    let key = KeyPair::generate()?;
-    let cert = p.signed_by(&key, &ca.issuer)?;
-    Ok((cert.pem(), key.serialize_pem(), sn))
+    let cert = p.signed_by(key, &ca.issuer)?;
+    Ok((cert.pem(), sn))
 }
 
 fn write(path: &Path, contents: &str, secret: bool) -> Result<(), DevPkiError> {
@@ -156,8 +164,61 @@ fn write_pair(dir: &Path, name: &str, cert: &str, key: &str) -> Result<(), DevPk
     write(&dir.join(format!("{name}.key")), key, true)
 }
 
+/// A TPM for the gateway's keys (`dev-pki --tpm`): provisioned afresh, its CSRs certified by
+/// the development CAs, and gateway.toml naming its keys.
+#[derive(Debug, Clone)]
+pub struct DevTpm {
+    pub tcti: String,
+    pub pcrs: Vec<u8>,
+}
+
 /// Writes the development PKI, configurations and sample messages into `out`.
 pub fn generate(out: &Path, ports: Ports) -> Result<(), DevPkiError> {
+    generate_with(out, ports, None)
+}
+
+/// Provisions the TPM into `out/tpm` and certifies its keys' CSRs.
+fn provision_tpm(
+    out: &Path,
+    t: &DevTpm,
+    police_ca: &Ca,
+    ministry_ca: &Ca,
+    leaves: [&Leaf<'_>; 3],
+) -> Result<(), DevPkiError> {
+    use crate::tpm::provision::{self, CALLBACK_SERVER, MINISTRY_CLIENT, POLICE_SERVER};
+    let cfg =
+        crate::tpm::TpmConfig { tcti: t.tcti.clone(), dir: out.join("tpm"), pcrs: t.pcrs.clone(), timeout_ms: 5_000 };
+    cfg.check().map_err(DevPkiError::Tpm)?;
+    let tpm = crate::tpm::Tpm::start(&cfg).map_err(|e| DevPkiError::Tpm(e.to_string()))?;
+    let manifest = match provision::provision(&cfg, &tpm, true).map_err(|e| DevPkiError::Tpm(e.to_string()))? {
+        provision::Outcome::Created(m) | provision::Outcome::AlreadyProvisioned(m) => m,
+    };
+    let [police_leaf, ministry_leaf, callback_leaf] = leaves;
+    for (name, ca, leaf, file) in [
+        (POLICE_SERVER, police_ca, police_leaf, "police-side.pem"),
+        (MINISTRY_CLIENT, ministry_ca, ministry_leaf, "ministry-side.pem"),
+        (CALLBACK_SERVER, ministry_ca, callback_leaf, "callback-side.pem"),
+    ] {
+        let csr_file = manifest
+            .entry(name)
+            .ok()
+            .and_then(|e| e.csr.clone())
+            .ok_or_else(|| DevPkiError::Tpm(format!("no CSR for {name}")))?;
+        let pem = fs::read_to_string(cfg.dir.join(&csr_file))
+            .map_err(|source| DevPkiError::Io { path: cfg.dir.join(&csr_file), source })?;
+        // Parsing checks the CSR's signature, made in the TPM for ministry-client.
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(&pem)?;
+        let (cert, _) = certify(ca, leaf, &csr.public_key)?;
+        write(&out.join("gateway").join(file), &cert, false)?;
+    }
+    let checkpoint = provision::public_key_file(&cfg.dir, crate::tpm::provision::AUDIT_CHECKPOINT);
+    let pem = fs::read_to_string(&checkpoint).map_err(|source| DevPkiError::Io { path: checkpoint, source })?;
+    write(&out.join("gateway/audit-checkpoint.pub.pem"), &pem, false)
+}
+
+/// Writes the development PKI, configurations and sample messages into `out`; with `tpm`, the
+/// gateway's keys are made in (or sealed by) that TPM and no gateway key file is written.
+pub fn generate_with(out: &Path, ports: Ports, tpm: Option<&DevTpm>) -> Result<(), DevPkiError> {
     let police_ca = new_ca("spocgw dev Police CA", "Border Police")?;
     let ministry_ca = new_ca("spocgw dev Ministry CA", "Ministry of Interior")?;
     let untrusted_ca = new_ca("spocgw dev Untrusted CA", "Nobody")?;
@@ -169,16 +230,20 @@ pub fn generate(out: &Path, ports: Ports) -> Result<(), DevPkiError> {
     // client toward the Ministry, server for the Ministry's callbacks.
     let mut police_side = Leaf::server("spocgw gateway (police side)", "Border Police");
     police_side.client = true;
-    let (c, k, _) = issue(&police_ca, &police_side)?;
-    write_pair(&out.join("gateway"), "police-side", &c, &k)?;
     let mut ministry_side = Leaf::client("spocgw gateway (ministry side)", "spoc-gateway");
     ministry_side.csn = Some(CSN_EKU_CLIENT);
-    let (c, k, _) = issue(&ministry_ca, &ministry_side)?;
-    write_pair(&out.join("gateway"), "ministry-side", &c, &k)?;
     let mut callback_side = Leaf::server("spocgw gateway (callback side)", "Border Police");
     callback_side.csn = Some(CSN_EKU_SERVER);
-    let (c, k, _) = issue(&ministry_ca, &callback_side)?;
-    write_pair(&out.join("gateway"), "callback-side", &c, &k)?;
+    if let Some(t) = tpm {
+        provision_tpm(out, t, &police_ca, &ministry_ca, [&police_side, &ministry_side, &callback_side])?;
+    } else {
+        let (c, k, _) = issue(&police_ca, &police_side)?;
+        write_pair(&out.join("gateway"), "police-side", &c, &k)?;
+        let (c, k, _) = issue(&ministry_ca, &ministry_side)?;
+        write_pair(&out.join("gateway"), "ministry-side", &c, &k)?;
+        let (c, k, _) = issue(&ministry_ca, &callback_side)?;
+        write_pair(&out.join("gateway"), "callback-side", &c, &k)?;
+    }
 
     // The simulated Ministry and the police callback receiver.
     let mut server = Leaf::server("National SPOC (simulated)", "Ministry of Interior");
@@ -237,22 +302,24 @@ pub fn generate(out: &Path, ports: Ports) -> Result<(), DevPkiError> {
     let officer = KeyPair::generate()?;
     write(&out.join("officers/policy-officer.key"), &officer.serialize_pem(), true)?;
     write(&out.join("officers/policy-officer.pub.pem"), &officer.public_key_pem(), false)?;
-    // The audit checkpoint key (file key until TPM custody) and the pseudonymisation key.
-    let checkpoint = KeyPair::generate()?;
-    write(&out.join("gateway/audit-checkpoint.key"), &checkpoint.serialize_pem(), true)?;
-    write(&out.join("gateway/audit-checkpoint.pub.pem"), &checkpoint.public_key_pem(), false)?;
-    let mut pseudonym = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut pseudonym).map_err(|_| DevPkiError::Io {
-        path: out.join("gateway/audit-pseudonym.key"),
-        source: std::io::Error::other("no randomness"),
-    })?;
-    let hex: String = pseudonym.iter().map(|b| format!("{b:02x}")).collect();
-    write(&out.join("gateway/audit-pseudonym.key"), &format!("{hex}\n"), true)?;
+    // Without a TPM: the audit checkpoint key and the pseudonymisation key as files.
+    if tpm.is_none() {
+        let checkpoint = KeyPair::generate()?;
+        write(&out.join("gateway/audit-checkpoint.key"), &checkpoint.serialize_pem(), true)?;
+        write(&out.join("gateway/audit-checkpoint.pub.pem"), &checkpoint.public_key_pem(), false)?;
+        let mut pseudonym = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut pseudonym).map_err(|_| DevPkiError::Io {
+            path: out.join("gateway/audit-pseudonym.key"),
+            source: std::io::Error::other("no randomness"),
+        })?;
+        let hex: String = pseudonym.iter().map(|b| format!("{b:02x}")).collect();
+        write(&out.join("gateway/audit-pseudonym.key"), &format!("{hex}\n"), true)?;
+    }
     // The default policy bundle, to read, edit and reload.
     for (name, text) in crate::policy::bundle::EMBEDDED {
         write(&out.join("policies").join(name), text, false)?;
     }
-    write(&out.join("gateway.toml"), &gateway_toml(ports), false)?;
+    write(&out.join("gateway.toml"), &gateway_toml(ports, tpm), false)?;
     write(&out.join("ministry.toml"), &ministry_toml(ports), false)?;
     write(&out.join("receiver.toml"), &receiver_toml(ports), false)?;
     write_samples(&out.join("samples"))?;
@@ -260,8 +327,8 @@ pub fn generate(out: &Path, ports: Ports) -> Result<(), DevPkiError> {
     Ok(())
 }
 
-fn gateway_toml(p: Ports) -> String {
-    format!(
+fn gateway_toml(p: Ports, tpm: Option<&DevTpm>) -> String {
+    let text = format!(
         r#"# spocgw gateway configuration (development PKI; written by `spocgw dev-pki`).
 # Relative paths are relative to this file.
 
@@ -310,6 +377,21 @@ dir = "policies"
         admin = p.admin,
         ministry = p.ministry,
         receiver = p.receiver
+    );
+    let Some(t) = tpm else { return text };
+    // The same file with every gateway key in the TPM.
+    let pcrs: Vec<String> = t.pcrs.iter().map(|p| p.to_string()).collect();
+    let text = text
+        .replace("# Relative paths are relative to this file.\n", "# Relative paths are relative to this file.\n# Every gateway key is in the TPM or sealed by it: no private key file.\nrequire_tpm = true\n")
+        .replace("key = \"gateway/police-side.key\"", "key = \"tpm:police-server\"")
+        .replace("key = \"gateway/callback-side.key\"", "key = \"tpm:callback-server\"")
+        .replace("key = \"gateway/ministry-side.key\"", "key = \"tpm:ministry-client\"")
+        .replace("checkpoint_key = \"gateway/audit-checkpoint.key\"", "checkpoint_key = \"tpm:audit-checkpoint\"")
+        .replace("pseudonym_key = \"gateway/audit-pseudonym.key\"", "pseudonym_key = \"tpm:audit-pseudonym\"");
+    format!(
+        "{text}\n[tpm]\n# `spocgw tpm status --config gateway.toml` shows the keys; `tpm quote` attests.\ntcti = \"{}\"\ndir = \"tpm\"\npcrs = [{}]\n",
+        t.tcti,
+        pcrs.join(", ")
     )
 }
 

@@ -7,6 +7,7 @@ pub mod dev_pki;
 pub mod policy;
 pub mod serve;
 pub mod sim;
+pub mod tpm;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -51,6 +52,12 @@ pub enum Command {
         ministry_port: u16,
         #[arg(long, default_value_t = 8445)]
         receiver_port: u16,
+        /// Make the gateway's keys in this TPM (e.g. swtpm:host=127.0.0.1,port=2321) instead of files
+        #[arg(long)]
+        tpm: Option<String>,
+        /// PCRs the sealed keys are bound to (with --tpm)
+        #[arg(long, value_delimiter = ',', default_value = "0,2,4,7")]
+        tpm_pcrs: Vec<u8>,
     },
     /// Validate XML files against the schemas in DIR with the gateway's engine and limits.
     Validate {
@@ -73,6 +80,11 @@ pub enum Command {
     Policy {
         #[command(subcommand)]
         cmd: policy::PolicyCommand,
+    },
+    /// The appliance's keys in the TPM: provision, status, attestation quotes.
+    Tpm {
+        #[command(subcommand)]
+        cmd: tpm::TpmCommand,
     },
     /// Simulators for tests and demos.
     Sim {
@@ -99,8 +111,18 @@ pub enum SimCommand {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve::run(&config),
+        Command::Tpm { cmd } => tpm::run(cmd),
         Command::Demo { keep } => demo::run(keep.as_deref()),
-        Command::DevPki { out, gateway_port, callback_port, admin_port, ministry_port, receiver_port } => {
+        Command::DevPki {
+            out,
+            gateway_port,
+            callback_port,
+            admin_port,
+            ministry_port,
+            receiver_port,
+            tpm,
+            tpm_pcrs,
+        } => {
             let ports = dev_pki::Ports {
                 gateway: gateway_port,
                 callback: callback_port,
@@ -108,7 +130,8 @@ pub fn run(cli: Cli) -> ExitCode {
                 ministry: ministry_port,
                 receiver: receiver_port,
             };
-            match dev_pki::generate(&out, ports) {
+            let tpm = tpm.map(|tcti| dev_pki::DevTpm { tcti, pcrs: tpm_pcrs });
+            match dev_pki::generate_with(&out, ports, tpm.as_ref()) {
                 Ok(()) => {
                     println!("development PKI and configurations written to {}", out.display());
                     ExitCode::SUCCESS

@@ -60,6 +60,11 @@ pub struct GatewayConfig {
     pub policy: crate::policy::PolicyConfig,
     /// The audit log; required: the gateway forwards nothing it cannot audit.
     pub audit: crate::audit::AuditConfig,
+    /// The TPM that holds (or seals) the appliance's keys; keys named `tpm:NAME` live there.
+    pub tpm: Option<crate::tpm::TpmConfig>,
+    /// Refuse to start with any key read from a file.
+    #[serde(default)]
+    pub require_tpm: bool,
 }
 
 /// `[xml]`: the schemas and the XML firewall's limits.
@@ -92,8 +97,8 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     /// Server certificate chain (PEM), leaf first.
     pub cert: PathBuf,
-    /// Server private key (PEM, PKCS#8 or SEC1).
-    pub key: PathBuf,
+    /// Server private key: a PEM file (PKCS#8 or SEC1), or `tpm:NAME` (sealed by the TPM).
+    pub key: crate::keys::KeyRef,
     /// CA certificates that client certificates must chain to (PEM, one or more).
     pub client_ca: PathBuf,
     /// CRLs (PEM) checked for every client certificate.
@@ -136,9 +141,9 @@ pub struct UpstreamConfig {
     pub url: String,
     /// CA certificates the upstream's server certificate must chain to (pinning).
     pub ca: PathBuf,
-    /// Client certificate chain and key the gateway presents.
+    /// Client certificate chain and key the gateway presents (`tpm:NAME` for a TPM key).
     pub cert: PathBuf,
-    pub key: PathBuf,
+    pub key: crate::keys::KeyRef,
     /// Name checked against the server certificate; the URL's host when absent.
     pub server_name: Option<String>,
     #[serde(default)]
@@ -296,8 +301,15 @@ impl GatewayConfig {
         if cfg.audit.dir.is_relative() {
             cfg.audit.dir = base.join(&cfg.audit.dir);
         }
-        resolve_file(&mut cfg.audit.checkpoint_key, base, file, "audit.checkpoint_key")?;
-        resolve_file(&mut cfg.audit.pseudonym_key, base, file, "audit.pseudonym_key")?;
+        cfg.audit.checkpoint_key.resolve(base, file, "audit.checkpoint_key")?;
+        cfg.audit.pseudonym_key.resolve(base, file, "audit.pseudonym_key")?;
+        if let Some(t) = cfg.tpm.as_mut() {
+            if t.dir.is_relative() {
+                t.dir = base.join(&t.dir);
+            }
+            t.check().map_err(|p| ConfigError::new(file, "tpm", p))?;
+        }
+        cfg.check_custody(file)?;
         if let Some(dir) = cfg.policy.dir.as_mut() {
             if dir.is_relative() {
                 *dir = base.join(&*dir);
@@ -332,6 +344,50 @@ impl GatewayConfig {
     }
 }
 
+impl GatewayConfig {
+    /// Every private key the configuration names, with its key path.
+    pub fn key_refs(&self) -> Vec<(String, &crate::keys::KeyRef)> {
+        let mut v = vec![("police.key".to_owned(), &self.police.key)];
+        if let Some(c) = &self.callback {
+            v.push(("callback.key".into(), &c.key));
+        }
+        v.push(("upstream.ministry.key".into(), &self.upstream.ministry.key));
+        if let Some(u) = &self.upstream.police_callback {
+            v.push(("upstream.police_callback.key".into(), &u.key));
+        }
+        v.push(("audit.checkpoint_key".into(), &self.audit.checkpoint_key));
+        v.push(("audit.pseudonym_key".into(), &self.audit.pseudonym_key));
+        v
+    }
+
+    /// `tpm:` keys need `[tpm]`; `require_tpm` refuses every file key.
+    fn check_custody(&self, file: &Path) -> Result<(), ConfigError> {
+        for (key, r) in self.key_refs() {
+            match r {
+                crate::keys::KeyRef::Tpm(name) if self.tpm.is_none() => {
+                    return Err(ConfigError::new(file, key, format!("tpm:{name} needs a [tpm] section")));
+                }
+                crate::keys::KeyRef::File(p) if self.require_tpm => {
+                    return Err(ConfigError::new(
+                        file,
+                        key,
+                        format!(
+                            "require_tpm = true refuses the file key {}; name a TPM key (tpm:NAME) \
+                             provisioned with `spocgw tpm provision`",
+                            p.display()
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if self.require_tpm && self.tpm.is_none() {
+            return Err(ConfigError::new(file, "require_tpm", "require_tpm = true needs a [tpm] section"));
+        }
+        Ok(())
+    }
+}
+
 /// Joins a relative path to `base` and checks that the file exists.
 pub fn resolve_file(path: &mut PathBuf, base: &Path, file: &Path, key: &str) -> Result<(), ConfigError> {
     if path.is_relative() {
@@ -347,7 +403,7 @@ pub fn resolve_file(path: &mut PathBuf, base: &Path, file: &Path, key: &str) -> 
 impl ListenerConfig {
     pub fn resolve(&mut self, base: &Path, file: &Path, table: &str) -> Result<(), ConfigError> {
         resolve_file(&mut self.cert, base, file, &format!("{table}.cert"))?;
-        resolve_file(&mut self.key, base, file, &format!("{table}.key"))?;
+        self.key.resolve(base, file, &format!("{table}.key"))?;
         resolve_file(&mut self.client_ca, base, file, &format!("{table}.client_ca"))?;
         for (i, crl) in self.crls.iter_mut().enumerate() {
             resolve_file(crl, base, file, &format!("{table}.crls[{i}]"))?;
@@ -363,7 +419,7 @@ impl UpstreamConfig {
     pub fn resolve(&mut self, base: &Path, file: &Path, table: &str) -> Result<(), ConfigError> {
         resolve_file(&mut self.ca, base, file, &format!("{table}.ca"))?;
         resolve_file(&mut self.cert, base, file, &format!("{table}.cert"))?;
-        resolve_file(&mut self.key, base, file, &format!("{table}.key"))?;
+        self.key.resolve(base, file, &format!("{table}.key"))?;
         self.uri().map_err(|p| ConfigError::new(file, format!("{table}.url"), p))?;
         Ok(())
     }
@@ -389,7 +445,7 @@ impl UpstreamConfig {
             url: url.into(),
             ca: ca.to_path_buf(),
             cert: cert.to_path_buf(),
-            key: key.to_path_buf(),
+            key: key.into(),
             server_name: None,
             tls12: false,
             http2: false,

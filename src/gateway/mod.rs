@@ -21,13 +21,16 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, AdminState, metrics::Metrics};
 use crate::audit::Audit;
 use crate::config::{ConfigError, GatewayConfig, ListenerConfig};
+use crate::keys::{KeyRef, KeyStore};
 use crate::policy::PolicyState;
 use crate::tls;
+use crate::tpm::Tpm;
 use crate::xml::xsd::Schema;
 pub use fault::Refusal;
 use listener::ListenerSpec;
 use pipeline::Pipeline;
 use routes::{ListenerKind, RouteTable};
+use rustls::sign::SigningKey;
 use upstream::{Health, Upstream};
 
 /// A running gateway.
@@ -53,11 +56,12 @@ fn spec(
     file: &Path,
     table: &str,
     audit: &Arc<Audit>,
+    key: Arc<dyn SigningKey>,
 ) -> Result<ListenerSpec, ConfigError> {
     Ok(ListenerSpec {
         audit: Some(audit.clone()),
         name,
-        tls: tls::server_config(l).map_err(|e| ConfigError::new(file, table, e))?,
+        tls: tls::server_config(l, key).map_err(|e| ConfigError::new(file, table, e))?,
         handshake_timeout: l.handshake_timeout(),
         max_connections: l.max_connections,
         header_timeout: l.request_timeout(),
@@ -70,17 +74,29 @@ impl Gateway {
     /// unless everything could be set up.
     pub async fn start(cfg: &GatewayConfig, file: &Path) -> Result<Self, ConfigError> {
         let metrics = Arc::new(Metrics::new());
-        let audit = Audit::start(&cfg.audit).map_err(|e| ConfigError::new(file, "audit", e))?;
-        let police_spec = spec("police", &cfg.police, file, "police", &audit)?;
-        let callback_spec = match &cfg.callback {
-            Some(c) => Some(spec("callback", c, file, "callback", &audit)?),
-            None => None,
+        // Key custody talks to the TPM, which blocks: off the async workers.
+        let (c, f) = (cfg.clone(), file.to_path_buf());
+        let keys = tokio::task::spawn_blocking(move || Keys::load(&c, &f))
+            .await
+            .map_err(|e| ConfigError::new(file, "tpm", format!("key loading stopped: {e}")))??;
+        if let Some(t) = &keys.tpm {
+            t.attach_metrics(metrics.clone());
+        }
+        let keys_tpm = keys.tpm.clone();
+        let audit = Audit::start_with(&cfg.audit, keys.checkpoint, keys.pseudonym)
+            .map_err(|e| ConfigError::new(file, "audit", e))?;
+        let police_spec = spec("police", &cfg.police, file, "police", &audit, keys.police)?;
+        let callback_spec = match (&cfg.callback, keys.callback) {
+            (Some(c), Some(k)) => Some(spec("callback", c, file, "callback", &audit, k)?),
+            _ => None,
         };
-        let ministry =
-            Upstream::new(&cfg.upstream.ministry).map_err(|e| ConfigError::new(file, "upstream.ministry", e))?;
-        let police_callback = match &cfg.upstream.police_callback {
-            Some(u) => Some(Upstream::new(u).map_err(|e| ConfigError::new(file, "upstream.police_callback", e))?),
-            None => None,
+        let ministry = Upstream::with_key(&cfg.upstream.ministry, keys.ministry)
+            .map_err(|e| ConfigError::new(file, "upstream.ministry", e))?;
+        let police_callback = match (&cfg.upstream.police_callback, keys.police_callback) {
+            (Some(u), Some(k)) => {
+                Some(Upstream::with_key(u, k).map_err(|e| ConfigError::new(file, "upstream.police_callback", e))?)
+            }
+            _ => None,
         };
         let schema = Arc::new(match &cfg.xml.schemas {
             Some(dir) => Schema::load_dir(dir).map_err(|e| ConfigError::new(file, "xml.schemas", e))?,
@@ -138,12 +154,21 @@ impl Gateway {
         if let Some(u) = police_callback {
             upstreams.push(("police_callback", u));
         }
-        let admin = Arc::new(AdminState::new(metrics.clone(), upstreams.clone(), policy.clone(), audit.clone()));
+        let admin = Arc::new(AdminState::new(
+            metrics.clone(),
+            upstreams.clone(),
+            policy.clone(),
+            audit.clone(),
+            keys_tpm.clone(),
+        ));
         tracing::info!(listener = "admin", addr = %admin_addr, "listening");
         let mut background = vec![tokio::spawn(admin::serve(admin_tcp, admin.clone(), stopped.clone()))];
         background.push(tokio::spawn(watch_policy(policy.clone(), metrics.clone(), audit.clone(), stopped.clone())));
         for (name, u) in upstreams {
             background.push(tokio::spawn(watch_upstream(name, u, metrics.clone(), stopped.clone())));
+        }
+        if let Some(t) = keys_tpm {
+            background.push(tokio::spawn(watch_tpm(t, stopped.clone())));
         }
         Ok(Self {
             police_addr,
@@ -188,6 +213,43 @@ impl Gateway {
     }
 }
 
+/// Every key the gateway signs or keys with, taken from their custody.
+struct Keys {
+    tpm: Option<Arc<Tpm>>,
+    police: Arc<dyn SigningKey>,
+    callback: Option<Arc<dyn SigningKey>>,
+    ministry: Arc<dyn SigningKey>,
+    police_callback: Option<Arc<dyn SigningKey>>,
+    checkpoint: Box<dyn crate::audit::CheckpointSigner>,
+    pseudonym: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl Keys {
+    fn load(cfg: &GatewayConfig, file: &Path) -> Result<Keys, ConfigError> {
+        let store = KeyStore::open(cfg.tpm.as_ref()).map_err(|e| ConfigError::new(file, "tpm", e))?;
+        let tls = |r: &KeyRef, key: &str| store.tls_key(r).map_err(|e| ConfigError::new(file, key, e));
+        let keys = Keys {
+            police: tls(&cfg.police.key, "police.key")?,
+            callback: cfg.callback.as_ref().map(|c| tls(&c.key, "callback.key")).transpose()?,
+            ministry: tls(&cfg.upstream.ministry.key, "upstream.ministry.key")?,
+            police_callback: cfg
+                .upstream
+                .police_callback
+                .as_ref()
+                .map(|u| tls(&u.key, "upstream.police_callback.key"))
+                .transpose()?,
+            checkpoint: store
+                .checkpoint_signer(&cfg.audit.checkpoint_key)
+                .map_err(|e| ConfigError::new(file, "audit.checkpoint_key", e))?,
+            pseudonym: store
+                .secret(&cfg.audit.pseudonym_key)
+                .map_err(|e| ConfigError::new(file, "audit.pseudonym_key", e))?,
+            tpm: store.tpm().cloned(),
+        };
+        Ok(keys)
+    }
+}
+
 /// The `key_event` record of a start: which certificates and keys this run speaks with (their
 /// SHA-256 fingerprints, never the keys), and where each private key lives.
 fn key_event(cfg: &GatewayConfig) -> crate::audit::Record {
@@ -205,8 +267,13 @@ fn key_event(cfg: &GatewayConfig) -> crate::audit::Record {
     if let Some(u) = &cfg.upstream.police_callback {
         parts.push(format!("police callback client certificate {}", fingerprint(&u.cert)));
     }
+    let custody: Vec<String> = cfg.key_refs().iter().map(|(k, r)| format!("{k} {}", r.custody())).collect();
     let mut r = crate::audit::Record::now("key_event");
-    r.detail = Some(format!("keys loaded from files (no TPM): {}", parts.join("; ")));
+    r.detail = Some(format!(
+        "{}; key custody: {}",
+        parts.join("; "),
+        if cfg.tpm.is_some() { custody.join(", ") } else { format!("files, no TPM ({})", custody.join(", ")) }
+    ));
     r
 }
 
@@ -278,6 +345,33 @@ async fn watch_policy(
 
 /// Keeps an eye on an upstream that is down (or not yet tried): one handshake every two
 /// seconds until it answers. An upstream in use needs no probe: each request tells.
+/// Asks the TPM for a few random bytes every second, so `/readyz` knows whether it answers
+/// (and the owner reconnects when it returns).
+async fn watch_tpm(tpm: Arc<Tpm>, mut stop: watch::Receiver<bool>) {
+    let mut was_ok = true;
+    loop {
+        let t = tpm.clone();
+        let ok = match tokio::task::spawn_blocking(move || t.probe()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                if was_ok {
+                    tracing::error!(error = %e, "the TPM does not answer: new upstream handshakes fail");
+                }
+                false
+            }
+            Err(_) => false,
+        };
+        if ok && !was_ok {
+            tracing::info!("the TPM answers again");
+        }
+        was_ok = ok;
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 async fn watch_upstream(
     name: &'static str,
     upstream: Upstream,

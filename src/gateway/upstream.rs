@@ -134,14 +134,20 @@ impl Sender {
 }
 
 impl Upstream {
-    /// Builds the client; no connection is made until the first request.
+    /// Builds the client with the configuration's key read from its file (tools, tests).
     pub fn new(cfg: &UpstreamConfig) -> Result<Self, TlsError> {
+        Self::with_key(cfg, tls::file_key(&cfg.key)?)
+    }
+
+    /// Builds the client around `key` (a file key, or one the TPM holds); no connection is made
+    /// until the first request, and pooled connections sign nothing more.
+    pub fn with_key(cfg: &UpstreamConfig, key: Arc<dyn rustls::sign::SigningKey>) -> Result<Self, TlsError> {
         let base = cfg.uri().map_err(|_| TlsError::ServerName(cfg.url.clone()))?;
         let host = base.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
         let name = cfg.server_name.clone().unwrap_or_else(|| host.clone());
         let server_name = ServerName::try_from(name.clone()).map_err(|_| TlsError::ServerName(name))?;
         let connector = TlsConnect {
-            tls: TlsConnector::from(tls::client_config(cfg)?),
+            tls: TlsConnector::from(tls::client_config(cfg, key)?),
             server_name,
             host,
             port: base.port_u16().unwrap_or(443),

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::{CertifiedKey, SigningKey, SingleCertAndKey};
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
@@ -22,6 +23,7 @@ pub use identity::{IdentityError, PeerIdentity, sha256_hex};
 pub use verifier::RequireClientAuthEku;
 
 use crate::config::{ListenerConfig, UpstreamConfig};
+use crate::keys::KeyRef;
 
 /// Why a TLS configuration could not be built; each names the file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -112,8 +114,28 @@ fn root_store(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
 pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
 
+/// The signing key of a PEM key file (development keys, simulators, tools).
+pub fn file_key(r: &KeyRef) -> Result<Arc<dyn SigningKey>, TlsError> {
+    match r {
+        KeyRef::File(path) => provider()
+            .key_provider
+            .load_private_key(load_key(path)?)
+            .map_err(|e| TlsError::Pem { path: path.clone(), reason: e.to_string() }),
+        KeyRef::Tpm(name) => Err(TlsError::KeyPair(format!("tpm:{name} needs the gateway's key store"))),
+    }
+}
+
+/// The certificate chain with its key, checked to belong together.
+fn certified(cert: &Path, key: Arc<dyn SigningKey>) -> Result<Arc<CertifiedKey>, TlsError> {
+    let ck = CertifiedKey::new(load_certs(cert)?, key);
+    ck.keys_match().map_err(|e| {
+        TlsError::KeyPair(format!("{}: the certificate does not carry this key's public key ({e})", cert.display()))
+    })?;
+    Ok(Arc::new(ck))
+}
+
 /// The rustls configuration of a mutual-TLS listener.
-pub fn server_config(l: &ListenerConfig) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(l: &ListenerConfig, key: Arc<dyn SigningKey>) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
     let roots = root_store(&l.client_ca)?;
     let inner = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
@@ -125,8 +147,7 @@ pub fn server_config(l: &ListenerConfig) -> Result<Arc<ServerConfig>, TlsError> 
         .with_protocol_versions(versions(l.tls12))
         .map_err(|e| TlsError::Verifier(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(&l.cert)?, load_key(&l.key)?)
-        .map_err(|e| TlsError::KeyPair(e.to_string()))?;
+        .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified(&l.cert, key)?)));
     cfg.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
     // Tickets would let a revoked client resume without its certificate being checked again.
     cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
@@ -136,13 +157,12 @@ pub fn server_config(l: &ListenerConfig) -> Result<Arc<ServerConfig>, TlsError> 
 
 /// The rustls configuration for talking to an upstream: its certificate must chain to the
 /// configured CA; ours comes from the configured key pair.
-pub fn client_config(u: &UpstreamConfig) -> Result<Arc<ClientConfig>, TlsError> {
+pub fn client_config(u: &UpstreamConfig, key: Arc<dyn SigningKey>) -> Result<Arc<ClientConfig>, TlsError> {
     let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(versions(u.tls12))
         .map_err(|e| TlsError::Verifier(e.to_string()))?
         .with_root_certificates(root_store(&u.ca)?)
-        .with_client_auth_cert(load_certs(&u.cert)?, load_key(&u.key)?)
-        .map_err(|e| TlsError::KeyPair(e.to_string()))?;
+        .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified(&u.cert, key)?)));
     cfg.alpn_protocols =
         if u.http2 { vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()] } else { vec![ALPN_HTTP11.to_vec()] };
     Ok(Arc::new(cfg))

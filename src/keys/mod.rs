@@ -1,0 +1,360 @@
+//! Key custody: where each private key lives, turned into what its user needs. A key named in
+//! gateway.toml is either a PEM file (development) or `tpm:NAME`, a key of the TPM's
+//! provisioning record (DESIGN.md "Key custody"):
+//!
+//! - a TPM-resident key (`ministry-client`, `audit-checkpoint`) signs inside the TPM, through
+//!   [`TpmKey`], which is a rustls `SigningKey`, an audit `CheckpointSigner` and an rcgen
+//!   `SigningKey` (for CSRs);
+//! - a sealed key (`police-server`, `callback-server`, `audit-pseudonym`) is unsealed once at
+//!   start, under the PCR policy, into zeroizing memory.
+
+pub mod der;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+use rustls::SignatureScheme;
+use rustls::sign::{Signer, SigningKey};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, SubjectPublicKeyInfoDer};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::audit::CheckpointSigner;
+use crate::config::ConfigError;
+use crate::tpm::provision::{self, Manifest};
+use crate::tpm::{Tpm, TpmConfig, TpmError};
+
+/// A private key named in a configuration file: a PEM file, or `tpm:NAME`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum KeyRef {
+    File(PathBuf),
+    Tpm(String),
+}
+
+impl TryFrom<String> for KeyRef {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.strip_prefix("tpm:") {
+            Some("") => Err("`tpm:` needs a key name, e.g. tpm:ministry-client".into()),
+            Some(name) => Ok(KeyRef::Tpm(name.to_owned())),
+            None if s.is_empty() => Err("empty key path".into()),
+            None => Ok(KeyRef::File(PathBuf::from(s))),
+        }
+    }
+}
+
+impl fmt::Debug for KeyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for KeyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyRef::File(p) => write!(f, "file {}", p.display()),
+            KeyRef::Tpm(n) => write!(f, "tpm:{n}"),
+        }
+    }
+}
+
+impl From<&Path> for KeyRef {
+    fn from(p: &Path) -> Self {
+        KeyRef::File(p.to_path_buf())
+    }
+}
+
+impl KeyRef {
+    /// Resolves a relative file against `base` and checks it exists; TPM names are checked
+    /// against the provisioning record when the key store opens.
+    pub fn resolve(&mut self, base: &Path, file: &Path, key: &str) -> Result<(), ConfigError> {
+        match self {
+            KeyRef::File(p) => crate::config::resolve_file(p, base, file, key),
+            KeyRef::Tpm(_) => Ok(()),
+        }
+    }
+
+    pub fn is_file(&self) -> bool {
+        matches!(self, KeyRef::File(_))
+    }
+
+    /// Where the key lives, for the `key_event` audit record and logs.
+    pub fn custody(&self) -> String {
+        match self {
+            KeyRef::File(_) => "file".into(),
+            KeyRef::Tpm(n) => format!("tpm:{n}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    #[error(transparent)]
+    Tpm(#[from] TpmError),
+    #[error("{0}: cannot read the key: {1}")]
+    File(PathBuf, String),
+    #[error("{0} needs a [tpm] section in the configuration")]
+    NoTpm(String),
+    #[error("tpm:{name} is a {kind} key and cannot be used {purpose}")]
+    WrongKind { name: String, kind: String, purpose: &'static str },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A P-256 key resident in the TPM.
+#[derive(Clone)]
+pub struct TpmKey {
+    tpm: Arc<Tpm>,
+    handle: u32,
+    point: Vec<u8>,
+    spki: Vec<u8>,
+}
+
+impl fmt::Debug for TpmKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TpmKey({:#010x})", self.handle)
+    }
+}
+
+impl TpmKey {
+    pub fn new(tpm: Arc<Tpm>, handle: u32, point: Vec<u8>) -> Self {
+        let spki = spki_der(&point);
+        Self { tpm, handle, point, spki }
+    }
+
+    pub fn point(&self) -> &[u8] {
+        &self.point
+    }
+
+    /// Hashes `message` (SHA-256) and signs the digest in the TPM; DER signature. Blocks: on a
+    /// multi-threaded runtime's worker the wait is announced with `block_in_place`.
+    pub fn sign_message(&self, message: &[u8]) -> Result<Vec<u8>, TpmError> {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message);
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(d.as_ref());
+        let on_worker = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if on_worker {
+            tokio::task::block_in_place(|| self.tpm.sign(self.handle, digest))
+        } else {
+            self.tpm.sign(self.handle, digest)
+        }
+    }
+}
+
+/// SubjectPublicKeyInfo DER of an uncompressed P-256 point.
+pub fn spki_der(point: &[u8]) -> Vec<u8> {
+    const PREFIX: [u8; 26] = [
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
+        0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+    let mut der = PREFIX.to_vec();
+    der.extend_from_slice(point);
+    der
+}
+
+impl SigningKey for TpmKey {
+    fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
+        offered.contains(&SignatureScheme::ECDSA_NISTP256_SHA256).then(|| Box::new(self.clone()) as Box<dyn Signer>)
+    }
+
+    fn public_key(&self) -> Option<SubjectPublicKeyInfoDer<'_>> {
+        Some(SubjectPublicKeyInfoDer::from(self.spki.as_slice()))
+    }
+
+    fn algorithm(&self) -> rustls::SignatureAlgorithm {
+        rustls::SignatureAlgorithm::ECDSA
+    }
+}
+
+impl Signer for TpmKey {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        self.sign_message(message).map_err(|e| {
+            tracing::error!(error = %e, "TLS signature with the TPM key failed");
+            rustls::Error::General(format!("TPM signature failed: {e}"))
+        })
+    }
+
+    fn scheme(&self) -> SignatureScheme {
+        SignatureScheme::ECDSA_NISTP256_SHA256
+    }
+}
+
+impl CheckpointSigner for TpmKey {
+    fn public_key(&self) -> Vec<u8> {
+        self.point.clone()
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        self.tpm
+            .sign(self.handle, {
+                let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message);
+                let mut digest = [0u8; 32];
+                digest.copy_from_slice(d.as_ref());
+                digest
+            })
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl rcgen::PublicKeyData for TpmKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.point
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+impl rcgen::SigningKey for TpmKey {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        self.sign_message(msg).map_err(|_| rcgen::Error::RingUnspecified)
+    }
+}
+
+/// Every private key the gateway uses, from files or from the TPM.
+pub struct KeyStore {
+    tpm: Option<(Arc<Tpm>, TpmConfig, Manifest)>,
+    unsealed: Mutex<HashMap<String, Zeroizing<Vec<u8>>>>,
+}
+
+impl KeyStore {
+    /// Without `[tpm]`: file keys only. With it: starts the TPM's owner thread and reads the
+    /// provisioning record.
+    pub fn open(cfg: Option<&TpmConfig>) -> Result<Self, KeyError> {
+        let tpm = match cfg {
+            None => None,
+            Some(c) => {
+                let manifest = Manifest::load(&c.dir)?;
+                Some((Tpm::start(c)?, c.clone(), manifest))
+            }
+        };
+        Ok(Self { tpm, unsealed: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn tpm(&self) -> Option<&Arc<Tpm>> {
+        self.tpm.as_ref().map(|(t, _, _)| t)
+    }
+
+    fn tpm_parts(&self, name: &str) -> Result<(&Arc<Tpm>, &TpmConfig, &Manifest), KeyError> {
+        self.tpm.as_ref().map(|(t, c, m)| (t, c, m)).ok_or_else(|| KeyError::NoTpm(format!("tpm:{name}")))
+    }
+
+    /// A sealed secret, unsealed once and kept in zeroizing memory.
+    fn unseal(&self, name: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        if let Some(v) = self.unsealed.lock().ok().and_then(|m| m.get(name).cloned()) {
+            return Ok(v);
+        }
+        let (tpm, cfg, manifest) = self.tpm_parts(name)?;
+        let blob = manifest.sealed_blob(&cfg.dir, name)?;
+        let secret = tpm.unseal(name, &blob, &manifest.pcrs)?;
+        if let Ok(mut m) = self.unsealed.lock() {
+            m.insert(name.to_owned(), secret.clone());
+        }
+        Ok(secret)
+    }
+
+    /// The key a TLS endpoint signs its handshakes with.
+    pub fn tls_key(&self, r: &KeyRef) -> Result<Arc<dyn SigningKey>, KeyError> {
+        let provider = crate::tls::provider();
+        match r {
+            KeyRef::File(path) => {
+                let der = crate::tls::load_key(path).map_err(|e| KeyError::File(path.clone(), e.to_string()))?;
+                provider.key_provider.load_private_key(der).map_err(|e| KeyError::File(path.clone(), e.to_string()))
+            }
+            KeyRef::Tpm(name) => {
+                let (tpm, _, manifest) = self.tpm_parts(name)?;
+                let entry = manifest.entry(name)?;
+                match entry.kind.as_str() {
+                    "tpm" => Ok(Arc::new(self.resident(tpm, name, entry)?)),
+                    "sealed-ec" => {
+                        let scalar = self.unseal(name)?;
+                        let point = entry
+                            .public_point()
+                            .ok_or_else(|| KeyError::Invalid(format!("tpm:{name}: no public key recorded")))?;
+                        let pair = EcdsaKeyPair::from_private_key_and_public_key(
+                            &ECDSA_P256_SHA256_ASN1_SIGNING,
+                            &scalar,
+                            &point,
+                        )
+                        .map_err(|_| {
+                            KeyError::Invalid(format!(
+                                "tpm:{name}: the unsealed key does not match its recorded public key"
+                            ))
+                        })?;
+                        let pkcs8 = Zeroizing::new(
+                            pair.to_pkcs8v1()
+                                .map_err(|_| KeyError::Invalid(format!("tpm:{name}: cannot encode the key")))?
+                                .as_ref()
+                                .to_vec(),
+                        );
+                        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec()));
+                        provider.key_provider.load_private_key(der).map_err(|e| KeyError::Invalid(e.to_string()))
+                    }
+                    kind => Err(KeyError::WrongKind { name: name.clone(), kind: kind.into(), purpose: "for TLS" }),
+                }
+            }
+        }
+    }
+
+    fn resident(&self, tpm: &Arc<Tpm>, name: &str, entry: &provision::KeyEntry) -> Result<TpmKey, KeyError> {
+        let handle = entry
+            .handle_u32()
+            .ok_or_else(|| KeyError::Invalid(format!("tpm:{name}: no persistent handle recorded")))?;
+        let point =
+            entry.public_point().ok_or_else(|| KeyError::Invalid(format!("tpm:{name}: no public key recorded")))?;
+        match tpm.public_point(handle)? {
+            Some(p) if p == point => Ok(TpmKey::new(tpm.clone(), handle, point)),
+            Some(_) => Err(KeyError::Invalid(format!(
+                "tpm:{name}: the TPM holds a different key at {handle:#010x} than the provisioning record"
+            ))),
+            None => Err(KeyError::Invalid(format!(
+                "tpm:{name}: the TPM holds no key at {handle:#010x} (cleared, or a different TPM?)"
+            ))),
+        }
+    }
+
+    /// The signer of audit checkpoints.
+    pub fn checkpoint_signer(&self, r: &KeyRef) -> Result<Box<dyn CheckpointSigner>, KeyError> {
+        match r {
+            KeyRef::File(path) => crate::audit::FileSigner::load(path)
+                .map(|s| Box::new(s) as Box<dyn CheckpointSigner>)
+                .map_err(|e| KeyError::File(path.clone(), e.to_string())),
+            KeyRef::Tpm(name) => {
+                let (tpm, _, manifest) = self.tpm_parts(name)?;
+                let entry = manifest.entry(name)?;
+                if entry.kind != "tpm" {
+                    return Err(KeyError::WrongKind {
+                        name: name.clone(),
+                        kind: entry.kind.clone(),
+                        purpose: "to sign checkpoints",
+                    });
+                }
+                Ok(Box::new(self.resident(tpm, name, entry)?))
+            }
+        }
+    }
+
+    /// A symmetric secret (the pseudonymisation key).
+    pub fn secret(&self, r: &KeyRef) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        match r {
+            KeyRef::File(path) => {
+                crate::audit::load_pseudonym_key(path).map_err(|e| KeyError::File(path.clone(), e.to_string()))
+            }
+            KeyRef::Tpm(name) => {
+                let (_, _, manifest) = self.tpm_parts(name)?;
+                let kind = &manifest.entry(name)?.kind;
+                if kind != "sealed-secret" {
+                    return Err(KeyError::WrongKind { name: name.clone(), kind: kind.clone(), purpose: "as a secret" });
+                }
+                self.unseal(name)
+            }
+        }
+    }
+}

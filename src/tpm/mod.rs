@@ -1,0 +1,390 @@
+//! The TPM, through tss-esapi: one owner thread holds the ESAPI context (it is not `Send`), and
+//! every TPM command is a job sent to it, answered over a channel within a deadline. Nothing
+//! here runs on the async runtime. Every transient object and session a job creates is flushed
+//! before the job returns, whether it succeeded or not.
+//!
+//! When the TPM stops answering (a TCTI error, a dead swtpm, a reset), the owner drops the
+//! context; the next job connects again, so the gateway recovers when the TPM returns.
+
+pub mod provision;
+mod session;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
+use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, TpmHandle};
+use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::structures::{
+    Data, Digest, HashScheme, HashcheckTicket, PcrSelectionList, PcrSelectionListBuilder, PcrSlot, Private, Public,
+    SignatureScheme,
+};
+use tss_esapi::traits::Marshall;
+use tss_esapi::{Context, TctiNameConf};
+use zeroize::Zeroizing;
+
+use crate::admin::metrics::{Metrics, TpmOp, TpmOpResult};
+
+pub use session::{SealedBlob, ecdsa_der, point_of};
+
+/// `[tpm]` in gateway.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmConfig {
+    /// `device:/dev/tpmrm0` on the appliance; `swtpm:host=127.0.0.1,port=2321` in tests.
+    pub tcti: String,
+    /// The provisioning record: `keys.json`, sealed blobs, CSRs and public keys. Holds no
+    /// secret a thief can use without this TPM in its measured state.
+    pub dir: PathBuf,
+    /// PCRs (SHA-256 bank) the sealed keys are bound to.
+    #[serde(default = "default_pcrs")]
+    pub pcrs: Vec<u8>,
+    /// How long a TPM command may take before the caller gives up.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_pcrs() -> Vec<u8> {
+    vec![0, 2, 4, 7]
+}
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+
+impl TpmConfig {
+    pub fn check(&self) -> Result<(), String> {
+        TctiNameConf::from_str(&self.tcti).map_err(|e| format!("tcti {:?}: {e}", self.tcti))?;
+        if self.pcrs.len() > 8 {
+            return Err("pcrs: at most 8 PCRs".into());
+        }
+        if let Some(p) = self.pcrs.iter().find(|p| **p > 23) {
+            return Err(format!("pcrs: {p} is not a PCR (0-23)"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum TpmError {
+    #[error("cannot reach the TPM at {tcti}: {reason}")]
+    Connect { tcti: String, reason: String },
+    #[error("the TPM did not answer {op} within {0:?}", .timeout)]
+    Timeout { op: &'static str, timeout: Duration },
+    #[error("the TPM owner thread has stopped")]
+    Stopped,
+    #[error("TPM {op} failed: {reason}")]
+    Command { op: &'static str, reason: String },
+    #[error(
+        "the TPM refused to unseal {name}: the PCR values no longer match the policy it was sealed to \
+         (PCRs {pcrs:?}); the appliance's boot state changed: re-provision only after checking why"
+    )]
+    PcrMismatch { name: String, pcrs: Vec<u8> },
+    #[error("{0}")]
+    Provisioning(String),
+}
+
+/// The ESAPI context and the persistent handles resolved on it.
+pub struct Conn {
+    pub ctx: Context,
+    resolved: Vec<(u32, ObjectHandle)>,
+}
+
+impl Conn {
+    /// Whether a persistent handle holds an object (asked without provoking a TPM error).
+    pub fn exists(&mut self, handle: u32) -> tss_esapi::Result<bool> {
+        use tss_esapi::constants::CapabilityType;
+        use tss_esapi::structures::CapabilityData;
+        let (data, _) = self.ctx.get_capability(CapabilityType::Handles, handle, 1)?;
+        Ok(match data {
+            CapabilityData::Handles(list) => list.iter().any(|h| u32::from(*h) == handle),
+            _ => false,
+        })
+    }
+
+    /// The ESAPI handle of a persistent object (resolved once per connection).
+    pub fn persistent(&mut self, handle: u32) -> tss_esapi::Result<ObjectHandle> {
+        if let Some((_, h)) = self.resolved.iter().find(|(p, _)| *p == handle) {
+            return Ok(*h);
+        }
+        let h = self.ctx.tr_from_tpm_public(TpmHandle::Persistent(PersistentTpmHandle::new(handle)?))?;
+        self.resolved.push((handle, h));
+        Ok(h)
+    }
+
+    /// Forgets resolved handles (after provisioning changed them).
+    pub fn forget(&mut self) {
+        for (_, mut h) in std::mem::take(&mut self.resolved) {
+            let _ = self.ctx.tr_close(&mut h);
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Option<Conn>) + Send>;
+
+/// The handle every part of the gateway shares.
+pub struct Tpm {
+    tx: Mutex<Sender<Job>>,
+    tcti: String,
+    timeout: Duration,
+    healthy: AtomicBool,
+    signatures: AtomicU64,
+    metrics: OnceLock<Arc<Metrics>>,
+}
+
+/// Whether an error leaves the connection usable (the TPM answered, and said no).
+fn keeps_connection(e: &tss_esapi::Error) -> bool {
+    match e {
+        tss_esapi::Error::Tss2Error(rc) => matches!(
+            rc.kind(),
+            Some(
+                Tss2ResponseCodeKind::PolicyFail
+                    | Tss2ResponseCodeKind::Pcr
+                    | Tss2ResponseCodeKind::PcrChanged
+                    | Tss2ResponseCodeKind::Value
+                    | Tss2ResponseCodeKind::Handle
+            )
+        ),
+        tss_esapi::Error::WrapperError(_) => true,
+    }
+}
+
+fn owner(rx: Receiver<Job>) {
+    let mut conn: Option<Conn> = None;
+    while let Ok(job) = rx.recv() {
+        job(&mut conn);
+    }
+    if let Some(mut c) = conn {
+        c.forget();
+    }
+}
+
+impl Tpm {
+    /// Starts the owner thread. Connects lazily: a TPM that is down at start is reported by
+    /// the first operation (and by [`Tpm::probe`]).
+    pub fn start(cfg: &TpmConfig) -> Result<Arc<Tpm>, TpmError> {
+        TctiNameConf::from_str(&cfg.tcti)
+            .map_err(|e| TpmError::Connect { tcti: cfg.tcti.clone(), reason: e.to_string() })?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("tpm-owner".into())
+            .spawn(move || owner(rx))
+            .map_err(|e| TpmError::Connect { tcti: cfg.tcti.clone(), reason: e.to_string() })?;
+        Ok(Arc::new(Tpm {
+            tx: Mutex::new(tx),
+            tcti: cfg.tcti.clone(),
+            timeout: Duration::from_millis(cfg.timeout_ms.max(1)),
+            healthy: AtomicBool::new(true),
+            signatures: AtomicU64::new(0),
+            metrics: OnceLock::new(),
+        }))
+    }
+
+    /// Counts and times every operation in the gateway's metrics from now on.
+    pub fn attach_metrics(&self, metrics: Arc<Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    pub fn tcti(&self) -> &str {
+        &self.tcti
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Signatures made with TPM-resident keys since start.
+    pub fn signatures(&self) -> u64 {
+        self.signatures.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` on the owner thread with a connected context; blocks the calling thread (never
+    /// an async worker: use `spawn_blocking` or `block_in_place`) for at most the timeout.
+    pub fn call<R, F>(&self, op: &'static str, f: F) -> Result<R, TpmError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<R, TpmError> + Send + 'static,
+    {
+        let (rtx, rrx) = mpsc::sync_channel(1);
+        let tcti = self.tcti.clone();
+        let job: Job = Box::new(move |slot: &mut Option<Conn>| {
+            if slot.is_none() {
+                let made = TctiNameConf::from_str(&tcti)
+                    .and_then(Context::new)
+                    .map_err(|e| TpmError::Connect { tcti: tcti.clone(), reason: e.to_string() });
+                match made {
+                    Ok(ctx) => *slot = Some(Conn { ctx, resolved: Vec::new() }),
+                    Err(e) => {
+                        let _ = rtx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            let Some(conn) = slot.as_mut() else { return };
+            let (result, keep) = match f(conn) {
+                Ok(r) => (Ok(r), true),
+                Err(e) => {
+                    let keep = matches!(e, TpmError::PcrMismatch { .. } | TpmError::Provisioning(_));
+                    (Err(e), keep)
+                }
+            };
+            if !keep && let Some(mut c) = slot.take() {
+                c.forget();
+            }
+            let _ = rtx.send(result);
+        });
+        let start = Instant::now();
+        let sent = self.tx.lock().map_err(|_| TpmError::Stopped)?.send(job);
+        if sent.is_err() {
+            return Err(TpmError::Stopped);
+        }
+        let result = match rrx.recv_timeout(self.timeout) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(TpmError::Timeout { op, timeout: self.timeout }),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(TpmError::Stopped),
+        };
+        let ok = match &result {
+            Ok(_) => true,
+            // The TPM answered: it is there, it said no.
+            Err(TpmError::PcrMismatch { .. } | TpmError::Provisioning(_)) => true,
+            Err(_) => false,
+        };
+        self.healthy.store(ok, Ordering::Relaxed);
+        if let Some(m) = self.metrics.get() {
+            let outcome = if result.is_ok() { "ok" } else { "failed" };
+            m.tpm_operations.get_or_create(&TpmOpResult { op, result: outcome }).inc();
+            if result.is_ok() {
+                m.tpm_duration.get_or_create(&TpmOp { op }).observe(start.elapsed().as_secs_f64());
+            }
+        }
+        result
+    }
+
+    /// A cheap command that proves the TPM answers (for `/readyz`).
+    pub fn probe(&self) -> Result<(), TpmError> {
+        self.call("probe", |c| c.ctx.get_random(8).map(|_| ()).map_err(|e| cmd("GetRandom", &e)))
+    }
+
+    /// ECDSA P-256 signature (DER) of a SHA-256 digest with a persistent key.
+    pub fn sign(&self, handle: u32, digest: [u8; 32]) -> Result<Vec<u8>, TpmError> {
+        let r = self.call("sign", move |c| {
+            let key = c.persistent(handle).map_err(|e| cmd("sign", &e))?;
+            let digest = Digest::try_from(digest.to_vec()).map_err(|e| cmd("sign", &e))?;
+            let scheme = SignatureScheme::EcDsa { hash_scheme: HashScheme::new(HashingAlgorithm::Sha256) };
+            let sig = c
+                .ctx
+                .execute_with_session(Some(AuthSession::Password), |ctx| {
+                    ctx.sign(KeyHandle::from(key), digest, scheme, null_ticket()?)
+                })
+                .map_err(|e| cmd("sign", &e))?;
+            ecdsa_der(&sig).ok_or_else(|| TpmError::Command { op: "sign", reason: "not an ECDSA signature".into() })
+        });
+        if r.is_ok() {
+            self.signatures.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// The uncompressed P-256 point of a persistent key (None when the handle is empty).
+    pub fn public_point(&self, handle: u32) -> Result<Option<Vec<u8>>, TpmError> {
+        self.call("read_public", move |c| read_point(c, handle))
+    }
+
+    /// Unseals a blob under the storage primary with a PCR policy session.
+    pub fn unseal(&self, name: &str, blob: &SealedBlob, pcrs: &[u8]) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+        let (name, blob, pcrs) = (name.to_owned(), blob.clone(), pcrs.to_vec());
+        self.call("unseal", move |c| session::unseal(c, &name, &blob, &pcrs))
+    }
+
+    /// A quote over `pcrs` with the attestation key, qualified by `nonce`.
+    pub fn quote(&self, ak: u32, nonce: Vec<u8>, pcrs: Vec<u8>) -> Result<Quote, TpmError> {
+        self.call("quote", move |c| {
+            let key = c.persistent(ak).map_err(|e| cmd("quote", &e))?;
+            let selection = pcr_selection(&pcrs).map_err(|e| cmd("quote", &e))?;
+            let nonce = Data::try_from(nonce).map_err(|e| cmd("quote", &e))?;
+            let scheme = SignatureScheme::EcDsa { hash_scheme: HashScheme::new(HashingAlgorithm::Sha256) };
+            let (attest, sig) = c
+                .ctx
+                .execute_with_session(Some(AuthSession::Password), |ctx| {
+                    ctx.quote(KeyHandle::from(key), nonce, scheme, selection)
+                })
+                .map_err(|e| cmd("quote", &e))?;
+            let sel = pcr_selection(&pcrs).map_err(|e| cmd("quote", &e))?;
+            let (_, _, values) =
+                c.ctx.execute_without_session(|ctx| ctx.pcr_read(sel)).map_err(|e| cmd("PCR_Read", &e))?;
+            Ok(Quote {
+                attest: attest.marshall().map_err(|e| cmd("quote", &e))?,
+                signature: sig.marshall().map_err(|e| cmd("quote", &e))?,
+                pcr_values: values.value().iter().map(|d| d.value().to_vec()).collect(),
+            })
+        })
+    }
+
+    /// Current values of `pcrs` (SHA-256 bank), in PCR order.
+    pub fn pcr_values(&self, pcrs: Vec<u8>) -> Result<Vec<(u8, Vec<u8>)>, TpmError> {
+        self.call("pcr_read", move |c| {
+            let selection = pcr_selection(&pcrs).map_err(|e| cmd("PCR_Read", &e))?;
+            let (_, _, values) =
+                c.ctx.execute_without_session(|ctx| ctx.pcr_read(selection)).map_err(|e| cmd("PCR_Read", &e))?;
+            let mut sorted = pcrs.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            Ok(sorted.into_iter().zip(values.value().iter().map(|d| d.value().to_vec())).collect())
+        })
+    }
+}
+
+/// What `tpm quote` writes: the TPMS_ATTEST and TPMT_SIGNATURE as the TPM marshals them, and
+/// the PCR values quoted.
+pub struct Quote {
+    pub attest: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub pcr_values: Vec<Vec<u8>>,
+}
+
+pub(crate) fn cmd(op: &'static str, e: &tss_esapi::Error) -> TpmError {
+    TpmError::Command { op, reason: e.to_string() }
+}
+
+fn null_ticket() -> tss_esapi::Result<HashcheckTicket> {
+    use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
+    use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
+    HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
+        tag: TPM2_ST_HASHCHECK,
+        hierarchy: TPM2_RH_NULL,
+        digest: Default::default(),
+    })
+}
+
+pub(crate) fn pcr_selection(pcrs: &[u8]) -> tss_esapi::Result<PcrSelectionList> {
+    let slots: Vec<PcrSlot> = pcrs.iter().map(|p| PcrSlot::try_from(1u32 << p)).collect::<Result<_, _>>()?;
+    PcrSelectionListBuilder::new().with_selection(HashingAlgorithm::Sha256, &slots).build()
+}
+
+pub(crate) fn read_point(c: &mut Conn, handle: u32) -> Result<Option<Vec<u8>>, TpmError> {
+    if !c.exists(handle).map_err(|e| cmd("GetCapability", &e))? {
+        return Ok(None);
+    }
+    let obj = match c.persistent(handle) {
+        Ok(o) => o,
+        Err(e) if keeps_connection(&e) => return Ok(None),
+        Err(e) => return Err(cmd("ReadPublic", &e)),
+    };
+    let (public, _, _) = c.ctx.read_public(KeyHandle::from(obj)).map_err(|e| cmd("ReadPublic", &e))?;
+    Ok(point_of(&public))
+}
+
+/// Marshals a TPM public area (for the sealed-blob files).
+pub(crate) fn marshal_public(p: &Public) -> Result<Vec<u8>, TpmError> {
+    p.marshall().map_err(|e| cmd("marshal", &e))
+}
+
+pub(crate) fn private_bytes(p: &Private) -> Vec<u8> {
+    p.value().to_vec()
+}

@@ -1,0 +1,466 @@
+//! `spocgw tpm provision` and `tpm status`: the appliance's keys created in (or sealed by) the
+//! TPM, and the provisioning record (`keys.json`) that says where each one is.
+//!
+//! | name | kind | where |
+//! |---|---|---|
+//! | `ministry-client` | ECDSA P-256 signing key, non-exportable | persistent handle 0x81000010 |
+//! | `audit-checkpoint` | ECDSA P-256 signing key, non-exportable | persistent handle 0x81000011 |
+//! | `attestation` | restricted ECDSA P-256 signing key (quotes) | persistent handle 0x81000012 |
+//! | `police-server`, `callback-server` | P-256 private scalar, sealed to the PCR policy | `sealed/NAME.json` |
+//! | `audit-pseudonym` | 32 random bytes, sealed to the PCR policy | `sealed/NAME.json` |
+//!
+//! All under the storage primary (ECC P-256, AES-128-CFB) at persistent handle 0x81000001.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use aws_lc_rs::encoding::{AsBigEndian, EcPrivateKeyBin};
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
+use serde::{Deserialize, Serialize};
+use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::dynamic_handles::Persistent;
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
+use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::structures::{
+    EccPoint, EccScheme, HashScheme, KeyDerivationFunctionScheme, Public, PublicBuilder, PublicEccParametersBuilder,
+    SymmetricDefinitionObject,
+};
+use zeroize::Zeroizing;
+
+use super::{Conn, SealedBlob, Tpm, TpmConfig, TpmError, cmd, session};
+
+pub const PRIMARY_HANDLE: u32 = 0x8100_0001;
+pub const MINISTRY_CLIENT: &str = "ministry-client";
+pub const AUDIT_CHECKPOINT: &str = "audit-checkpoint";
+pub const ATTESTATION: &str = "attestation";
+pub const POLICE_SERVER: &str = "police-server";
+pub const CALLBACK_SERVER: &str = "callback-server";
+pub const AUDIT_PSEUDONYM: &str = "audit-pseudonym";
+
+/// Keys that live in the TPM, and their persistent handles.
+pub const RESIDENT: [(&str, u32); 3] =
+    [(MINISTRY_CLIENT, 0x8100_0010), (AUDIT_CHECKPOINT, 0x8100_0011), (ATTESTATION, 0x8100_0012)];
+/// Secrets sealed to the PCR policy.
+pub const SEALED: [&str; 3] = [POLICE_SERVER, CALLBACK_SERVER, AUDIT_PSEUDONYM];
+
+pub const MANIFEST: &str = "keys.json";
+
+/// `keys.json`: what provisioning made, where it is, and the policy the sealed keys need.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub version: u32,
+    pub created: String,
+    pub primary_handle: String,
+    pub pcr_bank: String,
+    pub pcrs: Vec<u8>,
+    /// The PolicyPCR digest the sealed objects require, hex.
+    pub policy_digest: String,
+    pub keys: BTreeMap<String, KeyEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    /// `tpm` (resident signing key), `attestation`, `sealed-ec` (P-256 scalar), `sealed-secret`.
+    pub kind: String,
+    /// Persistent handle, for resident keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
+    /// Sealed blob file, relative to the provisioning directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
+    /// Uncompressed P-256 public point, hex (not for secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public: Option<String>,
+    /// CSR written for this key, relative to the provisioning directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr: Option<String>,
+}
+
+impl KeyEntry {
+    pub fn handle_u32(&self) -> Option<u32> {
+        self.handle.as_deref().and_then(|h| u32::from_str_radix(h.trim_start_matches("0x"), 16).ok())
+    }
+    pub fn public_point(&self) -> Option<Vec<u8>> {
+        self.public.as_deref().and_then(unhex)
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+impl Manifest {
+    pub fn load(dir: &Path) -> Result<Manifest, TpmError> {
+        let path = dir.join(MANIFEST);
+        let text = fs::read_to_string(&path).map_err(|e| {
+            TpmError::Provisioning(format!("{}: {e} (run `spocgw tpm provision` first)", path.display()))
+        })?;
+        serde_json::from_str(&text).map_err(|e| TpmError::Provisioning(format!("{}: {e}", path.display())))
+    }
+
+    pub fn entry(&self, name: &str) -> Result<&KeyEntry, TpmError> {
+        self.keys.get(name).ok_or_else(|| TpmError::Provisioning(format!("{MANIFEST} has no key named {name:?}")))
+    }
+
+    pub fn sealed_blob(&self, dir: &Path, name: &str) -> Result<SealedBlob, TpmError> {
+        let entry = self.entry(name)?;
+        let file = entry.sealed.as_deref().ok_or_else(|| TpmError::Provisioning(format!("{name} is not sealed")))?;
+        let path = dir.join(file);
+        let text = fs::read_to_string(&path).map_err(|e| TpmError::Provisioning(format!("{}: {e}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| TpmError::Provisioning(format!("{}: {e}", path.display())))
+    }
+}
+
+/// What `provision` did.
+pub enum Outcome {
+    Created(Manifest),
+    AlreadyProvisioned(Manifest),
+}
+
+fn perr(msg: impl Into<String>) -> TpmError {
+    TpmError::Provisioning(msg.into())
+}
+
+fn write_file(path: &Path, contents: &[u8]) -> Result<(), TpmError> {
+    if let Some(d) = path.parent() {
+        fs::create_dir_all(d).map_err(|e| perr(format!("{}: {e}", d.display())))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)
+        .map_err(|e| perr(format!("{}: {e}", tmp.display())))?;
+    f.write_all(contents).and_then(|()| f.sync_all()).map_err(|e| perr(format!("{}: {e}", tmp.display())))?;
+    fs::rename(&tmp, path).map_err(|e| perr(format!("{}: {e}", path.display())))
+}
+
+fn storage_primary_template() -> Result<Public, TpmError> {
+    let attrs = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_restricted(true)
+        .with_decrypt(true)
+        .with_no_da(true)
+        .build()
+        .map_err(|e| cmd("CreatePrimary", &e))?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attrs)
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new_restricted_decryption_key(
+                SymmetricDefinitionObject::AES_128_CFB,
+                EccCurve::NistP256,
+            )
+            .build()
+            .map_err(|e| cmd("CreatePrimary", &e))?,
+        )
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+        .map_err(|e| cmd("CreatePrimary", &e))
+}
+
+/// An ECDSA P-256 / SHA-256 signing key; `restricted` for the attestation key.
+fn signing_template(restricted: bool) -> Result<Public, TpmError> {
+    let attrs = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_sign_encrypt(true)
+        .with_decrypt(false)
+        .with_restricted(restricted)
+        .build()
+        .map_err(|e| cmd("Create", &e))?;
+    let params = PublicEccParametersBuilder::new()
+        .with_symmetric(SymmetricDefinitionObject::Null)
+        .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)))
+        .with_curve(EccCurve::NistP256)
+        .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
+        .with_is_signing_key(true)
+        .with_is_decryption_key(false)
+        .with_restricted(restricted)
+        .build()
+        .map_err(|e| cmd("Create", &e))?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attrs)
+        .with_ecc_parameters(params)
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+        .map_err(|e| cmd("Create", &e))
+}
+
+fn persist(c: &mut Conn, object: ObjectHandle, handle: u32) -> Result<(), TpmError> {
+    let p = Persistent::Persistent(PersistentTpmHandle::new(handle).map_err(|e| cmd("EvictControl", &e))?);
+    c.ctx
+        .execute_with_session(Some(AuthSession::Password), |ctx| ctx.evict_control(Provision::Owner, object, p))
+        .map(|_| ())
+        .map_err(|e| cmd("EvictControl", &e))
+}
+
+/// Removes a persistent object if there is one at `handle`.
+fn evict(c: &mut Conn, handle: u32) -> Result<(), TpmError> {
+    if !c.exists(handle).map_err(|e| cmd("GetCapability", &e))? {
+        return Ok(());
+    }
+    let obj = c.persistent(handle).map_err(|e| cmd("ReadPublic", &e))?;
+    let p = Persistent::Persistent(PersistentTpmHandle::new(handle).map_err(|e| cmd("EvictControl", &e))?);
+    c.ctx
+        .execute_with_session(Some(AuthSession::Password), |ctx| ctx.evict_control(Provision::Owner, obj, p))
+        .map(|_| ())
+        .map_err(|e| cmd("EvictControl", &e))?;
+    c.forget();
+    Ok(())
+}
+
+/// Creates a key under `parent`, makes it persistent at `handle`, returns its public point.
+fn create_resident(c: &mut Conn, parent: KeyHandle, template: Public, handle: u32) -> Result<Vec<u8>, TpmError> {
+    let created = c
+        .ctx
+        .execute_with_session(Some(AuthSession::Password), |ctx| ctx.create(parent, template, None, None, None, None))
+        .map_err(|e| cmd("Create", &e))?;
+    let point = super::point_of(&created.out_public).ok_or_else(|| perr("the TPM returned a non-P-256 key"))?;
+    let loaded = c
+        .ctx
+        .execute_with_session(Some(AuthSession::Password), |ctx| {
+            ctx.load(parent, created.out_private, created.out_public)
+        })
+        .map_err(|e| cmd("Load", &e))?;
+    let r = persist(c, loaded.into(), handle);
+    let _ = c.ctx.flush_context(loaded.into());
+    r.map(|()| point)
+}
+
+/// What the TPM part of provisioning returns.
+struct Made {
+    points: Vec<(String, Vec<u8>)>,
+    sealed: Vec<(String, SealedBlob)>,
+    policy_digest: Vec<u8>,
+}
+
+/// Subjects of the CSRs provisioning writes; the CA decides the rest.
+fn csr_params(name: &str) -> Result<rcgen::CertificateParams, TpmError> {
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| perr(e.to_string()))?;
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(rcgen::DnType::CommonName, format!("spocgw {name}"));
+    Ok(p)
+}
+
+/// Creates every key, seals the secrets and writes `keys.json`, the sealed blobs, public keys and
+/// CSRs into `cfg.dir`. Without `force`, an existing provisioning that the TPM still holds is
+/// left as it is (and reported), and any other key in the way is an error.
+pub fn provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool) -> Result<Outcome, TpmError> {
+    let dir = cfg.dir.clone();
+    if dir.join(MANIFEST).exists() && !force {
+        let m = Manifest::load(&dir)?;
+        for (name, handle) in RESIDENT {
+            let want = m.entry(name)?.public_point();
+            let have = tpm.public_point(handle)?;
+            if have.is_none() || have != want {
+                return Err(perr(format!(
+                    "{}/{MANIFEST} records key {name} at {handle:#x}, but this TPM does not hold it \
+                     (a cleared or different TPM?); `spocgw tpm provision --force` provisions anew",
+                    dir.display()
+                )));
+            }
+        }
+        return Ok(Outcome::AlreadyProvisioned(m));
+    }
+    if !force {
+        for h in std::iter::once(PRIMARY_HANDLE).chain(RESIDENT.iter().map(|(_, h)| *h)) {
+            if tpm.public_point(h)?.is_some() || (h == PRIMARY_HANDLE && primary_exists(tpm)?) {
+                return Err(perr(format!(
+                    "persistent handle {h:#x} is in use and {} has no {MANIFEST}; \
+                     `spocgw tpm provision --force` replaces it",
+                    dir.display()
+                )));
+            }
+        }
+    }
+
+    // Secrets generated here, sealed by the TPM, never written in clear.
+    let mut server_keys = Vec::new();
+    let mut secrets: Vec<(String, Zeroizing<Vec<u8>>)> = Vec::new();
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    for name in [POLICE_SERVER, CALLBACK_SERVER] {
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+            .map_err(|_| perr("cannot generate a P-256 key"))?;
+        let pkcs8 = Zeroizing::new(pkcs8.as_ref().to_vec());
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &pkcs8)
+            .map_err(|_| perr("cannot read the generated key"))?;
+        let scalar: EcPrivateKeyBin<'static> = pair.private_key().as_be_bytes().map_err(|_| perr("key export"))?;
+        let scalar = Zeroizing::new(scalar.as_ref().to_vec());
+        secrets.push((name.to_owned(), scalar));
+        server_keys.push((name, pkcs8, pair.public_key().as_ref().to_vec()));
+    }
+    let mut pseudonym = Zeroizing::new(vec![0u8; 32]);
+    aws_lc_rs::rand::fill(&mut pseudonym).map_err(|_| perr("no randomness"))?;
+    secrets.push((AUDIT_PSEUDONYM.to_owned(), pseudonym));
+
+    let pcrs = cfg.pcrs.clone();
+    let made = tpm.call("provision", move |c| {
+        c.forget();
+        for h in std::iter::once(PRIMARY_HANDLE).chain(RESIDENT.iter().map(|(_, h)| *h)) {
+            evict(c, h)?;
+        }
+        let template = storage_primary_template()?;
+        let primary = c
+            .ctx
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.create_primary(Hierarchy::Owner, template, None, None, None, None)
+            })
+            .map_err(|e| cmd("CreatePrimary", &e))?
+            .key_handle;
+        let result = (|| {
+            let mut points = Vec::new();
+            for (name, handle) in RESIDENT {
+                let template = signing_template(name == ATTESTATION)?;
+                points.push((name.to_owned(), create_resident(c, primary, template, handle)?));
+            }
+            let policy = session::pcr_policy_digest(c, &pcrs)?;
+            let mut sealed = Vec::new();
+            for (name, secret) in &secrets {
+                sealed.push((name.clone(), session::seal(c, primary, policy.clone(), secret)?));
+            }
+            persist(c, primary.into(), PRIMARY_HANDLE)?;
+            Ok(Made { points, sealed, policy_digest: policy.value().to_vec() })
+        })();
+        let _ = c.ctx.flush_context(primary.into());
+        c.forget();
+        result
+    })?;
+
+    let mut keys = BTreeMap::new();
+    for (name, point) in &made.points {
+        let handle = RESIDENT.iter().find(|(n, _)| n == name).map(|(_, h)| *h).unwrap_or_default();
+        write_file(&dir.join(format!("{name}.pub.pem")), crate::audit::spki_pem(point).as_bytes())?;
+        keys.insert(
+            name.clone(),
+            KeyEntry {
+                kind: if name == ATTESTATION { "attestation" } else { "tpm" }.into(),
+                handle: Some(format!("{handle:#010x}")),
+                sealed: None,
+                public: Some(hex(point)),
+                csr: None,
+            },
+        );
+    }
+    for (name, blob) in &made.sealed {
+        let file = format!("sealed/{name}.json");
+        let json = serde_json::to_vec_pretty(blob).map_err(|e| perr(e.to_string()))?;
+        write_file(&dir.join(&file), &json)?;
+        let public = server_keys.iter().find(|(n, _, _)| n == name).map(|(_, _, p)| hex(p));
+        let kind = if public.is_some() { "sealed-ec" } else { "sealed-secret" };
+        keys.insert(name.clone(), KeyEntry { kind: kind.into(), handle: None, sealed: Some(file), public, csr: None });
+    }
+    // CSRs: the Ministry-side key signs its own inside the TPM; the server keys sign theirs here,
+    // before their only clear copy is dropped.
+    let ministry = keys.get(MINISTRY_CLIENT).and_then(KeyEntry::public_point).ok_or_else(|| perr("no ministry key"))?;
+    let signer = crate::keys::TpmKey::new(tpm.clone(), RESIDENT[0].1, ministry);
+    let csr = csr_params(MINISTRY_CLIENT)?.serialize_request(&signer).map_err(|e| perr(format!("CSR: {e}")))?;
+    write_csr(&dir, &mut keys, MINISTRY_CLIENT, &csr.pem().map_err(|e| perr(e.to_string()))?)?;
+    for (name, pkcs8, _) in &server_keys {
+        let der = rustls_pki_types::PrivatePkcs8KeyDer::from(pkcs8.as_slice());
+        let kp = rcgen::KeyPair::try_from(&der).map_err(|e| perr(format!("CSR key: {e}")))?;
+        let csr = csr_params(name)?.serialize_request(&kp).map_err(|e| perr(format!("CSR: {e}")))?;
+        write_csr(&dir, &mut keys, name, &csr.pem().map_err(|e| perr(e.to_string()))?)?;
+    }
+    let manifest = Manifest {
+        version: 1,
+        created: crate::audit::record::now_rfc3339_micros(),
+        primary_handle: format!("{PRIMARY_HANDLE:#010x}"),
+        pcr_bank: "sha256".into(),
+        pcrs: cfg.pcrs.clone(),
+        policy_digest: hex(&made.policy_digest),
+        keys,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| perr(e.to_string()))?;
+    write_file(&dir.join(MANIFEST), &json)?;
+    Ok(Outcome::Created(manifest))
+}
+
+fn write_csr(dir: &Path, keys: &mut BTreeMap<String, KeyEntry>, name: &str, pem: &str) -> Result<(), TpmError> {
+    let file = format!("csr/{name}.csr.pem");
+    write_file(&dir.join(&file), pem.as_bytes())?;
+    if let Some(e) = keys.get_mut(name) {
+        e.csr = Some(file);
+    }
+    Ok(())
+}
+
+fn primary_exists(tpm: &Tpm) -> Result<bool, TpmError> {
+    tpm.call("read_public", |c| c.exists(PRIMARY_HANDLE).map_err(|e| cmd("GetCapability", &e)))
+}
+
+/// `tpm status`: the provisioning record checked against the TPM, as text.
+pub fn status(cfg: &TpmConfig, tpm: &Tpm) -> Result<(bool, String), TpmError> {
+    let m = Manifest::load(&cfg.dir)?;
+    let mut ok = true;
+    let mut out = format!(
+        "TPM {}\nprovisioning record {}/{MANIFEST} (created {})\nstorage primary {}: {}\n",
+        cfg.tcti,
+        cfg.dir.display(),
+        m.created,
+        m.primary_handle,
+        if primary_exists(tpm)? { "present" } else { "MISSING" }
+    );
+    for (name, e) in &m.keys {
+        let line = match e.handle_u32() {
+            Some(h) => {
+                let state = match tpm.public_point(h)? {
+                    Some(p) if Some(&p) == e.public_point().as_ref() => "present",
+                    Some(_) => {
+                        ok = false;
+                        "DIFFERENT KEY"
+                    }
+                    None => {
+                        ok = false;
+                        "MISSING"
+                    }
+                };
+                format!("{name}: {} at {}, {state}", e.kind, e.handle.as_deref().unwrap_or("?"))
+            }
+            None => format!("{name}: {}, sealed in {}", e.kind, e.sealed.as_deref().unwrap_or("?")),
+        };
+        out.push_str(&line);
+        if let Some(p) = e.public_point() {
+            out.push_str(&format!(", public key sha256 {}", &crate::tls::sha256_hex(&p)[..16]));
+        }
+        out.push('\n');
+    }
+    let values = tpm.pcr_values(m.pcrs.clone())?;
+    out.push_str(&format!("PCR policy: sha256 bank, PCRs {:?}, policy digest {}\n", m.pcrs, m.policy_digest));
+    for (pcr, v) in values {
+        out.push_str(&format!("  PCR {pcr:>2} = {}\n", hex(&v)));
+    }
+    Ok((ok, out))
+}
+
+/// The provisioning directory's public key file of a key.
+pub fn public_key_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.pub.pem"))
+}

@@ -1,0 +1,160 @@
+//! PCR-policy sealing and unsealing, and the conversions between TPM structures and the DER
+//! forms TLS and X.509 use.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::constants::SessionType;
+use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
+use tss_esapi::handles::{KeyHandle, ObjectHandle, SessionHandle};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
+use tss_esapi::structures::{
+    Digest, KeyedHashScheme, Private, Public, PublicBuilder, PublicKeyedHashParameters, SensitiveData, Signature,
+    SymmetricDefinition,
+};
+use tss_esapi::traits::UnMarshall;
+use zeroize::Zeroizing;
+
+use super::{Conn, TpmError, cmd, pcr_selection};
+
+/// A sealed object as stored in the provisioning directory: useless without this TPM (its
+/// storage primary) in the measured state of the policy.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedBlob {
+    /// TPMT_PUBLIC, marshalled, base64.
+    pub public: String,
+    /// TPM2B_PRIVATE contents (encrypted by the TPM), base64.
+    pub private: String,
+}
+
+impl SealedBlob {
+    fn parts(&self) -> Result<(Public, Private), TpmError> {
+        let bad = |what: &str| TpmError::Provisioning(format!("sealed blob: {what} is damaged"));
+        let public = B64.decode(&self.public).map_err(|_| bad("public"))?;
+        let private = B64.decode(&self.private).map_err(|_| bad("private"))?;
+        let public = Public::unmarshall(&public).map_err(|_| bad("public"))?;
+        let private = Private::try_from(private).map_err(|_| bad("private"))?;
+        Ok((public, private))
+    }
+}
+
+fn flush_session(c: &mut Conn, s: Option<AuthSession>) {
+    if let Some(s) = s {
+        let _ = c.ctx.flush_context(SessionHandle::from(s).into());
+    }
+}
+
+fn policy_session(c: &mut Conn, kind: SessionType) -> Result<Option<AuthSession>, TpmError> {
+    c.ctx
+        .start_auth_session(None, None, None, kind, SymmetricDefinition::AES_128_CFB, HashingAlgorithm::Sha256)
+        .map_err(|e| cmd("StartAuthSession", &e))
+}
+
+/// The policy digest of "these PCRs have their current values" (a trial session).
+pub(crate) fn pcr_policy_digest(c: &mut Conn, pcrs: &[u8]) -> Result<Digest, TpmError> {
+    let session = policy_session(c, SessionType::Trial)?;
+    let result = (|| {
+        let s = session.ok_or_else(|| TpmError::Provisioning("no trial session".into()))?;
+        let ps = PolicySession::try_from(s).map_err(|e| cmd("PolicyPCR", &e))?;
+        let sel = pcr_selection(pcrs).map_err(|e| cmd("PolicyPCR", &e))?;
+        c.ctx.policy_pcr(ps, Digest::default(), sel).map_err(|e| cmd("PolicyPCR", &e))?;
+        c.ctx.policy_get_digest(ps).map_err(|e| cmd("PolicyGetDigest", &e))
+    })();
+    flush_session(c, session);
+    result
+}
+
+/// Seals `secret` (at most 128 bytes) under `parent` to `policy`.
+pub(crate) fn seal(c: &mut Conn, parent: KeyHandle, policy: Digest, secret: &[u8]) -> Result<SealedBlob, TpmError> {
+    let attrs = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_no_da(true)
+        .with_admin_with_policy(true)
+        .with_user_with_auth(false)
+        .build()
+        .map_err(|e| cmd("Create", &e))?;
+    let public = PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::KeyedHash)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attrs)
+        .with_auth_policy(policy)
+        .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
+        .with_keyed_hash_unique_identifier(Digest::default())
+        .build()
+        .map_err(|e| cmd("Create", &e))?;
+    let data = SensitiveData::try_from(secret.to_vec()).map_err(|e| cmd("Create", &e))?;
+    let created = c
+        .ctx
+        .execute_with_session(Some(AuthSession::Password), |ctx| {
+            ctx.create(parent, public, None, Some(data), None, None)
+        })
+        .map_err(|e| cmd("Create", &e))?;
+    Ok(SealedBlob {
+        public: B64.encode(super::marshal_public(&created.out_public)?),
+        private: B64.encode(super::private_bytes(&created.out_private)),
+    })
+}
+
+/// Loads a sealed blob, satisfies its PCR policy and unseals it; flushes everything it loaded.
+pub(crate) fn unseal(c: &mut Conn, name: &str, blob: &SealedBlob, pcrs: &[u8]) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+    let (public, private) = blob.parts()?;
+    let primary = c.persistent(super::provision::PRIMARY_HANDLE).map_err(|e| cmd("unseal", &e))?;
+    let loaded = c
+        .ctx
+        .execute_with_session(Some(AuthSession::Password), |ctx| ctx.load(KeyHandle::from(primary), private, public))
+        .map_err(|e| cmd("Load", &e))?;
+    let session = match policy_session(c, SessionType::Policy) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = c.ctx.flush_context(ObjectHandle::from(loaded));
+            return Err(e);
+        }
+    };
+    let result = (|| {
+        let s = session.ok_or_else(|| TpmError::Provisioning("no policy session".into()))?;
+        let ps = PolicySession::try_from(s).map_err(|e| cmd("PolicyPCR", &e))?;
+        let sel = pcr_selection(pcrs).map_err(|e| cmd("PolicyPCR", &e))?;
+        c.ctx.policy_pcr(ps, Digest::default(), sel).map_err(|e| cmd("PolicyPCR", &e))?;
+        c.ctx.execute_with_session(Some(s), |ctx| ctx.unseal(ObjectHandle::from(loaded))).map_err(|e| {
+            if let tss_esapi::Error::Tss2Error(rc) = &e
+                && matches!(
+                    rc.kind(),
+                    Some(
+                        Tss2ResponseCodeKind::PolicyFail | Tss2ResponseCodeKind::Pcr | Tss2ResponseCodeKind::PcrChanged
+                    )
+                )
+            {
+                return TpmError::PcrMismatch { name: name.to_owned(), pcrs: pcrs.to_vec() };
+            }
+            cmd("Unseal", &e)
+        })
+    })();
+    flush_session(c, session);
+    let _ = c.ctx.flush_context(ObjectHandle::from(loaded));
+    result.map(|d| Zeroizing::new(d.value().to_vec()))
+}
+
+/// A TPM ECDSA signature as DER `SEQUENCE { INTEGER r, INTEGER s }`.
+pub fn ecdsa_der(sig: &Signature) -> Option<Vec<u8>> {
+    let Signature::EcDsa(e) = sig else { return None };
+    Some(crate::keys::der::ecdsa_sig(e.signature_r().value(), e.signature_s().value()))
+}
+
+/// The uncompressed point (`04 || x || y`, 32 bytes each) of a P-256 public area.
+pub fn point_of(public: &Public) -> Option<Vec<u8>> {
+    let Public::Ecc { unique, .. } = public else { return None };
+    let (x, y) = (unique.x().value(), unique.y().value());
+    if x.len() > 32 || y.len() > 32 {
+        return None;
+    }
+    let mut out = vec![0x04];
+    out.extend(std::iter::repeat_n(0, 32 - x.len()));
+    out.extend_from_slice(x);
+    out.extend(std::iter::repeat_n(0, 32 - y.len()));
+    out.extend_from_slice(y);
+    Some(out)
+}
