@@ -61,7 +61,10 @@ pub async fn start_ministry(cfg: &ministry::MinistryConfig, file: &std::path::Pa
     let (tcp, spec) = bind("sim-ministry", &cfg.server, file).await?;
     let addr = tcp.local_addr().map_err(|e| ConfigError::new(file, "server.listen", e))?;
     let (stop, stopped) = watch::channel(false);
-    let handler = move |_peer, req| sim.clone().answer(req);
+    let handler = move |peer: Arc<tls::PeerIdentity>, req| {
+        tracing::info!(subject = %peer.subject, public_key_sha256 = %peer.public_key_sha256, "client");
+        sim.clone().answer(req)
+    };
     tracing::info!(listener = "sim-ministry", addr = %addr, "listening");
     let task = tokio::spawn(listener::serve(tcp, spec, None, handler, stopped));
     Ok(Running { addr, stop, task })

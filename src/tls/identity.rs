@@ -26,6 +26,8 @@ pub struct PeerIdentity {
     pub serial: String,
     /// SHA-256 of the DER certificate, lower-case hex.
     pub fingerprint: String,
+    /// SHA-256 of the certificate's SubjectPublicKeyInfo DER, lower-case hex.
+    pub public_key_sha256: String,
     pub subject_alt_names: Vec<String>,
     /// Extended key usages, as names (`clientAuth`) or dotted OIDs.
     pub extended_key_usages: Vec<String>,
@@ -100,6 +102,7 @@ impl PeerIdentity {
             issuer: cert.issuer().to_string(),
             serial: hex(cert.raw_serial()),
             fingerprint: sha256_hex(der),
+            public_key_sha256: sha256_hex(cert.public_key().raw),
             subject_alt_names: sans,
             extended_key_usages: ekus,
             not_before: cert.validity().not_before.timestamp(),

@@ -108,6 +108,15 @@ pub struct World {
 impl World {
     /// Makes a fresh PKI and configs; starts nothing.
     pub fn new() -> World {
+        World::with_dev_pki_args(&[])
+    }
+
+    /// A world whose gateway keys live in `tpm` (dev-pki --tpm), sealed to `pcrs`.
+    pub fn with_tpm(tpm: &Swtpm, pcrs: &str) -> World {
+        World::with_dev_pki_args(&["--tpm".into(), tpm.tcti(), "--tpm-pcrs".into(), pcrs.into()])
+    }
+
+    fn with_dev_pki_args(extra: &[String]) -> World {
         let dir = tempfile::tempdir().unwrap();
         let w = World {
             gateway_port: free_port(),
@@ -126,6 +135,7 @@ impl World {
             .args(["--admin-port", &w.admin_port.to_string()])
             .args(["--ministry-port", &w.ministry_port.to_string()])
             .args(["--receiver-port", &w.receiver_port.to_string()])
+            .args(extra)
             .output()
             .unwrap();
         assert!(out.status.success(), "dev-pki failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -261,4 +271,84 @@ pub fn log_contains(path: &Path, needle: &str) -> bool {
     std::fs::File::open(path)
         .map(|f| BufReader::new(f).lines().map_while(Result::ok).any(|l| l.contains(needle)))
         .unwrap_or(false)
+}
+
+/// Whether an external tool is installed; with `CI` set, a missing tool fails the test.
+pub fn have_tool(name: &str) -> bool {
+    let found =
+        Command::new("sh").args(["-c", &format!("command -v {name}")]).output().is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(std::env::var_os("CI").is_none(), "{name} is required when CI is set (make deps installs it)");
+        eprintln!("SKIPPED: {name} is not installed (`make deps` installs it)");
+    }
+    found
+}
+
+/// Two consecutive free ports (swtpm's server and control ports).
+fn free_port_pair() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 65_000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// One software TPM for one test: its own state directory and TCP port pair; killed on drop.
+pub struct Swtpm {
+    child: Option<Child>,
+    pub port: u16,
+    pub state: tempfile::TempDir,
+}
+
+impl Swtpm {
+    /// None (test skipped) when swtpm is not installed and CI is not set.
+    pub fn start() -> Option<Swtpm> {
+        if !have_tool("swtpm") || !have_tool("tpm2_pcrextend") {
+            return None;
+        }
+        let mut t = Swtpm { child: None, port: free_port_pair(), state: tempfile::tempdir().unwrap() };
+        t.restart();
+        Some(t)
+    }
+
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// (Re)starts swtpm on the same state and ports.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", self.state.path().display()))
+            .args(["--server", &format!("type=tcp,port={},bindaddr=127.0.0.1", self.port)])
+            .args(["--ctrl", &format!("type=tcp,port={},bindaddr=127.0.0.1", self.port + 1)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("swtpm starts");
+        self.child = Some(child);
+        wait_port(self.port);
+    }
+
+    /// Kills swtpm at once (SIGKILL), as a failing TPM would vanish.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs a tpm2-tools command against this TPM.
+    pub fn tool(&self, args: &[&str]) -> std::process::Output {
+        Command::new(args[0]).args(&args[1..]).env("TPM2TOOLS_TCTI", self.tcti()).output().unwrap()
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -1,0 +1,238 @@
+//! Key custody with a real (software) TPM: one swtpm per test, on its own port pair and state
+//! directory. With `CI` set, a missing swtpm or tpm2-tools fails these tests.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{BIN, Swtpm, World, admin_get, fault_code, metric, post};
+use spocgw::sim::messages::{self, BioRequest};
+use spocgw::xml::SoapVersion;
+
+const SOAP11: &str = "text/xml; charset=utf-8";
+
+fn verify_body(message_id: &str) -> String {
+    messages::envelope(SoapVersion::V11, &BioRequest::matching(message_id, 512).verify_fingerprint())
+}
+
+fn spki_sha256(pem_file: &std::path::Path) -> String {
+    let pem = std::fs::read_to_string(pem_file).unwrap();
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+    spocgw::tls::sha256_hex(&der)
+}
+
+fn spocgw(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn wait_for<F: FnMut() -> bool>(what: &str, limit: Duration, mut f: F) {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Every file under `dir` whose text holds a PEM private key.
+fn private_key_files(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read_to_string(&p).is_ok_and(|t| t.contains("PRIVATE KEY")) {
+                found.push(p.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioned_keys_serve_and_the_ministry_sees_the_tpm_key() {
+    let Some(tpm) = Swtpm::start() else { return };
+    let mut w = World::with_tpm(&tpm, "16");
+    w.start_ministry();
+    w.start_receiver();
+    w.start_gateway();
+    w.wait_ready();
+
+    // No gateway private key on disk, in the clear or otherwise.
+    assert_eq!(private_key_files(&w.path("gateway")), Vec::<String>::new());
+    assert_eq!(private_key_files(&w.path("tpm")), Vec::<String>::new());
+    assert!(std::fs::read_to_string(w.path("gateway.toml")).unwrap().contains("require_tpm = true"));
+
+    let officer = w.client("officer", false);
+    let r = post(
+        &officer,
+        "/bio/v1",
+        SOAP11,
+        Some("VerifyFingerprintRequest"),
+        verify_body(&uuid::Uuid::new_v4().to_string()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", common::text(&r));
+
+    // The certificate the Ministry saw carries the TPM key's public key.
+    let want = spki_sha256(&w.path("tpm/ministry-client.pub.pem"));
+    let ministry_log = std::fs::read_to_string(w.path("ministry.log")).unwrap();
+    assert!(
+        ministry_log.contains(&format!("\"public_key_sha256\":\"{want}\"")),
+        "the Ministry never saw the TPM key {want}:\n{ministry_log}"
+    );
+    let m = w.metrics();
+    assert!(metric(&m, "spocgw_tpm_operations_total{op=\"sign\",result=\"ok\"}") >= 1.0, "{m}");
+    let (code, ready) = admin_get(w.admin_port, "/readyz");
+    assert_eq!(code, 200);
+    assert!(ready.contains("tpm: ok"), "{ready}");
+
+    // Provisioning again changes nothing; status shows every key present.
+    let cfg = w.path("gateway.toml");
+    let cfg = cfg.to_str().unwrap();
+    let out = spocgw(&["tpm", "provision", "--config", cfg]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already provisioned"));
+    let out = spocgw(&["tpm", "status", "--config", cfg]);
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{status}");
+    assert!(status.contains("ministry-client: tpm at 0x81000010, present"), "{status}");
+    assert!(status.contains("PCRs [16]"), "{status}");
+
+    // Checkpoints were signed by the TPM key: verified with its public key from provisioning.
+    w.procs[2].signal("TERM");
+    assert!(w.procs[2].wait_exit(Duration::from_secs(15)).is_some_and(|s| s.success()));
+    let audit = w.path("audit");
+    let key = w.path("tpm/audit-checkpoint.pub.pem");
+    let out = spocgw(&["audit", "verify", audit.to_str().unwrap(), "--key", key.to_str().unwrap()]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(audit_has(&audit, "upstream.ministry.key tpm:ministry-client"), "no key_event record names the TPM key");
+}
+
+fn audit_has(dir: &std::path::Path, needle: &str) -> bool {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(needle)))
+}
+
+#[test]
+fn a_changed_pcr_refuses_the_unseal_and_serve_exits_2() {
+    let Some(tpm) = Swtpm::start() else { return };
+    let mut w = World::with_tpm(&tpm, "16");
+    // PCR 16 is the debug PCR: resettable, extended here as a changed boot state would be.
+    let out = tpm.tool(&["tpm2_pcrextend", &format!("16:sha256={}", "ab".repeat(32))]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cfg = w.path("gateway.toml");
+    let mut p = common::Proc::start(&["serve", "--config", cfg.to_str().unwrap()], w.path("gateway.log"));
+    let status = p.wait_exit(Duration::from_secs(20)).expect("serve exits");
+    assert_eq!(status.code(), Some(2));
+    let log = p.log_text();
+    assert!(log.contains("PCR values no longer match"), "{log}");
+    assert!(log.contains("police-server") || log.contains("audit-pseudonym"), "{log}");
+    // Nothing was served.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", w.gateway_port)).is_err());
+    w.procs.clear();
+}
+
+#[test]
+fn a_quote_verifies_with_tpm2_checkquote_and_a_wrong_nonce_fails() {
+    let Some(tpm) = Swtpm::start() else { return };
+    if !common::have_tool("tpm2_checkquote") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let prov = dir.path().join("tpm");
+    let (tcti, prov_s) = (tpm.tcti(), prov.to_str().unwrap().to_owned());
+    let out = spocgw(&["tpm", "provision", "--tcti", &tcti, "--dir", &prov_s, "--pcrs", "0,16"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let q = dir.path().join("q");
+    let nonce = "5eed0f1a2b3c4d5e6f708192a3b4c5d6";
+    let out =
+        spocgw(&["tpm", "quote", "--tcti", &tcti, "--dir", &prov_s, "--nonce", nonce, "--out", q.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let check = |n: &str| {
+        let f = |name: &str| q.join(name).to_str().unwrap().to_owned();
+        Command::new("tpm2_checkquote")
+            .args(["-u", &f("attestation.pub.pem"), "-m", &f("quote.msg"), "-s", &f("quote.sig")])
+            .args(["-f", &f("quote.pcrs"), "-l", "sha256:0,16", "-g", "sha256", "-q", n])
+            .output()
+            .unwrap()
+    };
+    let good = check(nonce);
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    let bad = check("5eed0f1a2b3c4d5e6f708192a3b4c5d7");
+    assert!(!bad.status.success(), "a quote verified with the wrong nonce");
+    // The attestation key is the one provisioning recorded.
+    assert_eq!(spki_sha256(&q.join("attestation.pub.pem")), spki_sha256(&prov.join("attestation.pub.pem")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_tpm_fails_new_upstream_handshakes_closed_and_recovers() {
+    let Some(mut tpm) = Swtpm::start() else { return };
+    let mut w = World::with_tpm(&tpm, "16");
+    w.start_ministry();
+    w.start_receiver();
+    w.start_gateway();
+    w.wait_ready();
+    let officer = w.client("officer", false);
+    let send = || {
+        post(
+            &officer,
+            "/bio/v1",
+            SOAP11,
+            Some("VerifyFingerprintRequest"),
+            verify_body(&uuid::Uuid::new_v4().to_string()),
+        )
+    };
+    assert_eq!(send().await.unwrap().status, 200);
+
+    tpm.kill();
+    wait_for("/readyz to report the TPM", Duration::from_secs(15), || {
+        let (code, body) = admin_get(w.admin_port, "/readyz");
+        code == 503 && body.contains("tpm: unavailable")
+    });
+    // A new Ministry process: the pooled connections are gone, a new handshake needs the TPM.
+    w.procs.remove(0);
+    w.start_ministry();
+    for _ in 0..2 {
+        let r = send().await.unwrap();
+        assert_eq!(r.status, 502, "{}", common::text(&r));
+        assert_eq!(fault_code(&r).as_deref(), Some("UpstreamUnavailable"));
+    }
+    wait_for("a failed TPM signature", Duration::from_secs(10), || {
+        metric(&w.metrics(), "spocgw_tpm_operations_total{op=\"sign\",result=\"failed\"}") >= 1.0
+    });
+    assert_eq!(admin_get(w.admin_port, "/healthz").0, 200, "the gateway stays up");
+    assert!(w.gateway_log().contains("TLS signature with the TPM key failed"), "{}", w.gateway_log());
+
+    tpm.restart();
+    wait_for("the gateway to be ready again", Duration::from_secs(20), || admin_get(w.admin_port, "/readyz").0 == 200);
+    let r = send().await.unwrap();
+    assert_eq!(r.status, 200, "{}", common::text(&r));
+}
+
+#[test]
+fn require_tpm_refuses_file_keys() {
+    let w = World::new();
+    let cfg = w.path("gateway.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("require_tpm = true\n{text}\n[tpm]\ntcti = \"swtpm:host=127.0.0.1,port=9\"\ndir = \"tpm\"\n"),
+    )
+    .unwrap();
+    let out = spocgw(&["serve", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("police.key") && err.contains("require_tpm = true refuses the file key"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
