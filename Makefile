@@ -5,7 +5,9 @@ SHELL := /bin/bash
 CARGO ?= cargo
 
 # command:package pairs the tests and the demo need
-TOOLS := curl:curl openssl:openssl xmllint:libxml2-utils
+TOOLS := curl:curl openssl:openssl xmllint:libxml2-utils pkg-config:pkg-config swtpm:swtpm tpm2_checkquote:tpm2-tools
+# pkg-config module:package pairs the build links against (tss-esapi)
+LIBS := tss2-esys:libtss2-dev tss2-tctildr:libtss2-dev
 
 .PHONY: all deps demo test lint check fmt clean bench bench-xsd fuzz
 
@@ -16,6 +18,10 @@ deps:
 	for pair in $(TOOLS); do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	for pair in $(LIBS); do \
+	  mod=$${pair%%:*}; pkg=$${pair##*:}; \
+	  pkg-config --exists $$mod 2>/dev/null || case "$$missing" in *" $$pkg"*) ;; *) missing="$$missing $$pkg";; esac; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -32,7 +38,7 @@ demo: deps
 test: deps
 	$(CARGO) test --locked
 
-lint:
+lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
