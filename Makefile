@@ -52,7 +52,7 @@ clean:
 
 # Benchmarks: criterion micro-benchmarks, then the side-by-side XSD figures against xmllint.
 bench: deps
-	$(CARGO) bench --locked --bench validator --bench policy --bench audit
+	$(CARGO) bench --locked --bench validator --bench policy --bench audit --bench tpm
 	bash bench/xsd.sh
 
 bench-xsd: deps
