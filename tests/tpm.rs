@@ -115,6 +115,24 @@ async fn provisioned_keys_serve_and_the_ministry_sees_the_tpm_key() {
     let out = spocgw(&["audit", "verify", audit.to_str().unwrap(), "--key", key.to_str().unwrap()]);
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(audit_has(&audit, "upstream.ministry.key tpm:ministry-client"), "no key_event record names the TPM key");
+    // An officer finds the request by document number, with the pseudonymisation key the TPM unseals.
+    let out = spocgw(&[
+        "audit",
+        "query",
+        audit.to_str().unwrap(),
+        "--document",
+        "X1234567",
+        "--pseudonym-key",
+        "tpm:audit-pseudonym",
+        "--config",
+        cfg,
+    ]);
+    let found = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && found.contains("VerifyFingerprintRequest"),
+        "{found}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn audit_has(dir: &std::path::Path, needle: &str) -> bool {

@@ -46,8 +46,13 @@ pub enum AuditCommand {
         /// A document number, matched through its pseudonym (needs --pseudonym-key).
         #[arg(long)]
         document: Option<String>,
+        /// The pseudonymisation key: a file, or tpm:audit-pseudonym (unsealed by the TPM named
+        /// in --config's [tpm] table)
         #[arg(long)]
-        pseudonym_key: Option<PathBuf>,
+        pseudonym_key: Option<String>,
+        /// gateway.toml, for its [tpm] table (with --pseudonym-key tpm:NAME)
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// JSON lines instead of a table.
         #[arg(long)]
         json: bool,
@@ -111,10 +116,11 @@ pub fn run(cmd: AuditCommand) -> ExitCode {
             until,
             document,
             pseudonym_key,
+            config,
             json,
         } => {
             let pseudonym = match (document, pseudonym_key) {
-                (Some(d), Some(k)) => match load_pseudonym_key(&k) {
+                (Some(d), Some(k)) => match pseudonym_key_from(&k, config.as_deref()) {
                     Ok(key) => Some(pseudonymise(&key, &d)),
                     Err(e) => {
                         eprintln!("spocgw audit query: {e}");
@@ -299,4 +305,18 @@ fn print_records(dir: &Path, filter: &dyn Fn(&Record) -> bool, format: Format) -
     }
     let _ = out.flush();
     ExitCode::SUCCESS
+}
+
+/// The pseudonymisation key from a file, or unsealed by the TPM of `config`'s `[tpm]` table.
+fn pseudonym_key_from(key: &str, config: Option<&std::path::Path>) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    let r = crate::keys::KeyRef::try_from(key.to_owned())?;
+    let tpm = match (&r, config) {
+        (crate::keys::KeyRef::Tpm(_), Some(c)) => Some(super::tpm::read_tpm_table(c)?),
+        (crate::keys::KeyRef::Tpm(_), None) => {
+            return Err(format!("{key} needs --config gateway.toml (its [tpm] table)"));
+        }
+        (crate::keys::KeyRef::File(p), _) => return load_pseudonym_key(p).map_err(|e| e.to_string()),
+    };
+    let store = crate::keys::KeyStore::open(tpm.as_ref()).map_err(|e| e.to_string())?;
+    store.secret(&r).map_err(|e| e.to_string())
 }

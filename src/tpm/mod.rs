@@ -349,7 +349,14 @@ pub struct Quote {
 }
 
 pub(crate) fn cmd(op: &'static str, e: &tss_esapi::Error) -> TpmError {
-    TpmError::Command { op, reason: e.to_string() }
+    let reason = match e {
+        // Not a TPM response: the transport (TCTI) or the software stack failed.
+        tss_esapi::Error::Tss2Error(rc) if rc.kind().is_none() => {
+            format!("no answer from the TPM (connection lost or TPM reset; {e})")
+        }
+        _ => e.to_string(),
+    };
+    TpmError::Command { op, reason }
 }
 
 fn null_ticket() -> tss_esapi::Result<HashcheckTicket> {
