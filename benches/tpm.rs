@@ -22,41 +22,6 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port()
 }
 
-struct Swtpm(std::process::Child, u16);
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn swtpm(state: &std::path::Path) -> Option<Swtpm> {
-    let port = loop {
-        let p = free_port();
-        if p < 65_000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            break p;
-        }
-    };
-    let child = std::process::Command::new("swtpm")
-        .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
-        .arg("--tpmstate")
-        .arg(format!("dir={}", state.display()))
-        .args(["--server", &format!("type=tcp,port={port},bindaddr=127.0.0.1")])
-        .args(["--ctrl", &format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1)])
-        .spawn()
-        .ok()?;
-    let t = Swtpm(child, port);
-    let end = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some(t)
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -93,12 +58,12 @@ fn main() {
     }
     let dir = tempfile::tempdir().expect("tmp");
     let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).expect("state");
-    let Some(t) = swtpm(&state) else {
+    if !spocgw::tpm::swtpm::installed() {
         println!("tpm bench SKIPPED: swtpm not installed (make deps)");
         return;
-    };
-    let tcti = format!("swtpm:host=127.0.0.1,port={}", t.1);
+    }
+    let t = spocgw::tpm::swtpm::SoftTpm::start(&state).expect("swtpm");
+    let tcti = t.tcti();
     let pki = dir.path().join("pki");
     let ports = Ports {
         gateway: free_port(),

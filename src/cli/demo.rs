@@ -62,7 +62,11 @@ fn run_inner(keep: Option<&Path>) -> anyhow::Result<bool> {
         receiver: free_port()?,
     };
     // TPM-backed by default: a software TPM for this run, provisioned by dev-pki.
-    let swtpm = start_swtpm(&dir)?;
+    let swtpm = if crate::tpm::swtpm::installed() {
+        Some(crate::tpm::swtpm::SoftTpm::start(&dir.join("swtpm-state")).context("cannot start swtpm")?)
+    } else {
+        None
+    };
     let dev_tpm = swtpm.as_ref().map(|t| dev_pki::DevTpm { tcti: t.tcti(), pcrs: vec![0, 2, 4, 7] });
     dev_pki::generate_with(&dir, ports, dev_tpm.as_ref())?;
     // Logs go to a file so the table stays readable.
@@ -120,61 +124,6 @@ fn run_inner(keep: Option<&Path>) -> anyhow::Result<bool> {
         println!("logs: {}", log_path.display());
     }
     Ok(passed == rows.len())
-}
-
-/// A software TPM for the demo, killed when dropped.
-struct DemoTpm {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl DemoTpm {
-    fn tcti(&self) -> String {
-        format!("swtpm:host=127.0.0.1,port={}", self.port)
-    }
-}
-
-impl Drop for DemoTpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn on_path(cmd: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
-}
-
-/// Starts swtpm on two free consecutive ports with its state under `dir`; None without swtpm.
-fn start_swtpm(dir: &Path) -> anyhow::Result<Option<DemoTpm>> {
-    if !on_path("swtpm") {
-        return Ok(None);
-    }
-    let port = loop {
-        let p = free_port()?;
-        if p < 65_000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            break p;
-        }
-    };
-    let state = dir.join("swtpm-state");
-    std::fs::create_dir_all(&state).with_context(|| format!("cannot create {}", state.display()))?;
-    let child = std::process::Command::new("swtpm")
-        .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
-        .arg("--tpmstate")
-        .arg(format!("dir={}", state.display()))
-        .args(["--server", &format!("type=tcp,port={port},bindaddr=127.0.0.1")])
-        .args(["--ctrl", &format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1)])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("cannot start swtpm")?;
-    let t = DemoTpm { child, port };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "swtpm did not start listening on port {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(Some(t))
 }
 
 /// With a TPM: no gateway private key exists as a file.

@@ -8,6 +8,7 @@
 
 pub mod provision;
 mod session;
+pub mod swtpm;
 
 use std::path::PathBuf;
 use std::str::FromStr;

@@ -284,20 +284,9 @@ pub fn have_tool(name: &str) -> bool {
     found
 }
 
-/// Two consecutive free ports (swtpm's server and control ports).
-fn free_port_pair() -> u16 {
-    loop {
-        let p = free_port();
-        if p < 65_000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
-}
-
 /// One software TPM for one test: its own state directory and TCP port pair; killed on drop.
 pub struct Swtpm {
-    child: Option<Child>,
-    pub port: u16,
+    inner: spocgw::tpm::swtpm::SoftTpm,
     pub state: tempfile::TempDir,
 }
 
@@ -307,48 +296,27 @@ impl Swtpm {
         if !have_tool("swtpm") || !have_tool("tpm2_pcrextend") {
             return None;
         }
-        let mut t = Swtpm { child: None, port: free_port_pair(), state: tempfile::tempdir().unwrap() };
-        t.restart();
-        Some(t)
+        let state = tempfile::tempdir().unwrap();
+        let inner = spocgw::tpm::swtpm::SoftTpm::start(state.path()).expect("swtpm starts");
+        Some(Swtpm { inner, state })
     }
 
     pub fn tcti(&self) -> String {
-        format!("swtpm:host=127.0.0.1,port={}", self.port)
+        self.inner.tcti()
     }
 
-    /// (Re)starts swtpm on the same state and ports.
+    /// Restarts swtpm on the same state and ports.
     pub fn restart(&mut self) {
-        self.kill();
-        let child = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
-            .arg("--tpmstate")
-            .arg(format!("dir={}", self.state.path().display()))
-            .args(["--server", &format!("type=tcp,port={},bindaddr=127.0.0.1", self.port)])
-            .args(["--ctrl", &format!("type=tcp,port={},bindaddr=127.0.0.1", self.port + 1)])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("swtpm starts");
-        self.child = Some(child);
-        wait_port(self.port);
+        self.inner.restart().expect("swtpm restarts");
     }
 
-    /// Kills swtpm at once (SIGKILL), as a failing TPM would vanish.
+    /// Kills swtpm at once (SIGKILL).
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.inner.kill();
     }
 
     /// Runs a tpm2-tools command against this TPM.
     pub fn tool(&self, args: &[&str]) -> std::process::Output {
         Command::new(args[0]).args(&args[1..]).env("TPM2TOOLS_TCTI", self.tcti()).output().unwrap()
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
