@@ -9,7 +9,7 @@ TOOLS := curl:curl openssl:openssl xmllint:libxml2-utils pkg-config:pkg-config s
 # pkg-config module:package pairs the build links against (tss-esapi)
 LIBS := tss2-esys:libtss2-dev tss2-tctildr:libtss2-dev
 
-.PHONY: all deps demo test lint check fmt clean bench bench-xsd fuzz
+.PHONY: all deps bench-deps demo test lint check fmt clean bench bench-xsd bench-sbs fuzz
 
 all: check
 
@@ -32,6 +32,12 @@ deps:
 	  fi; \
 	fi
 
+# The side-by-side benchmark also needs nginx (not needed by the tests).
+bench-deps: deps
+	@command -v nginx >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light; \
+	  else echo "missing nginx; run: sudo apt-get install -y nginx-light"; exit 1; fi; }
+
 demo: deps
 	$(CARGO) run --quiet --locked -- demo
 
@@ -50,10 +56,15 @@ fmt:
 clean:
 	$(CARGO) clean
 
-# Benchmarks: criterion micro-benchmarks, then the side-by-side XSD figures against xmllint.
-bench: deps
+# Benchmarks: criterion micro-benchmarks, the XSD figures against xmllint, then spocgw against
+# nginx side by side (bench/results/latest.md).
+bench: bench-deps
 	$(CARGO) bench --locked --bench validator --bench policy --bench audit --bench tpm
 	bash bench/xsd.sh
+	bash bench/side-by-side.sh
+
+bench-sbs: bench-deps
+	bash bench/side-by-side.sh
 
 bench-xsd: deps
 	bash bench/xsd.sh

@@ -65,6 +65,10 @@ pub struct GatewayConfig {
     /// Refuse to start with any key read from a file.
     #[serde(default)]
     pub require_tpm: bool,
+    /// Benchmarks only: forward without validation, policy or audit (the floor `make bench`
+    /// compares against). Refused together with `require_tpm`.
+    #[serde(default)]
+    pub bare_proxy: bool,
 }
 
 /// `[xml]`: the schemas and the XML firewall's limits.
@@ -380,6 +384,13 @@ impl GatewayConfig {
                 }
                 _ => {}
             }
+        }
+        if self.bare_proxy && self.require_tpm {
+            return Err(ConfigError::new(
+                file,
+                "bare_proxy",
+                "bare_proxy (benchmark mode: no validation, policy or audit) is refused with require_tpm = true",
+            ));
         }
         if self.require_tpm && self.tpm.is_none() {
             return Err(ConfigError::new(file, "require_tpm", "require_tpm = true needs a [tpm] section"));

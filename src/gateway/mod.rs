@@ -131,7 +131,13 @@ impl Gateway {
             metrics: metrics.clone(),
             in_flight: Semaphore::new(cfg.limits.max_in_flight),
             request_timeout: cfg.police.request_timeout(),
+            bare: cfg.bare_proxy,
         });
+        if cfg.bare_proxy {
+            tracing::warn!(
+                "bare_proxy = true: BENCHMARK MODE, requests are forwarded without validation, policy or audit"
+            );
+        }
         let (stop, stopped) = watch::channel(false);
         let mut listeners = Vec::new();
         for (tcp, spec, kind) in [

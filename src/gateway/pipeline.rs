@@ -48,6 +48,8 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
     pub in_flight: Semaphore,
     pub request_timeout: std::time::Duration,
+    /// Benchmark floor only (`bare_proxy = true`): route, body limit and forward, nothing else.
+    pub bare: bool,
 }
 
 /// What is known about a request as it travels; filled in stage by stage.
@@ -149,6 +151,9 @@ impl Pipeline {
             SoapVersion::V12 => media.action.clone(),
         };
         let content_type = req.headers().get(CONTENT_TYPE).cloned();
+        if self.bare {
+            return self.run_bare(x, route, req, content_type, action).await;
+        }
         // Body, within the route's limit and the listener's deadline.
         let body = match tokio::time::timeout(self.request_timeout, read_limited(req.into_body(), route.max_body)).await
         {
@@ -223,6 +228,45 @@ impl Pipeline {
         let soap_action = if media.version == SoapVersion::V11 { action.as_deref() } else { None };
         let headers = soap_headers(ct, soap_action, Some(&x.incident));
         Ok(self.forward(x, route, headers, body).await)
+    }
+
+    /// `bare_proxy`: the body within its limit, forwarded and its reply passed back as it is: no
+    /// validation, policy or audit. The benchmark's floor, never a way to run the gateway.
+    async fn run_bare(
+        &self,
+        x: &mut Exchange<'_>,
+        route: &Route,
+        req: Request<Incoming>,
+        content_type: Option<HeaderValue>,
+        action: Option<String>,
+    ) -> Result<Outcome, RequestTimeout> {
+        let body = match tokio::time::timeout(self.request_timeout, read_limited(req.into_body(), route.max_body)).await
+        {
+            Err(_) | Ok(Err(BodyError::Read(_))) => return Err(RequestTimeout),
+            Ok(Err(BodyError::TooLarge)) => {
+                return Ok(Outcome::Refused(Refusal::PayloadTooLarge, format!("over {} bytes", route.max_body)));
+            }
+            Ok(Ok(b)) => b,
+        };
+        let ct = content_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("text/xml; charset=utf-8");
+        let headers = soap_headers(ct, action.as_deref(), Some(&x.incident));
+        let upstream = match route.upstream {
+            UpstreamKind::Ministry => &self.ministry,
+            UpstreamKind::PoliceCallback => match &self.police_callback {
+                Some(u) => u,
+                None => {
+                    return Ok(Outcome::Refused(Refusal::UpstreamUnavailable, "no police callback upstream".into()));
+                }
+            },
+        };
+        Ok(match upstream.post(route.path, headers, body).await {
+            Ok(reply) => {
+                x.upstream_status = Some(reply.status.as_u16());
+                Outcome::Forwarded(reply)
+            }
+            Err(e) if e.is_timeout() => Outcome::Refused(Refusal::UpstreamTimeout, e.to_string()),
+            Err(e) => Outcome::Refused(Refusal::UpstreamUnavailable, e.to_string()),
+        })
     }
 
     async fn forward(&self, x: &mut Exchange<'_>, route: &Route, headers: http::HeaderMap, body: Bytes) -> Outcome {
@@ -390,7 +434,9 @@ impl Pipeline {
             response.headers_mut().insert(X_REQUEST_ID, v);
         }
         // Every request has its outcome on record, refused ones included.
-        self.audit.append(self.record(x, "outcome", Some(code), Some(response.status().as_u16())));
+        if !self.bare {
+            self.audit.append(self.record(x, "outcome", Some(code), Some(response.status().as_u16())));
+        }
         let elapsed = x.started.elapsed();
         let listener = x.listener.name();
         self.metrics

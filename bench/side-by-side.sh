@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# make bench (side-by-side part): spocgw against nginx on this machine, in one run.
+#   direct : the load generator straight to the simulated Ministry (the ceiling)
+#   nginx  : nginx terminating mutual TLS with the same certificates, TLS 1.3, P-256 keys,
+#            proxy_pass over mutual TLS to the same upstream with a keep-alive pool
+#   full   : spocgw, the whole pipeline (validation, policy, durable audit)
+#   bare   : spocgw with bare_proxy = true (no validation, policy or audit: our floor)
+# Every target gets the same load generator (spocgw-load), the same bodies, and the runs
+# alternate target by target, ROUNDS times, to cancel drift; the best round is kept.
+# Writes bench/results/latest.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${DUR:-5}
+ROUNDS=${ROUNDS:-2}
+CONC=${CONC:-32}
+IDLE=${IDLE:-1000}
+W=bench/work/sbs
+OUT=bench/results/latest.md
+B=target/release/spocgw
+L=target/release/spocgw-load
+
+command -v nginx >/dev/null || { echo "nginx missing: apt-get install nginx-light" >&2; exit 1; }
+cargo build --release --quiet --locked --bin spocgw --bin spocgw-load
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$W/nginx/nginx.pid" ] && kill "$(cat "$W/nginx/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+rm -rf "$W"; mkdir -p "$W/nginx/logs" "$W/nginx/tmp" bench/results
+GP=$(port); GC=$(port); GA=$(port); MP=$(port); RP=$(port)
+BP=$(port); BC=$(port); BA=$(port); NP=$(port)
+$B dev-pki --out "$W/pki" --gateway-port "$GP" --callback-port "$GC" --admin-port "$GA" \
+  --ministry-port "$MP" --receiver-port "$RP" >/dev/null
+P=$(cd "$W/pki" && pwd)
+# One terminal sends every request: lift the per-certificate rates.
+sed -i -E 's/^(per_second|burst) *=.*/\1 = 100000000/' "$P/policies/routes.toml"
+# The bare gateway: the same certificates, its own ports and audit directory.
+{ echo "bare_proxy = true"; sed -e "s/127.0.0.1:$GP\"/127.0.0.1:$BP\"/" -e "s/127.0.0.1:$GC\"/127.0.0.1:$BC\"/" \
+  -e "s/127.0.0.1:$GA\"/127.0.0.1:$BA\"/" -e 's/^dir = "audit"/dir = "audit-bare"/' "$P/gateway.toml"; } > "$P/gateway-bare.toml"
+
+cat > "$W/nginx/nginx.conf" <<EOF
+worker_processes auto;
+user root;
+pid $PWD/$W/nginx/nginx.pid;
+error_log $PWD/$W/nginx/logs/error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log $PWD/$W/nginx/logs/access.log combined buffer=64k flush=1s;
+  client_body_temp_path $PWD/$W/nginx/tmp/body;
+  proxy_temp_path $PWD/$W/nginx/tmp/proxy;
+  client_max_body_size 512k;
+  client_body_buffer_size 512k;
+  proxy_buffer_size 16k;
+  proxy_buffers 16 64k;
+  keepalive_requests 1000000;
+  upstream ministry {
+    server 127.0.0.1:$MP;
+    keepalive 64;
+  }
+  server {
+    listen 127.0.0.1:$NP ssl http2;
+    ssl_protocols TLSv1.3;
+    ssl_ecdh_curve X25519:prime256v1:secp384r1;
+    ssl_certificate $P/gateway/police-side.pem;
+    ssl_certificate_key $P/gateway/police-side.key;
+    ssl_client_certificate $P/ca/police-ca.pem;
+    ssl_verify_client on;
+    ssl_crl $P/ca/police-ca.crl.pem;
+    ssl_session_tickets off;
+    ssl_session_cache off;
+    location / {
+      proxy_pass https://ministry;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_ssl_certificate $P/gateway/ministry-side.pem;
+      proxy_ssl_certificate_key $P/gateway/ministry-side.key;
+      proxy_ssl_trusted_certificate $P/ca/ministry-ca.pem;
+      proxy_ssl_verify on;
+      proxy_ssl_name localhost;
+      proxy_ssl_protocols TLSv1.3;
+      proxy_ssl_session_reuse on;
+    }
+  }
+}
+EOF
+
+$B sim ministry --config "$P/ministry.toml" 2>"$W/ministry.log" & PIDS+=($!)
+$B serve --config "$P/gateway.toml" 2>"$W/full.log" & PIDS+=($!); FULL_PID=$!
+$B serve --config "$P/gateway-bare.toml" 2>"$W/bare.log" & PIDS+=($!); BARE_PID=$!
+nginx -p "$PWD/$W/nginx" -c "$PWD/$W/nginx/nginx.conf"
+for a in "$GA" "$BA"; do
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$a/readyz" >/dev/null && break; sleep 0.1; done
+  curl -sf "http://127.0.0.1:$a/readyz" >/dev/null || { echo "gateway on admin port $a not ready" >&2; exit 1; }
+done
+sleep 0.3
+NGINX_PID=$(cat "$W/nginx/nginx.pid")
+
+url() { case $1 in direct) echo "https://127.0.0.1:$MP";; nginx) echo "https://127.0.0.1:$NP";;
+  full) echo "https://127.0.0.1:$GP";; bare) echo "https://127.0.0.1:$BP";; esac; }
+creds() { if [ "$1" = direct ]; then echo "--ca $P/ca/ministry-ca.pem --cert $P/gateway/ministry-side.pem --key $P/gateway/ministry-side.key";
+  else echo "--ca $P/ca/police-ca.pem --cert $P/clients/officer.pem --key $P/clients/officer.key"; fi; }
+# load TARGET ARGS... -> the generator's line
+load() { local t=$1; shift; # shellcheck disable=SC2046
+  $L --url "$(url "$t")" $(creds "$t") --duration "$DUR" "$@" 2>>"$W/load.err" || echo "req_per_s=0 p99_ms=0 errors=failed"; }
+field() { sed -E "s/.*$1=([^ ]+).*/\1/" <<<"$2"; }
+
+declare -A RPS P99 ERR
+# scenario NAME TARGETS ARGS...: alternates targets ROUNDS times, keeps the best req/s.
+scenario() {
+  local name=$1 targets=$2; shift 2
+  for t in $targets; do RPS[$name/$t]=0; P99[$name/$t]=0; ERR[$name/$t]=0; done
+  for _ in $(seq "$ROUNDS"); do
+    for t in $targets; do
+      local line; line=$(load "$t" "$@")
+      echo "  $name $t: $line" >&2
+      local r; r=$(field req_per_s "$line")
+      if awk -v a="$r" -v b="${RPS[$name/$t]}" 'BEGIN{exit !(a>b)}'; then
+        RPS[$name/$t]=$r; P99[$name/$t]=$(field p99_ms "$line"); ERR[$name/$t]=$(field errors "$line")
+      fi
+    done
+  done
+}
+
+# RSS per idle mutual-TLS connection, first, on fresh processes: resident memory before and
+# while IDLE connections are open.
+rss_kb() { local total=0; for p in "$@"; do
+  total=$((total + $(awk '/^VmRSS/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo $total; }
+pids_of() { case $1 in nginx) echo "$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')";; full) echo "$FULL_PID";; bare) echo "$BARE_PID";; esac; }
+declare -A PERCONN
+for t in nginx full bare; do
+  before=$(rss_kb $(pids_of "$t"))
+  # shellcheck disable=SC2046
+  $L --url "$(url "$t")" $(creds "$t") --sample identity:3000 --idle "$IDLE" --hold 6 >"$W/idle-$t.out" 2>>"$W/load.err" & lp=$!
+  for _ in $(seq 600); do grep -q idle_open "$W/idle-$t.out" 2>/dev/null && break; sleep 0.1; done
+  sleep 1
+  during=$(rss_kb $(pids_of "$t"))
+  wait "$lp" || true
+  PERCONN[$t]=$(awk -v a="$before" -v b="$during" -v n="$IDLE" 'BEGIN{printf "%.1f", (b-a)/n}')
+  echo "  idle $t: rss ${before} KB -> ${during} KB with $(cat "$W/idle-$t.out")" >&2
+done
+
+ALL="direct nginx full bare"
+echo "side-by-side: ${DUR}s runs, $ROUNDS rounds alternating, concurrency $CONC" >&2
+scenario ka3k "$ALL" --sample identity:3000 --concurrency "$CONC"
+scenario ka50k "$ALL" --sample verify:50000 --concurrency "$CONC"
+scenario ka200k "$ALL" --sample verify:200000 --concurrency 16
+scenario newconn "$ALL" --sample identity:3000 --concurrency 16 --new-connection
+HALF=$(awk -v r="${RPS[ka3k/nginx]}" 'BEGIN{printf "%d", r/2}')
+scenario half "nginx full bare" --sample identity:3000 --concurrency 64 --rate "$HALF"
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2fx", a/b; else print "n/a" }'; }
+{
+  echo "# Side-by-side: spocgw vs nginx"
+  echo
+  echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "- commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo ' (+ uncommitted changes)')"
+  echo "- machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
+  echo "- nginx $(nginx -v 2>&1 | cut -d/ -f2), $(nproc) workers; spocgw release, $(nproc) runtime threads; load generator, simulated Ministry and target share the cores"
+  echo "- ${DUR}s per run, $ROUNDS rounds alternating direct/nginx/full/bare, best round kept; TLS 1.3, ECDSA P-256 certificates, mutual TLS on both sides"
+  echo
+  echo "| scenario | nginx | spocgw full | full/nginx | spocgw bare | full/bare | ceiling (direct) | goal |"
+  echo "|---|---|---|---|---|---|---|---|"
+  for s in ka3k:"keep-alive req/s, 3 KB CheckIdentity, c=$CONC":">= 1.0x" \
+           ka50k:"keep-alive req/s, 50 KB VerifyFingerprint, c=$CONC":">= 1.0x" \
+           ka200k:"keep-alive req/s, 200 KB VerifyFingerprint, c=16":"" \
+           newconn:"new mutual-TLS connection per request, req/s, c=16":">= 1.5x"; do
+    k=${s%%:*}; rest=${s#*:}; label=${rest%:*}; goal=${rest##*:}
+    echo "| $label | ${RPS[$k/nginx]} | ${RPS[$k/full]} | $(ratio "${RPS[$k/full]}" "${RPS[$k/nginx]}") | ${RPS[$k/bare]} | $(ratio "${RPS[$k/full]}" "${RPS[$k/bare]}") | ${RPS[$k/direct]} | $goal |"
+  done
+  echo "| p99 ms at $HALF req/s (half nginx's 3 KB max; at most 64 outstanding, more counted as errors: nginx ${ERR[half/nginx]}, full ${ERR[half/full]}) | ${P99[half/nginx]} | ${P99[half/full]} | +$(awk -v a="${P99[half/full]}" -v b="${P99[half/nginx]}" 'BEGIN{printf "%.2f ms", a-b}') | ${P99[half/bare]} | | | <= nginx + 1 ms |"
+  echo "| RSS KB per idle mutual-TLS connection ($IDLE open) | ${PERCONN[nginx]} | ${PERCONN[full]} | $(ratio "${PERCONN[full]}" "${PERCONN[nginx]}") | ${PERCONN[bare]} | | | <= 0.5x |"
+  echo
+  echo "Errors (best rounds): $(for k in "${!ERR[@]}"; do [ "${ERR[$k]}" != 0 ] && printf '%s=%s ' "$k" "${ERR[$k]}"; done; true)"
+  echo
+  echo "Goal 'spocgw full vs bare >= 0.85x' is the full/bare column of the keep-alive rows."
+  echo "XSD validation and audit figures: \`make bench-xsd\`, \`cargo bench --bench audit\` (README)."
+} > "$OUT"
+cat "$OUT"
