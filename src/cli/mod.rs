@@ -150,15 +150,26 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 /// JSON logs on stderr; `RUST_LOG` filters (default `info`).
-pub fn init_logging() {
+///
+/// Lines are formatted on the thread that logs and written by a logging thread through a
+/// buffer flushed whenever no line is waiting, so a request never waits for a write to stderr.
+/// Nothing is dropped: a full queue makes the logging thread's callers wait. Keep the guard
+/// alive for as long as the command runs (dropping it flushes what is left).
+pub fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(65_536)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_current_span(false)
         .try_init();
+    guard
 }
 
 /// A multi-threaded runtime for the long-running commands.

@@ -7,7 +7,7 @@ use crate::config::GatewayConfig;
 use crate::gateway::Gateway;
 
 pub fn run(file: &Path) -> ExitCode {
-    super::init_logging();
+    let _log = super::init_logging();
     let cfg = match GatewayConfig::load(file) {
         Ok(c) => c,
         Err(e) => {

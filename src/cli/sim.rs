@@ -6,7 +6,7 @@ use super::SimCommand;
 use crate::sim::{self, ministry::MinistryConfig, receiver::ReceiverConfig};
 
 pub fn run(which: SimCommand) -> ExitCode {
-    super::init_logging();
+    let _log = super::init_logging();
     let rt = match super::runtime() {
         Ok(rt) => rt,
         Err(e) => {

@@ -114,6 +114,8 @@ pub struct Bundle {
     pub tests: Vec<(String, String)>,
     /// Policy IDs in the order they were written.
     pub policy_ids: Vec<String>,
+    /// Decisions already made with this bundle (see [`super::cache`]).
+    pub cache: super::cache::DecisionCache,
 }
 
 /// The bundle's digest: SHA-256 over, for each file in sorted name order, the name, a NUL, the
@@ -244,7 +246,9 @@ impl Bundle {
             .map(|(n, b)| (n.clone(), String::from_utf8_lossy(b).into_owned()))
             .collect();
         tests.sort();
+        let cache = super::cache::DecisionCache::for_policies(&policies);
         let bundle = Bundle {
+            cache,
             origin: origin.to_owned(),
             digest: canonical_digest(files),
             schema,

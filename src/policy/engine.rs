@@ -184,18 +184,36 @@ impl Bundle {
         facts: &MessageFacts,
         now_unix: i64,
     ) -> Decision {
-        match uid("Spoc::Route", route) {
-            Ok(r) => self.authorize(caller, operation, r, facts, now_unix),
-            Err(e) => Decision { allowed: false, policies: vec![], errors: vec![e] },
+        self.cached(caller, operation, "Spoc::Route", route, facts, now_unix)
+    }
+
+    /// A decision from the cache, or made and remembered.
+    fn cached(
+        &self,
+        caller: &Caller,
+        action: &str,
+        resource_type: &str,
+        resource_id: &str,
+        facts: &MessageFacts,
+        now_unix: i64,
+    ) -> Decision {
+        let (hour, weekday) = local_time(now_unix, self.utc_offset);
+        let resource = format!("{resource_type}::{resource_id}");
+        let key = self.cache.key(caller, action, &resource, facts, hour, weekday);
+        if let Some(d) = self.cache.get(&key) {
+            return d;
         }
+        let d = match uid(resource_type, resource_id) {
+            Ok(r) => self.authorize(caller, action, r, facts, now_unix),
+            Err(e) => Decision { allowed: false, policies: vec![], errors: vec![e] },
+        };
+        self.cache.put(key, &d);
+        d
     }
 
     /// May the reply field `field` (e.g. `Holder/Address`) flow back to `caller`?
     pub fn may_receive(&self, caller: &Caller, field: &str, facts: &MessageFacts, now_unix: i64) -> Decision {
-        match uid("Spoc::Field", field) {
-            Ok(r) => self.authorize(caller, "ReceiveField", r, facts, now_unix),
-            Err(e) => Decision { allowed: false, policies: vec![], errors: vec![e] },
-        }
+        self.cached(caller, "ReceiveField", "Spoc::Field", field, facts, now_unix)
     }
 }
 

@@ -4,6 +4,7 @@
 //! bundle keeps the old one and says why.
 
 pub mod bundle;
+pub mod cache;
 pub mod cases;
 pub mod correlation;
 pub mod engine;
