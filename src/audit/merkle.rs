@@ -152,7 +152,7 @@ pub fn root_from_proof(leaf: Hash, index: u64, size: u64, proof: &[Hash]) -> Opt
 }
 
 pub fn hex(h: &Hash) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
+    crate::tls::hex(h)
 }
 
 pub fn unhex(s: &str) -> Option<Hash> {

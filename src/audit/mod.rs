@@ -370,7 +370,7 @@ impl Audit {
 
 pub fn pseudonymise(key: &[u8], value: &str) -> String {
     let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
-    aws_lc_rs::hmac::sign(&k, value.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::tls::hex(aws_lc_rs::hmac::sign(&k, value.as_bytes()).as_ref())
 }
 
 pub fn load_signing_key(path: &Path) -> Result<EcdsaKeyPair, AuditError> {

@@ -232,15 +232,14 @@ impl Writer {
 
     /// Writes and fsyncs a batch; acknowledges each record only once it is durable. On any
     /// failure the segment is cut back to where the batch began and every record is refused.
-    pub(super) fn append(&mut self, batch: Vec<Job>) -> Result<(), String> {
+    pub(super) fn append(&mut self, mut batch: Vec<Job>) -> Result<(), String> {
         let start_len = self.segment_len;
         let start_size = self.tree.size();
         let mut buf = Vec::with_capacity(batch.len() * 512);
         let mut leaves = Vec::with_capacity(batch.len());
-        for (i, job) in batch.iter().enumerate() {
-            let mut r = job.record.clone();
-            r.seq = start_size + i as u64;
-            let line = r.canonical();
+        for (i, job) in batch.iter_mut().enumerate() {
+            job.record.seq = start_size + i as u64;
+            let line = job.record.canonical();
             leaves.push(merkle::leaf_hash(&line));
             buf.extend_from_slice(&line);
             buf.push(b'\n');

@@ -1,8 +1,6 @@
 //! `PeerIdentity`: who is on the other end of a mutual-TLS connection, taken once from the
 //! verified peer certificate. Identity never comes from HTTP headers.
 
-use std::fmt::Write as _;
-
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,10 +34,13 @@ pub struct PeerIdentity {
     pub not_after: i64,
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes` (the one hex encoder of the crate: digests, keys, fingerprints).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        let _ = write!(s, "{b:02x}");
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
     s
 }

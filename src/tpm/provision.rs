@@ -95,7 +95,7 @@ impl KeyEntry {
 }
 
 pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::tls::hex(b)
 }
 
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
