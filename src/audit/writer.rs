@@ -38,7 +38,13 @@ pub(super) struct Writer {
     interval: Duration,
     last_checkpoint_size: u64,
     last_checkpoint: Instant,
+    /// When the oldest record not yet made durable was written (outcome records, which nobody
+    /// waits on, ride on the next fsync somebody waits for, or on [`SYNC_DELAY`]).
+    unsynced_since: Option<Instant>,
 }
+
+/// The longest a record nobody waits on stays written but not yet durable.
+pub(super) const SYNC_DELAY: Duration = Duration::from_millis(10);
 
 impl Writer {
     /// Opens the log: replays every segment into the tree, cuts a torn tail of the last one.
@@ -129,6 +135,7 @@ impl Writer {
                 interval: Duration::from_millis(cfg.checkpoint_interval_ms.max(10)),
                 last_checkpoint_size: size,
                 last_checkpoint: Instant::now(),
+                unsynced_since: None,
             },
             recovered,
         ))
@@ -138,7 +145,11 @@ impl Writer {
         loop {
             let mut forced = Vec::new();
             let mut batch: Vec<Job> = Vec::new();
-            match rx.recv_timeout(self.interval) {
+            let wait = match self.unsynced_since {
+                Some(t) => self.interval.min(SYNC_DELAY.saturating_sub(t.elapsed())),
+                None => self.interval,
+            };
+            match rx.recv_timeout(wait) {
                 Ok(Msg::Append(j)) => batch.push(*j),
                 Ok(Msg::Checkpoint(done)) => forced.push(done),
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
@@ -156,7 +167,11 @@ impl Writer {
             }
             let spooled = self.take_spool(&mut batch);
             if !batch.is_empty() {
-                let result = self.append(batch);
+                let mut result = self.append(batch);
+                // A spooled record's file goes only once the record is durable.
+                if result.is_ok() && !spooled.is_empty() {
+                    result = self.sync();
+                }
                 if result.is_ok() {
                     for p in spooled {
                         let _ = std::fs::remove_file(p);
@@ -169,6 +184,12 @@ impl Writer {
                         healthy.store(false, Ordering::Relaxed);
                     }
                 }
+            }
+            if self.unsynced_since.is_some_and(|t| t.elapsed() >= SYNC_DELAY)
+                && let Err(e) = self.sync()
+            {
+                tracing::error!(error = %e, "audit sync failed; requests are refused until a write succeeds");
+                healthy.store(false, Ordering::Relaxed);
             }
             if self.segment_len > 0
                 && self.segment_opened.elapsed() >= self.segment_max_age
@@ -244,7 +265,12 @@ impl Writer {
             buf.extend_from_slice(&line);
             buf.push(b'\n');
         }
-        let result = self.segment.write_all(&buf).and_then(|()| self.segment.sync_data());
+        // One fdatasync per batch that somebody waits on (it also makes every earlier record of
+        // the segment durable); a batch of outcome records only is synced within SYNC_DELAY.
+        let must_sync =
+            batch.iter().any(|j| j.done.is_some()) || self.unsynced_since.is_some_and(|t| t.elapsed() >= SYNC_DELAY);
+        let result =
+            self.segment.write_all(&buf).and_then(|()| if must_sync { self.segment.sync_data() } else { Ok(()) });
         if let Err(e) = result {
             let _ = self.segment.set_len(start_len);
             let _ = self.segment.seek(SeekFrom::End(0));
@@ -257,6 +283,11 @@ impl Writer {
             return Err(reason);
         }
         self.segment_len += buf.len() as u64;
+        if must_sync {
+            self.unsynced_since = None;
+        } else {
+            self.unsynced_since.get_or_insert_with(Instant::now);
+        }
         for l in leaves {
             self.tree.push(l);
         }
@@ -271,7 +302,17 @@ impl Writer {
         Ok(())
     }
 
+    /// Makes every record written so far durable.
+    pub(super) fn sync(&mut self) -> Result<(), String> {
+        if self.unsynced_since.is_some() {
+            self.segment.sync_data().map_err(|e| e.to_string())?;
+            self.unsynced_since = None;
+        }
+        Ok(())
+    }
+
     fn rotate(&mut self) -> Result<(), String> {
+        self.sync()?;
         let next = self.segment_index + 1;
         let path = self.dir.join(segment_name(next));
         let f =
@@ -353,6 +394,8 @@ impl Writer {
     }
 
     fn try_checkpoint(&mut self) -> Result<(), CheckpointFailure> {
+        // A checkpoint vouches only for durable records.
+        self.sync().map_err(CheckpointFailure::Write)?;
         let size = self.tree.size();
         let root = merkle::hex(&self.tree.root());
         let time = record::now_rfc3339_micros();
