@@ -309,6 +309,7 @@ async fn a_full_disk_refuses_requests_and_nothing_is_forwarded() {
     let (status, body) = admin_get(w.admin_port, "/readyz");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("audit: failing"), "{body}");
+    std::thread::sleep(Duration::from_millis(100)); // the simulator writes its log every 20 ms
     let sim = std::fs::read_to_string(w.path("ministry.log")).unwrap();
     assert!(sim.contains("\"case_reference\":\"BEFORE-FULL\""), "{sim}");
     for case in &passed {

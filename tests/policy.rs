@@ -132,6 +132,7 @@ async fn callbacks_are_forwarded_only_for_messages_the_gateway_forwarded() {
     let r = post(&ministry, "/spoc/csn369791", XML11, Some("SendCertificates"), unknown).await.unwrap();
     assert_eq!(r.status, 200);
     assert!(text(&r).contains("<result>failure_messageID_unknown</result>"), "{}", text(&r));
+    std::thread::sleep(Duration::from_millis(100)); // the receiver writes its log every 20 ms
     assert!(!std::fs::read_to_string(w.path("receiver.log")).unwrap().contains("NEVER-SENT-1"), "forwarded anyway");
 
     // A RequestCertificate forwarded by the gateway: its callback passes (the simulated

@@ -84,11 +84,10 @@ async fn provisioned_keys_serve_and_the_ministry_sees_the_tpm_key() {
 
     // The certificate the Ministry saw carries the TPM key's public key.
     let want = spki_sha256(&w.path("tpm/ministry-client.pub.pem"));
-    let ministry_log = std::fs::read_to_string(w.path("ministry.log")).unwrap();
-    assert!(
-        ministry_log.contains(&format!("\"public_key_sha256\":\"{want}\"")),
-        "the Ministry never saw the TPM key {want}:\n{ministry_log}"
-    );
+    // The simulator writes its log every 20 ms.
+    wait_for("the Ministry's log of the client key", Duration::from_secs(5), || {
+        common::log_contains(&w.path("ministry.log"), &format!("\"public_key_sha256\":\"{want}\""))
+    });
     let m = w.metrics();
     assert!(metric(&m, "spocgw_tpm_operations_total{op=\"sign\",result=\"ok\"}") >= 1.0, "{m}");
     let (code, ready) = admin_get(w.admin_port, "/readyz");

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod demo;
 pub mod dev_pki;
+pub mod log;
 pub mod policy;
 pub mod serve;
 pub mod sim;
@@ -149,20 +150,13 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// JSON logs on stderr; `RUST_LOG` filters (default `info`).
-///
-/// Lines are formatted on the thread that logs and written by a logging thread through a
-/// buffer flushed whenever no line is waiting, so a request never waits for a write to stderr.
-/// Nothing is dropped: a full queue makes the logging thread's callers wait. Keep the guard
-/// alive for as long as the command runs (dropping it flushes what is left).
-pub fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+/// JSON logs on stderr; `RUST_LOG` filters (default `info`). Lines are formatted where they
+/// are logged and written by the log writer thread ([`log`]); keep the guard alive for as
+/// long as the command runs (dropping it writes what is left).
+pub fn init_logging() -> log::LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(65_536)
-        .thread_name("log-writer")
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    let (writer, guard) = log::BufferedStderr::start();
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)

@@ -239,7 +239,9 @@ impl World {
         Upstream::new(&cfg).unwrap()
     }
 
+    /// The gateway's log so far (it writes its lines every 20 ms: wait for them first).
     pub fn gateway_log(&self) -> String {
+        std::thread::sleep(Duration::from_millis(100));
         std::fs::read_to_string(self.path("gateway.log")).unwrap_or_default()
     }
 }
