@@ -212,13 +212,7 @@ pub const PUBLIC_KEY_FILE: &str = "checkpoint.pub.pem";
 
 /// PEM SubjectPublicKeyInfo of an uncompressed P-256 point.
 pub fn spki_pem(point: &[u8]) -> String {
-    // SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING point }
-    const PREFIX: [u8; 26] = [
-        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
-        0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-    ];
-    let mut der = PREFIX.to_vec();
-    der.extend_from_slice(point);
+    let der = crate::keys::spki_der(point);
     let b64 = B64.encode(der);
     let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or("")).collect();
     format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", lines.join("\n"))

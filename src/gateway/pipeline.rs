@@ -86,6 +86,10 @@ enum Outcome {
     Refused(Refusal, String),
 }
 
+fn no_upstream() -> Outcome {
+    Outcome::Refused(Refusal::UpstreamUnavailable, "no police callback upstream".into())
+}
+
 impl Pipeline {
     /// Runs one request through the pipeline.
     pub async fn handle(
@@ -155,18 +159,9 @@ impl Pipeline {
             return self.run_bare(x, route, req, content_type, action).await;
         }
         // Body, within the route's limit and the listener's deadline.
-        let body = match tokio::time::timeout(self.request_timeout, read_limited(req.into_body(), route.max_body)).await
-        {
-            Err(_) => return Err(RequestTimeout),
-            Ok(Err(BodyError::TooLarge)) => {
-                return Ok(Outcome::Refused(Refusal::PayloadTooLarge, format!("over {} bytes", route.max_body)));
-            }
-            Ok(Err(BodyError::Read(e))) => {
-                return Err(RequestTimeout).inspect_err(
-                    |_| tracing::info!(incident_id = %x.incident, error = %e, "request body read failed"),
-                );
-            }
-            Ok(Ok(b)) => b,
+        let body = match self.read_body(x, route, req).await? {
+            Ok(b) => b,
+            Err(refused) => return Ok(refused),
         };
         // Firewall, envelope and schema, in one pass.
         let expect = Expect::Soap { operations: &route.requests, fault_ok: false };
@@ -230,6 +225,35 @@ impl Pipeline {
         Ok(self.forward(x, route, headers, body).await)
     }
 
+    /// The body, within the route's limit (else the refusal) and the listener's deadline.
+    async fn read_body(
+        &self,
+        x: &Exchange<'_>,
+        route: &Route,
+        req: Request<Incoming>,
+    ) -> Result<Result<Bytes, Outcome>, RequestTimeout> {
+        match tokio::time::timeout(self.request_timeout, read_limited(req.into_body(), route.max_body)).await {
+            Err(_) => Err(RequestTimeout),
+            Ok(Err(BodyError::TooLarge)) => {
+                Ok(Err(Outcome::Refused(Refusal::PayloadTooLarge, format!("over {} bytes", route.max_body))))
+            }
+            Ok(Err(BodyError::Read(e))) => {
+                tracing::info!(incident_id = %x.incident, error = %e, "request body read failed");
+                Err(RequestTimeout)
+            }
+            Ok(Ok(b)) => Ok(Ok(b)),
+        }
+    }
+
+    /// The route's upstream and its name for metrics; None when the police callback upstream
+    /// is not configured (see [`no_upstream`]).
+    fn upstream_for(&self, route: &Route) -> Option<(&Upstream, &'static str)> {
+        match route.upstream {
+            UpstreamKind::Ministry => Some((&self.ministry, "ministry")),
+            UpstreamKind::PoliceCallback => self.police_callback.as_ref().map(|u| (u, "police_callback")),
+        }
+    }
+
     /// `bare_proxy`: the body within its limit, forwarded and its reply passed back as it is: no
     /// validation, policy or audit. The benchmark's floor, never a way to run the gateway.
     async fn run_bare(
@@ -240,25 +264,13 @@ impl Pipeline {
         content_type: Option<HeaderValue>,
         action: Option<String>,
     ) -> Result<Outcome, RequestTimeout> {
-        let body = match tokio::time::timeout(self.request_timeout, read_limited(req.into_body(), route.max_body)).await
-        {
-            Err(_) | Ok(Err(BodyError::Read(_))) => return Err(RequestTimeout),
-            Ok(Err(BodyError::TooLarge)) => {
-                return Ok(Outcome::Refused(Refusal::PayloadTooLarge, format!("over {} bytes", route.max_body)));
-            }
-            Ok(Ok(b)) => b,
+        let body = match self.read_body(x, route, req).await? {
+            Ok(b) => b,
+            Err(refused) => return Ok(refused),
         };
         let ct = content_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("text/xml; charset=utf-8");
         let headers = soap_headers(ct, action.as_deref(), Some(&x.incident));
-        let upstream = match route.upstream {
-            UpstreamKind::Ministry => &self.ministry,
-            UpstreamKind::PoliceCallback => match &self.police_callback {
-                Some(u) => u,
-                None => {
-                    return Ok(Outcome::Refused(Refusal::UpstreamUnavailable, "no police callback upstream".into()));
-                }
-            },
-        };
+        let Some((upstream, _)) = self.upstream_for(route) else { return Ok(no_upstream()) };
         Ok(match upstream.post(route.path, headers, body).await {
             Ok(reply) => {
                 x.upstream_status = Some(reply.status.as_u16());
@@ -270,13 +282,7 @@ impl Pipeline {
     }
 
     async fn forward(&self, x: &mut Exchange<'_>, route: &Route, headers: http::HeaderMap, body: Bytes) -> Outcome {
-        let (upstream, name) = match route.upstream {
-            UpstreamKind::Ministry => (&self.ministry, "ministry"),
-            UpstreamKind::PoliceCallback => match &self.police_callback {
-                Some(u) => (u, "police_callback"),
-                None => return Outcome::Refused(Refusal::UpstreamUnavailable, "no police callback upstream".into()),
-            },
-        };
+        let Some((upstream, name)) = self.upstream_for(route) else { return no_upstream() };
         let started = Instant::now();
         let result = upstream.post(route.path, headers, body).await;
         self.metrics

@@ -134,9 +134,7 @@ impl TpmKey {
     /// Hashes `message` (SHA-256) and signs the digest in the TPM; DER signature. Blocks: on a
     /// multi-threaded runtime's worker the wait is announced with `block_in_place`.
     pub fn sign_message(&self, message: &[u8]) -> Result<Vec<u8>, TpmError> {
-        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message);
-        let mut digest = [0u8; 32];
-        digest.copy_from_slice(d.as_ref());
+        let digest = sha256(message);
         let on_worker = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         if on_worker {
@@ -145,6 +143,12 @@ impl TpmKey {
             self.tpm.sign(self.handle, digest)
         }
     }
+}
+
+fn sha256(message: &[u8]) -> [u8; 32] {
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message).as_ref());
+    digest
 }
 
 /// SubjectPublicKeyInfo DER of an uncompressed P-256 point.
@@ -262,12 +266,8 @@ impl KeyStore {
 
     /// The key a TLS endpoint signs its handshakes with.
     pub fn tls_key(&self, r: &KeyRef) -> Result<Arc<dyn SigningKey>, KeyError> {
-        let provider = crate::tls::provider();
         match r {
-            KeyRef::File(path) => {
-                let der = crate::tls::load_key(path).map_err(|e| KeyError::File(path.clone(), e.to_string()))?;
-                provider.key_provider.load_private_key(der).map_err(|e| KeyError::File(path.clone(), e.to_string()))
-            }
+            KeyRef::File(path) => crate::tls::file_key(r).map_err(|e| KeyError::File(path.clone(), e.to_string())),
             KeyRef::Tpm(name) => {
                 let (tpm, _, manifest) = self.tpm_parts(name)?;
                 let entry = manifest.entry(name)?;
@@ -295,7 +295,10 @@ impl KeyStore {
                                 .to_vec(),
                         );
                         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec()));
-                        provider.key_provider.load_private_key(der).map_err(|e| KeyError::Invalid(e.to_string()))
+                        crate::tls::provider()
+                            .key_provider
+                            .load_private_key(der)
+                            .map_err(|e| KeyError::Invalid(e.to_string()))
                     }
                     kind => Err(KeyError::WrongKind { name: name.clone(), kind: kind.into(), purpose: "for TLS" }),
                 }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -131,7 +131,7 @@ type Job = Box<dyn FnOnce(&mut Option<Conn>) + Send>;
 
 /// The handle every part of the gateway shares.
 pub struct Tpm {
-    tx: Mutex<Sender<Job>>,
+    tx: Sender<Job>,
     tcti: String,
     timeout: Duration,
     healthy: AtomicBool,
@@ -178,7 +178,7 @@ impl Tpm {
             .spawn(move || owner(rx))
             .map_err(|e| TpmError::Connect { tcti: cfg.tcti.clone(), reason: e.to_string() })?;
         Ok(Arc::new(Tpm {
-            tx: Mutex::new(tx),
+            tx,
             tcti: cfg.tcti.clone(),
             timeout: Duration::from_millis(cfg.timeout_ms.max(1)),
             healthy: AtomicBool::new(true),
@@ -241,8 +241,7 @@ impl Tpm {
             let _ = rtx.send(result);
         });
         let start = Instant::now();
-        let sent = self.tx.lock().map_err(|_| TpmError::Stopped)?.send(job);
-        if sent.is_err() {
+        if self.tx.send(job).is_err() {
             return Err(TpmError::Stopped);
         }
         let result = match rrx.recv_timeout(self.timeout) {
