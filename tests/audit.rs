@@ -167,6 +167,48 @@ async fn a_torn_tail_is_cut_at_start_and_recorded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_zero_filled_space_ahead_of_the_records_is_no_record() {
+    let w = World::new();
+    let d = tempfile::tempdir().unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    let seg = d.path().join("segment-000001.jsonl");
+    {
+        let audit = Audit::start(&audit_config(&w, d.path())).unwrap();
+        for i in 0..5 {
+            let mut r = Record::now("request");
+            r.incident_id = Some(format!("running-{i}"));
+            audit.append_durable(r).await.unwrap();
+        }
+        // While the writer runs, the segment is longer than its records: zeros follow them.
+        let bytes = std::fs::read(&seg).unwrap();
+        let end = bytes.iter().position(|&b| b == 0).expect("no zero-filled space ahead of the records");
+        assert!(bytes[end..].iter().all(|&b| b == 0) && bytes[..end].ends_with(b"\n"));
+        // An officer verifies the live log: the zeros are not a record.
+        std::thread::sleep(Duration::from_millis(120)); // a checkpoint (every 50 ms)
+        let (ok, out) = verify(&w, d.path());
+        assert!(ok && out.contains("6 records"), "{out}"); // key_event + 5
+        // The gateway dies here (no stop): what is on disk now is what a restart finds, the
+        // zeros included, with half a record in them.
+        for f in ["segment-000001.jsonl", "checkpoints.jsonl"] {
+            std::fs::copy(d.path().join(f), crashed.path().join(f)).unwrap();
+        }
+    }
+    let d = crashed;
+    let seg = d.path().join("segment-000001.jsonl");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let end = bytes.iter().position(|&b| b == 0).unwrap();
+    bytes[end..end + 9].copy_from_slice(b"{\"seq\":6,");
+    std::fs::write(&seg, &bytes).unwrap();
+    small_log(&w, d.path()).await; // reopens, cuts the tail, 25 more, stops (checkpoint_now)
+    let (ok, out) = verify(&w, d.path());
+    assert!(ok, "{out}");
+    let bytes = std::fs::read(&seg).unwrap();
+    assert!(!bytes.contains(&0), "a stopped log's segment is cut to its records");
+    let text = String::from_utf8(bytes).unwrap();
+    assert!(text.contains("cut a torn tail of 9 bytes") && text.contains("\"incident-24\""), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inclusion_proofs_verify_and_fail_when_altered() {
     let w = World::new();
     let d = tempfile::tempdir().unwrap();

@@ -247,7 +247,8 @@ struct Job {
 
 enum Msg {
     Append(Box<Job>),
-    /// Write a checkpoint now (at shutdown), then acknowledge.
+    /// Write a checkpoint now and cut the active segment to its records (at shutdown), then
+    /// acknowledge.
     Checkpoint(oneshot::Sender<Result<(), String>>),
 }
 

@@ -36,6 +36,8 @@ pub fn read_log(dir: &Path) -> Result<LogContents, String> {
         File::open(&path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        // The active segment of a running gateway ends in zero-filled space.
+        bytes.truncate(super::writer::records_end(&bytes));
         if !bytes.is_empty() && bytes.last() != Some(&b'\n') {
             return Err(format!("{}: the last record is incomplete (torn tail)", path.display()));
         }

@@ -2,7 +2,8 @@
 //! Merkle tree, writes checkpoints, rotates and prunes segments, and replays the log at start.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +24,10 @@ pub(super) struct Writer {
     origin: String,
     segment: File,
     segment_index: u32,
+    /// Where the records of the current segment end (the next record's offset).
     segment_len: u64,
+    /// How far the current segment is already written with zeros ahead of the records.
+    allocated: u64,
     segment_max: u64,
     checkpoints: File,
     pub(super) tree: CompactTree,
@@ -45,6 +49,20 @@ pub(super) struct Writer {
 
 /// The longest a record nobody waits on stays written but not yet durable.
 pub(super) const SYNC_DELAY: Duration = Duration::from_millis(10);
+
+/// The active segment grows in zero-filled steps of this size, written and synced ahead of the
+/// records. A batch then overwrites blocks the file already owns at a size already on disk, so
+/// its fdatasync flushes data only, without the inode write an append needs (on ext4 about half
+/// the I/O and system time per sync). Records never contain a NUL byte (JSON escapes control
+/// characters): readers take the first NUL as the end of the records ([`records_end`]); a closed
+/// segment is cut to its records.
+const GROW_STEP: u64 = 1 << 20;
+
+/// Where the records of a segment end: at the first NUL byte (the zero-filled space ahead of
+/// the active segment's records), or at the end of the file.
+pub fn records_end(bytes: &[u8]) -> usize {
+    bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len())
+}
 
 impl Writer {
     /// Opens the log: replays every segment into the tree, cuts a torn tail of the last one.
@@ -73,20 +91,25 @@ impl Writer {
         for (i, path) in segs.iter().enumerate() {
             let mut bytes = Vec::new();
             File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(|e| io_err(path, e))?;
-            let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+            let end = records_end(&bytes);
+            let complete = bytes[..end].iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
             if complete < bytes.len() {
                 if i != last_index {
                     return Err(AuditError::Damaged(format!("{} ends without a newline", path.display())));
                 }
-                // A crash mid-write: the record was never acknowledged; cut it.
+                // The zero-filled space ahead of the records (the gateway stopped without closing
+                // the segment), and anything a crash left after the last acknowledged record:
+                // nothing after `complete` was ever acknowledged; cut it.
                 let f = OpenOptions::new().write(true).open(path).map_err(|e| io_err(path, e))?;
                 f.set_len(complete as u64).map_err(|e| io_err(path, e))?;
                 f.sync_all().map_err(|e| io_err(path, e))?;
-                recovered = Some(format!(
-                    "cut a torn tail of {} bytes from {}",
-                    bytes.len() - complete,
-                    path.file_name().and_then(|n| n.to_str()).unwrap_or("")
-                ));
+                let torn = bytes[complete..].iter().filter(|&&b| b != 0).count();
+                if torn > 0 {
+                    recovered = Some(format!(
+                        "cut a torn tail of {torn} bytes from {}",
+                        path.file_name().and_then(|n| n.to_str()).unwrap_or("")
+                    ));
+                }
             }
             for (line_no, line) in bytes[..complete].split(|&b| b == b'\n').filter(|l| !l.is_empty()).enumerate() {
                 let r: Record = serde_json::from_slice(line)
@@ -108,7 +131,7 @@ impl Writer {
         });
         let segment_index = segment_index.unwrap_or(1);
         let path = dir.join(segment_name(segment_index));
-        let segment = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io_err(&path, e))?;
+        let segment = open_segment(&path).map_err(|e| io_err(&path, e))?;
         let segment_len = segment.metadata().map_err(|e| io_err(&path, e))?.len();
         let cp_path = dir.join("checkpoints.jsonl");
         let checkpoints =
@@ -122,6 +145,7 @@ impl Writer {
                 segment,
                 segment_index,
                 segment_len,
+                allocated: segment_len,
                 segment_max: cfg.segment_max_bytes.max(4096),
                 checkpoints,
                 tree,
@@ -155,6 +179,9 @@ impl Writer {
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                     let _ = self.checkpoint();
+                    if let Err(e) = self.close_segment() {
+                        tracing::error!(error = %e, "audit segment not cut to its records at stop");
+                    }
                     return;
                 }
             }
@@ -216,6 +243,11 @@ impl Writer {
                     Err(e)
                 }
             };
+            // A forced checkpoint is the gateway stopping: the segment is cut to its records.
+            let result = match result {
+                Ok(()) if !forced.is_empty() => self.close_segment(),
+                r => r,
+            };
             for done in forced {
                 let _ = done.send(result.clone());
             }
@@ -269,11 +301,15 @@ impl Writer {
         // the segment durable); a batch of outcome records only is synced within SYNC_DELAY.
         let must_sync =
             batch.iter().any(|j| j.done.is_some()) || self.unsynced_since.is_some_and(|t| t.elapsed() >= SYNC_DELAY);
-        let result =
-            self.segment.write_all(&buf).and_then(|()| if must_sync { self.segment.sync_data() } else { Ok(()) });
+        let result = self.grow_to(start_len + buf.len() as u64).and_then(|()| {
+            self.segment.write_all_at(&buf, start_len)?;
+            if must_sync { self.segment.sync_data() } else { Ok(()) }
+        });
         if let Err(e) = result {
+            // Nothing of the batch stays: the segment is cut back to its records (the
+            // zero-filled space is written again by the next batch).
             let _ = self.segment.set_len(start_len);
-            let _ = self.segment.seek(SeekFrom::End(0));
+            self.allocated = start_len;
             let reason = e.to_string();
             for job in batch {
                 if let Some(done) = job.done {
@@ -311,18 +347,62 @@ impl Writer {
         Ok(())
     }
 
+    /// Writes zeros ahead of the records, in [`GROW_STEP`]s, until `end` fits, and makes them
+    /// durable (blocks and size), so a batch's own sync need not update the inode.
+    fn grow_to(&mut self, end: u64) -> std::io::Result<()> {
+        if end <= self.allocated {
+            return Ok(());
+        }
+        let step = end.max(self.allocated + GROW_STEP.min(self.segment_max)).next_multiple_of(4096);
+        // Short of space for a whole step, only what this batch needs (the disk is full only
+        // when that fails too).
+        if self.zero_fill(step).is_err() {
+            let _ = self.segment.set_len(self.allocated);
+            if let Err(e) = self.zero_fill(end) {
+                let _ = self.segment.set_len(self.allocated);
+                return Err(e);
+            }
+        }
+        self.segment.sync_data()?;
+        self.unsynced_since = None;
+        Ok(())
+    }
+
+    fn zero_fill(&mut self, target: u64) -> std::io::Result<()> {
+        let zeros = vec![0u8; 64 * 1024];
+        let mut at = self.allocated;
+        while at < target {
+            let n = (target - at).min(zeros.len() as u64) as usize;
+            self.segment.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        self.allocated = target;
+        Ok(())
+    }
+
+    /// Cuts the active segment to its records and makes it durable (rotation and stop).
+    fn close_segment(&mut self) -> Result<(), String> {
+        if self.allocated > self.segment_len {
+            self.segment.set_len(self.segment_len).map_err(|e| e.to_string())?;
+            self.allocated = self.segment_len;
+        }
+        self.segment.sync_all().map_err(|e| e.to_string())?;
+        self.unsynced_since = None;
+        Ok(())
+    }
+
     fn rotate(&mut self) -> Result<(), String> {
-        self.sync()?;
+        self.close_segment()?;
         let next = self.segment_index + 1;
         let path = self.dir.join(segment_name(next));
-        let f =
-            OpenOptions::new().create(true).append(true).open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let f = open_segment(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
         }
         self.segment = f;
         self.segment_index = next;
         self.segment_len = 0;
+        self.allocated = 0;
         self.segment_opened = Instant::now();
         if let Err(e) = self.prune() {
             tracing::error!(error = %e, "audit retention: pruning failed; nothing was removed");
@@ -353,7 +433,8 @@ impl Writer {
         let mut prune = Vec::new();
         for path in segs.iter().filter(|p| **p != active) {
             let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+            let lines: Vec<&[u8]> =
+                text[..records_end(&text)].split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
             let newest =
                 lines.last().and_then(|l| serde_json::from_slice::<Record>(l).ok()).map(|r| r.time).unwrap_or_default();
             if newest.as_str() >= cutoff.as_str() {
@@ -419,6 +500,11 @@ impl Writer {
         self.last_checkpoint = Instant::now();
         Ok(())
     }
+}
+
+/// A segment for positional writes (records go at the writer's own offset, not the file's end).
+fn open_segment(path: &std::path::Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path)
 }
 
 enum CheckpointFailure {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -118,20 +119,38 @@ where
             if let Some(g) = &open {
                 g.inc();
             }
+            // The request future is boxed: hyper keeps room for one in every connection, and an
+            // idle connection should not carry the pipeline's whole state machine.
             let svc = service_fn(move |req| {
                 let handler = handler.clone();
                 let peer = peer.clone();
-                async move { handler(peer, req).await }
+                Box::pin(async move { handler(peer, req).await })
+                    as std::pin::Pin<Box<dyn Future<Output = Result<Response<B>, std::io::Error>> + Send>>
             });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(spec.header_timeout).keep_alive(true);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(256)
-                .keep_alive_interval(Some(Duration::from_secs(30)));
-            let conn = builder.serve_connection(TokioIo::new(tls), svc);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
+            // ALPN decides the protocol; without ALPN the first bytes do (`auto`).
+            let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+            let io = TokioIo::new(tls);
+            let ended = match alpn.as_deref() {
+                Some(crate::tls::ALPN_HTTP11) => {
+                    let conn = http1_builder(&spec).serve_connection(io, svc);
+                    watcher.watch(conn).await.map_err(BoxError::from)
+                }
+                Some(crate::tls::ALPN_H2) => {
+                    let conn = http2_builder().serve_connection(io, svc);
+                    watcher.watch(conn).await.map_err(BoxError::from)
+                }
+                _ => {
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    builder.http1().timer(TokioTimer::new()).header_read_timeout(spec.header_timeout).keep_alive(true);
+                    builder
+                        .http2()
+                        .timer(TokioTimer::new())
+                        .max_concurrent_streams(256)
+                        .keep_alive_interval(Some(Duration::from_secs(30)));
+                    watcher.watch(builder.serve_connection(io, svc).into_owned()).await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(listener = name, error = %e, "connection ended with an error");
             }
             if let Some(g) = &open {
@@ -141,6 +160,18 @@ where
     }
     drop(tcp);
     graceful
+}
+
+fn http1_builder(spec: &ListenerSpec) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new()).header_read_timeout(spec.header_timeout).keep_alive(true);
+    b
+}
+
+fn http2_builder() -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new()).max_concurrent_streams(256).keep_alive_interval(Some(Duration::from_secs(30)));
+    b
 }
 
 /// Waits for every watched connection to finish, at most `deadline`; true when all did.
