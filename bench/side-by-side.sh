@@ -5,6 +5,8 @@
 #            proxy_pass over mutual TLS to the same upstream with a keep-alive pool
 #   full   : spocgw, the whole pipeline (validation, policy, durable audit)
 #   bare   : spocgw with bare_proxy = true (no validation, policy or audit: our floor)
+#   fullmem: spocgw full pipeline with its audit log on tmpfs (fdatasync costs nothing there):
+#            not a deployable setting, it shows what durable audit costs (keep-alive rows only)
 # Every target gets the same load generator (spocgw-load), the same bodies, and the runs
 # alternate target by target, ROUNDS times, to cancel drift; the best round is kept.
 # Writes bench/results/latest.md.
@@ -29,11 +31,12 @@ cleanup() {
   [ -f "$W/nginx/nginx.pid" ] && kill "$(cat "$W/nginx/nginx.pid")" 2>/dev/null || true
   wait 2>/dev/null || true
 }
-trap cleanup EXIT
+trap 'cleanup; rm -rf "$MEMDIR"' EXIT
 
 rm -rf "$W"; mkdir -p "$W/nginx/logs" "$W/nginx/tmp" bench/results
 GP=$(port); GC=$(port); GA=$(port); MP=$(port); RP=$(port)
-BP=$(port); BC=$(port); BA=$(port); NP=$(port)
+BP=$(port); BC=$(port); BA=$(port); NP=$(port); FP=$(port); FC=$(port); FA=$(port)
+MEMDIR=$(mktemp -d /dev/shm/spocgw-sbs-audit.XXXXXX)
 $B dev-pki --out "$W/pki" --gateway-port "$GP" --callback-port "$GC" --admin-port "$GA" \
   --ministry-port "$MP" --receiver-port "$RP" >/dev/null
 P=$(cd "$W/pki" && pwd)
@@ -42,6 +45,8 @@ sed -i -E 's/^(per_second|burst) *=.*/\1 = 100000000/' "$P/policies/routes.toml"
 # The bare gateway: the same certificates, its own ports and audit directory.
 { echo "bare_proxy = true"; sed -e "s/127.0.0.1:$GP\"/127.0.0.1:$BP\"/" -e "s/127.0.0.1:$GC\"/127.0.0.1:$BC\"/" \
   -e "s/127.0.0.1:$GA\"/127.0.0.1:$BA\"/" -e 's/^dir = "audit"/dir = "audit-bare"/' "$P/gateway.toml"; } > "$P/gateway-bare.toml"
+sed -e "s/127.0.0.1:$GP\"/127.0.0.1:$FP\"/" -e "s/127.0.0.1:$GC\"/127.0.0.1:$FC\"/" -e "s/127.0.0.1:$GA\"/127.0.0.1:$FA\"/" \
+  -e "s#^dir = \"audit\"#dir = \"$MEMDIR\"#" "$P/gateway.toml" > "$P/gateway-mem.toml"
 
 cat > "$W/nginx/nginx.conf" <<EOF
 worker_processes auto;
@@ -92,8 +97,9 @@ EOF
 $B sim ministry --config "$P/ministry.toml" 2>"$W/ministry.log" & PIDS+=($!)
 $B serve --config "$P/gateway.toml" 2>"$W/full.log" & PIDS+=($!); FULL_PID=$!
 $B serve --config "$P/gateway-bare.toml" 2>"$W/bare.log" & PIDS+=($!); BARE_PID=$!
+$B serve --config "$P/gateway-mem.toml" 2>"$W/fullmem.log" & PIDS+=($!)
 nginx -p "$PWD/$W/nginx" -c "$PWD/$W/nginx/nginx.conf"
-for a in "$GA" "$BA"; do
+for a in "$GA" "$BA" "$FA"; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$a/readyz" >/dev/null && break; sleep 0.1; done
   curl -sf "http://127.0.0.1:$a/readyz" >/dev/null || { echo "gateway on admin port $a not ready" >&2; exit 1; }
 done
@@ -101,7 +107,7 @@ sleep 0.3
 NGINX_PID=$(cat "$W/nginx/nginx.pid")
 
 url() { case $1 in direct) echo "https://127.0.0.1:$MP";; nginx) echo "https://127.0.0.1:$NP";;
-  full) echo "https://127.0.0.1:$GP";; bare) echo "https://127.0.0.1:$BP";; esac; }
+  full) echo "https://127.0.0.1:$GP";; bare) echo "https://127.0.0.1:$BP";; fullmem) echo "https://127.0.0.1:$FP";; esac; }
 creds() { if [ "$1" = direct ]; then echo "--ca $P/ca/ministry-ca.pem --cert $P/gateway/ministry-side.pem --key $P/gateway/ministry-side.key";
   else echo "--ca $P/ca/police-ca.pem --cert $P/clients/officer.pem --key $P/clients/officer.key"; fi; }
 # load TARGET ARGS... -> the generator's line
@@ -146,8 +152,8 @@ done
 
 ALL="direct nginx full bare"
 echo "side-by-side: ${DUR}s runs, $ROUNDS rounds alternating, concurrency $CONC" >&2
-scenario ka3k "$ALL" --sample identity:3000 --concurrency "$CONC"
-scenario ka50k "$ALL" --sample verify:50000 --concurrency "$CONC"
+scenario ka3k "$ALL fullmem" --sample identity:3000 --concurrency "$CONC"
+scenario ka50k "$ALL fullmem" --sample verify:50000 --concurrency "$CONC"
 scenario ka200k "$ALL" --sample verify:200000 --concurrency 16
 scenario newconn "$ALL" --sample identity:3000 --concurrency 16 --new-connection
 HALF=$(awk -v r="${RPS[ka3k/nginx]}" 'BEGIN{printf "%d", r/2}')
@@ -176,6 +182,14 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2fx", a/b; else pri
   echo "| RSS KB per idle mutual-TLS connection ($IDLE open) | ${PERCONN[nginx]} | ${PERCONN[full]} | $(ratio "${PERCONN[full]}" "${PERCONN[nginx]}") | ${PERCONN[bare]} | | | <= 0.5x |"
   echo
   echo "Errors (best rounds): $(for k in "${!ERR[@]}"; do [ "${ERR[$k]}" != 0 ] && printf '%s=%s ' "$k" "${ERR[$k]}"; done; true)"
+  echo
+  echo "What durable audit costs: the full pipeline with its audit log on tmpfs, where fdatasync costs nothing (not a deployable setting), in the same run:"
+  echo
+  echo "| scenario | spocgw full | full, audit on tmpfs | full/full-tmpfs | full-tmpfs/bare |"
+  echo "|---|---|---|---|---|"
+  for k in ka3k ka50k; do
+    echo "| $k | ${RPS[$k/full]} | ${RPS[$k/fullmem]} | $(ratio "${RPS[$k/full]}" "${RPS[$k/fullmem]}") | $(ratio "${RPS[$k/fullmem]}" "${RPS[$k/bare]}") |"
+  done
   echo
   echo "Goal 'spocgw full vs bare >= 0.85x' is the full/bare column of the keep-alive rows."
   echo "XSD validation and audit figures: \`make bench-xsd\`, \`cargo bench --bench audit\` (README)."

@@ -241,8 +241,24 @@ pub fn key_id(public_key: &[u8]) -> String {
 }
 
 struct Job {
-    record: Record,
+    /// The record's canonical bytes after its sequence number (which the writer assigns):
+    /// serialised by the caller's thread, so the one writer thread only stamps and writes.
+    tail: Vec<u8>,
     done: Option<oneshot::Sender<Result<u64, String>>>,
+}
+
+/// How every canonical record begins (`seq` is its first field); the writer writes this, the
+/// sequence number, then the job's tail.
+const SEQ_PREFIX: &[u8] = b"{\"seq\":";
+
+impl Job {
+    fn new(record: &Record, done: Option<oneshot::Sender<Result<u64, String>>>) -> Job {
+        let mut bytes = record.canonical();
+        // `{"seq":N` then the rest (from the comma after N): keep the rest.
+        let digits = bytes.iter().skip(SEQ_PREFIX.len()).take_while(|b| b.is_ascii_digit()).count();
+        bytes.drain(..SEQ_PREFIX.len() + digits);
+        Job { tail: bytes, done }
+    }
 }
 
 enum Msg {
@@ -298,9 +314,7 @@ impl Audit {
             writer.key_id
         ));
         first.push(start);
-        writer
-            .append(first.into_iter().map(|record| Job { record, done: None }).collect())
-            .map_err(AuditError::NotDurable)?;
+        writer.append(first.iter().map(|record| Job::new(record, None)).collect()).map_err(AuditError::NotDurable)?;
         writer.checkpoint().map_err(AuditError::NotDurable)?;
         let h = healthy.clone();
         std::thread::Builder::new()
@@ -322,7 +336,7 @@ impl Audit {
     /// Appends a record and waits until it is durable; Err if it is not within the deadline.
     pub async fn append_durable(&self, record: Record) -> Result<u64, String> {
         let (tx, rx) = oneshot::channel();
-        match self.queue.try_send(Msg::Append(Box::new(Job { record, done: Some(tx) }))) {
+        match self.queue.try_send(Msg::Append(Box::new(Job::new(&record, Some(tx))))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err("the audit queue is full".into()),
             Err(TrySendError::Disconnected(_)) => return Err("the audit writer has stopped".into()),
@@ -339,7 +353,7 @@ impl Audit {
 
     /// Appends a record without waiting (outcomes of requests already decided).
     pub fn append(&self, record: Record) {
-        if self.queue.try_send(Msg::Append(Box::new(Job { record, done: None }))).is_err() {
+        if self.queue.try_send(Msg::Append(Box::new(Job::new(&record, None)))).is_err() {
             self.healthy.store(false, Ordering::Relaxed);
             tracing::error!("audit queue full or writer stopped: an outcome record was lost");
         }
@@ -390,4 +404,24 @@ pub fn load_pseudonym_key(path: &Path) -> Result<Zeroizing<Vec<u8>>, AuditError>
         return Err(AuditError::Key(format!("{}: the pseudonymisation key needs at least 32 bytes", path.display())));
     }
     Ok(Zeroizing::new(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the writer writes (prefix, its sequence number, the job's tail) is the record's
+    /// canonical form at that sequence number, whatever number the record carried before.
+    #[test]
+    fn a_job_stamped_by_the_writer_is_the_canonical_record() {
+        let mut r = Record::now("request");
+        r.incident_id = Some("a\"b,c".into());
+        r.detail = Some("seq 12, \"seq\":3".into());
+        for (carried, seq) in [(0, 0), (0, 7), (99, 123_456), (u64::MAX, 1)] {
+            r.seq = carried;
+            let job = Job::new(&r, None);
+            let line = [SEQ_PREFIX, seq.to_string().as_bytes(), &job.tail].concat();
+            assert_eq!(line, Record { seq, ..r.clone() }.canonical());
+        }
+    }
 }

@@ -15,8 +15,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 
 use super::merkle::{self, CompactTree};
 use super::{
-    Anchor, AuditConfig, AuditError, Checkpoint, CheckpointSigner, Job, Msg, Record, SPOOL_DIR, io_err, key_id,
-    read_anchor, record, segment_name, segments,
+    Anchor, AuditConfig, AuditError, Checkpoint, CheckpointSigner, Job, Msg, Record, SEQ_PREFIX, SPOOL_DIR, io_err,
+    key_id, read_anchor, record, segment_name, segments,
 };
 
 pub(super) struct Writer {
@@ -45,7 +45,12 @@ pub(super) struct Writer {
     /// When the oldest record not yet made durable was written (outcome records, which nobody
     /// waits on, ride on the next fsync somebody waits for, or on [`SYNC_DELAY`]).
     unsynced_since: Option<Instant>,
+    /// When the spool (officer tools' records) was last looked at.
+    spool_checked: Instant,
 }
+
+/// How often the writer looks for spooled records (a directory scan; not once per batch).
+const SPOOL_EVERY: Duration = Duration::from_millis(100);
 
 /// The longest a record nobody waits on stays written but not yet durable.
 pub(super) const SYNC_DELAY: Duration = Duration::from_millis(10);
@@ -160,6 +165,7 @@ impl Writer {
                 last_checkpoint_size: size,
                 last_checkpoint: Instant::now(),
                 unsynced_since: None,
+                spool_checked: Instant::now().checked_sub(SPOOL_EVERY).unwrap_or_else(Instant::now),
             },
             recovered,
         ))
@@ -192,7 +198,12 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let spooled = self.take_spool(&mut batch);
+            let spooled = if self.spool_checked.elapsed() >= SPOOL_EVERY || !forced.is_empty() {
+                self.spool_checked = Instant::now();
+                self.take_spool(&mut batch)
+            } else {
+                Vec::new()
+            };
             if !batch.is_empty() {
                 let mut result = self.append(batch);
                 // A spooled record's file goes only once the record is durable.
@@ -271,7 +282,7 @@ impl Writer {
         for p in files.into_iter().take(1024) {
             match std::fs::read(&p).ok().and_then(|b| serde_json::from_slice::<Record>(&b).ok()) {
                 Some(record) => {
-                    batch.push(Job { record, done: None });
+                    batch.push(Job::new(&record, None));
                     taken.push(p);
                 }
                 None => {
@@ -285,16 +296,17 @@ impl Writer {
 
     /// Writes and fsyncs a batch; acknowledges each record only once it is durable. On any
     /// failure the segment is cut back to where the batch began and every record is refused.
-    pub(super) fn append(&mut self, mut batch: Vec<Job>) -> Result<(), String> {
+    pub(super) fn append(&mut self, batch: Vec<Job>) -> Result<(), String> {
         let start_len = self.segment_len;
         let start_size = self.tree.size();
         let mut buf = Vec::with_capacity(batch.len() * 512);
         let mut leaves = Vec::with_capacity(batch.len());
-        for (i, job) in batch.iter_mut().enumerate() {
-            job.record.seq = start_size + i as u64;
-            let line = job.record.canonical();
-            leaves.push(merkle::leaf_hash(&line));
-            buf.extend_from_slice(&line);
+        for (i, job) in batch.iter().enumerate() {
+            let start = buf.len();
+            buf.extend_from_slice(SEQ_PREFIX);
+            buf.extend_from_slice((start_size + i as u64).to_string().as_bytes());
+            buf.extend_from_slice(&job.tail);
+            leaves.push(merkle::leaf_hash(&buf[start..]));
             buf.push(b'\n');
         }
         // One fdatasync per batch that somebody waits on (it also makes every earlier record of
