@@ -568,7 +568,22 @@ fn namespace<'a>(ns: &'a ResolveResult<'_>, offset: usize) -> Result<&'a str, Xm
 
 /// The XML declaration, strictly: `xml version="1.0"`, optionally `encoding="UTF-8"` and
 /// `standalone`, in that order, nothing else.
+/// What nearly every client sends: accepted without running the grammar (a regex) per message.
+const COMMON_DECLARATIONS: [&str; 4] = [
+    r#"xml version="1.0" encoding="UTF-8""#,
+    r#"xml version="1.0" encoding="utf-8""#,
+    r#"xml version="1.0""#,
+    r#"xml version='1.0' encoding='UTF-8'"#,
+];
+
 fn check_declaration(content: &str, offset: usize) -> Result<(), XmlRefusal> {
+    if COMMON_DECLARATIONS.contains(&content.trim_end_matches([' ', '\t', '\r', '\n'])) {
+        return Ok(());
+    }
+    declaration_grammar(content, offset)
+}
+
+fn declaration_grammar(content: &str, offset: usize) -> Result<(), XmlRefusal> {
     static DECL: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
     let re = DECL.get_or_init(|| {
         regex::Regex::new(
@@ -609,4 +624,21 @@ fn check_attribute_refs(value: &[u8], offset: usize) -> Result<(), XmlRefusal> {
         return Err(XmlRefusal::Malformed { offset, reason: "'<' in an attribute value".into() });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shortcut accepts only what the grammar accepts, and the grammar still refuses.
+    #[test]
+    fn common_declarations_are_ones_the_grammar_accepts() {
+        for d in COMMON_DECLARATIONS {
+            assert!(declaration_grammar(d, 0).is_ok(), "{d}");
+            assert!(check_declaration(&format!("{d} \n"), 0).is_ok(), "{d}");
+        }
+        for bad in [r#"xml version="1.1""#, r#"xml version="1.0" encoding="ISO-8859-1""#, r#"xml  version="1.0"x"#] {
+            assert!(check_declaration(bad, 0).is_err(), "{bad}");
+        }
+    }
 }
