@@ -59,7 +59,9 @@ clean:
 # Benchmarks: criterion micro-benchmarks, the XSD figures against xmllint, then spocgw against
 # nginx side by side (bench/results/latest.md).
 bench: bench-deps
-	$(CARGO) bench --locked --bench validator --bench policy --bench audit --bench tpm
+	$(CARGO) bench --locked --bench validator --bench policy --bench tpm
+	mkdir -p bench/results
+	{ echo "# $$(date -u +%Y-%m-%dT%H:%M:%SZ) commit $$(git rev-parse --short HEAD)"; $(CARGO) bench --locked --bench audit; } | tee bench/results/audit.txt
 	bash bench/xsd.sh
 	bash bench/side-by-side.sh
 

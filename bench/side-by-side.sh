@@ -192,6 +192,14 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2fx", a/b; else pri
   done
   echo
   echo "Goal 'spocgw full vs bare >= 0.85x' is the full/bare column of the keep-alive rows."
-  echo "XSD validation and audit figures: \`make bench-xsd\`, \`cargo bench --bench audit\` (README)."
+  # The XSD and audit figures of the same `make bench` (written just before this script).
+  for part in "xsd:XSD validation against xmllint (bench/xsd.sh)" "audit:Audit log (cargo bench --bench audit)"; do
+    f=bench/results/${part%%:*}.txt
+    echo
+    echo "## ${part#*:}"
+    echo
+    if [ -f "$f" ]; then echo '```'; grep -v '^\s*$' "$f" | grep -v '^\s*\(Finished\|Running\|Compiling\)'; echo '```'
+    else echo "not run (make bench runs it; make bench-sbs does not)"; fi
+  done
 } > "$OUT"
 cat "$OUT"

@@ -11,6 +11,9 @@ BIN=target/release/spocgw
 cargo build --release --quiet --locked --bin spocgw --example xsd_docs
 command -v xmllint >/dev/null || { echo "xmllint missing: apt-get install libxml2-utils" >&2; exit 1; }
 now() { date +%s.%N; }
+mkdir -p bench/results
+exec > >(tee bench/results/xsd.txt)
+echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) commit $(git rev-parse --short HEAD), $COUNT files per size"
 printf '%-8s %7s %12s %14s %8s %14s %8s %s\n' size MB xmllint_MB/s spocgw-1_MB/s ratio spocgw-N_MB/s ratio verdicts
 for size in 5000 50000 200000; do
   dir=$WORK/$size
