@@ -128,14 +128,18 @@ where
                     as std::pin::Pin<Box<dyn Future<Output = Result<Response<B>, std::io::Error>> + Send>>
             });
             // ALPN decides the protocol; without ALPN the first bytes do (`auto`).
-            let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+            let alpn = match tls.get_ref().1.alpn_protocol() {
+                Some(crate::tls::ALPN_HTTP11) => Some(false),
+                Some(crate::tls::ALPN_H2) => Some(true),
+                _ => None,
+            };
             let io = TokioIo::new(tls);
-            let ended = match alpn.as_deref() {
-                Some(crate::tls::ALPN_HTTP11) => {
+            let ended = match alpn {
+                Some(false) => {
                     let conn = http1_builder(&spec).serve_connection(io, svc);
                     watcher.watch(conn).await.map_err(BoxError::from)
                 }
-                Some(crate::tls::ALPN_H2) => {
+                Some(true) => {
                     let conn = http2_builder().serve_connection(io, svc);
                     watcher.watch(conn).await.map_err(BoxError::from)
                 }
@@ -145,8 +149,8 @@ where
                     builder
                         .http2()
                         .timer(TokioTimer::new())
-                        .max_concurrent_streams(256)
-                        .keep_alive_interval(Some(Duration::from_secs(30)));
+                        .max_concurrent_streams(H2_MAX_STREAMS)
+                        .keep_alive_interval(Some(H2_KEEP_ALIVE));
                     watcher.watch(builder.serve_connection(io, svc).into_owned()).await
                 }
             };
@@ -162,6 +166,11 @@ where
     graceful
 }
 
+/// HTTP/2 streams at once per connection, and the interval of its keep-alive pings (both the
+/// ALPN-chosen and the sniffed HTTP/2 connections).
+const H2_MAX_STREAMS: u32 = 256;
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
+
 fn http1_builder(spec: &ListenerSpec) -> http1::Builder {
     let mut b = http1::Builder::new();
     b.timer(TokioTimer::new()).header_read_timeout(spec.header_timeout).keep_alive(true);
@@ -170,7 +179,7 @@ fn http1_builder(spec: &ListenerSpec) -> http1::Builder {
 
 fn http2_builder() -> http2::Builder<TokioExecutor> {
     let mut b = http2::Builder::new(TokioExecutor::new());
-    b.timer(TokioTimer::new()).max_concurrent_streams(256).keep_alive_interval(Some(Duration::from_secs(30)));
+    b.timer(TokioTimer::new()).max_concurrent_streams(H2_MAX_STREAMS).keep_alive_interval(Some(H2_KEEP_ALIVE));
     b
 }
 
