@@ -326,7 +326,7 @@ impl Writer {
         for (i, job) in batch.iter().enumerate() {
             let start = buf.len();
             buf.extend_from_slice(SEQ_PREFIX);
-            buf.extend_from_slice((start_size + i as u64).to_string().as_bytes());
+            let _ = write!(buf, "{}", start_size + i as u64); // into a Vec: cannot fail
             buf.extend_from_slice(&job.tail);
             leaves.push(merkle::leaf_hash(&buf[start..]));
             buf.push(b'\n');

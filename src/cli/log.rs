@@ -1,6 +1,6 @@
 //! The JSON log's writer: lines gathered in memory and written to stderr by a thread every
 //! 20 ms (sooner when 256 KiB wait), so a request neither waits for stderr nor wakes a thread
-//! per line. Nothing is dropped: past 8 MiB waiting, the logging thread writes the backlog
+//! per line. Nothing is dropped: past 8 MiB waiting, the thread that logs writes the backlog
 //! itself. A crash can lose the last 20 ms of operational log lines; the audit log is the
 //! record, and it does not go through here.
 
@@ -30,15 +30,15 @@ pub struct LogGuard {
     thread: Option<JoinHandle<()>>,
 }
 
-fn drain(shared: &Shared) {
+/// Writes what waits. stderr is taken before the buffer, so whoever drains first writes the
+/// older lines first (lines stay in order when a caller writes a backlog itself).
+fn drain(shared: &Shared) -> std::io::Result<()> {
+    let mut err = std::io::stderr().lock();
     let pending = match shared.buf.lock() {
         Ok(mut b) => std::mem::take(&mut *b),
-        Err(_) => return,
+        Err(_) => return Err(std::io::Error::other("log buffer poisoned")),
     };
-    if !pending.is_empty() {
-        let mut err = std::io::stderr().lock();
-        let _ = err.write_all(&pending).and_then(|()| err.flush());
-    }
+    if pending.is_empty() { Ok(()) } else { err.write_all(&pending).and_then(|()| err.flush()) }
 }
 
 impl BufferedStderr {
@@ -56,9 +56,9 @@ impl BufferedStderr {
                     if let Ok(g) = s.buf.lock() {
                         let _ = s.ready.wait_timeout(g, FLUSH_EVERY);
                     }
-                    drain(&s);
+                    let _ = drain(&s);
                 }
-                drain(&s);
+                let _ = drain(&s);
             })
             .ok();
         (BufferedStderr(shared.clone()), LogGuard { shared, thread })
@@ -69,11 +69,11 @@ impl Write for BufferedStderr {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
         let mut b = self.0.buf.lock().map_err(|_| std::io::Error::other("log buffer poisoned"))?;
         b.extend_from_slice(line);
-        if b.len() >= WRITE_THROUGH_AT {
-            let pending = std::mem::take(&mut *b);
-            drop(b);
-            std::io::stderr().lock().write_all(&pending)?;
-        } else if b.len() >= WAKE_AT {
+        let waiting = b.len();
+        drop(b);
+        if waiting >= WRITE_THROUGH_AT {
+            drain(&self.0)?;
+        } else if waiting >= WAKE_AT {
             self.0.ready.notify_one();
         }
         Ok(line.len())
@@ -99,7 +99,9 @@ impl Drop for LogGuard {
             Some(t) => {
                 let _ = t.join();
             }
-            None => drain(&self.shared),
+            None => {
+                let _ = drain(&self.shared);
+            }
         }
     }
 }
