@@ -475,3 +475,79 @@ fn an_unwritable_audit_directory_stops_the_gateway_at_start() {
     // Nothing listens: nothing could have been forwarded.
     assert!(std::net::TcpStream::connect(("127.0.0.1", w.gateway_port)).is_err());
 }
+
+/// Group commit without a writer thread: concurrent requests each get their own sequence
+/// number, records nobody waits on are written although no request follows them, checkpoints
+/// come by count (not only by time), and dropping the log closes it (final checkpoint, segment
+/// cut to its records).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_committed_by_whoever_comes_first_and_nothing_is_left_behind() {
+    let w = World::new();
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = audit_config(&w, d.path());
+    // Checkpoints by time only after a minute: any sooner one came by count.
+    cfg.checkpoint_interval_ms = 60_000;
+    cfg.checkpoint_every = 10;
+    let seg = d.path().join("segment-000001.jsonl");
+    let records = || -> Vec<String> {
+        let bytes = std::fs::read(&seg).unwrap();
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        String::from_utf8(bytes[..end].to_vec()).unwrap().lines().map(str::to_owned).collect()
+    };
+    let checkpoint_sizes = || -> Vec<u64> {
+        std::fs::read_to_string(d.path().join("checkpoints.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["tree_size"].as_u64().unwrap())
+            .collect()
+    };
+    let eventually = async |what: &str, ok: &dyn Fn() -> bool| {
+        let end = Instant::now() + Duration::from_secs(5);
+        while !ok() {
+            assert!(Instant::now() < end, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let audit = Audit::start(&cfg).unwrap();
+    assert_eq!(records().len(), 1, "the start record");
+    // Idle: the log's own thread sleeps until the next checkpoint; outcome records wake it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..3 {
+        let mut r = Record::now("outcome");
+        r.incident_id = Some(format!("outcome-{i}"));
+        audit.append(r);
+    }
+    eventually("outcome records with no request after them were not written", &|| records().len() == 4).await;
+    // 200 requests at once: each acknowledged with its own sequence number.
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let a = audit.clone();
+            tokio::spawn(async move {
+                let mut r = Record::now("request");
+                r.incident_id = Some(format!("incident-{i}"));
+                a.append_durable(r).await.unwrap()
+            })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap());
+    }
+    seqs.sort();
+    assert_eq!(seqs, (4..204).collect::<Vec<u64>>());
+    let lines = records();
+    assert_eq!(lines.len(), 204);
+    for i in 0..200 {
+        assert_eq!(lines.iter().filter(|l| l.contains(&format!("\"incident-{i}\""))).count(), 1, "incident-{i}");
+    }
+    // By count: at most 9 records after the last checkpoint.
+    eventually("no checkpoint by count", &|| checkpoint_sizes().iter().any(|&s| s >= 195)).await;
+    // Dropping the last handle closes the log: a checkpoint of every record, no zeros after them.
+    drop(audit);
+    eventually("not closed at drop", &|| {
+        checkpoint_sizes().last() == Some(&204) && std::fs::read(&seg).unwrap().iter().all(|&b| b != 0)
+    })
+    .await;
+    let (ok, out) = verify(&w, d.path());
+    assert!(ok && out.contains("204 records"), "{out}");
+}

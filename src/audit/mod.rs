@@ -1,12 +1,14 @@
-//! The tamper-evident audit log. A dedicated writer thread takes records from a bounded queue,
-//! writes them in batches to the current segment and fsyncs once per batch (group commit); a
-//! request is forwarded only after its record is durable. The records form an RFC 9162 Merkle
+//! The tamper-evident audit log. Records go to a bounded queue and are written in batches to the
+//! current segment with one fsync per batch (group commit: the request that finds nobody
+//! writing writes the batch, see [`commit`]); a request is forwarded only after its record is
+//! durable. The records form an RFC 9162 Merkle
 //! tree; signed checkpoints (origin, size, root, time) are written every N records or T ms.
 //! If a record cannot be made durable in time (disk full, read-only, I/O error), the request
 //! is refused with `AuditUnavailable` and `/readyz` turns 503.
 //!
 //! On disk: `segment-NNNNNN.jsonl` (records, one per line), `checkpoints.jsonl`.
 
+mod commit;
 pub mod merkle;
 pub mod record;
 pub mod verify;
@@ -16,9 +18,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
@@ -30,9 +30,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
+use commit::Core;
 use merkle::CompactTree;
 pub use record::{ClientCert, Record};
-use writer::Writer;
+use writer::{Checkpointer, Writer};
 
 /// `[audit]` in gateway.toml.
 #[derive(Debug, Clone, Deserialize)]
@@ -261,19 +262,18 @@ impl Job {
     }
 }
 
-enum Msg {
-    Append(Box<Job>),
-    /// Write a checkpoint now and cut the active segment to its records (at shutdown), then
-    /// acknowledge.
-    Checkpoint(oneshot::Sender<Result<(), String>>),
-}
-
-/// The audit log's handle, shared by every request.
+/// The audit log's handle, shared by every request. Dropping the last one stops the log: a
+/// final checkpoint, the segment cut to its records.
 pub struct Audit {
-    queue: SyncSender<Msg>,
-    healthy: Arc<AtomicBool>,
+    core: Arc<Core>,
     durable_timeout: Duration,
     pseudonym: Zeroizing<Vec<u8>>,
+}
+
+impl Drop for Audit {
+    fn drop(&mut self) {
+        self.core.stop();
+    }
 }
 
 impl Audit {
@@ -285,7 +285,7 @@ impl Audit {
         Self::start_with(cfg, signer, pseudonym)
     }
 
-    /// Opens (recovering a torn tail) and starts the writer thread.
+    /// Opens (recovering a torn tail) and starts the duties thread.
     pub fn start_with(
         cfg: &AuditConfig,
         key: Box<dyn CheckpointSigner>,
@@ -296,9 +296,8 @@ impl Audit {
         // passes a copy kept elsewhere with --key.
         let pub_path = cfg.dir.join(PUBLIC_KEY_FILE);
         std::fs::write(&pub_path, spki_pem(&key.public_key())).map_err(|e| io_err(&pub_path, e))?;
-        let (mut writer, recovered) = Writer::open(cfg, key)?;
-        let healthy = Arc::new(AtomicBool::new(true));
-        let (tx, rx) = sync_channel(cfg.queue.max(1));
+        let (mut writer, recovered) = Writer::open(cfg)?;
+        let mut checkpointer = Checkpointer::open(cfg, key, writer.tree.size())?;
         // The first records: a recovery note if the tail was cut, and the start.
         let mut first = Vec::new();
         if let Some(detail) = recovered {
@@ -311,63 +310,58 @@ impl Audit {
             "spocgw {} audit log opened at size {}, checkpoint key {}",
             env!("CARGO_PKG_VERSION"),
             writer.tree.size(),
-            writer.key_id
+            checkpointer.key_id
         ));
         first.push(start);
         writer.append(first.iter().map(|record| Job::new(record, None)).collect()).map_err(AuditError::NotDurable)?;
-        writer.checkpoint().map_err(AuditError::NotDurable)?;
-        let h = healthy.clone();
-        std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || writer.run(rx, h))
-            .map_err(|e| AuditError::NotDurable(e.to_string()))?;
-        Ok(Arc::new(Audit {
-            queue: tx,
-            healthy,
-            durable_timeout: Duration::from_millis(cfg.durable_timeout_ms),
-            pseudonym,
-        }))
+        let size = writer.tree.size();
+        checkpointer.write(size, &writer.tree.root()).map_err(|e| AuditError::NotDurable(e.to_string()))?;
+        writer.checkpointed(size, checkpointer.every);
+        let core = Core::start(writer, checkpointer, cfg.queue).map_err(|e| AuditError::NotDurable(e.to_string()))?;
+        Ok(Arc::new(Audit { core, durable_timeout: Duration::from_millis(cfg.durable_timeout_ms), pseudonym }))
     }
 
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.core.is_healthy()
     }
 
     /// Appends a record and waits until it is durable; Err if it is not within the deadline.
+    /// If nobody is writing, this call writes the batch itself (blocking for the fsync).
     pub async fn append_durable(&self, record: Record) -> Result<u64, String> {
+        let started = Instant::now();
         let (tx, rx) = oneshot::channel();
-        match self.queue.try_send(Msg::Append(Box::new(Job::new(&record, Some(tx))))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err("the audit queue is full".into()),
-            Err(TrySendError::Disconnected(_)) => return Err("the audit writer has stopped".into()),
+        if self.core.submit(Job::new(&record, Some(tx)))? {
+            self.core.lead();
         }
-        match tokio::time::timeout(self.durable_timeout, rx).await {
-            Err(_) => {
-                self.healthy.store(false, Ordering::Relaxed);
-                Err(format!("not durable within {:?}", self.durable_timeout))
-            }
+        let late = || {
+            self.core.set_unhealthy();
+            Err(format!("not durable within {:?}", self.durable_timeout))
+        };
+        let Some(left) = self.durable_timeout.checked_sub(started.elapsed()) else { return late() };
+        match tokio::time::timeout(left, rx).await {
+            Err(_) => late(),
             Ok(Err(_)) => Err("the audit writer dropped the record".into()),
+            // Durable, but later than the deadline (the leader's own fsync stalled): refused
+            // all the same, as a record that waited would be.
+            Ok(Ok(_)) if started.elapsed() > self.durable_timeout => late(),
             Ok(Ok(r)) => r,
         }
     }
 
-    /// Appends a record without waiting (outcomes of requests already decided).
+    /// Appends a record without waiting (outcomes of requests already decided): it goes with
+    /// the next batch, within [`commit::SYNC_DELAY`] at most.
     pub fn append(&self, record: Record) {
-        if self.queue.try_send(Msg::Append(Box::new(Job::new(&record, None)))).is_err() {
-            self.healthy.store(false, Ordering::Relaxed);
-            tracing::error!("audit queue full or writer stopped: an outcome record was lost");
+        if self.core.submit(Job::new(&record, None)).is_err() {
+            self.core.set_unhealthy();
+            tracing::error!("audit queue full: an outcome record was lost");
         }
     }
 
-    /// Writes a signed checkpoint of everything appended so far (used at shutdown).
+    /// Writes a signed checkpoint of everything appended so far and cuts the active segment to
+    /// its records (used at shutdown).
     pub async fn checkpoint_now(&self) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
-        let queue = self.queue.clone();
-        tokio::task::spawn_blocking(move || {
-            queue.send(Msg::Checkpoint(tx)).map_err(|_| "the audit writer has stopped".to_owned())
-        })
-        .await
-        .map_err(|e| e.to_string())??;
+        self.core.force_checkpoint(tx);
         rx.await.map_err(|_| "the audit writer stopped".to_owned())?
     }
 

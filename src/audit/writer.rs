@@ -1,27 +1,24 @@
-//! The writer thread: appends batches to the current segment with one fsync each, keeps the
-//! Merkle tree, writes checkpoints, rotates and prunes segments, and replays the log at start.
+//! The writer: appends batches to the current segment with one fsync each, keeps the Merkle
+//! tree, rotates segments and replays the log at start; the checkpointer signs tree heads; and
+//! retention prunes old segments. Who drives them, and when, is [`super::commit`].
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
-use super::merkle::{self, CompactTree};
+use super::merkle::{self, CompactTree, Hash};
 use super::{
-    Anchor, AuditConfig, AuditError, Checkpoint, CheckpointSigner, Job, Msg, Record, SEQ_PREFIX, SPOOL_DIR, io_err,
-    key_id, read_anchor, record, segment_name, segments,
+    Anchor, AuditConfig, AuditError, Checkpoint, CheckpointSigner, Job, Record, SEQ_PREFIX, SPOOL_DIR, io_err, key_id,
+    read_anchor, record, segment_name, segments,
 };
 
 pub(super) struct Writer {
     dir: PathBuf,
-    origin: String,
     segment: File,
     segment_index: u32,
     /// Where the records of the current segment end (the next record's offset).
@@ -29,31 +26,18 @@ pub(super) struct Writer {
     /// How far the current segment is already written with zeros ahead of the records.
     allocated: u64,
     segment_max: u64,
-    checkpoints: File,
     pub(super) tree: CompactTree,
-    key: Box<dyn CheckpointSigner>,
-    pub(super) key_id: String,
     retention: Option<Duration>,
     segment_opened: Instant,
     segment_max_age: Duration,
     /// Held for the writer's life: one writer per log.
     _lock: File,
-    every: u64,
-    interval: Duration,
-    last_checkpoint_size: u64,
-    last_checkpoint: Instant,
-    /// When the oldest record not yet made durable was written (outcome records, which nobody
-    /// waits on, ride on the next fsync somebody waits for, or on [`SYNC_DELAY`]).
-    unsynced_since: Option<Instant>,
-    /// When the spool (officer tools' records) was last looked at.
-    spool_checked: Instant,
+    /// The tree size at which a checkpoint is due by count, and whether it was asked for.
+    pub(super) checkpoint_at: u64,
+    checkpoint_asked: bool,
+    /// A segment was closed since retention last looked.
+    prune_due: bool,
 }
-
-/// How often the writer looks for spooled records (a directory scan; not once per batch).
-const SPOOL_EVERY: Duration = Duration::from_millis(100);
-
-/// The longest a record nobody waits on stays written but not yet durable.
-pub(super) const SYNC_DELAY: Duration = Duration::from_millis(10);
 
 /// The active segment grows in zero-filled steps of this size, written and synced ahead of the
 /// records. A batch then overwrites blocks the file already owns at a size already on disk, so
@@ -71,10 +55,7 @@ pub fn records_end(bytes: &[u8]) -> usize {
 
 impl Writer {
     /// Opens the log: replays every segment into the tree, cuts a torn tail of the last one.
-    pub(super) fn open(
-        cfg: &AuditConfig,
-        key: Box<dyn CheckpointSigner>,
-    ) -> Result<(Writer, Option<String>), AuditError> {
+    pub(super) fn open(cfg: &AuditConfig) -> Result<(Writer, Option<String>), AuditError> {
         let dir = cfg.dir.clone();
         let lock_path = dir.join("writer.lock");
         let lock = OpenOptions::new()
@@ -160,136 +141,30 @@ impl Writer {
         let path = dir.join(segment_name(segment_index));
         let segment = open_segment(&path).map_err(|e| io_err(&path, e))?;
         let segment_len = segment.metadata().map_err(|e| io_err(&path, e))?.len();
-        let cp_path = dir.join("checkpoints.jsonl");
-        let checkpoints =
-            OpenOptions::new().create(true).append(true).open(&cp_path).map_err(|e| io_err(&cp_path, e))?;
-        let key_id = key_id(&key.public_key());
-        let size = tree.size();
         Ok((
             Writer {
                 dir,
-                origin: cfg.origin.clone(),
                 segment,
                 segment_index,
                 segment_len,
                 allocated: segment_len,
                 segment_max: cfg.segment_max_bytes.max(4096),
-                checkpoints,
+                checkpoint_at: tree.size() + cfg.checkpoint_every.max(1),
                 tree,
-                key,
-                key_id,
                 retention: (cfg.retention_s > 0).then(|| Duration::from_secs(cfg.retention_s)),
                 segment_opened: Instant::now(),
                 segment_max_age: Duration::from_secs(cfg.segment_max_age_s.max(1)),
                 _lock: lock,
-                every: cfg.checkpoint_every.max(1),
-                interval: Duration::from_millis(cfg.checkpoint_interval_ms.max(10)),
-                last_checkpoint_size: size,
-                last_checkpoint: Instant::now(),
-                unsynced_since: None,
-                spool_checked: Instant::now().checked_sub(SPOOL_EVERY).unwrap_or_else(Instant::now),
+                checkpoint_asked: false,
+                prune_due: false,
             },
             recovered,
         ))
     }
 
-    pub(super) fn run(mut self, rx: Receiver<Msg>, healthy: Arc<AtomicBool>) {
-        loop {
-            let mut forced = Vec::new();
-            let mut batch: Vec<Job> = Vec::new();
-            let wait = match self.unsynced_since {
-                Some(t) => self.interval.min(SYNC_DELAY.saturating_sub(t.elapsed())),
-                None => self.interval,
-            };
-            match rx.recv_timeout(wait) {
-                Ok(Msg::Append(j)) => batch.push(*j),
-                Ok(Msg::Checkpoint(done)) => forced.push(done),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    let _ = self.checkpoint();
-                    if let Err(e) = self.close_segment() {
-                        tracing::error!(error = %e, "audit segment not cut to its records at stop");
-                    }
-                    return;
-                }
-            }
-            while batch.len() < 4096 {
-                match rx.try_recv() {
-                    Ok(Msg::Append(j)) => batch.push(*j),
-                    Ok(Msg::Checkpoint(done)) => forced.push(done),
-                    Err(_) => break,
-                }
-            }
-            let spooled = if self.spool_checked.elapsed() >= SPOOL_EVERY || !forced.is_empty() {
-                self.spool_checked = Instant::now();
-                self.take_spool(&mut batch)
-            } else {
-                Vec::new()
-            };
-            if !batch.is_empty() {
-                let mut result = self.append(batch);
-                // A spooled record's file goes only once the record is durable.
-                if result.is_ok() && !spooled.is_empty() {
-                    result = self.sync();
-                }
-                if result.is_ok() {
-                    for p in spooled {
-                        let _ = std::fs::remove_file(p);
-                    }
-                }
-                match result {
-                    Ok(()) => healthy.store(true, Ordering::Relaxed),
-                    Err(e) => {
-                        tracing::error!(error = %e, "audit write failed; requests are refused until it succeeds");
-                        healthy.store(false, Ordering::Relaxed);
-                    }
-                }
-            }
-            if self.unsynced_since.is_some_and(|t| t.elapsed() >= SYNC_DELAY)
-                && let Err(e) = self.sync()
-            {
-                tracing::error!(error = %e, "audit sync failed; requests are refused until a write succeeds");
-                healthy.store(false, Ordering::Relaxed);
-            }
-            if self.segment_len > 0
-                && self.segment_opened.elapsed() >= self.segment_max_age
-                && let Err(e) = self.rotate()
-            {
-                tracing::error!(error = %e, "audit segment rotation failed");
-            }
-            let due = self.tree.size() > self.last_checkpoint_size
-                && (!forced.is_empty()
-                    || self.tree.size() - self.last_checkpoint_size >= self.every
-                    || self.last_checkpoint.elapsed() >= self.interval);
-            let result = match if due { self.try_checkpoint() } else { Ok(()) } {
-                Ok(()) => Ok(()),
-                // The signer (the TPM) is away: the records stay durable and chained, and the
-                // next signed checkpoint, one interval later, covers them all.
-                Err(CheckpointFailure::Signer(e)) => {
-                    tracing::error!(error = %e, tree_size = self.tree.size(), "audit checkpoint deferred: signer failed");
-                    self.last_checkpoint = Instant::now();
-                    Err(format!("checkpoint not signed: {e}"))
-                }
-                Err(CheckpointFailure::Write(e)) => {
-                    tracing::error!(error = %e, "audit checkpoint failed");
-                    healthy.store(false, Ordering::Relaxed);
-                    Err(e)
-                }
-            };
-            // A forced checkpoint is the gateway stopping: the segment is cut to its records.
-            let result = match result {
-                Ok(()) if !forced.is_empty() => self.close_segment(),
-                r => r,
-            };
-            for done in forced {
-                let _ = done.send(result.clone());
-            }
-        }
-    }
-
     /// Adds the spooled records (officer tools' access records) to the batch; returns their files,
     /// to be removed once the batch is durable.
-    fn take_spool(&mut self, batch: &mut Vec<Job>) -> Vec<PathBuf> {
+    pub(super) fn take_spool(&self, batch: &mut Vec<Job>) -> Vec<PathBuf> {
         let spool = self.dir.join(SPOOL_DIR);
         let Ok(entries) = std::fs::read_dir(&spool) else { return Vec::new() };
         let mut files: Vec<PathBuf> = entries
@@ -318,6 +193,9 @@ impl Writer {
 
     /// Writes and fsyncs a batch; acknowledges each record only once it is durable. On any
     /// failure the segment is cut back to where the batch began and every record is refused.
+    /// Every batch is synced: a record the writer has written is durable when `append` returns
+    /// (outcome records, which nobody waits on, come in batches with requests' records, or
+    /// within [`super::commit::SYNC_DELAY`]).
     pub(super) fn append(&mut self, batch: Vec<Job>) -> Result<(), String> {
         let start_len = self.segment_len;
         let start_size = self.tree.size();
@@ -331,13 +209,9 @@ impl Writer {
             leaves.push(merkle::leaf_hash(&buf[start..]));
             buf.push(b'\n');
         }
-        // One fdatasync per batch that somebody waits on (it also makes every earlier record of
-        // the segment durable); a batch of outcome records only is synced within SYNC_DELAY.
-        let must_sync =
-            batch.iter().any(|j| j.done.is_some()) || self.unsynced_since.is_some_and(|t| t.elapsed() >= SYNC_DELAY);
         let result = self.grow_to(start_len + buf.len() as u64).and_then(|()| {
             self.segment.write_all_at(&buf, start_len)?;
-            if must_sync { self.segment.sync_data() } else { Ok(()) }
+            self.segment.sync_data()
         });
         if let Err(e) = result {
             // Nothing of the batch stays: the segment is cut back to its records (the
@@ -353,11 +227,6 @@ impl Writer {
             return Err(reason);
         }
         self.segment_len += buf.len() as u64;
-        if must_sync {
-            self.unsynced_since = None;
-        } else {
-            self.unsynced_since.get_or_insert_with(Instant::now);
-        }
         for l in leaves {
             self.tree.push(l);
         }
@@ -372,13 +241,31 @@ impl Writer {
         Ok(())
     }
 
-    /// Makes every record written so far durable.
-    pub(super) fn sync(&mut self) -> Result<(), String> {
-        if self.unsynced_since.is_some() {
-            self.segment.sync_data().map_err(|e| e.to_string())?;
-            self.unsynced_since = None;
+    /// Whether a checkpoint is now due by count (true once per checkpoint).
+    pub(super) fn checkpoint_wanted(&mut self) -> bool {
+        let wanted = !self.checkpoint_asked && self.tree.size() >= self.checkpoint_at;
+        self.checkpoint_asked |= wanted;
+        wanted
+    }
+
+    /// The next checkpoint by count comes `every` records after one at `size`.
+    pub(super) fn checkpointed(&mut self, size: u64, every: u64) {
+        self.checkpoint_at = size + every;
+        self.checkpoint_asked = false;
+    }
+
+    /// Closes the segment and opens the next when it is older than its maximum age.
+    pub(super) fn rotate_if_old(&mut self) -> Result<(), String> {
+        if self.segment_len > 0 && self.segment_opened.elapsed() >= self.segment_max_age {
+            self.rotate()?;
         }
         Ok(())
+    }
+
+    /// The retention period and the active segment, once after each rotation (for [`prune`]).
+    pub(super) fn take_prune(&mut self) -> Option<(PathBuf, u32, Duration)> {
+        let due = std::mem::take(&mut self.prune_due);
+        self.retention.filter(|_| due).map(|r| (self.dir.clone(), self.segment_index, r))
     }
 
     /// Writes zeros ahead of the records, in [`GROW_STEP`]s, until `end` fits, and makes them
@@ -397,9 +284,7 @@ impl Writer {
                 return Err(e);
             }
         }
-        self.segment.sync_data()?;
-        self.unsynced_since = None;
-        Ok(())
+        self.segment.sync_data()
     }
 
     fn zero_fill(&mut self, target: u64) -> std::io::Result<()> {
@@ -415,14 +300,12 @@ impl Writer {
     }
 
     /// Cuts the active segment to its records and makes it durable (rotation and stop).
-    fn close_segment(&mut self) -> Result<(), String> {
+    pub(super) fn close_segment(&mut self) -> Result<(), String> {
         if self.allocated > self.segment_len {
             self.segment.set_len(self.segment_len).map_err(|e| e.to_string())?;
             self.allocated = self.segment_len;
         }
-        self.segment.sync_all().map_err(|e| e.to_string())?;
-        self.unsynced_since = None;
-        Ok(())
+        self.segment.sync_all().map_err(|e| e.to_string())
     }
 
     fn rotate(&mut self) -> Result<(), String> {
@@ -438,83 +321,109 @@ impl Writer {
         self.segment_len = 0;
         self.allocated = 0;
         self.segment_opened = Instant::now();
-        if let Err(e) = self.prune() {
-            tracing::error!(error = %e, "audit retention: pruning failed; nothing was removed");
-        }
+        self.prune_due = true;
         Ok(())
     }
+}
 
-    /// Removes whole closed segments whose newest record is older than the retention period,
-    /// oldest first, after writing the anchor (tree state at the new start) durably.
-    fn prune(&mut self) -> Result<(), String> {
-        let Some(retention) = self.retention else { return Ok(()) };
-        let cutoff = time::OffsetDateTime::now_utc() - retention;
-        let cutoff = format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-            cutoff.year(),
-            u8::from(cutoff.month()),
-            cutoff.day(),
-            cutoff.hour(),
-            cutoff.minute(),
-            cutoff.second()
-        );
-        let segs = segments(&self.dir).map_err(|e| e.to_string())?;
-        let active = self.dir.join(segment_name(self.segment_index));
-        let mut tree = match read_anchor(&self.dir)? {
-            Some(a) => a.tree().ok_or("anchor.json does not fit")?,
-            None => CompactTree::default(),
-        };
-        let mut prune = Vec::new();
-        for path in segs.iter().filter(|p| **p != active) {
-            let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let lines: Vec<&[u8]> =
-                text[..records_end(&text)].split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
-            let newest =
-                lines.last().and_then(|l| serde_json::from_slice::<Record>(l).ok()).map(|r| r.time).unwrap_or_default();
-            if newest.as_str() >= cutoff.as_str() {
-                break; // segments are in time order: the rest are newer
-            }
-            for l in lines {
-                tree.push(merkle::leaf_hash(l));
-            }
-            prune.push(path.clone());
+/// Removes whole closed segments (those before segment `active`) whose newest record is older
+/// than `retention`, oldest first, after writing the anchor (tree state at the new start)
+/// durably. Runs beside the writer: it reads closed segments only.
+pub(super) fn prune(dir: &Path, active: u32, retention: Duration) -> Result<(), String> {
+    let cutoff = time::OffsetDateTime::now_utc() - retention;
+    let cutoff = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        cutoff.year(),
+        u8::from(cutoff.month()),
+        cutoff.day(),
+        cutoff.hour(),
+        cutoff.minute(),
+        cutoff.second()
+    );
+    let segs = segments(dir).map_err(|e| e.to_string())?;
+    // Names sort by index: those before the active one are closed.
+    let active = dir.join(segment_name(active));
+    let mut tree = match read_anchor(dir)? {
+        Some(a) => a.tree().ok_or("anchor.json does not fit")?,
+        None => CompactTree::default(),
+    };
+    let mut prune = Vec::new();
+    for path in segs.iter().filter(|p| **p < active) {
+        let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let lines: Vec<&[u8]> = text[..records_end(&text)].split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+        let newest =
+            lines.last().and_then(|l| serde_json::from_slice::<Record>(l).ok()).map(|r| r.time).unwrap_or_default();
+        if newest.as_str() >= cutoff.as_str() {
+            break; // segments are in time order: the rest are newer
         }
-        let Some(last) = prune.last() else { return Ok(()) };
-        let anchor = Anchor {
-            tree_size: tree.size(),
-            peaks: tree.peaks().iter().map(|(h, x)| (*h, merkle::hex(x))).collect(),
-            time: record::now_rfc3339_micros(),
-            pruned_through: last.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned(),
-        };
-        let tmp = self.dir.join("anchor.json.tmp");
-        let bytes = serde_json::to_vec(&anchor).map_err(|e| e.to_string())?;
-        let mut f = File::create(&tmp).map_err(|e| e.to_string())?;
-        f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, self.dir.join("anchor.json")).map_err(|e| e.to_string())?;
-        if let Ok(d) = File::open(&self.dir) {
-            let _ = d.sync_all();
+        for l in lines {
+            tree.push(merkle::leaf_hash(l));
         }
-        for p in &prune {
-            std::fs::remove_file(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        }
-        tracing::info!(segments = prune.len(), tree_size = anchor.tree_size, "audit retention: pruned old segments");
-        Ok(())
+        prune.push(path.clone());
     }
+    let Some(last) = prune.last() else { return Ok(()) };
+    let anchor = Anchor {
+        tree_size: tree.size(),
+        peaks: tree.peaks().iter().map(|(h, x)| (*h, merkle::hex(x))).collect(),
+        time: record::now_rfc3339_micros(),
+        pruned_through: last.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned(),
+    };
+    let tmp = dir.join("anchor.json.tmp");
+    let bytes = serde_json::to_vec(&anchor).map_err(|e| e.to_string())?;
+    let mut f = File::create(&tmp).map_err(|e| e.to_string())?;
+    f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, dir.join("anchor.json")).map_err(|e| e.to_string())?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    for p in &prune {
+        std::fs::remove_file(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    tracing::info!(segments = prune.len(), tree_size = anchor.tree_size, "audit retention: pruned old segments");
+    Ok(())
+}
 
-    pub(super) fn checkpoint(&mut self) -> Result<(), String> {
-        self.try_checkpoint().map_err(|e| match e {
-            CheckpointFailure::Signer(e) => format!("checkpoint not signed: {e}"),
-            CheckpointFailure::Write(e) => e,
+/// Signs tree heads and appends them to `checkpoints.jsonl`.
+pub(super) struct Checkpointer {
+    origin: String,
+    file: File,
+    key: Box<dyn CheckpointSigner>,
+    pub(super) key_id: String,
+    pub(super) every: u64,
+    pub(super) interval: Duration,
+    last_size: u64,
+    last_time: Instant,
+}
+
+impl Checkpointer {
+    pub(super) fn open(cfg: &AuditConfig, key: Box<dyn CheckpointSigner>, size: u64) -> Result<Self, AuditError> {
+        let path = cfg.dir.join("checkpoints.jsonl");
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io_err(&path, e))?;
+        Ok(Checkpointer {
+            origin: cfg.origin.clone(),
+            file,
+            key_id: key_id(&key.public_key()),
+            key,
+            every: cfg.checkpoint_every.max(1),
+            interval: Duration::from_millis(cfg.checkpoint_interval_ms.max(10)),
+            last_size: size,
+            last_time: Instant::now(),
         })
     }
 
-    fn try_checkpoint(&mut self) -> Result<(), CheckpointFailure> {
-        // A checkpoint vouches only for durable records.
-        self.sync().map_err(CheckpointFailure::Write)?;
-        let size = self.tree.size();
-        let root = merkle::hex(&self.tree.root());
+    /// Whether a log of `size` durable records needs a checkpoint now.
+    pub(super) fn due(&self, size: u64, forced: bool) -> bool {
+        size > self.last_size
+            && (forced || size - self.last_size >= self.every || self.last_time.elapsed() >= self.interval)
+    }
+
+    /// Signs and writes the checkpoint of a tree of `size` durable records with `root`.
+    pub(super) fn write(&mut self, size: u64, root: &Hash) -> Result<(), CheckpointFailure> {
+        let root = merkle::hex(root);
         let time = record::now_rfc3339_micros();
         let msg = Checkpoint::signed_bytes(&self.origin, size, &root, &time);
+        // Counted as an attempt even if the signer fails: the next one comes an interval later.
+        self.last_time = Instant::now();
         let sig = self.key.sign(&msg).map_err(CheckpointFailure::Signer)?;
         let cp = Checkpoint {
             origin: self.origin.clone(),
@@ -526,12 +435,11 @@ impl Writer {
         };
         let mut line = serde_json::to_vec(&cp).map_err(|e| CheckpointFailure::Write(e.to_string()))?;
         line.push(b'\n');
-        self.checkpoints
+        self.file
             .write_all(&line)
-            .and_then(|()| self.checkpoints.sync_data())
+            .and_then(|()| self.file.sync_data())
             .map_err(|e| CheckpointFailure::Write(e.to_string()))?;
-        self.last_checkpoint_size = size;
-        self.last_checkpoint = Instant::now();
+        self.last_size = size;
         Ok(())
     }
 }
@@ -541,7 +449,16 @@ fn open_segment(path: &std::path::Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path)
 }
 
-enum CheckpointFailure {
+pub(super) enum CheckpointFailure {
     Signer(String),
     Write(String),
+}
+
+impl std::fmt::Display for CheckpointFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckpointFailure::Signer(e) => write!(f, "checkpoint not signed: {e}"),
+            CheckpointFailure::Write(e) => f.write_str(e),
+        }
+    }
 }

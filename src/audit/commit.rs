@@ -1,0 +1,288 @@
+//! Group commit without a hand-off: the request that finds nobody writing becomes the leader
+//! and writes every queued record as one batch, with one fsync, on its own thread; records that
+//! arrive meanwhile wait for the next leader, a task of its own spawned when the batch is done.
+//! A request thus reaches the disk and comes back without waking another thread, and the
+//! records it releases are woken on the runtime that runs them.
+//!
+//! A duties thread does what no request waits for: records nobody waits on (outcomes) left in
+//! the queue (within [`SYNC_DELAY`]), the officer tools' spool, checkpoints (signing may take
+//! the TPM milliseconds: never on a request's thread), rotation by age, retention, and the
+//! final checkpoint at stop.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::Job;
+use super::writer::{self, CheckpointFailure, Checkpointer, Writer};
+
+/// The longest a record nobody waits on stays queued before it is written and made durable.
+pub(super) const SYNC_DELAY: Duration = Duration::from_millis(10);
+
+/// How often the duties thread looks for spooled records (a directory scan).
+const SPOOL_EVERY: Duration = Duration::from_millis(100);
+
+pub(super) struct Core {
+    queue: Mutex<Queue>,
+    writer: Mutex<Writer>,
+    healthy: AtomicBool,
+    capacity: usize,
+    duties: Mutex<Duties>,
+    /// The duties thread waits here.
+    wake: Condvar,
+    /// The duties thread sleeps until the next checkpoint is due (nothing queued): a record
+    /// queued without a leader wakes it.
+    dozing: AtomicBool,
+}
+
+struct Queue {
+    jobs: Vec<Job>,
+    /// A leader is writing, or a leader task is on its way: a new record needing durability
+    /// only waits.
+    leading: bool,
+}
+
+#[derive(Default)]
+struct Duties {
+    stop: bool,
+    /// A checkpoint is due by count.
+    checkpoint: bool,
+    /// Checkpoint now and cut the active segment to its records (the gateway stops).
+    forced: Vec<oneshot::Sender<Result<(), String>>>,
+}
+
+/// A poisoned lock still guards consistent state here (no code under these locks panics; if
+/// one did, the batch it held was refused): go on with it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Core {
+    /// Takes over an opened writer and checkpointer and starts the duties thread.
+    pub(super) fn start(writer: Writer, checkpointer: Checkpointer, capacity: usize) -> std::io::Result<Arc<Core>> {
+        let core = Arc::new(Core {
+            queue: Mutex::new(Queue { jobs: Vec::new(), leading: false }),
+            writer: Mutex::new(writer),
+            healthy: AtomicBool::new(true),
+            capacity: capacity.max(1),
+            duties: Mutex::new(Duties::default()),
+            wake: Condvar::new(),
+            dozing: AtomicBool::new(false),
+        });
+        let c = core.clone();
+        std::thread::Builder::new().name("audit-duties".into()).spawn(move || c.keep(checkpointer))?;
+        Ok(core)
+    }
+
+    pub(super) fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn set_unhealthy(&self) {
+        self.healthy.store(false, Ordering::Relaxed);
+    }
+
+    /// Queues a record. Ok(true): the caller is now the leader and must call [`Core::lead`].
+    /// Records nobody waits on never lead: they go with the next batch.
+    pub(super) fn submit(&self, job: Job) -> Result<bool, String> {
+        let waited = job.done.is_some();
+        let mut q = lock(&self.queue);
+        if q.jobs.len() >= self.capacity {
+            return Err("the audit queue is full".into());
+        }
+        q.jobs.push(job);
+        let lead = waited && !q.leading;
+        q.leading |= lead;
+        let unattended = !q.leading;
+        drop(q);
+        if unattended {
+            self.unattended();
+        }
+        Ok(lead)
+    }
+
+    /// Records are queued and no leader will take them: the duties thread must not sleep until
+    /// the next checkpoint.
+    fn unattended(&self) {
+        if self.dozing.swap(false, Ordering::SeqCst) {
+            // Taking the lock orders this after the duties thread's look at the queue.
+            let _d = lock(&self.duties);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Writes the queued records as one batch and makes them durable, on the caller's thread
+    /// (it blocks for the write and the fsync). If records that are waited on came meanwhile,
+    /// a task of its own leads their batch, so the caller's request goes on.
+    pub(super) fn lead(self: &Arc<Self>) {
+        let mut w = lock(&self.writer);
+        let batch = std::mem::take(&mut lock(&self.queue).jobs);
+        if !batch.is_empty() {
+            let result = w.append(batch);
+            self.note(&result);
+        }
+        let checkpoint = w.checkpoint_wanted();
+        drop(w);
+        if checkpoint {
+            lock(&self.duties).checkpoint = true;
+            self.wake.notify_one();
+        }
+        let mut q = lock(&self.queue);
+        let next = q.jobs.iter().any(|j| j.done.is_some());
+        let rt = tokio::runtime::Handle::try_current();
+        if let (true, Ok(rt)) = (next, &rt) {
+            drop(q);
+            let core = self.clone();
+            rt.spawn(async move { core.lead() });
+            return;
+        }
+        // Nobody waits on what is left (or, outside a runtime, nobody would run a leader
+        // task): the duties thread takes it.
+        q.leading = false;
+        let left = !q.jobs.is_empty();
+        drop(q);
+        if left {
+            self.unattended();
+        }
+    }
+
+    fn note(&self, result: &Result<(), String>) {
+        match result {
+            Ok(()) => self.healthy.store(true, Ordering::Relaxed),
+            Err(e) => {
+                tracing::error!(error = %e, "audit write failed; requests are refused until it succeeds");
+                self.healthy.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Asks the duties thread for a checkpoint now, cutting the active segment to its records.
+    pub(super) fn force_checkpoint(&self, done: oneshot::Sender<Result<(), String>>) {
+        lock(&self.duties).forced.push(done);
+        self.wake.notify_one();
+    }
+
+    /// The duties thread finishes (final checkpoint, segment cut to its records) and ends.
+    pub(super) fn stop(&self) {
+        lock(&self.duties).stop = true;
+        self.wake.notify_one();
+    }
+
+    /// The duties thread.
+    fn keep(self: Arc<Self>, mut cp: Checkpointer) {
+        let mut spool_checked = Instant::now().checked_sub(SPOOL_EVERY).unwrap_or_else(Instant::now);
+        loop {
+            let (forced, stop, asked) = self.wait(&cp);
+            let finishing = stop || !forced.is_empty();
+            let mut w = lock(&self.writer);
+            let mut batch = std::mem::take(&mut lock(&self.queue).jobs);
+            let spooled = if finishing || spool_checked.elapsed() >= SPOOL_EVERY {
+                spool_checked = Instant::now();
+                w.take_spool(&mut batch)
+            } else {
+                Vec::new()
+            };
+            let mut written = Ok(());
+            if !batch.is_empty() {
+                written = w.append(batch);
+                self.note(&written);
+                // A spooled record's file goes only once the record is durable.
+                if written.is_ok() {
+                    for p in spooled {
+                        let _ = std::fs::remove_file(p);
+                    }
+                }
+            }
+            if let Err(e) = w.rotate_if_old() {
+                tracing::error!(error = %e, "audit segment rotation failed");
+            }
+            let prune = w.take_prune();
+            // Every record the writer holds is durable: a checkpoint vouches for them all.
+            let size = w.tree.size();
+            let head = (written.is_ok() && cp.due(size, finishing || asked)).then(|| w.tree.root());
+            drop(w);
+            if let Some((dir, active, retention)) = prune {
+                prune_old(&dir, active, retention);
+            }
+            let result = match head {
+                None => written,
+                Some(root) => match cp.write(size, &root) {
+                    Ok(()) => {
+                        self.checkpointed(size, cp.every);
+                        Ok(())
+                    }
+                    // The signer (the TPM) is away: the records stay durable and chained, and
+                    // the next signed checkpoint, one interval later, covers them all.
+                    Err(e @ CheckpointFailure::Signer(_)) => {
+                        tracing::error!(error = %e, tree_size = size, "audit checkpoint deferred: signer failed");
+                        self.checkpointed(size, cp.every);
+                        Err(e.to_string())
+                    }
+                    Err(e @ CheckpointFailure::Write(_)) => {
+                        tracing::error!(error = %e, "audit checkpoint failed");
+                        self.healthy.store(false, Ordering::Relaxed);
+                        Err(e.to_string())
+                    }
+                },
+            };
+            // A forced checkpoint is the gateway stopping: the segment is cut to its records.
+            let result = match result {
+                Ok(()) if finishing => lock(&self.writer).close_segment(),
+                r => r,
+            };
+            if let Err(e) = &result
+                && stop
+            {
+                tracing::error!(error = %e, "audit log not closed cleanly at stop");
+            }
+            for done in forced {
+                let _ = done.send(result.clone());
+            }
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// The next checkpoint by count is `every` records after `size`; if the records written
+    /// while this one was signed already make it due, it comes at once.
+    fn checkpointed(&self, size: u64, every: u64) {
+        let mut w = lock(&self.writer);
+        w.checkpointed(size, every);
+        let again = w.checkpoint_wanted();
+        drop(w);
+        lock(&self.duties).checkpoint |= again;
+    }
+
+    /// Waits for something to do: a stop, a forced or counted checkpoint, records no leader
+    /// takes (written within [`SYNC_DELAY`]), or the checkpoint interval.
+    fn wait(&self, cp: &Checkpointer) -> (Vec<oneshot::Sender<Result<(), String>>>, bool, bool) {
+        let mut d = lock(&self.duties);
+        while !(d.stop || d.checkpoint || !d.forced.is_empty()) {
+            // Dozing is announced before the look at the queue: a record queued after the look
+            // sees it and wakes this thread (under the duties lock, so not before the wait).
+            self.dozing.store(true, Ordering::SeqCst);
+            if !lock(&self.queue).jobs.is_empty() {
+                self.dozing.store(false, Ordering::SeqCst);
+                d = self.wake.wait_timeout(d, SYNC_DELAY).unwrap_or_else(|e| e.into_inner()).0;
+                break;
+            }
+            let (g, r) = self.wake.wait_timeout(d, cp.interval).unwrap_or_else(|e| e.into_inner());
+            d = g;
+            self.dozing.store(false, Ordering::SeqCst);
+            if r.timed_out() {
+                break;
+            }
+        }
+        (std::mem::take(&mut d.forced), d.stop, std::mem::take(&mut d.checkpoint))
+    }
+}
+
+fn prune_old(dir: &Path, active: u32, retention: Duration) {
+    if let Err(e) = writer::prune(dir, active, retention) {
+        tracing::error!(error = %e, "audit retention: pruning failed; nothing was removed");
+    }
+}
