@@ -427,3 +427,70 @@ fn healthz_readyz_and_metrics_answer() {
     assert!(m.contains("spocgw_requests_in_flight"), "{m}");
     assert!(m.contains("# EOF"), "{m}");
 }
+
+/// Reads one HTTP/1.1 response (head and a Content-Length body); returns the head.
+async fn read_response(
+    s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    pending: &mut Vec<u8>,
+) -> String {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .expect("a Content-Length");
+            if pending.len() >= end + 4 + len {
+                pending.drain(..end + 4 + len);
+                return head;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("no response").unwrap();
+        assert!(n > 0, "the gateway closed the connection");
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// An HTTP/1.1 keep-alive connection idle for a while is parked (hyper's buffers let go, the
+/// TLS connection kept) and serves on: after a pause, with a request split by a pause, with
+/// two pipelined requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_parked_and_serves_on() {
+    let w = World::full();
+    let body = messages::envelope(SoapVersion::V11, &bio().check_identity());
+    let request = format!(
+        "POST /bio/v1 HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml; charset=utf-8\r\nSOAPAction: CheckIdentityRequest\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let pause = spocgw::gateway::listener::PARK_AFTER * 4;
+    let parked = |w: &World| metric(&w.metrics(), r#"spocgw_connections_parked{listener="police"}"#);
+    let mut s = raw_officer(&w).await;
+    let mut pending = Vec::new();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let head = read_response(&mut s, &mut pending).await;
+    assert!(head.starts_with("http/1.1 200") && !head.contains("connection: close"), "{head}");
+    tokio::time::sleep(pause).await;
+    assert_eq!(parked(&w), 1.0, "the idle connection was not parked: {}", w.gateway_log());
+    // The next request on the same TLS connection.
+    s.write_all(request.as_bytes()).await.unwrap();
+    assert!(read_response(&mut s, &mut pending).await.starts_with("http/1.1 200"));
+    assert_eq!(parked(&w), 0.0);
+    // Half a request, a pause, the rest: a request that has begun is never parked away.
+    tokio::time::sleep(pause).await;
+    let (first, rest) = request.split_at(40);
+    s.write_all(first.as_bytes()).await.unwrap();
+    tokio::time::sleep(pause).await;
+    s.write_all(rest.as_bytes()).await.unwrap();
+    assert!(read_response(&mut s, &mut pending).await.starts_with("http/1.1 200"));
+    // Two requests in one write after a pause.
+    tokio::time::sleep(pause).await;
+    s.write_all(format!("{request}{request}").as_bytes()).await.unwrap();
+    for _ in 0..2 {
+        let head = read_response(&mut s, &mut pending).await;
+        assert!(head.starts_with("http/1.1 200") && !head.contains("connection: close"), "{head}");
+    }
+    let m = w.metrics();
+    assert_eq!(metric(&m, r#"spocgw_connections_open{listener="police"}"#), 1.0, "{m}");
+}

@@ -81,6 +81,7 @@ pub struct Metrics {
     pub handshake_failures: Family<ListenerReason, Counter>,
     pub connections_refused: Family<ListenerReason, Counter>,
     pub connections_open: Family<ListenerLabels, Gauge>,
+    pub connections_parked: Family<ListenerLabels, Gauge>,
     pub upstream_errors: Family<UpstreamError, Counter>,
     pub upstream_up: Family<UpstreamLabels, Gauge>,
     pub in_flight: Gauge,
@@ -127,6 +128,12 @@ impl Metrics {
         );
         let connections_open = Family::<ListenerLabels, Gauge>::default();
         registry.register("connections_open", "Open client connections", connections_open.clone());
+        let connections_parked = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "connections_parked",
+            "Open HTTP/1.1 client connections parked while idle (no HTTP buffers held)",
+            connections_parked.clone(),
+        );
         let upstream_errors = Family::<UpstreamError, Counter>::default();
         registry.register("upstream_errors", "Failed upstream exchanges by kind", upstream_errors.clone());
         let upstream_up = Family::<UpstreamLabels, Gauge>::default();
@@ -153,6 +160,7 @@ impl Metrics {
             handshake_failures,
             connections_refused,
             connections_open,
+            connections_parked,
             upstream_errors,
             upstream_up,
             in_flight,

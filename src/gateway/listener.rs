@@ -2,25 +2,33 @@
 //! once), a handshake deadline, the peer's identity taken from its verified certificate, then
 //! HTTP/1.1 or HTTP/2 (by ALPN) until the connection ends or the listener drains.
 //!
+//! An HTTP/1.1 connection idle for [`PARK_AFTER`] is parked: hyper's connection (its 8 KB read
+//! and write buffers) is let go without closing the TLS stream, and the client's next bytes
+//! build a new one. An idle connection then holds its TLS state and little else.
+//!
 //! The same loop serves the gateway's listeners and the simulators, so tests exercise the
 //! code that runs in production.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
+use hyper::service::{HttpService, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls::ServerConfig;
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use crate::admin::metrics::{ListenerLabels, ListenerReason, Metrics};
 use crate::tls::{PeerIdentity, handshake_failure_reason};
@@ -42,22 +50,27 @@ pub struct ListenerSpec {
     pub audit: Option<Arc<crate::audit::Audit>>,
 }
 
-/// Serves connections on `tcp` until `shutdown` turns true; returns the handle that drains
-/// the connections still open. `handler` gets the peer's identity and each request.
+/// The connections a listener still has open, once it stopped accepting: [`drain`] waits for
+/// them. Each connection holds a sender; the channel closes when the last one ends.
+pub struct Open(mpsc::Receiver<()>);
+
+/// Serves connections on `tcp` until `shutdown` turns true; returns the connections still open,
+/// which finish their requests and close (they see `shutdown` too). `handler` gets the peer's
+/// identity and each request.
 pub async fn serve<H, Fut, B>(
     tcp: TcpListener,
     spec: ListenerSpec,
     metrics: Option<Arc<Metrics>>,
     handler: H,
     mut shutdown: watch::Receiver<bool>,
-) -> GracefulShutdown
+) -> Open
 where
-    H: Fn(Arc<PeerIdentity>, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Arc<PeerIdentity>, Request<Incoming>) -> Fut + Clone + Send + Sync + Unpin + 'static,
     Fut: Future<Output = Result<Response<B>, std::io::Error>> + Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let graceful = GracefulShutdown::new();
+    let (open, open_rx) = mpsc::channel::<()>(1);
     let permits = Arc::new(Semaphore::new(spec.max_connections));
     let acceptor = TlsAcceptor::from(spec.tls.clone());
     let name = spec.name;
@@ -83,13 +96,15 @@ where
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let watcher = graceful.watcher();
+        let open = open.clone();
+        let mut stop = shutdown.clone();
         let acceptor = acceptor.clone();
         let metrics = metrics.clone();
         let handler = handler.clone();
         let spec = spec.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _open = open;
             let refused = |reason: &'static str| {
                 if let Some(m) = &metrics {
                     m.handshake_failures.get_or_create(&ListenerReason { listener: name, reason }).inc();
@@ -103,7 +118,7 @@ where
                 }
                 tracing::warn!(listener = name, peer_addr = %addr, reason, "TLS handshake refused");
             };
-            let tls = match tokio::time::timeout(spec.handshake_timeout, acceptor.accept(stream)).await {
+            let tls = match tokio::time::timeout(spec.handshake_timeout, Box::pin(acceptor.accept(stream))).await {
                 Err(_) => return refused("timeout"),
                 Ok(Err(e)) => return refused(handshake_failure_reason(&e)),
                 Ok(Ok(t)) => t,
@@ -121,11 +136,17 @@ where
             }
             // The request future is boxed: hyper keeps room for one in every connection, and an
             // idle connection should not carry the pipeline's whole state machine.
+            let traffic = Arc::new(Traffic::default());
+            let t = traffic.clone();
             let svc = service_fn(move |req| {
                 let handler = handler.clone();
                 let peer = peer.clone();
-                Box::pin(async move { handler(peer, req).await })
-                    as std::pin::Pin<Box<dyn Future<Output = Result<Response<B>, std::io::Error>> + Send>>
+                let in_flight = InFlight::new(&t);
+                Box::pin(async move {
+                    let response = handler(peer, req).await?;
+                    // Counted until hyper has written the whole body and drops it.
+                    Ok(response.map(|body| Counted { body, _in_flight: in_flight }))
+                }) as Pin<Box<dyn Future<Output = Result<Response<Counted<B>>, std::io::Error>> + Send>>
             });
             // ALPN decides the protocol; without ALPN the first bytes do (`auto`).
             let alpn = match tls.get_ref().1.alpn_protocol() {
@@ -133,25 +154,42 @@ where
                 Some(crate::tls::ALPN_H2) => Some(true),
                 _ => None,
             };
-            let io = TokioIo::new(tls);
             let ended = match alpn {
                 Some(false) => {
-                    let conn = http1_builder(&spec).serve_connection(io, svc);
-                    watcher.watch(conn).await.map_err(BoxError::from)
+                    let parked = metrics
+                        .as_ref()
+                        .map(|m| m.connections_parked.get_or_create(&ListenerLabels { listener: name }).clone());
+                    let io = Tracked { tls, unread: Bytes::new(), traffic: traffic.clone() };
+                    // Boxed, and in a statement of its own (a temporary would take room here).
+                    let http1 = Box::pin(serve_http1(io, &spec, svc, traffic, parked, &mut stop));
+                    http1.await
                 }
+                // Built inside their boxes: a connection held in this task would take room in
+                // every connection's task, whatever its protocol.
                 Some(true) => {
-                    let conn = http2_builder().serve_connection(io, svc);
-                    watcher.watch(conn).await.map_err(BoxError::from)
+                    let h2 = Box::pin(async move {
+                        let conn = http2_builder().serve_connection(TokioIo::new(tls), svc);
+                        until_stopped(conn, &mut stop, |c| c.graceful_shutdown()).await.map_err(BoxError::from)
+                    });
+                    h2.await
                 }
                 _ => {
-                    let mut builder = auto::Builder::new(TokioExecutor::new());
-                    builder.http1().timer(TokioTimer::new()).header_read_timeout(spec.header_timeout).keep_alive(true);
-                    builder
-                        .http2()
-                        .timer(TokioTimer::new())
-                        .max_concurrent_streams(H2_MAX_STREAMS)
-                        .keep_alive_interval(Some(H2_KEEP_ALIVE));
-                    watcher.watch(builder.serve_connection(io, svc).into_owned()).await
+                    let sniffed = Box::pin(async move {
+                        let mut builder = auto::Builder::new(TokioExecutor::new());
+                        builder
+                            .http1()
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(spec.header_timeout)
+                            .keep_alive(true);
+                        builder
+                            .http2()
+                            .timer(TokioTimer::new())
+                            .max_concurrent_streams(H2_MAX_STREAMS)
+                            .keep_alive_interval(Some(H2_KEEP_ALIVE));
+                        let conn = builder.serve_connection(TokioIo::new(tls), svc).into_owned();
+                        until_stopped(conn, &mut stop, |c| c.graceful_shutdown()).await
+                    });
+                    sniffed.await
                 }
             };
             if let Err(e) = ended {
@@ -163,7 +201,292 @@ where
         });
     }
     drop(tcp);
-    graceful
+    Open(open_rx)
+}
+
+/// Runs a connection; when the listener stops, asks it to finish its requests and close.
+async fn until_stopped<C, T, E>(
+    conn: C,
+    stop: &mut watch::Receiver<bool>,
+    graceful: impl FnOnce(Pin<&mut C>),
+) -> Result<T, E>
+where
+    C: Future<Output = Result<T, E>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => return r,
+        _ = stopped(stop) => graceful(conn.as_mut()),
+    }
+    conn.await
+}
+
+/// Resolves when the listener stops (or whoever stops it is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// An HTTP/1.1 connection idle this long (no request in flight, nothing written or read, the
+/// client's next request awaited) is parked.
+pub const PARK_AFTER: Duration = Duration::from_millis(500);
+
+/// What one connection's IO and requests did, as the HTTP/1.1 driver needs to know it.
+#[derive(Default)]
+struct Traffic {
+    /// Reads and writes that moved bytes.
+    moved: AtomicU64,
+    /// Reads that got bytes, and how many there had been when the last answer was written.
+    reads: AtomicU64,
+    reads_at_answer: AtomicU64,
+    /// The last read found nothing to read (the connection waits for the client).
+    reading: AtomicBool,
+    /// The last write or flush could not go on (the client is not reading).
+    blocked: AtomicBool,
+    /// Requests from the handler's call until hyper has written their answer.
+    in_flight: AtomicUsize,
+}
+
+impl Traffic {
+    /// Nothing moved since `seen`, the client's next request is awaited and none of it has
+    /// come, nothing is being answered or written.
+    fn idle(&self, seen: u64) -> bool {
+        self.moved.load(Ordering::Relaxed) == seen
+            && self.reading.load(Ordering::Relaxed)
+            && !self.blocked.load(Ordering::Relaxed)
+            && self.in_flight.load(Ordering::Relaxed) == 0
+            && self.reads.load(Ordering::Relaxed) == self.reads_at_answer.load(Ordering::Relaxed)
+    }
+}
+
+/// A request from the handler's call until its answer is written (or dropped).
+struct InFlight(Arc<Traffic>);
+
+impl InFlight {
+    fn new(t: &Arc<Traffic>) -> InFlight {
+        t.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(t.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.reads_at_answer.store(self.0.reads.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted in flight until hyper drops it.
+struct Counted<B> {
+    body: B,
+    _in_flight: InFlight,
+}
+
+impl<B: Body + Unpin> Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The TLS stream as hyper sees it: bytes hyper had read but not parsed when the connection
+/// was parked come first; traffic is counted.
+struct Tracked {
+    tls: TlsStream<TcpStream>,
+    unread: Bytes,
+    traffic: Arc<Traffic>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if !this.unread.is_empty() {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread[..n]);
+            this.unread.advance(n);
+            this.traffic.moved.fetch_add(1, Ordering::Relaxed);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.tls).poll_read(cx, buf);
+        this.traffic.reading.store(r.is_pending(), Ordering::Relaxed);
+        if buf.filled().len() > before {
+            this.traffic.moved.fetch_add(1, Ordering::Relaxed);
+            this.traffic.reads.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl Tracked {
+    /// Notes whether a write or flush could go on, and a write that moved bytes.
+    fn note<T>(&self, r: Poll<std::io::Result<T>>, moved: impl FnOnce(&T) -> bool) -> Poll<std::io::Result<T>> {
+        self.traffic.blocked.store(r.is_pending(), Ordering::Relaxed);
+        if let Poll::Ready(Ok(v)) = &r
+            && moved(v)
+        {
+            self.traffic.moved.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.tls).poll_write(cx, buf);
+        self.note(r, |&n| n > 0)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.tls).poll_write_vectored(cx, bufs);
+        self.note(r, |&n| n > 0)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.tls).poll_flush(cx);
+        self.note(r, |()| false)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
+}
+
+/// Serves an HTTP/1.1 connection, parking it whenever it is idle for [`PARK_AFTER`] (see
+/// [`Traffic::idle`]): hyper's connection is taken apart without closing the TLS stream, and
+/// the client's next bytes start a new one. A parked connection silent for the header deadline
+/// is closed, as hyper closes an idle one. While parked, this future holds the TLS stream and
+/// little else: hyper's connection and its state live in a box of their own.
+async fn serve_http1<S>(
+    mut io: Tracked,
+    spec: &ListenerSpec,
+    svc: S,
+    traffic: Arc<Traffic>,
+    parked: Option<prometheus_client::metrics::gauge::Gauge>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), BoxError>
+where
+    S: HttpService<Incoming> + Clone + Unpin,
+    S::Future: Unpin,
+    S::ResBody: 'static,
+    <S::ResBody as Body>::Error: Into<BoxError>,
+{
+    let builder = http1_builder(spec);
+    // The parameter is the one place the stream is kept (an async fn keeps room for each).
+    io = loop {
+        // A statement of its own: a temporary in the awaiting one would take room here.
+        let run = Box::pin(run_http1(io, &builder, svc.clone(), &traffic, stop));
+        io = match run.await? {
+            Http1::Ended(io) => break io,
+            Http1::Idle(io) => io,
+        };
+        // What hyper had read and not parsed (a pipelined request) goes to the next one at once.
+        if io.unread.is_empty() && !park(&io.tls, spec.header_timeout, parked.as_ref(), stop).await {
+            break io;
+        }
+    };
+    close(&mut io.tls).await
+}
+
+enum Http1 {
+    /// hyper finished: the client closed, keep-alive ended, or the listener stopped.
+    Ended(Tracked),
+    /// Idle: hyper let go of the stream.
+    Idle(Tracked),
+}
+
+/// One hyper connection on the stream, until it ends or is idle for [`PARK_AFTER`].
+async fn run_http1<S>(
+    io: Tracked,
+    builder: &http1::Builder,
+    svc: S,
+    traffic: &Traffic,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Http1, BoxError>
+where
+    S: HttpService<Incoming> + Unpin,
+    S::Future: Unpin,
+    S::ResBody: 'static,
+    <S::ResBody as Body>::Error: Into<BoxError>,
+{
+    let mut conn = builder.serve_connection(TokioIo::new(io), svc);
+    let mut seen = traffic.moved.load(Ordering::Relaxed);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PARK_AFTER, PARK_AFTER);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
+                r?;
+                return Ok(Http1::Ended(conn.into_parts().io.into_inner()));
+            }
+            _ = tick.tick(), if !stopping => {
+                if traffic.idle(seen) {
+                    break;
+                }
+                seen = traffic.moved.load(Ordering::Relaxed);
+            }
+            _ = stopped(stop), if !stopping => {
+                stopping = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+        }
+    }
+    // hyper waits for a request of which nothing came, with nothing to write.
+    let http1::Parts { io, read_buf, .. } = conn.into_parts();
+    let mut io = io.into_inner();
+    if !read_buf.is_empty() {
+        // A copy: a slice would keep hyper's whole read buffer.
+        io.unread = Bytes::copy_from_slice(&read_buf);
+    }
+    Ok(Http1::Idle(io))
+}
+
+/// Waits, holding nothing but the stream, for the client's next bytes (true); false at the
+/// header deadline or when the listener stops.
+async fn park(
+    tls: &TlsStream<TcpStream>,
+    deadline: Duration,
+    gauge: Option<&prometheus_client::metrics::gauge::Gauge>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    if let Some(g) = gauge {
+        g.inc();
+    }
+    let woke = tokio::select! {
+        r = tls.get_ref().0.readable() => r.is_ok(),
+        _ = tokio::time::sleep(deadline) => false,
+        _ = stopped(stop) => false,
+    };
+    if let Some(g) = gauge {
+        g.dec();
+    }
+    woke
+}
+
+/// Ends a TLS stream hyper no longer drives: close_notify, then the TCP close.
+async fn close(tls: &mut TlsStream<TcpStream>) -> Result<(), BoxError> {
+    let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+    Ok(())
 }
 
 /// HTTP/2 streams at once per connection, and the interval of its keep-alive pings (both the
@@ -183,7 +506,7 @@ fn http2_builder() -> http2::Builder<TokioExecutor> {
     b
 }
 
-/// Waits for every watched connection to finish, at most `deadline`; true when all did.
-pub async fn drain(graceful: GracefulShutdown, deadline: Duration) -> bool {
-    tokio::time::timeout(deadline, graceful.shutdown()).await.is_ok()
+/// Waits for every open connection to finish, at most `deadline`; true when all did.
+pub async fn drain(mut open: Open, deadline: Duration) -> bool {
+    tokio::time::timeout(deadline, open.0.recv()).await.is_ok()
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::server::graceful::GracefulShutdown;
+use crate::gateway::listener::Open;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -39,7 +39,7 @@ pub struct Gateway {
     pub callback_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     stop: watch::Sender<bool>,
-    listeners: Vec<JoinHandle<GracefulShutdown>>,
+    listeners: Vec<JoinHandle<Open>>,
     background: Vec<JoinHandle<()>>,
     admin: Arc<AdminState>,
     audit: Arc<Audit>,

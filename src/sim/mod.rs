@@ -21,7 +21,7 @@ use crate::tls;
 pub struct Running {
     pub addr: SocketAddr,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<hyper_util::server::graceful::GracefulShutdown>,
+    task: tokio::task::JoinHandle<crate::gateway::listener::Open>,
 }
 
 impl Running {
