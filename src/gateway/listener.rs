@@ -316,7 +316,10 @@ impl AsyncRead for Tracked {
             let n = this.unread.len().min(buf.remaining());
             buf.put_slice(&this.unread[..n]);
             this.unread.advance(n);
+            // Counted as read: a request begun in these bytes keeps the connection from being
+            // parked again (which would restart hyper's deadline for its headers).
             this.traffic.moved.fetch_add(1, Ordering::Relaxed);
+            this.traffic.reads.fetch_add(1, Ordering::Relaxed);
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
