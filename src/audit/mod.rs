@@ -243,7 +243,7 @@ pub fn key_id(public_key: &[u8]) -> String {
 
 struct Job {
     /// The record's canonical bytes after its sequence number (which the writer assigns):
-    /// serialised by the caller's thread, so the one writer thread only stamps and writes.
+    /// serialised by the caller's thread, so whoever writes the batch only stamps and writes.
     tail: Vec<u8>,
     done: Option<oneshot::Sender<Result<u64, String>>>,
 }

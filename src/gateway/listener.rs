@@ -159,9 +159,9 @@ where
                     let parked = metrics
                         .as_ref()
                         .map(|m| m.connections_parked.get_or_create(&ListenerLabels { listener: name }).clone());
-                    let io = Tracked { tls, unread: Bytes::new(), traffic: traffic.clone() };
+                    let io = Tracked { tls, unread: Bytes::new(), traffic };
                     // Boxed, and in a statement of its own (a temporary would take room here).
-                    let http1 = Box::pin(serve_http1(io, &spec, svc, traffic, parked, &mut stop));
+                    let http1 = Box::pin(serve_http1(io, &spec, svc, parked, &mut stop));
                     http1.await
                 }
                 // Built inside their boxes: a connection held in this task would take room in
@@ -384,7 +384,6 @@ async fn serve_http1<S>(
     mut io: Tracked,
     spec: &ListenerSpec,
     svc: S,
-    traffic: Arc<Traffic>,
     parked: Option<prometheus_client::metrics::gauge::Gauge>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), BoxError>
@@ -395,6 +394,7 @@ where
     <S::ResBody as Body>::Error: Into<BoxError>,
 {
     let builder = http1_builder(spec);
+    let traffic = io.traffic.clone();
     // The parameter is the one place the stream is kept (an async fn keeps room for each).
     io = loop {
         // A statement of its own: a temporary in the awaiting one would take room here.
