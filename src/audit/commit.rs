@@ -127,8 +127,7 @@ impl Core {
         let checkpoint = w.checkpoint_wanted();
         drop(w);
         if checkpoint {
-            lock(&self.duties).checkpoint = true;
-            self.wake.notify_one();
+            self.ask_checkpoint();
         }
         let mut q = lock(&self.queue);
         let next = q.jobs.iter().any(|j| j.done.is_some());
@@ -254,7 +253,15 @@ impl Core {
         w.checkpointed(size, every);
         let again = w.checkpoint_wanted();
         drop(w);
-        lock(&self.duties).checkpoint |= again;
+        if again {
+            self.ask_checkpoint();
+        }
+    }
+
+    /// A checkpoint is due by count: the duties thread writes it next.
+    fn ask_checkpoint(&self) {
+        lock(&self.duties).checkpoint = true;
+        self.wake.notify_one();
     }
 
     /// Waits for something to do: a stop, a forced or counted checkpoint, records no leader
