@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use spocgw::audit::{Audit, AuditConfig, Record};
+use spocgw::audit::{Audit, AuditConfig, Record, Written};
 use spocgw::sim::messages::{self, BioRequest};
 use spocgw::xml::SoapVersion;
 
@@ -550,4 +550,35 @@ async fn records_are_committed_by_whoever_comes_first_and_nothing_is_left_behind
     .await;
     let (ok, out) = verify(&w, d.path());
     assert!(ok && out.contains("204 records"), "{out}");
+}
+
+/// Requests that the runtime is about to run join the leader's batch: on one thread, fifty
+/// requests arriving together are made durable by one fsync, not fifty; a lone request is not
+/// held back (its batch closes after one pass that brings nothing).
+#[tokio::test(flavor = "current_thread")]
+async fn a_leader_gathers_the_records_of_requests_about_to_run_into_one_batch() {
+    let w = World::new();
+    let d = tempfile::tempdir().unwrap();
+    let audit = Audit::start(&audit_config(&w, d.path())).unwrap();
+    let written = Written::default();
+    audit.attach_metrics(written.clone());
+    let request = |i: usize| {
+        let a = audit.clone();
+        tokio::spawn(async move {
+            let mut r = Record::now("request");
+            r.incident_id = Some(format!("incident-{i}"));
+            a.append_durable(r).await.unwrap()
+        })
+    };
+    request(0).await.unwrap();
+    assert_eq!((written.records.get(), written.batches.get()), (1, 1), "a lone request");
+    let tasks: Vec<_> = (1..=50).map(request).collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(written.records.get(), 51);
+    assert_eq!(written.batches.get(), 2, "fifty requests arriving together: one batch");
+    drop(audit);
+    let (ok, out) = verify(&w, d.path());
+    assert!(ok, "{out}");
 }

@@ -69,6 +69,10 @@ async fn officer_reaches_every_operation_over_http1_and_http2() {
         ) >= 4.0,
         "{m}"
     );
+    // Every forwarded request's record was written and made durable, in batches of one fsync.
+    let (records, batches) =
+        (metric(&m, "spocgw_audit_records_written_total"), metric(&m, "spocgw_audit_batches_written_total"));
+    assert!(records >= 4.0 && batches >= 1.0 && batches <= records, "{m}");
     // The request ID the gateway assigned reached the upstream and comes back to the client.
     let log = w.gateway_log();
     assert!(log.contains("\"peer_subject\":\"C=CZ, O=Border Police, OU=border-verifier, CN=officer-0001\""), "{log}");

@@ -89,6 +89,8 @@ pub struct Metrics {
     pub policy_reloads: Family<ResultLabels, Counter>,
     pub tpm_operations: Family<TpmOpResult, Counter>,
     pub tpm_duration: Family<TpmOp, Histogram, fn() -> Histogram>,
+    /// Audit records and batches (one fsync each) written.
+    pub audit: crate::audit::Written,
 }
 
 impl Default for Metrics {
@@ -148,8 +150,16 @@ impl Metrics {
         registry.register("tpm_operations", "TPM operations by kind and result", tpm_operations.clone());
         let tpm_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register("tpm_operation_duration_seconds", "Time of successful TPM operations", tpm_duration.clone());
+        let audit = crate::audit::Written::default();
+        registry.register("audit_records_written", "Audit records written and made durable", audit.records.clone());
+        registry.register(
+            "audit_batches_written",
+            "Audit batches written, each made durable by one fsync",
+            audit.batches.clone(),
+        );
         Self {
             registry,
+            audit,
             tpm_operations,
             tpm_duration,
             policy_bundle,

@@ -1,6 +1,8 @@
 //! Group commit without a hand-off: the request that finds nobody writing becomes the leader
 //! and writes every queued record as one batch, with one fsync, on its own thread; records that
 //! arrive meanwhile wait for the next leader, a task of its own spawned when the batch is done.
+//! A leader first lets the runtime run what it is about to run, so that requests already on
+//! their way join its batch (an fsync's cost is paid per batch).
 //! A request thus reaches the disk and comes back without waking another thread, and the
 //! records it releases are woken on the runtime that runs them.
 //!
@@ -11,9 +13,10 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 
 use super::Job;
@@ -21,6 +24,9 @@ use super::writer::{self, CheckpointFailure, Checkpointer, Writer};
 
 /// The longest a record nobody waits on stays queued before it is written and made durable.
 pub(super) const SYNC_DELAY: Duration = Duration::from_millis(10);
+
+/// The most scheduler passes a leader lets run to gather records into its batch.
+const GATHER_PASSES: usize = 8;
 
 /// How often the duties thread looks for spooled records (a directory scan).
 const SPOOL_EVERY: Duration = Duration::from_millis(100);
@@ -36,6 +42,15 @@ pub(super) struct Core {
     /// The duties thread sleeps until the next checkpoint is due (nothing queued): a record
     /// queued without a leader wakes it.
     dozing: AtomicBool,
+    /// Set when the gateway's metrics are attached.
+    written: OnceLock<Written>,
+}
+
+/// What the log has written, for the metrics: records, and batches (one fsync each).
+#[derive(Clone, Default)]
+pub struct Written {
+    pub records: Counter,
+    pub batches: Counter,
 }
 
 struct Queue {
@@ -71,10 +86,27 @@ impl Core {
             duties: Mutex::new(Duties::default()),
             wake: Condvar::new(),
             dozing: AtomicBool::new(false),
+            written: OnceLock::new(),
         });
         let c = core.clone();
         std::thread::Builder::new().name("audit-duties".into()).spawn(move || c.keep(checkpointer))?;
         Ok(core)
+    }
+
+    pub(super) fn attach(&self, written: Written) {
+        let _ = self.written.set(written);
+    }
+
+    /// Writes a batch with its fsync, and counts it.
+    fn write(&self, w: &mut Writer, batch: Vec<Job>) -> Result<(), String> {
+        let records = batch.len() as u64;
+        let result = w.append(batch);
+        self.note(&result);
+        if let (Ok(()), Some(c)) = (&result, self.written.get()) {
+            c.records.inc_by(records);
+            c.batches.inc();
+        }
+        result
     }
 
     pub(super) fn is_healthy(&self) -> bool {
@@ -114,6 +146,22 @@ impl Core {
         }
     }
 
+    /// Before a leader writes, requests the runtime is about to run may bring records of their
+    /// own: the leader lets the scheduler run them, pass after pass, while each pass adds to
+    /// the batch (at most [`GATHER_PASSES`]), so one fsync serves them all. A pass that adds
+    /// nothing closes the batch: a lone request waits one scheduler pass.
+    pub(super) async fn gather(&self) {
+        let mut queued = lock(&self.queue).jobs.len();
+        for _ in 0..GATHER_PASSES {
+            tokio::task::yield_now().await;
+            let now = lock(&self.queue).jobs.len();
+            if now == queued {
+                break;
+            }
+            queued = now;
+        }
+    }
+
     /// Writes the queued records as one batch and makes them durable, on the caller's thread
     /// (it blocks for the write and the fsync). If records that are waited on came meanwhile,
     /// a task of its own leads their batch, so the caller's request goes on.
@@ -121,8 +169,7 @@ impl Core {
         let mut w = lock(&self.writer);
         let batch = std::mem::take(&mut lock(&self.queue).jobs);
         if !batch.is_empty() {
-            let result = w.append(batch);
-            self.note(&result);
+            let _ = self.write(&mut w, batch);
         }
         let checkpoint = w.checkpoint_wanted();
         drop(w);
@@ -135,7 +182,10 @@ impl Core {
         if let (true, Ok(rt)) = (next, &rt) {
             drop(q);
             let core = self.clone();
-            rt.spawn(async move { core.lead() });
+            rt.spawn(async move {
+                core.gather().await;
+                core.lead();
+            });
             return;
         }
         // Nobody waits on what is left (or, outside a runtime, nobody would run a leader
@@ -186,8 +236,7 @@ impl Core {
             };
             let mut written = Ok(());
             if !batch.is_empty() {
-                written = w.append(batch);
-                self.note(&written);
+                written = self.write(&mut w, batch);
                 // A spooled record's file goes only once the record is durable.
                 if written.is_ok() {
                     for p in spooled {

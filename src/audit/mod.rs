@@ -31,6 +31,7 @@ use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
 use commit::Core;
+pub use commit::Written;
 use merkle::CompactTree;
 pub use record::{ClientCert, Record};
 use writer::{Checkpointer, Writer};
@@ -331,6 +332,7 @@ impl Audit {
         let started = Instant::now();
         let (tx, rx) = oneshot::channel();
         if self.core.submit(Job::new(&record, Some(tx)))? {
+            self.core.gather().await;
             self.core.lead();
         }
         let late = || {
@@ -363,6 +365,11 @@ impl Audit {
         let (tx, rx) = oneshot::channel();
         self.core.force_checkpoint(tx);
         rx.await.map_err(|_| "the audit writer stopped".to_owned())?
+    }
+
+    /// Counts what is written from now on into these counters (the gateway's metrics).
+    pub fn attach_metrics(&self, written: Written) {
+        self.core.attach(written);
     }
 
     /// HMAC-SHA256 of a document number under the pseudonymisation key, hex.

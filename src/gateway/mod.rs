@@ -85,6 +85,7 @@ impl Gateway {
         let keys_tpm = keys.tpm.clone();
         let audit = Audit::start_with(&cfg.audit, keys.checkpoint, keys.pseudonym)
             .map_err(|e| ConfigError::new(file, "audit", e))?;
+        audit.attach_metrics(metrics.audit.clone());
         let police_spec = spec("police", &cfg.police, file, "police", &audit, keys.police)?;
         let callback_spec = match (&cfg.callback, keys.callback) {
             (Some(c), Some(k)) => Some(spec("callback", c, file, "callback", &audit, k)?),
