@@ -150,7 +150,7 @@ impl Core {
     /// own: the leader lets the scheduler run them, pass after pass, while each pass adds to
     /// the batch (at most [`GATHER_PASSES`]), so one fsync serves them all. A pass that adds
     /// nothing closes the batch: a lone request waits one scheduler pass.
-    pub(super) async fn gather(&self) {
+    async fn gather(&self) {
         let mut queued = lock(&self.queue).jobs.len();
         for _ in 0..GATHER_PASSES {
             tokio::task::yield_now().await;
@@ -162,10 +162,15 @@ impl Core {
         }
     }
 
-    /// Writes the queued records as one batch and makes them durable, on the caller's thread
-    /// (it blocks for the write and the fsync). If records that are waited on came meanwhile,
-    /// a task of its own leads their batch, so the caller's request goes on.
-    pub(super) fn lead(self: &Arc<Self>) {
+    /// Leads: gathers, then writes the queued records as one batch and makes them durable, on
+    /// the caller's thread (it blocks for the write and the fsync). If records that are waited
+    /// on came meanwhile, a task of its own leads their batch, so the caller's request goes on.
+    pub(super) async fn lead(self: &Arc<Self>) {
+        self.gather().await;
+        self.write_queued();
+    }
+
+    fn write_queued(self: &Arc<Self>) {
         let mut w = lock(&self.writer);
         let batch = std::mem::take(&mut lock(&self.queue).jobs);
         if !batch.is_empty() {
@@ -182,10 +187,7 @@ impl Core {
         if let (true, Ok(rt)) = (next, &rt) {
             drop(q);
             let core = self.clone();
-            rt.spawn(async move {
-                core.gather().await;
-                core.lead();
-            });
+            rt.spawn(async move { core.lead().await });
             return;
         }
         // Nobody waits on what is left (or, outside a runtime, nobody would run a leader

@@ -332,8 +332,7 @@ impl Audit {
         let started = Instant::now();
         let (tx, rx) = oneshot::channel();
         if self.core.submit(Job::new(&record, Some(tx)))? {
-            self.core.gather().await;
-            self.core.lead();
+            self.core.lead().await;
         }
         let late = || {
             self.core.set_unhealthy();
