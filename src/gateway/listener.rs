@@ -25,13 +25,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
 use crate::admin::metrics::{ListenerLabels, ListenerReason, Metrics};
-use crate::tls::{PeerIdentity, handshake_failure_reason};
+use crate::tls::{PeerIdentity, ServerTls, handshake_failure_reason};
 
 /// The error type request handlers and bodies report.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -72,7 +70,6 @@ where
 {
     let (open, open_rx) = mpsc::channel::<()>(1);
     let permits = Arc::new(Semaphore::new(spec.max_connections));
-    let acceptor = TlsAcceptor::from(spec.tls.clone());
     let name = spec.name;
     loop {
         let accepted = tokio::select! {
@@ -98,7 +95,6 @@ where
         let _ = stream.set_nodelay(true);
         let open = open.clone();
         let mut stop = shutdown.clone();
-        let acceptor = acceptor.clone();
         let metrics = metrics.clone();
         let handler = handler.clone();
         let spec = spec.clone();
@@ -120,13 +116,14 @@ where
             };
             // The stream (rustls's connection is over 1 KB) lives in a box of its own from here
             // on: this task and the HTTP/1.1 driver hold a pointer, not room for it each.
-            let accept = Box::pin(async move { acceptor.accept(stream).await.map(Box::new) });
+            let config = spec.tls.clone();
+            let accept = Box::pin(async move { ServerTls::accept(stream, config).await.map(Box::new) });
             let tls = match tokio::time::timeout(spec.handshake_timeout, accept).await {
                 Err(_) => return refused("timeout"),
                 Ok(Err(e)) => return refused(handshake_failure_reason(&e)),
                 Ok(Ok(t)) => t,
             };
-            let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| PeerIdentity::from_der(c));
+            let peer = tls.connection().peer_certificates().and_then(|c| c.first()).map(|c| PeerIdentity::from_der(c));
             let peer = match peer {
                 Some(Ok(p)) => Arc::new(p),
                 _ => return refused("bad_certificate"),
@@ -152,7 +149,7 @@ where
                 }) as Pin<Box<dyn Future<Output = Result<Response<Counted<B>>, std::io::Error>> + Send>>
             });
             // ALPN decides the protocol; without ALPN the first bytes do (`auto`).
-            let alpn = match tls.get_ref().1.alpn_protocol() {
+            let alpn = match tls.connection().alpn_protocol() {
                 Some(crate::tls::ALPN_HTTP11) => Some(false),
                 Some(crate::tls::ALPN_H2) => Some(true),
                 _ => None,
@@ -307,7 +304,7 @@ impl<B: Body + Unpin> Body for Counted<B> {
 /// The TLS stream as hyper sees it: bytes hyper had read but not parsed when the connection
 /// was parked come first; traffic is counted.
 struct Tracked {
-    tls: Box<TlsStream<TcpStream>>,
+    tls: Box<ServerTls>,
     unread: Bytes,
     traffic: Arc<Traffic>,
 }
@@ -471,7 +468,7 @@ where
 /// Waits, holding nothing but the stream, for the client's next bytes (true); false at the
 /// header deadline or when the listener stops.
 async fn park(
-    tls: &TlsStream<TcpStream>,
+    tls: &ServerTls,
     deadline: Duration,
     gauge: Option<&prometheus_client::metrics::gauge::Gauge>,
     stop: &mut watch::Receiver<bool>,
@@ -480,7 +477,7 @@ async fn park(
         g.inc();
     }
     let woke = tokio::select! {
-        r = tls.get_ref().0.readable() => r.is_ok(),
+        r = tls.tcp().readable() => r.is_ok(),
         _ = tokio::time::sleep(deadline) => false,
         _ = stopped(stop) => false,
     };
@@ -491,7 +488,7 @@ async fn park(
 }
 
 /// Ends a TLS stream hyper no longer drives: close_notify, then the TCP close.
-async fn close(tls: &mut TlsStream<TcpStream>) {
+async fn close(tls: &mut ServerTls) {
     // A peer that is gone or slow to take the alert changes nothing: the stream is dropped next.
     let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
 }
@@ -526,7 +523,7 @@ mod tests {
     /// (the task and the HTTP/1.1 driver each kept room for the whole stream before).
     #[test]
     fn the_stream_is_held_by_pointer() {
-        assert!(std::mem::size_of::<TlsStream<TcpStream>>() > 1024);
+        assert!(std::mem::size_of::<ServerTls>() > 1024);
         assert!(std::mem::size_of::<Tracked>() <= 64, "{}", std::mem::size_of::<Tracked>());
     }
 }

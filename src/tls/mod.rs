@@ -7,6 +7,7 @@
 //! and AEAD suites; TLS 1.3 only unless a listener or upstream enables TLS 1.2.
 
 mod identity;
+mod stream;
 mod verifier;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 pub use identity::{IdentityError, PeerIdentity, hex, sha256_hex};
+pub use stream::ServerTls;
 pub use verifier::RequireClientAuthEku;
 
 use crate::config::{ListenerConfig, UpstreamConfig};
