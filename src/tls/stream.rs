@@ -145,13 +145,9 @@ impl ServerTls {
                     }
                     None
                 }
-                ConnectionState::ReadEarlyData(mut r) => {
-                    while let Some(record) = r.next_record() {
-                        let record = record.map_err(tls_error)?;
-                        discard += record.discard;
-                        take_plaintext(record.payload, &mut dst, &mut self.plain, &mut self.taken);
-                    }
-                    None
+                // The listeners' configurations accept no early data: rustls never gets here.
+                ConnectionState::ReadEarlyData(_) => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "TLS early data, which is not accepted"));
                 }
                 ConnectionState::EncodeTlsData(mut e) => {
                     let mut at = self.outgoing.len();
