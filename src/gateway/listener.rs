@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::admin::metrics::{ListenerLabels, ListenerReason, Metrics};
-use crate::tls::{PeerIdentity, ServerTls, handshake_failure_reason};
+use crate::tls::{PeerCache, PeerIdentity, ServerTls, handshake_failure_reason};
 
 /// The error type request handlers and bodies report.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -70,6 +70,7 @@ where
 {
     let (open, open_rx) = mpsc::channel::<()>(1);
     let permits = Arc::new(Semaphore::new(spec.max_connections));
+    let peers = Arc::new(PeerCache::default());
     let name = spec.name;
     loop {
         let accepted = tokio::select! {
@@ -98,6 +99,7 @@ where
         let metrics = metrics.clone();
         let handler = handler.clone();
         let spec = spec.clone();
+        let peers = peers.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _open = open;
@@ -123,9 +125,9 @@ where
                 Ok(Err(e)) => return refused(handshake_failure_reason(&e)),
                 Ok(Ok(t)) => t,
             };
-            let peer = tls.connection().peer_certificates().and_then(|c| c.first()).map(|c| PeerIdentity::from_der(c));
-            let peer = match peer {
-                Some(Ok(p)) => Arc::new(p),
+            let peer = tls.connection().peer_certificates().and_then(|c| c.first()).map(|c| peers.identity(c));
+            let peer: Arc<PeerIdentity> = match peer {
+                Some(Ok(p)) => p,
                 _ => return refused("bad_certificate"),
             };
             tracing::debug!(listener = name, peer_subject = %peer.subject, peer_fingerprint = %peer.fingerprint, "connection");
@@ -393,12 +395,11 @@ where
     S::ResBody: 'static,
     <S::ResBody as Body>::Error: Into<BoxError>,
 {
-    let builder = http1_builder(spec);
     let traffic = io.traffic.clone();
     // The parameter is the one place the stream is kept (an async fn keeps room for each).
     io = loop {
         // A statement of its own: a temporary in the awaiting one would take room here.
-        let run = Box::pin(run_http1(io, &builder, svc.clone(), &traffic, stop));
+        let run = Box::pin(run_http1(io, spec, svc.clone(), &traffic, stop));
         io = match run.await? {
             Http1::Ended(io) => break io,
             Http1::Idle(io) => io,
@@ -422,7 +423,7 @@ enum Http1 {
 /// One hyper connection on the stream, until it ends or is idle for [`PARK_AFTER`].
 async fn run_http1<S>(
     io: Tracked,
-    builder: &http1::Builder,
+    spec: &ListenerSpec,
     svc: S,
     traffic: &Traffic,
     stop: &mut watch::Receiver<bool>,
@@ -433,7 +434,8 @@ where
     S::ResBody: 'static,
     <S::ResBody as Body>::Error: Into<BoxError>,
 {
-    let mut conn = builder.serve_connection(TokioIo::new(io), svc);
+    // Built here, not kept by the caller: a parked connection holds no builder.
+    let mut conn = http1_builder(spec).serve_connection(TokioIo::new(io), svc);
     let mut seen = traffic.moved.load(Ordering::Relaxed);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PARK_AFTER, PARK_AFTER);
     let mut stopping = false;

@@ -1,6 +1,9 @@
 //! `PeerIdentity`: who is on the other end of a mutual-TLS connection, taken once from the
 //! verified peer certificate. Identity never comes from HTTP headers.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 #[derive(Debug, thiserror::Error)]
@@ -109,5 +112,86 @@ impl PeerIdentity {
             not_before: cert.validity().not_before.timestamp(),
             not_after: cert.validity().not_after.timestamp(),
         })
+    }
+}
+
+/// The identities of the certificates on a listener's open connections, shared: a client that
+/// opens many connections with one certificate (the police border system, an HTTP client's
+/// pool) has its certificate parsed once and its identity held once. An identity lives as long
+/// as a connection holds it; the map forgets the others as it grows.
+#[derive(Default)]
+pub struct PeerCache {
+    known: Mutex<Known>,
+}
+
+#[derive(Default)]
+struct Known {
+    /// By the certificate's DER bytes (the same bytes are the same verified certificate).
+    by_der: HashMap<Box<[u8]>, Weak<PeerIdentity>>,
+    /// Size at which entries of closed connections are swept out.
+    sweep_at: usize,
+}
+
+impl PeerCache {
+    /// The identity of a verified end-entity certificate: the one an open connection already
+    /// holds, or newly parsed.
+    pub fn identity(&self, der: &[u8]) -> Result<Arc<PeerIdentity>, IdentityError> {
+        if let Some(known) = self.known().by_der.get(der).and_then(Weak::upgrade) {
+            return Ok(known);
+        }
+        let peer = Arc::new(PeerIdentity::from_der(der)?);
+        let mut k = self.known();
+        if k.by_der.len() >= k.sweep_at {
+            k.by_der.retain(|_, w| w.strong_count() > 0);
+            k.sweep_at = (2 * k.by_der.len()).max(64);
+        }
+        k.by_der.insert(der.into(), Arc::downgrade(&peer));
+        Ok(peer)
+    }
+
+    fn known(&self) -> MutexGuard<'_, Known> {
+        // The map holds no invariant a panicking holder could break.
+        self.known.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(cn: &str) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn connections_with_one_certificate_share_its_identity() {
+        let cache = PeerCache::default();
+        let (a, b) = (cert("terminal-a"), cert("terminal-b"));
+        let first = cache.identity(&a).unwrap();
+        let second = cache.identity(&a).unwrap();
+        assert!(Arc::ptr_eq(&first, &second));
+        let other = cache.identity(&b).unwrap();
+        assert_eq!(other.common_name.as_deref(), Some("terminal-b"));
+        assert_eq!(first.common_name.as_deref(), Some("terminal-a"));
+        // Once no connection holds it, the identity is gone and is parsed anew.
+        drop((first, second));
+        let again = cache.identity(&a).unwrap();
+        assert_eq!(again.fingerprint, sha256_hex(&a));
+        assert!(cache.identity(b"not a certificate").is_err());
+    }
+
+    #[test]
+    fn identities_of_closed_connections_are_swept_out() {
+        let cache = PeerCache::default();
+        let held: Vec<_> = (0..10).map(|i| cache.identity(&cert(&format!("held-{i}"))).unwrap()).collect();
+        for i in 0..300 {
+            drop(cache.identity(&cert(&format!("gone-{i}"))).unwrap());
+        }
+        let k = cache.known();
+        assert!(k.by_der.len() <= 128, "{} entries kept", k.by_der.len());
+        assert_eq!(k.by_der.values().filter(|w| w.strong_count() > 0).count(), held.len());
     }
 }
