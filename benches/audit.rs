@@ -59,7 +59,7 @@ fn main() {
                     let mut i = t as u64 * 1_000_000;
                     while Instant::now() < end {
                         let s = Instant::now();
-                        a.append_durable(record(i)).await.expect("durable");
+                        a.append_durable(&record(i)).await.expect("durable");
                         lat.push(s.elapsed());
                         i += 1;
                     }
@@ -87,7 +87,7 @@ fn main() {
             let a = audit.clone();
             tasks.push(tokio::spawn(async move {
                 for i in 0..1953u64 {
-                    a.append_durable(record(t * 10_000 + i)).await.expect("durable");
+                    a.append_durable(&record(t * 10_000 + i)).await.expect("durable");
                 }
             }));
         }

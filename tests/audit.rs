@@ -68,7 +68,7 @@ async fn small_log(w: &World, dir: &std::path::Path) {
         let mut r = Record::now("request");
         r.incident_id = Some(format!("incident-{i}"));
         r.operation = Some("CheckIdentityRequest".into());
-        audit.append_durable(r).await.unwrap();
+        audit.append_durable(&r).await.unwrap();
     }
     audit.checkpoint_now().await.unwrap();
 }
@@ -177,7 +177,7 @@ async fn the_zero_filled_space_ahead_of_the_records_is_no_record() {
         for i in 0..5 {
             let mut r = Record::now("request");
             r.incident_id = Some(format!("running-{i}"));
-            audit.append_durable(r).await.unwrap();
+            audit.append_durable(&r).await.unwrap();
         }
         // While the writer runs, the segment is longer than its records: zeros follow them.
         let bytes = std::fs::read(&seg).unwrap();
@@ -389,7 +389,7 @@ async fn retention_prunes_old_segments_and_the_rest_still_verifies() {
             let mut r = Record::now("request");
             r.incident_id = Some(format!("incident-{i}"));
             r.operation = Some("CheckIdentityRequest".into());
-            audit.append_durable(r).await.unwrap();
+            audit.append_durable(&r).await.unwrap();
         }
         audit.checkpoint_now().await.unwrap();
     };
@@ -515,7 +515,7 @@ async fn records_are_committed_by_whoever_comes_first_and_nothing_is_left_behind
     for i in 0..3 {
         let mut r = Record::now("outcome");
         r.incident_id = Some(format!("outcome-{i}"));
-        audit.append(r);
+        audit.append(&r);
     }
     eventually("outcome records with no request after them were not written", &|| records().len() == 4).await;
     // 200 requests at once: each acknowledged with its own sequence number.
@@ -525,7 +525,7 @@ async fn records_are_committed_by_whoever_comes_first_and_nothing_is_left_behind
             tokio::spawn(async move {
                 let mut r = Record::now("request");
                 r.incident_id = Some(format!("incident-{i}"));
-                a.append_durable(r).await.unwrap()
+                a.append_durable(&r).await.unwrap()
             })
         })
         .collect();
@@ -567,7 +567,7 @@ async fn a_leader_gathers_the_records_of_requests_about_to_run_into_one_batch() 
         tokio::spawn(async move {
             let mut r = Record::now("request");
             r.incident_id = Some(format!("incident-{i}"));
-            a.append_durable(r).await.unwrap()
+            a.append_durable(&r).await.unwrap()
         })
     };
     request(0).await.unwrap();

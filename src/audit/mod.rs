@@ -328,10 +328,10 @@ impl Audit {
 
     /// Appends a record and waits until it is durable; Err if it is not within the deadline.
     /// If nobody is writing, this call writes the batch itself (blocking for the fsync).
-    pub async fn append_durable(&self, record: Record) -> Result<u64, String> {
+    pub async fn append_durable(&self, record: &Record) -> Result<u64, String> {
         let started = Instant::now();
         let (tx, rx) = oneshot::channel();
-        if self.core.submit(Job::new(&record, Some(tx)))? {
+        if self.core.submit(Job::new(record, Some(tx)))? {
             self.core.lead().await;
         }
         let late = || {
@@ -351,8 +351,8 @@ impl Audit {
 
     /// Appends a record without waiting (outcomes of requests already decided): it goes with
     /// the next batch, within [`commit::SYNC_DELAY`] at most.
-    pub fn append(&self, record: Record) {
-        if self.core.submit(Job::new(&record, None)).is_err() {
+    pub fn append(&self, record: &Record) {
+        if self.core.submit(Job::new(record, None)).is_err() {
             self.core.set_unhealthy();
             tracing::error!("audit queue full: an outcome record was lost");
         }

@@ -112,7 +112,7 @@ where
                     r.listener = Some(name.to_owned());
                     r.code = Some(reason.to_owned());
                     r.detail = Some(format!("TLS handshake from {addr} refused: {reason}"));
-                    audit.append(r);
+                    audit.append(&r);
                 }
                 tracing::warn!(listener = name, peer_addr = %addr, reason, "TLS handshake refused");
             };

@@ -105,7 +105,7 @@ impl Gateway {
         });
         let policy = Arc::new(PolicyState::load(&cfg.policy).map_err(|e| ConfigError::new(file, "policy", e))?);
         tracing::info!(digest = %policy.current().digest, origin = %policy.current().origin, "policy bundle loaded");
-        audit.append(key_event(cfg));
+        audit.append(&key_event(cfg));
         let police_tcp = bind(cfg.police.listen, file, "police.listen").await?;
         let callback_tcp = match &cfg.callback {
             Some(c) => Some(bind(c.listen, file, "callback.listen").await?),
@@ -325,7 +325,7 @@ async fn watch_policy(
             Ok(_) => format!("bundle {} active", policy.current().origin),
             Err(e) => format!("refused, previous bundle stays active: {e}"),
         });
-        audit.append(r);
+        audit.append(&r);
         match result {
             Ok(digest) => {
                 metrics.policy_reloads.get_or_create(&admin::metrics::ResultLabels { result: "ok" }).inc();

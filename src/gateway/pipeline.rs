@@ -75,6 +75,8 @@ struct Exchange<'a> {
     request_sha256: Option<String>,
     response_sha256: Option<String>,
     recipient: Option<&'static str>,
+    /// The request's audit record once written: the outcome's record is made from it.
+    record: Option<Record>,
     started: Instant,
 }
 
@@ -115,6 +117,7 @@ impl Pipeline {
             request_sha256: None,
             response_sha256: None,
             recipient: None,
+            record: None,
             started: Instant::now(),
         };
         let outcome = match self.in_flight.try_acquire() {
@@ -126,7 +129,7 @@ impl Pipeline {
                 o?
             }
         };
-        Ok(self.finish(&x, outcome))
+        Ok(self.finish(&mut x, outcome))
     }
 
     async fn run(&self, x: &mut Exchange<'_>, req: Request<Incoming>) -> Result<Outcome, RequestTimeout> {
@@ -214,8 +217,10 @@ impl Pipeline {
             UpstreamKind::Ministry => "ministry",
             UpstreamKind::PoliceCallback => "police_callback",
         });
-        let record = self.record(x, "request", None, None);
-        if let Err(e) = self.audit.append_durable(record).await {
+        let record = self.record(x, "request");
+        let durable = self.audit.append_durable(&record).await;
+        x.record = Some(record);
+        if let Err(e) = durable {
             return Ok(Outcome::Refused(Refusal::AuditUnavailable, format!("audit: {e}")));
         }
         // Forward.
@@ -342,8 +347,8 @@ impl Pipeline {
         }
     }
 
-    /// An audit record of what is known about the request so far.
-    fn record(&self, x: &Exchange<'_>, event: &str, code: Option<&str>, status: Option<u16>) -> Record {
+    /// An audit record of what is known about the request before it is forwarded.
+    fn record(&self, x: &Exchange<'_>, event: &str) -> Record {
         let f = &x.facts;
         let mut data = Vec::new();
         let prints = f.chip_fingerprints + f.live_fingerprints;
@@ -381,15 +386,22 @@ impl Pipeline {
             r.policies = Some(policies.clone());
             r.bundle = Some(bundle.clone());
         }
-        r.removed = x.removed.clone();
-        r.code = code.map(str::to_owned);
-        r.status = status;
-        r.upstream_status = x.upstream_status;
         r.request_sha256 = x.request_sha256.clone();
+        r
+    }
+
+    /// The outcome's audit record: what the request's record says (built again only for a
+    /// request refused before it had one), and how the request ended.
+    fn outcome_record(&self, x: &mut Exchange<'_>, code: &str, status: u16) -> Record {
+        let mut r = x.record.take().unwrap_or_else(|| self.record(x, "outcome"));
+        r.time = crate::audit::record::now_rfc3339_micros();
+        "outcome".clone_into(&mut r.event);
+        r.removed = x.removed.clone();
+        r.code = Some(code.to_owned());
+        r.status = Some(status);
+        r.upstream_status = x.upstream_status;
         r.response_sha256 = x.response_sha256.clone();
-        if event == "outcome" {
-            r.latency_us = Some(x.started.elapsed().as_micros() as u64);
-        }
+        r.latency_us = Some(x.started.elapsed().as_micros() as u64);
         r
     }
 
@@ -415,7 +427,7 @@ impl Pipeline {
     }
 
     /// Builds the response, logs the request's one line and updates the metrics.
-    fn finish(&self, x: &Exchange<'_>, outcome: Outcome) -> Response<Full<Bytes>> {
+    fn finish(&self, x: &mut Exchange<'_>, outcome: Outcome) -> Response<Full<Bytes>> {
         let (response, code, detail) = match outcome {
             Outcome::Forwarded(reply) => {
                 let mut resp = Response::new(Full::new(reply.body));
@@ -441,7 +453,8 @@ impl Pipeline {
         }
         // Every request has its outcome on record, refused ones included.
         if !self.bare {
-            self.audit.append(self.record(x, "outcome", Some(code), Some(response.status().as_u16())));
+            let record = self.outcome_record(x, code, response.status().as_u16());
+            self.audit.append(&record);
         }
         let elapsed = x.started.elapsed();
         let listener = x.listener.name();
