@@ -133,21 +133,29 @@ scenario() {
 }
 
 # RSS per idle mutual-TLS connection, first, on fresh processes: resident memory before and
-# while IDLE connections are open.
+# while IDLE connections are open (what the first requests touch once counts too); then, with
+# those still open, IDLE more: the marginal cost of an idle connection.
 rss_kb() { local total=0; for p in "$@"; do
   total=$((total + $(awk '/^VmRSS/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo $total; }
 pids_of() { case $1 in nginx) echo "$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')";; full) echo "$FULL_PID";; bare) echo "$BARE_PID";; esac; }
-declare -A PERCONN
+declare -A PERCONN MARGINAL
+# open_idle TARGET FILE HOLD: opens IDLE connections in the background, returns when all are open
+open_idle() { # shellcheck disable=SC2046
+  $L --url "$(url "$1")" $(creds "$1") --sample identity:3000 --idle "$IDLE" --hold "$3" >"$2" 2>>"$W/load.err" &
+  for _ in $(seq 600); do grep -q idle_open "$2" 2>/dev/null && break; sleep 0.1; done
+  sleep 1
+}
 for t in nginx full bare; do
   before=$(rss_kb $(pids_of "$t"))
-  # shellcheck disable=SC2046
-  $L --url "$(url "$t")" $(creds "$t") --sample identity:3000 --idle "$IDLE" --hold 6 >"$W/idle-$t.out" 2>>"$W/load.err" & lp=$!
-  for _ in $(seq 600); do grep -q idle_open "$W/idle-$t.out" 2>/dev/null && break; sleep 0.1; done
-  sleep 1
+  open_idle "$t" "$W/idle-$t.out" 30; lp=$!
   during=$(rss_kb $(pids_of "$t"))
-  wait "$lp" || true
+  open_idle "$t" "$W/idle2-$t.out" 4; lp2=$!
+  more=$(rss_kb $(pids_of "$t"))
+  kill "$lp" 2>/dev/null || true
+  wait "$lp" "$lp2" || true
   PERCONN[$t]=$(awk -v a="$before" -v b="$during" -v n="$IDLE" 'BEGIN{printf "%.1f", (b-a)/n}')
-  echo "  idle $t: rss ${before} KB -> ${during} KB with $(cat "$W/idle-$t.out")" >&2
+  MARGINAL[$t]=$(awk -v a="$during" -v b="$more" -v n="$IDLE" 'BEGIN{printf "%.1f", (b-a)/n}')
+  echo "  idle $t: rss ${before} KB -> ${during} KB -> ${more} KB with $(cat "$W/idle-$t.out") then $(cat "$W/idle2-$t.out")" >&2
 done
 
 ALL="direct nginx full bare"
@@ -180,6 +188,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2fx", a/b; else pri
   done
   echo "| p99 ms at $HALF req/s (half nginx's 3 KB max; at most 64 outstanding, more counted as errors: nginx ${ERR[half/nginx]}, full ${ERR[half/full]}) | ${P99[half/nginx]} | ${P99[half/full]} | +$(awk -v a="${P99[half/full]}" -v b="${P99[half/nginx]}" 'BEGIN{printf "%.2f ms", a-b}') | ${P99[half/bare]} | | | <= nginx + 1 ms |"
   echo "| RSS KB per idle mutual-TLS connection ($IDLE open) | ${PERCONN[nginx]} | ${PERCONN[full]} | $(ratio "${PERCONN[full]}" "${PERCONN[nginx]}") | ${PERCONN[bare]} | | | <= 0.5x |"
+  echo "| the same, marginal: $IDLE more with those open | ${MARGINAL[nginx]} | ${MARGINAL[full]} | $(ratio "${MARGINAL[full]}" "${MARGINAL[nginx]}") | ${MARGINAL[bare]} | | | |"
   echo
   echo "Errors (best rounds): $(for k in "${!ERR[@]}"; do [ "${ERR[$k]}" != 0 ] && printf '%s=%s ' "$k" "${ERR[$k]}"; done; true)"
   echo
