@@ -19,7 +19,7 @@ use std::task::{Context, Poll, Waker, ready};
 
 use bytes::BufMut;
 use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::unbuffered::{ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus};
 use rustls::{CommonState, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -51,12 +51,18 @@ pub struct ServerTls {
     peer_closed: bool,
     /// The TCP stream ended.
     eof: bool,
-    /// Our close_notify is to be queued at the next traffic state (`process` clears it).
-    closing: bool,
-    /// Our close_notify was asked for.
-    closed: bool,
+    /// Our close_notify: asked for by a shutdown, queued by `process` at the traffic state.
+    close: Close,
     /// The task waiting to read, woken when a write's processing decrypted data for it.
     reader: Option<Waker>,
+}
+
+/// Where our close_notify is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Close {
+    NotAsked,
+    Asked,
+    Queued,
 }
 
 /// What processing the TLS bytes at hand reached.
@@ -89,8 +95,7 @@ impl ServerTls {
             taken: 0,
             peer_closed: false,
             eof: false,
-            closing: false,
-            closed: false,
+            close: Close::NotAsked,
             reader: None,
         };
         loop {
@@ -122,7 +127,7 @@ impl ServerTls {
     /// Processes the TLS bytes at hand until more input is needed or application data may be
     /// sent: decrypted data goes to `dst` while it has room, the rest to `plain`; handshake
     /// messages and alerts to `outgoing`. In the traffic state, `write` (taken) is encrypted
-    /// into `outgoing`, and close_notify is queued when `closing` asks for it.
+    /// into `outgoing`, and close_notify is queued when a shutdown asked for it.
     fn process(&mut self, write: &mut Option<&[u8]>, mut dst: Option<&mut ReadBuf<'_>>) -> io::Result<Reached> {
         loop {
             let UnbufferedStatus { mut discard, state } =
@@ -150,18 +155,7 @@ impl ServerTls {
                     return Err(io::Error::new(io::ErrorKind::InvalidData, "TLS early data, which is not accepted"));
                 }
                 ConnectionState::EncodeTlsData(mut e) => {
-                    let mut at = self.outgoing.len();
-                    loop {
-                        match e.encode(&mut self.outgoing[at..]) {
-                            Ok(n) => {
-                                at += n;
-                                break;
-                            }
-                            Err(EncodeError::InsufficientSize(s)) => self.outgoing.resize(at + s.required_size, 0),
-                            Err(EncodeError::AlreadyEncoded) => break,
-                        }
-                    }
-                    self.outgoing.truncate(at);
+                    encode_into(&mut self.outgoing, &mut e);
                     None
                 }
                 // The bytes are in `outgoing`, which is sent in order before anything later.
@@ -176,16 +170,12 @@ impl ServerTls {
                 }
                 ConnectionState::Closed => Some(Reached::Closed),
                 ConnectionState::WriteTraffic(mut w) => {
-                    if self.closing {
-                        let at = self.outgoing.len();
-                        let n = encrypt_into(&mut self.outgoing, |out| w.queue_close_notify(out))?;
-                        self.outgoing.truncate(at + n);
-                        self.closing = false;
+                    if self.close == Close::Asked {
+                        encrypt_into(&mut self.outgoing, |out| w.queue_close_notify(out))?;
+                        self.close = Close::Queued;
                     }
                     if let Some(data) = write.take() {
-                        let at = self.outgoing.len();
-                        let n = encrypt_into(&mut self.outgoing, |out| w.encrypt(data, out))?;
-                        self.outgoing.truncate(at + n);
+                        encrypt_into(&mut self.outgoing, |out| w.encrypt(data, out))?;
                     }
                     Some(Reached::Traffic)
                 }
@@ -214,12 +204,7 @@ impl ServerTls {
             // The same bytes as before: rustls may still hold places in them.
             let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming[self.start..]);
             match state {
-                Ok(ConnectionState::EncodeTlsData(mut e)) => {
-                    let at = self.outgoing.len();
-                    self.outgoing.resize(at + 2048, 0);
-                    let n = e.encode(&mut self.outgoing[at..]).unwrap_or(0);
-                    self.outgoing.truncate(at + n);
-                }
+                Ok(ConnectionState::EncodeTlsData(mut e)) => encode_into(&mut self.outgoing, &mut e),
                 Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
                 _ => break,
             }
@@ -315,18 +300,42 @@ fn take_plaintext(mut payload: &[u8], dst: &mut Option<&mut ReadBuf<'_>>, plain:
     }
 }
 
-/// Runs `encrypt` on the free end of `out`, growing it until the result fits; the number of
-/// bytes written (the caller truncates `out` to them).
+/// Appends to `out` what `encrypt` writes into room at its end, growing the room until the
+/// result fits.
 fn encrypt_into(
     out: &mut Vec<u8>,
     mut encrypt: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
-) -> io::Result<usize> {
+) -> io::Result<()> {
     let at = out.len();
     loop {
         match encrypt(&mut out[at..]) {
-            Ok(n) => return Ok(n),
+            Ok(n) => {
+                out.truncate(at + n);
+                return Ok(());
+            }
             Err(EncryptError::InsufficientSize(s)) => out.resize(at + s.required_size, 0),
-            Err(e) => return Err(io::Error::other(e)),
+            Err(e) => {
+                out.truncate(at);
+                return Err(io::Error::other(e));
+            }
+        }
+    }
+}
+
+/// Appends the handshake or alert record rustls has ready to `out`, growing it as needed.
+fn encode_into<Data>(out: &mut Vec<u8>, e: &mut EncodeTlsData<'_, Data>) {
+    let at = out.len();
+    loop {
+        match e.encode(&mut out[at..]) {
+            Ok(n) => {
+                out.truncate(at + n);
+                return;
+            }
+            Err(EncodeError::InsufficientSize(s)) => out.resize(at + s.required_size, 0),
+            Err(EncodeError::AlreadyEncoded) => {
+                out.truncate(at);
+                return;
+            }
         }
     }
 }
@@ -405,9 +414,8 @@ impl AsyncWrite for ServerTls {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if !this.closed {
-            this.closed = true;
-            this.closing = true;
+        if this.close == Close::NotAsked {
+            this.close = Close::Asked;
             // A connection that already failed has nothing more to say: the TCP stream closes.
             let _ = this.process(&mut None, None);
         }
