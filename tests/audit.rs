@@ -430,15 +430,42 @@ async fn reading_the_log_is_itself_recorded_and_one_writer_owns_the_log() {
     .await
     .unwrap();
     assert_eq!(r.status, 200);
+    let query = || {
+        let out = Command::new(BIN)
+            .args(["audit", "query"])
+            .arg(w.path("audit"))
+            .args(["--officer", "OFF-0001"])
+            .env("USER", "officer-smith")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let rows = |listing: &str, event: &str| {
+        listing.lines().filter(|l| l.split_whitespace().nth(2) == Some(event) && l.contains("OFF-0001")).count()
+    };
+    // The outcome (written within 10 ms of the reply) names only the incident and how it
+    // ended; the search joins it to its request's record.
+    let mut listing = query();
+    let end = Instant::now() + Duration::from_secs(10);
+    while rows(&listing, "outcome") == 0 && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        listing = query();
+    }
+    assert_eq!((rows(&listing, "request"), rows(&listing, "outcome")), (1, 1), "{listing}");
     let out = Command::new(BIN)
         .args(["audit", "query"])
         .arg(w.path("audit"))
-        .args(["--officer", "OFF-0001"])
-        .env("USER", "officer-smith")
+        .args(["--officer", "OFF-0001", "--code", "ok", "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("CheckIdentityRequest"));
+    let stored = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(stored.lines().count(), 1, "{stored}");
+    let outcome: serde_json::Value = serde_json::from_str(stored.trim()).unwrap();
+    assert_eq!(outcome["event"], "outcome", "{stored}");
+    assert_eq!(outcome["operation"], "CheckIdentityRequest", "{stored}");
+    assert_eq!(outcome["status"], 200, "{stored}");
+    assert!(outcome.get("client").is_none() && outcome.get("officer_id").is_none(), "{stored}");
     let segments_text = || -> String {
         spocgw::audit::segments(&w.path("audit")).unwrap().iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
     };

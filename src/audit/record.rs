@@ -95,6 +95,48 @@ impl Record {
     pub fn canonical(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
+
+    /// An outcome record as read together with its request's record: the fields the outcome
+    /// does not repeat (who asked, for what, the decision) taken from the request. What a
+    /// search matches and a table shows; the stored bytes stay as they are.
+    pub fn with_request(&self, request: &Record) -> Record {
+        fn fill<T: Clone>(mine: &Option<T>, theirs: &Option<T>) -> Option<T> {
+            mine.clone().or_else(|| theirs.clone())
+        }
+        let q = request;
+        Record {
+            seq: self.seq,
+            time: self.time.clone(),
+            event: self.event.clone(),
+            incident_id: fill(&self.incident_id, &q.incident_id),
+            listener: fill(&self.listener, &q.listener),
+            route: fill(&self.route, &q.route),
+            operation: fill(&self.operation, &q.operation),
+            recipient: fill(&self.recipient, &q.recipient),
+            client: fill(&self.client, &q.client),
+            officer_id: fill(&self.officer_id, &q.officer_id),
+            authority: fill(&self.authority, &q.authority),
+            border_crossing_point: fill(&self.border_crossing_point, &q.border_crossing_point),
+            purpose: fill(&self.purpose, &q.purpose),
+            case_reference: fill(&self.case_reference, &q.case_reference),
+            message_id: fill(&self.message_id, &q.message_id),
+            caller_id: fill(&self.caller_id, &q.caller_id),
+            issuing_state: fill(&self.issuing_state, &q.issuing_state),
+            document: fill(&self.document, &q.document),
+            data: if self.data.is_empty() { q.data.clone() } else { self.data.clone() },
+            decision: fill(&self.decision, &q.decision),
+            policies: fill(&self.policies, &q.policies),
+            bundle: fill(&self.bundle, &q.bundle),
+            removed: self.removed.clone(),
+            code: self.code.clone(),
+            status: self.status,
+            upstream_status: self.upstream_status,
+            latency_us: self.latency_us,
+            request_sha256: fill(&self.request_sha256, &q.request_sha256),
+            response_sha256: self.response_sha256.clone(),
+            detail: self.detail.clone(),
+        }
+    }
 }
 
 pub fn now_rfc3339_micros() -> String {

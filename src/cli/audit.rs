@@ -277,7 +277,26 @@ fn print_records(dir: &Path, filter: &dyn Fn(&Record) -> bool, format: Format) -
         );
     }
     let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "-".into());
-    for (r, bytes, _) in log.records.iter().filter(|(r, _, _)| filter(r)) {
+    // An outcome that follows its request's record names only the incident and how it ended:
+    // searched and shown together with the request's fields.
+    let requests: std::collections::HashMap<&str, &Record> = log
+        .records
+        .iter()
+        .filter(|(r, _, _)| r.event == "request")
+        .filter_map(|(r, _, _)| Some((r.incident_id.as_deref()?, r)))
+        .collect();
+    for (stored, bytes, _) in &log.records {
+        let joined;
+        let r = match stored.incident_id.as_deref().and_then(|i| requests.get(i)) {
+            Some(request) if stored.event == "outcome" && stored.client.is_none() => {
+                joined = stored.with_request(request);
+                &joined
+            }
+            _ => stored,
+        };
+        if !filter(r) {
+            continue;
+        }
         let written = match format {
             Format::Json => writeln!(out, "{}", String::from_utf8_lossy(bytes)),
             Format::Syslog => {

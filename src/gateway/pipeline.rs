@@ -75,8 +75,11 @@ struct Exchange<'a> {
     request_sha256: Option<String>,
     response_sha256: Option<String>,
     recipient: Option<&'static str>,
-    /// The request's audit record once written: the outcome's record is made from it.
-    record: Option<Record>,
+    /// Whether the request's audit record is durable: the outcome's record then carries only
+    /// what is new (the request's record says the rest under the same incident ID).
+    request_on_record: bool,
+    /// A request record that could not be made durable: the outcome's record carries it all.
+    unwritten: Option<Record>,
     started: Instant,
 }
 
@@ -117,7 +120,8 @@ impl Pipeline {
             request_sha256: None,
             response_sha256: None,
             recipient: None,
-            record: None,
+            request_on_record: false,
+            unwritten: None,
             started: Instant::now(),
         };
         let outcome = match self.in_flight.try_acquire() {
@@ -218,11 +222,11 @@ impl Pipeline {
             UpstreamKind::PoliceCallback => "police_callback",
         });
         let record = self.record(x, "request");
-        let durable = self.audit.append_durable(&record).await;
-        x.record = Some(record);
-        if let Err(e) = durable {
+        if let Err(e) = self.audit.append_durable(&record).await {
+            x.unwritten = Some(record);
             return Ok(Outcome::Refused(Refusal::AuditUnavailable, format!("audit: {e}")));
         }
+        x.request_on_record = true;
         // Forward.
         let ct = content_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("text/xml; charset=utf-8");
         let soap_action = if media.version == SoapVersion::V11 { action.as_deref() } else { None };
@@ -390,12 +394,24 @@ impl Pipeline {
         r
     }
 
-    /// The outcome's audit record: what the request's record says (built again only for a
-    /// request refused before it had one), and how the request ended.
+    /// The outcome's audit record: how the request ended. After a durable request record it
+    /// names the incident and what is new (`audit query` joins the two); a request refused
+    /// before its record was durable gets everything known about it here.
     fn outcome_record(&self, x: &mut Exchange<'_>, code: &str, status: u16) -> Record {
-        let mut r = x.record.take().unwrap_or_else(|| self.record(x, "outcome"));
-        r.time = crate::audit::record::now_rfc3339_micros();
-        "outcome".clone_into(&mut r.event);
+        let mut r = if x.request_on_record {
+            let mut r = Record::now("outcome");
+            r.incident_id = Some(x.incident.clone());
+            r.listener = Some(x.listener.name().to_owned());
+            r.route = Some(x.route.to_owned());
+            r.operation = Some(x.operation.to_owned());
+            r
+        } else if let Some(mut r) = x.unwritten.take() {
+            r.time = crate::audit::record::now_rfc3339_micros();
+            "outcome".clone_into(&mut r.event);
+            r
+        } else {
+            self.record(x, "outcome")
+        };
         r.removed = x.removed.clone();
         r.code = Some(code.to_owned());
         r.status = Some(status);
