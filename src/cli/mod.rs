@@ -158,10 +158,10 @@ pub fn init_logging() -> log::LogGuard {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = log::BufferedStderr::start();
     let _ = tracing_subscriber::fmt()
-        .json()
+        .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+        .event_format(log::JsonLines::new())
         .with_env_filter(filter)
         .with_writer(writer)
-        .with_current_span(false)
         .try_init();
     guard
 }

@@ -91,6 +91,16 @@ enum Outcome {
     Refused(Refusal, String),
 }
 
+/// A random (version 4) UUID from aws-lc's user-space generator: `Uuid::new_v4` asks the
+/// kernel (a getrandom system call) for every request.
+fn incident_id() -> String {
+    let mut bytes = [0u8; 16];
+    match aws_lc_rs::rand::fill(&mut bytes) {
+        Ok(()) => uuid::Builder::from_random_bytes(bytes).into_uuid().to_string(),
+        Err(_) => uuid::Uuid::new_v4().to_string(),
+    }
+}
+
 fn no_upstream() -> Outcome {
     Outcome::Refused(Refusal::UpstreamUnavailable, "no police callback upstream".into())
 }
@@ -104,7 +114,7 @@ impl Pipeline {
         req: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, RequestTimeout> {
         let mut x = Exchange {
-            incident: uuid::Uuid::new_v4().to_string(),
+            incident: incident_id(),
             listener,
             peer,
             route: "none",

@@ -6,6 +6,8 @@
 //! passed through. Compiled programs are size-limited.
 
 use regex::{Regex, RegexBuilder};
+use regex_automata::dfa::{Automaton, dense};
+use regex_automata::{Anchored, Input};
 
 /// Compiled size limit for one pattern: patterns are schema-authored, but a typo like
 /// `\p{L}{1,100000}` must not turn into a memory problem.
@@ -160,14 +162,61 @@ fn escape(chars: &[char], in_class: bool) -> Result<(String, usize), String> {
     Ok((s, 2))
 }
 
+/// A compiled XSD pattern. Schema patterns are short (identifiers, codes, dates), so most
+/// compile ahead of time into a complete DFA: a match is one walk of its table, with no cache
+/// to take from a pool shared by the runtime's threads (what `Regex` does on every call). A
+/// pattern whose DFA would pass the size limit is matched by `Regex`.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    /// The translation (a `regex` pattern, anchored).
+    translated: String,
+    matcher: Matcher,
+}
+
+#[derive(Debug, Clone)]
+enum Matcher {
+    Dfa(Box<dense::DFA<Vec<u32>>>),
+    Regex(Regex),
+}
+
+impl Pattern {
+    pub fn is_match(&self, value: &str) -> bool {
+        match &self.matcher {
+            // Anchored at the start, and the translation ends in `$`: any match is the whole value.
+            Matcher::Dfa(dfa) => {
+                matches!(dfa.try_search_fwd(&Input::new(value).anchored(Anchored::Yes)), Ok(Some(_)))
+            }
+            Matcher::Regex(re) => re.is_match(value),
+        }
+    }
+
+    /// The pattern as translated for the `regex` crate.
+    pub fn as_str(&self) -> &str {
+        &self.translated
+    }
+}
+
 /// Translates and compiles an XSD pattern.
-pub fn compile(xsd: &str) -> Result<Regex, String> {
+pub fn compile(xsd: &str) -> Result<Pattern, String> {
     let translated = translate(xsd)?;
-    RegexBuilder::new(&translated)
+    let regex = RegexBuilder::new(&translated)
         .size_limit(SIZE_LIMIT)
         .dfa_size_limit(SIZE_LIMIT)
         .build()
-        .map_err(|e| format!("pattern {xsd:?} does not compile: {e}"))
+        .map_err(|e| format!("pattern {xsd:?} does not compile: {e}"))?;
+    let dfa = dense::Builder::new()
+        .configure(
+            dense::Config::new()
+                .start_kind(regex_automata::dfa::StartKind::Anchored)
+                .dfa_size_limit(Some(SIZE_LIMIT))
+                .determinize_size_limit(Some(SIZE_LIMIT)),
+        )
+        .build(&translated);
+    let matcher = match dfa {
+        Ok(dfa) => Matcher::Dfa(Box::new(dfa)),
+        Err(_) => Matcher::Regex(regex),
+    };
+    Ok(Pattern { translated, matcher })
 }
 
 #[cfg(test)]
@@ -176,6 +225,27 @@ mod tests {
 
     fn m(p: &str, s: &str) -> bool {
         compile(p).unwrap().is_match(s)
+    }
+
+    /// The DFA and the `Regex` of a pattern agree, and a pattern too big for a DFA still works.
+    #[test]
+    fn compiled_forms_agree() {
+        let cases = [
+            ("[0-9a-fA-F]{8}-[0-9a-fA-F]{4}", &["0123abcd-ABCD", "0123abcd-ABC", "0123abcd-ABCDE", "x"][..]),
+            (r".+(Z|[+\-]\d{2}:\d{2})", &["2026-01-01T00:00:00Z", "é+01:00", "Z", "a\nZ", "1+0١:00"][..]),
+            ("[A-Z]{3}|D<<", &["CZE", "D<<", "CZ", "D<<<", ""][..]),
+            (r"\p{IsBasicLatin}+", &["abc", "é", "a^b$"][..]),
+        ];
+        for (p, values) in cases {
+            let Matcher::Dfa(_) = compile(p).unwrap().matcher else { panic!("{p}: expected a DFA") };
+            let re = Regex::new(&translate(p).unwrap()).unwrap();
+            for v in values {
+                assert_eq!(compile(p).unwrap().is_match(v), re.is_match(v), "{p} {v:?}");
+            }
+        }
+        let big = r"\p{L}{1,10}";
+        let Matcher::Regex(_) = compile(big).unwrap().matcher else { panic!("{big}: expected the Regex fallback") };
+        assert!(m(big, "Žluťoučký") && !m(big, "1") && !m(big, "abcdefghijk"));
     }
 
     #[test]

@@ -6,8 +6,6 @@
 
 use std::cmp::Ordering;
 
-use regex::Regex;
-
 pub use super::base64::{Base64Check, SNIFF_BYTES, base64_octets};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +116,7 @@ pub struct SimpleType {
     pub builtin: Builtin,
     pub whitespace: WhiteSpace,
     /// One group per derivation step; a value must match some pattern of every group.
-    pub patterns: Vec<Vec<Regex>>,
+    pub patterns: Vec<Vec<super::regex::Pattern>>,
     /// Allowed values (normalised; numbers compared by value).
     pub enumeration: Option<Vec<String>>,
     pub length: Option<u64>,
