@@ -91,13 +91,27 @@ enum Outcome {
     Refused(Refusal, String),
 }
 
-/// A random (version 4) UUID from aws-lc's user-space generator: `Uuid::new_v4` asks the
-/// kernel (a getrandom system call) for every request.
+/// A random (version 4) UUID. `Uuid::new_v4` makes a getrandom system call per request and a
+/// call to aws-lc's generator costs about as much (RDRAND and a key schedule each time): each
+/// runtime thread draws 32 IDs' worth of random bytes from aws-lc at once.
 fn incident_id() -> String {
-    let mut bytes = [0u8; 16];
-    match aws_lc_rs::rand::fill(&mut bytes) {
-        Ok(()) => uuid::Builder::from_random_bytes(bytes).into_uuid().to_string(),
-        Err(_) => uuid::Uuid::new_v4().to_string(),
+    const IDS: usize = 32;
+    thread_local! {
+        static POOL: std::cell::RefCell<([u8; 16 * IDS], usize)> = const { std::cell::RefCell::new(([0; 16 * IDS], IDS)) };
+    }
+    let drawn = POOL.with_borrow_mut(|(bytes, next)| {
+        if *next == IDS {
+            aws_lc_rs::rand::fill(bytes).ok()?;
+            *next = 0;
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&bytes[16 * *next..16 * (*next + 1)]);
+        *next += 1;
+        Some(id)
+    });
+    match drawn {
+        Some(id) => uuid::Builder::from_random_bytes(id).into_uuid().to_string(),
+        None => uuid::Uuid::new_v4().to_string(),
     }
 }
 
@@ -581,4 +595,18 @@ fn refuse_xml(e: &XmlRefusal, body: &[u8]) -> Outcome {
     };
     let (line, col) = line_col(body, e.offset());
     Outcome::Refused(refusal, format!("{e} at {line}:{col}"))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Incident IDs are version 4 UUIDs and do not repeat across refills of the pool.
+    #[test]
+    fn incident_ids_are_random_uuids() {
+        let ids: std::collections::HashSet<String> = (0..200).map(|_| super::incident_id()).collect();
+        assert_eq!(ids.len(), 200);
+        for id in &ids {
+            let u = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(u.get_version(), Some(uuid::Version::Random), "{id}");
+        }
+    }
 }
