@@ -44,11 +44,14 @@ impl Run<'_> {
                 continue;
             }
             let (ans, alocal) = reader.resolve_attribute(a.key);
-            let name = utf8(alocal.into_inner());
+            let name = utf8(self.doc, alocal.into_inner());
             let qualified = !matches!(ans, ResolveResult::Unbound);
             let found = if qualified { None } else { uses.iter().position(|u| u.name == name) };
             let Some(i) = found else {
-                return Self::invalid(offset, format!("attribute {} is not allowed on {}", utf8(key), d.local));
+                return Self::invalid(
+                    offset,
+                    format!("attribute {} is not allowed on {}", utf8(self.doc, key), d.local),
+                );
             };
             present |= 1 << i.min(63);
             let value = a.unescape_value().map_err(|err| XmlRefusal::Malformed { offset, reason: err.to_string() })?;
@@ -103,7 +106,7 @@ impl Run<'_> {
                         if f.text_len > self.limits.max_text_bytes {
                             return Err(XmlRefusal::Threat { offset, breach: Breach::TextBytes });
                         }
-                        self.text_buf.push_str(utf8(s));
+                        self.text_buf.push_str(utf8(self.doc, s));
                     }
                     ContentState::Dfa(_) | ContentState::All(_) | ContentState::Empty => {
                         if f.text_len > self.limits.max_text_bytes {
