@@ -3,6 +3,8 @@
 //! (justification, date and time, who consulted, the recipient, the type of data) is here;
 //! biometric data, names, dates of birth, addresses and plain document numbers never are.
 
+use std::fmt::Write as _;
+
 use serde::{Deserialize, Serialize};
 
 /// The client certificate, as logged.
@@ -140,15 +142,58 @@ impl Record {
 }
 
 pub fn now_rfc3339_micros() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let micros = now.nanosecond() / 1000;
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second()
-    )
+    rfc3339_micros(std::time::SystemTime::now())
+}
+
+/// `t` as `2026-11-24T01:02:03.456789Z`. Every request stamps two records and a log line: the
+/// date and time of day are formatted once per second per thread, the microseconds each time.
+pub fn rfc3339_micros(t: std::time::SystemTime) -> String {
+    use std::cell::RefCell;
+    thread_local! {
+        /// The second last formatted, and its `YYYY-MM-DDTHH:MM:SS.` prefix.
+        static SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    }
+    let t = time::OffsetDateTime::from(t);
+    let unix = t.unix_timestamp();
+    let micros = t.nanosecond() / 1000;
+    SECOND.with_borrow_mut(|(second, prefix)| {
+        if *second != unix {
+            prefix.clear();
+            let _ = write!(
+                prefix,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            );
+            *second = unix;
+        }
+        let mut out = String::with_capacity(prefix.len() + 7);
+        out.push_str(prefix);
+        let digits = [100_000, 10_000, 1_000, 100, 10, 1].map(|d| b'0' + (micros / d % 10) as u8);
+        out.extend(digits.iter().map(|&b| char::from(b)));
+        out.push('Z');
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::rfc3339_micros;
+
+    /// The cached date and time of day follow the second; the microseconds are zero-padded.
+    #[test]
+    fn timestamps_in_and_across_seconds() {
+        let at = |s: u64, us: u64| rfc3339_micros(UNIX_EPOCH + Duration::from_secs(s) + Duration::from_micros(us));
+        assert_eq!(at(1_795_419_000, 7), "2026-11-23T07:30:00.000007Z");
+        assert_eq!(at(1_795_419_000, 999_999), "2026-11-23T07:30:00.999999Z");
+        assert_eq!(at(1_795_419_001, 120_000), "2026-11-23T07:30:01.120000Z");
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(1_795_419_001, 5), "2026-11-23T07:30:01.000005Z");
+    }
 }
