@@ -121,13 +121,14 @@ impl DecisionCache {
         let mut push = |name: &str, kind: Use| {
             k.push('\u{1e}');
             k.push_str(name);
-            match (value(facts, hour, weekday, name), kind) {
-                (None, _) => k.push('-'),
-                (Some(_), Use::Presence) => k.push('+'),
-                (Some(v), Use::Value) => {
-                    k.push('=');
-                    k.push_str(&v);
-                }
+            let at = k.len();
+            k.push('=');
+            if !push_value(&mut k, facts, hour, weekday, name) {
+                k.truncate(at);
+                k.push('-');
+            } else if kind == Use::Presence {
+                k.truncate(at);
+                k.push('+');
             }
         };
         match &self.reads {
@@ -151,28 +152,30 @@ impl DecisionCache {
     }
 }
 
-/// A context attribute's value as the key spells it; None when the context lacks it.
-fn value(f: &MessageFacts, hour: i64, weekday: i64, name: &str) -> Option<String> {
-    let s = |v: &Option<String>| v.clone();
+/// Appends a context attribute's value as the key spells it; false when the context lacks it.
+fn push_value(k: &mut String, f: &MessageFacts, hour: i64, weekday: i64, name: &str) -> bool {
+    use std::fmt::Write as _;
+    let text = |k: &mut String, v: &Option<String>| v.as_deref().map(|v| k.push_str(v)).is_some();
     match name {
-        "chipFingerprints" => Some(f.chip_fingerprints.to_string()),
-        "liveFingerprints" => Some(f.live_fingerprints.to_string()),
+        "chipFingerprints" => write!(k, "{}", f.chip_fingerprints).is_ok(),
+        "liveFingerprints" => write!(k, "{}", f.live_fingerprints).is_ok(),
         "formats" => {
             let mut v: Vec<&str> = f.formats.to_vec();
             v.sort_unstable();
             v.dedup();
-            Some(v.join(","))
+            k.push_str(&v.join(","));
+            true
         }
-        "hour" => Some(hour.to_string()),
-        "weekday" => Some(weekday.to_string()),
-        "purpose" => s(&f.purpose),
-        "caseReference" => s(&f.case_reference),
-        "borderCrossingPoint" => s(&f.border_crossing_point),
-        "issuingState" => s(&f.issuing_state),
-        "officerId" => s(&f.officer_id),
-        "authority" => s(&f.authority),
-        "callerId" => s(&f.caller_id),
-        _ => None,
+        "hour" => write!(k, "{hour}").is_ok(),
+        "weekday" => write!(k, "{weekday}").is_ok(),
+        "purpose" => text(k, &f.purpose),
+        "caseReference" => text(k, &f.case_reference),
+        "borderCrossingPoint" => text(k, &f.border_crossing_point),
+        "issuingState" => text(k, &f.issuing_state),
+        "officerId" => text(k, &f.officer_id),
+        "authority" => text(k, &f.authority),
+        "callerId" => text(k, &f.caller_id),
+        _ => false,
     }
 }
 
