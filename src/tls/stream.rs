@@ -227,27 +227,24 @@ impl ServerTls {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "TLS message over 64 KB")));
         }
         let room = READ_SIZE.min(MAX_INCOMING - pending);
-        loop {
-            ready!(self.tcp.poll_read_ready(cx))?;
-            if self.incoming.capacity() - self.incoming.len() < room {
-                // Processed bytes are moved out of the way only when room runs out.
-                self.incoming.drain(..self.start);
-                self.start = 0;
-                self.incoming.reserve_exact(room);
-            }
-            let mut limited = (&mut self.incoming).limit(room);
-            match self.tcp.try_read_buf(&mut limited) {
-                Ok(0) => {
-                    self.eof = true;
-                    break;
-                }
-                Ok(_) => break,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        // Room is taken only once the socket is readable.
+        ready!(self.tcp.poll_read_ready(cx))?;
+        if self.incoming.capacity() - self.incoming.len() < room {
+            // Processed bytes are moved out of the way only when room runs out.
+            self.incoming.drain(..self.start);
+            self.start = 0;
+            self.incoming.reserve_exact(room);
         }
+        // Through `AsyncRead` rather than `try_read_buf`: a read that does not fill the room
+        // tells tokio the socket is drained, which saves a read that would only say
+        // "would block" after every message.
+        let mut limited = (&mut self.incoming).limit(room);
+        let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.tcp), cx, &mut limited);
         if self.incoming.is_empty() {
             self.incoming = Vec::new();
+        }
+        if ready!(read)? == 0 {
+            self.eof = true;
         }
         Poll::Ready(Ok(()))
     }
