@@ -498,3 +498,31 @@ async fn an_idle_keep_alive_connection_is_parked_and_serves_on() {
     let m = w.metrics();
     assert_eq!(metric(&m, r#"spocgw_connections_open{listener="police"}"#), 1.0, "{m}");
 }
+
+/// A pooled connection the Ministry closed while it sat idle (here the Ministry restarts) is
+/// not used for a request, or the request is sent again on a new connection: nothing fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_the_ministry_closed_are_replaced() {
+    let mut w = World::full();
+    let c = w.client("officer", false);
+    let send = || {
+        let body = messages::envelope(
+            SoapVersion::V11,
+            &BioRequest::matching(&uuid::Uuid::new_v4().to_string(), 1024).check_identity(),
+        );
+        post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), body)
+    };
+    // Four at once, so the pool holds several connections.
+    let four = || async {
+        let (a, b, c, d) = tokio::join!(send(), send(), send(), send());
+        [a, b, c, d].map(|r| r.map(|r| r.status.as_u16()).map_err(|e| e.to_string()))
+    };
+    let first = four().await;
+    assert!(first.iter().all(|s| matches!(s, Ok(200))), "{first:?}");
+    w.procs.remove(0);
+    w.start_ministry();
+    for _ in 0..3 {
+        let after = four().await;
+        assert!(after.iter().all(|s| matches!(s, Ok(200))), "{after:?}");
+    }
+}
