@@ -75,12 +75,20 @@ struct Exchange<'a> {
     request_sha256: Option<String>,
     response_sha256: Option<String>,
     recipient: Option<&'static str>,
-    /// Whether the request's audit record is durable: the outcome's record then carries only
-    /// what is new (the request's record says the rest under the same incident ID).
-    request_on_record: bool,
-    /// A request record that could not be made durable: the outcome's record carries it all.
-    unwritten: Option<Record>,
+    /// Where the request's audit record stands; the outcome's record depends on it.
+    request_record: RequestRecord,
     started: Instant,
+}
+
+/// The request's audit record, as the outcome's record needs to know it.
+enum RequestRecord {
+    /// None yet (the request was refused before it had one).
+    Missing,
+    /// Durable: the outcome's record carries only what is new (the request's record says the
+    /// rest under the same incident ID).
+    Durable,
+    /// Built but not made durable: the outcome's record carries it all.
+    Unwritten(Box<Record>),
 }
 
 /// Where a request ended: the reply to pass back, or a refusal with its detail for the log.
@@ -144,8 +152,7 @@ impl Pipeline {
             request_sha256: None,
             response_sha256: None,
             recipient: None,
-            request_on_record: false,
-            unwritten: None,
+            request_record: RequestRecord::Missing,
             started: Instant::now(),
         };
         let outcome = match self.in_flight.try_acquire() {
@@ -247,10 +254,10 @@ impl Pipeline {
         });
         let record = self.record(x, "request");
         if let Err(e) = self.audit.append_durable(&record).await {
-            x.unwritten = Some(record);
+            x.request_record = RequestRecord::Unwritten(Box::new(record));
             return Ok(Outcome::Refused(Refusal::AuditUnavailable, format!("audit: {e}")));
         }
-        x.request_on_record = true;
+        x.request_record = RequestRecord::Durable;
         // Forward.
         let ct = content_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("text/xml; charset=utf-8");
         let soap_action = if media.version == SoapVersion::V11 { action.as_deref() } else { None };
@@ -422,19 +429,21 @@ impl Pipeline {
     /// names the incident and what is new (`audit query` joins the two); a request refused
     /// before its record was durable gets everything known about it here.
     fn outcome_record(&self, x: &mut Exchange<'_>, code: &str, status: u16) -> Record {
-        let mut r = if x.request_on_record {
-            let mut r = Record::now("outcome");
-            r.incident_id = Some(x.incident.clone());
-            r.listener = Some(x.listener.name().to_owned());
-            r.route = Some(x.route.to_owned());
-            r.operation = Some(x.operation.to_owned());
-            r
-        } else if let Some(mut r) = x.unwritten.take() {
-            r.time = crate::audit::record::now_rfc3339_micros();
-            "outcome".clone_into(&mut r.event);
-            r
-        } else {
-            self.record(x, "outcome")
+        let mut r = match std::mem::replace(&mut x.request_record, RequestRecord::Missing) {
+            RequestRecord::Durable => {
+                let mut r = Record::now("outcome");
+                r.incident_id = Some(x.incident.clone());
+                r.listener = Some(x.listener.name().to_owned());
+                r.route = Some(x.route.to_owned());
+                r.operation = Some(x.operation.to_owned());
+                r
+            }
+            RequestRecord::Unwritten(mut r) => {
+                r.time = crate::audit::record::now_rfc3339_micros();
+                "outcome".clone_into(&mut r.event);
+                *r
+            }
+            RequestRecord::Missing => self.record(x, "outcome"),
         };
         r.removed = x.removed.clone();
         r.code = Some(code.to_owned());
