@@ -15,8 +15,29 @@ use spocgw::gateway::upstream::{Reply, Upstream, UpstreamError, soap_headers};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_spocgw");
 
+/// A port for a child to listen on: free when chosen, and below the kernel's ephemeral range.
+/// A port from `bind(0)` comes from that range, where an outgoing connection (the tests make
+/// thousands, several tests at once) can take it as its local port before the child binds it
+/// (a gateway that then cannot listen: "nothing listens on port ..."). Within one test binary
+/// no port is handed out twice.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral.saturating_sub(LOWEST).max(1_000);
+    // Test binaries run one after another; a per-process start keeps them apart anyway.
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let port = LOWEST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free port between {LOWEST} and {ephemeral}");
 }
 
 /// A child process killed on drop; its stderr goes to a file the test can read.
