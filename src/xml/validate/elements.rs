@@ -56,10 +56,11 @@ impl Run<'_> {
             present |= 1 << i.min(63);
             let value = a.unescape_value().map_err(|err| XmlRefusal::Malformed { offset, reason: err.to_string() })?;
             let st = &schema.simple[uses[i].ty];
-            st.check(&value)
+            let normalized = st
+                .check(&value)
                 .map_err(|reason| XmlRefusal::Invalid { offset, reason: format!("attribute {name}: {reason}") })?;
             if let Some(fixed) = &uses[i].fixed
-                && crate::xml::xsd::simple::normalize(&value, st.whitespace) != fixed.as_str()
+                && normalized != fixed.as_str()
             {
                 return Self::invalid(offset, format!("attribute {name} must be {fixed:?}"));
             }
@@ -185,9 +186,9 @@ impl Run<'_> {
                 let value = std::mem::take(&mut self.text_buf);
                 let st = simple_type.map(|i| &schema.simple[i]);
                 if let Some(st) = st {
-                    st.check(&value)
+                    let normalized = st
+                        .check(&value)
                         .map_err(|reason| XmlRefusal::Invalid { offset, reason: format!("{}: {reason}", d.local) })?;
-                    let normalized = crate::xml::xsd::simple::normalize(&value, st.whitespace);
                     match st.builtin {
                         Builtin::Id if !self.ids.insert(normalized.to_string()) => {
                             return Self::invalid(offset, format!("ID {normalized:?} is not unique"));

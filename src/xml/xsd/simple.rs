@@ -168,8 +168,9 @@ impl SimpleType {
         (sized || temporal) && self.patterns.is_empty() && self.enumeration.is_none()
     }
 
-    /// Checks one value. Returns the reason on failure.
-    pub fn check(&self, raw: &str) -> Result<(), String> {
+    /// Checks one value: the value as the type's whitespace facet normalises it, or the reason
+    /// it fails.
+    pub fn check<'v>(&self, raw: &'v str) -> Result<std::borrow::Cow<'v, str>, String> {
         if self.strict_whitespace() && raw.trim_matches(is_xml_space).len() != raw.len() {
             return Err(format!("whitespace around the value is not accepted in {}", self.name));
         }
@@ -228,7 +229,7 @@ impl SimpleType {
                 return fail("too long (fraction digits)");
             }
         }
-        Ok(())
+        Ok(normalized)
     }
 
     /// Checks the length facets against a length already counted (octets or characters).
@@ -263,7 +264,10 @@ pub fn normalize(s: &str, ws: WhiteSpace) -> std::borrow::Cow<'_, str> {
         }
         WhiteSpace::Collapse => {
             let trimmed = s.trim_matches(is_xml_space);
-            let needs = trimmed.contains(['\t', '\n', '\r']) || trimmed.contains("  ");
+            // One pass: a tab, line end or two spaces in a row need collapsing.
+            let (needs, _) = trimmed.bytes().fold((false, false), |(needs, space), b| {
+                (needs | matches!(b, b'\t' | b'\n' | b'\r') | (space & (b == b' ')), b == b' ')
+            });
             if !needs {
                 return trimmed.into();
             }
@@ -502,6 +506,32 @@ impl PartialOrd for Decimal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Collapse: trimmed, runs of white space made one space; an already collapsed value is
+    /// borrowed as it is.
+    #[test]
+    fn collapsing_white_space() {
+        let c = |s| normalize(s, WhiteSpace::Collapse);
+        for (raw, want) in [
+            ("a b", "a b"),
+            ("  a b \n", "a b"),
+            ("a  b", "a b"),
+            ("a\tb", "a b"),
+            ("a \r\n b", "a b"),
+            ("a\n", "a"),
+            ("", ""),
+            (" ", ""),
+            ("a b  ", "a b"),
+            ("x  ", "x"),
+            ("x y  z", "x y z"),
+        ] {
+            assert_eq!(c(raw), want, "{raw:?}");
+        }
+        assert!(matches!(c("a b c"), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(c(" a b "), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(normalize("a\tb\n", WhiteSpace::Replace), "a b ");
+        assert_eq!(normalize(" a\t", WhiteSpace::Preserve), " a\t");
+    }
 
     #[test]
     fn decimals_compare_by_value() {
