@@ -13,6 +13,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod gateway;
+pub mod json;
 pub mod keys;
 pub mod policy;
 pub mod sim;

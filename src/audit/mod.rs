@@ -255,11 +255,9 @@ const SEQ_PREFIX: &[u8] = b"{\"seq\":";
 
 impl Job {
     fn new(record: &Record, done: Option<oneshot::Sender<Result<u64, String>>>) -> Job {
-        let mut bytes = record.canonical();
-        // `{"seq":N` then the rest (from the comma after N): keep the rest.
-        let digits = bytes.iter().skip(SEQ_PREFIX.len()).take_while(|b| b.is_ascii_digit()).count();
-        bytes.drain(..SEQ_PREFIX.len() + digits);
-        Job { tail: bytes, done }
+        let mut tail = Vec::with_capacity(1024);
+        record.canonical_tail(&mut tail);
+        Job { tail, done }
     }
 }
 

@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::json;
+
 /// The client certificate, as logged.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -93,9 +95,96 @@ impl Record {
         Self { time: now_rfc3339_micros(), event: event.to_owned(), ..Self::default() }
     }
 
-    /// The canonical bytes: compact JSON in field order (what is hashed and written).
+    /// The canonical bytes: compact JSON in field order, absent fields left out (what is hashed
+    /// and written); the bytes serde_json writes for the struct (a test checks).
     pub fn canonical(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        let mut out = Vec::with_capacity(1024);
+        out.extend_from_slice(b"{\"seq\":");
+        json::number(&mut out, self.seq);
+        self.canonical_tail(&mut out);
+        out
+    }
+
+    /// The canonical bytes after `{"seq":N`, from the comma on. Written by hand: two records
+    /// per request, ~35 fields, cost ~18,000 instructions through serde_json (which looks up
+    /// every byte of every string in its escape table), about a fifth of that here.
+    pub fn canonical_tail(&self, out: &mut Vec<u8>) {
+        // `,"name":` (names need no escaping), then the value.
+        macro_rules! key {
+            ($name:literal) => {
+                out.extend_from_slice(concat!(",\"", $name, "\":").as_bytes())
+            };
+        }
+        macro_rules! text {
+            ($name:literal, $value:expr) => {{
+                key!($name);
+                json::string(out, $value);
+            }};
+        }
+        macro_rules! opt {
+            ($name:literal, $value:expr) => {
+                if let Some(v) = &$value {
+                    text!($name, v);
+                }
+            };
+        }
+        macro_rules! list {
+            ($name:literal, $values:expr) => {
+                if !$values.is_empty() {
+                    key!($name);
+                    for (i, v) in $values.iter().enumerate() {
+                        out.push(if i == 0 { b'[' } else { b',' });
+                        json::string(out, v);
+                    }
+                    out.push(b']');
+                }
+            };
+        }
+        macro_rules! num {
+            ($name:literal, $value:expr) => {
+                if let Some(n) = $value {
+                    key!($name);
+                    json::number(out, u64::from(n));
+                }
+            };
+        }
+        text!("time", &self.time);
+        text!("event", &self.event);
+        opt!("incident_id", self.incident_id);
+        opt!("listener", self.listener);
+        opt!("route", self.route);
+        opt!("operation", self.operation);
+        opt!("recipient", self.recipient);
+        if let Some(c) = &self.client {
+            out.extend_from_slice(b",\"client\":{\"fingerprint\":");
+            json::string(out, &c.fingerprint);
+            text!("subject", &c.subject);
+            text!("issuer", &c.issuer);
+            text!("serial", &c.serial);
+            out.push(b'}');
+        }
+        opt!("officer_id", self.officer_id);
+        opt!("authority", self.authority);
+        opt!("border_crossing_point", self.border_crossing_point);
+        opt!("purpose", self.purpose);
+        opt!("case_reference", self.case_reference);
+        opt!("message_id", self.message_id);
+        opt!("caller_id", self.caller_id);
+        opt!("issuing_state", self.issuing_state);
+        opt!("document", self.document);
+        list!("data", self.data);
+        opt!("decision", self.decision);
+        opt!("policies", self.policies);
+        opt!("bundle", self.bundle);
+        list!("removed", self.removed);
+        opt!("code", self.code);
+        num!("status", self.status);
+        num!("upstream_status", self.upstream_status);
+        num!("latency_us", self.latency_us);
+        opt!("request_sha256", self.request_sha256);
+        opt!("response_sha256", self.response_sha256);
+        opt!("detail", self.detail);
+        out.push(b'}');
     }
 
     /// An outcome record as read together with its request's record: the fields the outcome
@@ -184,7 +273,79 @@ pub fn rfc3339_micros(t: std::time::SystemTime) -> String {
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
-    use super::rfc3339_micros;
+    use proptest::prelude::*;
+
+    use super::{ClientCert, Record, rfc3339_micros};
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![Just(String::new()), "[a-zA-Z0-9 /:.-]{1,40}", any::<String>(), "[\\x00-\\x7f\"\\\\]{0,12}"]
+    }
+
+    fn maybe() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(text())
+    }
+
+    fn record() -> impl Strategy<Value = Record> {
+        let client = proptest::option::of((text(), text(), text(), text())).prop_map(|c| {
+            c.map(|(fingerprint, subject, issuer, serial)| ClientCert { fingerprint, subject, issuer, serial })
+        });
+        let lists = (proptest::collection::vec(text(), 0..3), proptest::collection::vec(text(), 0..3));
+        let numbers = (any::<Option<u16>>(), any::<Option<u16>>(), any::<Option<u64>>());
+        let optional = proptest::collection::vec(maybe(), 21);
+        (any::<u64>(), text(), text(), client, lists, numbers, optional).prop_map(
+            |(seq, time, event, client, (data, removed), (status, upstream_status, latency_us), optional)| {
+                let mut r = Record {
+                    seq,
+                    time,
+                    event,
+                    client,
+                    data,
+                    removed,
+                    status,
+                    upstream_status,
+                    latency_us,
+                    ..Record::default()
+                };
+                let fields = [
+                    &mut r.incident_id,
+                    &mut r.listener,
+                    &mut r.route,
+                    &mut r.operation,
+                    &mut r.recipient,
+                    &mut r.officer_id,
+                    &mut r.authority,
+                    &mut r.border_crossing_point,
+                    &mut r.purpose,
+                    &mut r.case_reference,
+                    &mut r.message_id,
+                    &mut r.caller_id,
+                    &mut r.issuing_state,
+                    &mut r.document,
+                    &mut r.decision,
+                    &mut r.policies,
+                    &mut r.bundle,
+                    &mut r.code,
+                    &mut r.request_sha256,
+                    &mut r.response_sha256,
+                    &mut r.detail,
+                ];
+                for (field, value) in fields.into_iter().zip(optional) {
+                    *field = value;
+                }
+                r
+            },
+        )
+    }
+
+    proptest! {
+        /// The hand-written canonical bytes are serde_json's, and read back as the record.
+        #[test]
+        fn canonical_bytes_are_serde_jsons(r in record()) {
+            let bytes = r.canonical();
+            prop_assert_eq!(&bytes, &serde_json::to_vec(&r).unwrap());
+            prop_assert_eq!(serde_json::from_slice::<Record>(&bytes).unwrap(), r);
+        }
+    }
 
     /// The cached date and time of day follow the second; the microseconds are zero-padded.
     #[test]

@@ -204,7 +204,7 @@ impl Writer {
         for (i, job) in batch.iter().enumerate() {
             let start = buf.len();
             buf.extend_from_slice(SEQ_PREFIX);
-            let _ = write!(buf, "{}", start_size + i as u64); // into a Vec: cannot fail
+            crate::json::number(&mut buf, start_size + i as u64);
             buf.extend_from_slice(&job.tail);
             leaves.push(merkle::leaf_hash(&buf[start..]));
             buf.push(b'\n');

@@ -155,7 +155,7 @@ where
         event.record(&mut fields);
         let mut line = fields.line;
         line.push_str("},\"target\":");
-        json_string(&mut line, meta.target());
+        crate::json::string(&mut line, meta.target());
         line.push_str("}\n");
         writer.write_str(&line)
     }
@@ -172,7 +172,7 @@ impl JsonFields {
             self.line.push(',');
         }
         self.first = false;
-        json_string(&mut self.line, field.name());
+        crate::json::string(&mut self.line, field.name());
         self.line.push(':');
     }
 }
@@ -180,12 +180,12 @@ impl JsonFields {
 impl tracing::field::Visit for JsonFields {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
         self.key(field);
-        json_string(&mut self.line, value);
+        crate::json::string(&mut self.line, value);
     }
 
     fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
         self.key(field);
-        let _ = write!(self.line, "{value}");
+        crate::json::number(&mut self.line, value);
     }
 
     fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
@@ -212,50 +212,14 @@ impl tracing::field::Visit for JsonFields {
     }
 }
 
-/// `s` as a JSON string, escaped as serde_json escapes it.
-fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    escape_into(out, s);
-    out.push('"');
-}
-
 /// Formats a value straight into the line, escaped.
 struct Escaping<'a>(&'a mut String);
 
 impl std::fmt::Write for Escaping<'_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        escape_into(self.0, s);
+        crate::json::escape_into(self.0, s);
         Ok(())
     }
-}
-
-fn escape_into(out: &mut String, s: &str) {
-    let special = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
-    if !s.bytes().fold(false, |any, b| any | special(b)) {
-        out.push_str(s);
-        return;
-    }
-    let mut from = 0;
-    for (i, b) in s.bytes().enumerate() {
-        if !special(b) {
-            continue;
-        }
-        out.push_str(&s[from..i]);
-        match b {
-            b'"' => out.push_str("\\\""),
-            b'\\' => out.push_str("\\\\"),
-            b'\n' => out.push_str("\\n"),
-            b'\r' => out.push_str("\\r"),
-            b'\t' => out.push_str("\\t"),
-            0x08 => out.push_str("\\b"),
-            0x0c => out.push_str("\\f"),
-            _ => {
-                let _ = write!(out, "\\u{b:04x}");
-            }
-        }
-        from = i + 1;
-    }
-    out.push_str(&s[from..]);
 }
 
 #[cfg(test)]
