@@ -21,10 +21,10 @@ use crate::admin::metrics::{
     Metrics, RequestLabels, RouteLabels, UpstreamError as UpstreamErrorLabels, UpstreamLabels,
 };
 use crate::audit::{Audit, ClientCert, Record};
-use crate::policy::{Caller, PolicyState, minimise};
+use crate::policy::{Bundle, Caller, PolicyState, minimise};
 use crate::tls::PeerIdentity;
 use crate::xml::facts::MessageFacts;
-use crate::xml::validate::{Expect, XmlRefusal, line_col, validate};
+use crate::xml::validate::{Expect, Outlined, XmlRefusal, line_col, validate, validate_outlined};
 use crate::xml::xsd::Schema;
 use crate::xml::{self, FaultText, SoapVersion};
 
@@ -355,7 +355,10 @@ impl Pipeline {
         }
         let expected: Vec<(&str, &str)> = route.reply_pairs(x.operation).into_iter().collect();
         let expect = Expect::Soap { operations: &expected, fault_ok };
-        match validate(&self.schema, &route.limits, &reply.body, expect) {
+        // The bundle whose minimisation applies: the reply is outlined as deep as its paths go.
+        let bundle = self.policy.current();
+        let fields = bundle.routes.minimise.get(x.operation).map(Vec::as_slice).unwrap_or_default();
+        match validate_outlined(&self.schema, &route.limits, &reply.body, expect, minimise::depth(fields)) {
             Ok(v) if fault_ok && v.operation != "Fault" => {
                 self.metrics
                     .upstream_errors
@@ -363,13 +366,13 @@ impl Pipeline {
                     .inc();
                 Outcome::Refused(Refusal::UpstreamInvalidResponse, format!("{name}: HTTP 500 without a SOAP Fault"))
             }
-            Ok(_) => {
+            Ok(v) => {
                 if x.operation == "RequestCertificate"
                     && let Some(id) = &x.facts.message_id
                 {
                     self.policy.forwarded.remember(id);
                 }
-                Outcome::Forwarded(self.minimise(x, reply))
+                Outcome::Forwarded(self.minimise(x, reply, &bundle, fields, &v.outline))
             }
             Err(e) => {
                 self.metrics
@@ -455,12 +458,20 @@ impl Pipeline {
     }
 
     /// Removes the reply fields the policy does not let flow back to this caller.
-    fn minimise(&self, x: &mut Exchange<'_>, mut reply: super::upstream::Reply) -> super::upstream::Reply {
-        let bundle = self.policy.current();
-        let Some(fields) = bundle.routes.minimise.get(x.operation) else {
+    /// Cuts the `fields` the caller may not receive out of the validated reply (`outline`: the
+    /// validator's, as deep as `fields` go).
+    fn minimise(
+        &self,
+        x: &mut Exchange<'_>,
+        mut reply: super::upstream::Reply,
+        bundle: &Bundle,
+        fields: &[String],
+        outline: &[Outlined],
+    ) -> super::upstream::Reply {
+        if fields.is_empty() {
             x.response_sha256 = Some(crate::tls::sha256_hex(&reply.body));
             return reply;
-        };
+        }
         let caller = x.caller.take().unwrap_or_else(|| Caller::from_peer(x.peer));
         let now = unix_now();
         let withheld: Vec<&str> = fields
@@ -468,7 +479,7 @@ impl Pipeline {
             .filter(|f| !bundle.may_receive(&caller, f, &x.facts, now).allowed)
             .map(String::as_str)
             .collect();
-        let (body, removed) = minimise::remove(&reply.body, &withheld);
+        let (body, removed) = minimise::cut(&reply.body, outline, &withheld);
         reply.body = body;
         x.removed = removed;
         x.response_sha256 = Some(crate::tls::sha256_hex(&reply.body));

@@ -1,138 +1,137 @@
 //! Data minimisation on replies: elements at the given paths below the reply element (e.g.
 //! `Holder/Address` inside `CheckIdentityResponse`) are cut out of the (already validated)
 //! reply. Only optional elements are listed for minimisation, so the reply stays valid.
+//!
+//! The validator outlines the reply as it reads it (names and spans of the elements down to
+//! the deepest path, [`depth`]): cutting needs no second reading of the reply.
 
 use bytes::Bytes;
-use quick_xml::Reader;
-use quick_xml::events::Event;
 
-/// Returns the reply without the elements at `paths`, and the paths actually removed.
-///
-/// One pass of quick-xml with no copy of names: per open element, the set (a bit mask) of the
-/// wanted paths whose steps so far match the elements open down to it.
-pub fn remove(body: &Bytes, paths: &[&str]) -> (Bytes, Vec<String>) {
-    if paths.is_empty() {
-        return (body.clone(), Vec::new());
-    }
-    if paths.len() > 64 {
-        // One mask holds 64 paths: the rest are cut from what the first 64 leave.
-        let (first, mut removed) = remove(body, &paths[..64]);
-        let (out, more) = remove(&first, &paths[64..]);
-        removed.extend(more);
-        return (out, removed);
-    }
-    let wanted: Vec<Vec<&[u8]>> = paths.iter().map(|p| p.split('/').map(str::as_bytes).collect()).collect();
-    let all: u64 = if wanted.len() == 64 { u64::MAX } else { (1u64 << wanted.len()) - 1 };
-    let mut reader = Reader::from_reader(&body[..]);
-    // Per open element: the paths still matching (the SOAP Envelope and Body and the reply
-    // element itself are above the paths: every path matches there).
-    let mut stack: Vec<u64> = Vec::new();
-    // Open elements above the paths: 3 in a SOAP Envelope, else 1 (the reply element).
-    let mut above = 1;
-    let mut cut: Vec<(usize, usize)> = Vec::new();
+use crate::xml::validate::Outlined;
+
+/// How deep below the reply element the outline must go for `paths`.
+pub fn depth<S: AsRef<str>>(paths: &[S]) -> usize {
+    paths.iter().map(|p| p.as_ref().split('/').count()).max().unwrap_or(0)
+}
+
+/// Returns the reply without the elements at `paths`, and the paths actually removed (in
+/// document order). `outline` is the validator's outline of `body` to at least
+/// [`depth`]`(paths)`.
+pub fn cut(body: &Bytes, outline: &[Outlined], paths: &[&str]) -> (Bytes, Vec<String>) {
     let mut removed = Vec::new();
-    let mut open_cut: Option<(usize, usize, usize)> = None; // (start offset, depth, path)
-    loop {
-        let start = reader.buffer_position() as usize;
-        let event = match reader.read_event() {
-            Ok(e) => e,
-            Err(_) => return (body.clone(), Vec::new()),
-        };
-        let (e, empty) = match event {
-            Event::Start(e) => (e, false),
-            Event::Empty(e) => (e, true),
-            Event::End(_) => {
-                if let Some((s, depth, w)) = open_cut
-                    && depth == stack.len()
-                {
-                    cut.push((s, reader.buffer_position() as usize));
-                    removed.push(paths[w].to_owned());
-                    open_cut = None;
-                }
-                stack.pop();
-                continue;
-            }
-            Event::Eof => break,
-            _ => continue,
-        };
-        if stack.is_empty() && e.local_name().as_ref() == b"Envelope" {
-            above = 3;
+    if paths.is_empty() {
+        return (body.clone(), removed);
+    }
+    // The names of the elements open down to the current one, by depth.
+    let mut open: Vec<&[u8]> = Vec::new();
+    let mut cuts: Vec<&std::ops::Range<usize>> = Vec::new();
+    for o in outline {
+        open.truncate(o.depth - 1);
+        open.push(body.get(o.name.clone()).unwrap_or_default());
+        if cuts.last().is_some_and(|c| o.span.start < c.end) {
+            continue; // inside an element already cut
         }
-        let parent = stack.last().copied().unwrap_or(all);
-        let step = stack.len().checked_sub(above);
-        let (mask, done) = match step {
-            None => (all, None),
-            Some(k) => {
-                let name = e.local_name();
-                let mut mask = 0u64;
-                let mut done = None;
-                for (i, w) in wanted.iter().enumerate() {
-                    if parent & (1 << i) != 0 && w.get(k) == Some(&name.as_ref()) {
-                        mask |= 1 << i;
-                        if w.len() == k + 1 && done.is_none() {
-                            done = Some(i);
-                        }
-                    }
-                }
-                (mask, done)
-            }
-        };
-        stack.push(mask);
-        if let (None, Some(w)) = (open_cut, done) {
-            if empty {
-                cut.push((start, reader.buffer_position() as usize));
-                removed.push(paths[w].to_owned());
-            } else {
-                open_cut = Some((start, stack.len(), w));
-            }
-        }
-        if empty {
-            stack.pop();
+        if let Some(p) = paths.iter().find(|p| p.split('/').map(str::as_bytes).eq(open.iter().copied())) {
+            cuts.push(&o.span);
+            removed.push((*p).to_owned());
         }
     }
-    if cut.is_empty() {
+    if cuts.is_empty() {
         return (body.clone(), removed);
     }
     let mut out = Vec::with_capacity(body.len());
-    let mut at = 0;
-    for (s, e) in cut {
-        out.extend_from_slice(&body[at..s]);
-        at = e;
+    let mut from = 0;
+    for c in cuts {
+        out.extend_from_slice(&body[from..c.start]);
+        from = c.end;
     }
-    out.extend_from_slice(&body[at..]);
+    out.extend_from_slice(&body[from..]);
     (Bytes::from(out), removed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::xml::firewall::Limits;
+    use crate::xml::validate::{Expect, validate_outlined};
+    use crate::xml::xsd::Schema;
+
+    const HOLDER: &str = "<Holder><Surname>NOVAKOVA</Surname><GivenNames>JANA</GivenNames><DateOfBirth>1980-02-29</DateOfBirth>\
+        <Nationality>CZE</Nationality><PlaceOfBirth>BRNO</PlaceOfBirth><Address>Namesti Svobody 1</Address></Holder>";
+
+    fn reply(prefix: &str, holder: &str) -> Bytes {
+        Bytes::from(format!(
+            "{prefix}<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body>\
+             <CheckIdentityResponse xmlns=\"urn:spocgw:bio:1\"><MessageID>6f1c1c4e-3f0a-4d53-9a43-2b5c1e0f9a01</MessageID>\
+             <Timestamp>2026-11-23T10:00:00Z</Timestamp><DocumentStatus>VALID</DocumentStatus>{holder}\
+             </CheckIdentityResponse></s:Body></s:Envelope>"
+        ))
+    }
+
+    /// Validates (outlined for `paths`), cuts, and checks the result is still valid.
+    fn minimised(body: &Bytes, paths: &[&str]) -> (String, Vec<String>) {
+        let schema = Schema::embedded().unwrap();
+        let ops = [("urn:spocgw:bio:1", "CheckIdentityResponse")];
+        let expect = Expect::Soap { operations: &ops, fault_ok: false };
+        let v = validate_outlined(&schema, &Limits::default(), body, expect, depth(paths)).unwrap();
+        let (out, removed) = cut(body, &v.outline, paths);
+        validate_outlined(&schema, &Limits::default(), &out, expect, 0).unwrap();
+        (String::from_utf8(out.to_vec()).unwrap(), removed)
+    }
 
     #[test]
     fn cuts_the_named_elements_only() {
-        let body = Bytes::from_static(b"<s:Envelope xmlns:s=\"x\"><s:Body><R xmlns=\"u\"><DocumentStatus>VALID</DocumentStatus><Holder><Surname>A</Surname><PlaceOfBirth>B</PlaceOfBirth><Address>Street 1</Address></Holder></R></s:Body></s:Envelope>");
-        let (out, removed) = remove(&body, &["Holder/Address"]);
-        let text = String::from_utf8(out.to_vec()).unwrap();
-        assert!(!text.contains("Street") && text.contains("<PlaceOfBirth>B</PlaceOfBirth>"), "{text}");
+        let body = reply("", HOLDER);
+        let (text, removed) = minimised(&body, &["Holder/Address"]);
+        assert!(!text.contains("Svobody") && text.contains("<PlaceOfBirth>BRNO</PlaceOfBirth>"), "{text}");
+        assert_eq!(text, String::from_utf8(body.to_vec()).unwrap().replace("<Address>Namesti Svobody 1</Address>", ""));
         assert_eq!(removed, vec!["Holder/Address"]);
-        let (out, removed) = remove(&body, &["Holder/Address", "Holder/PlaceOfBirth"]);
-        assert!(!String::from_utf8(out.to_vec()).unwrap().contains("PlaceOfBirth"));
-        assert_eq!(removed.len(), 2);
-        let (_, removed) = remove(&body, &["Address"]);
+        // Removed in document order, whatever the order asked.
+        let (text, removed) = minimised(&body, &["Holder/Address", "Holder/PlaceOfBirth"]);
+        assert!(!text.contains("PlaceOfBirth") && !text.contains("Address"), "{text}");
+        assert_eq!(removed, vec!["Holder/PlaceOfBirth", "Holder/Address"]);
+        // A path names elements from the reply element down: `Address` alone is not there.
+        let (text, removed) = minimised(&body, &["Address", "Surname"]);
+        assert_eq!(text.as_bytes(), &body[..]);
         assert!(removed.is_empty());
-        // Outside an Envelope the reply element is the root; an empty element is cut too.
-        let bare = Bytes::from_static(b"<R><Holder><Address/><Surname>A</Surname></Holder><Address>x</Address></R>");
-        let (out, removed) = remove(&bare, &["Holder/Address", "Holder/Surname"]);
-        assert_eq!(&out[..], b"<R><Holder></Holder><Address>x</Address></R>");
-        assert_eq!(removed, vec!["Holder/Address", "Holder/Surname"]);
-        let (out, removed) = remove(&bare, &["Holder"]);
-        assert_eq!(&out[..], b"<R><Address>x</Address></R>");
+        // A whole element, and what is inside it with it (once).
+        let (text, removed) = minimised(&body, &["Holder/Surname", "Holder", "Holder/Address"]);
+        assert!(!text.contains("Holder") && text.contains("</DocumentStatus></CheckIdentityResponse>"), "{text}");
         assert_eq!(removed, vec!["Holder"]);
-        // More paths than one mask holds.
+        // Nothing asked, or nothing there.
+        assert_eq!(minimised(&body, &[]).0.as_bytes(), &body[..]);
+        let bare = reply("", "");
+        assert_eq!(minimised(&bare, &["Holder/Address"]), (String::from_utf8(bare.to_vec()).unwrap(), vec![]));
+    }
+
+    #[test]
+    fn offsets_hold_after_a_byte_order_mark_and_past_64_paths() {
+        let body = reply("\u{feff}", HOLDER);
+        let (text, removed) = minimised(&body, &["Holder/Address"]);
+        assert!(text.starts_with('\u{feff}') && !text.contains("Svobody") && text.contains("</Holder>"), "{text}");
+        assert_eq!(removed, vec!["Holder/Address"]);
         let mut many: Vec<String> = (0..70).map(|i| format!("Holder/F{i}")).collect();
-        many.push("Address".into());
+        many.push("Holder/PlaceOfBirth".into());
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
-        let (out, removed) = remove(&bare, &many);
-        assert_eq!(&out[..], b"<R><Holder><Address/><Surname>A</Surname></Holder></R>");
-        assert_eq!(removed, vec!["Address"]);
+        let (text, removed) = minimised(&reply("", HOLDER), &many);
+        assert!(!text.contains("BRNO"), "{text}");
+        assert_eq!(removed, vec!["Holder/PlaceOfBirth"]);
+    }
+
+    #[test]
+    fn the_outline_goes_as_deep_as_asked() {
+        let body = reply("", HOLDER);
+        let schema = Schema::embedded().unwrap();
+        let ops = [("urn:spocgw:bio:1", "CheckIdentityResponse")];
+        let expect = Expect::Soap { operations: &ops, fault_ok: false };
+        let v = validate_outlined(&schema, &Limits::default(), &body, expect, 1).unwrap();
+        assert_eq!(v.outline.len(), 4);
+        assert!(v.outline.iter().all(|o| o.depth == 1));
+        assert_eq!(&body[v.outline[3].name.clone()], b"Holder");
+        assert_eq!(&body[v.outline[3].span.clone()], HOLDER.as_bytes());
+        let v = validate_outlined(&schema, &Limits::default(), &body, expect, 2).unwrap();
+        assert_eq!(v.outline.iter().map(|o| o.depth).collect::<Vec<_>>(), [1, 1, 1, 1, 2, 2, 2, 2, 2, 2]);
+        assert!(validate_outlined(&schema, &Limits::default(), &body, expect, 0).unwrap().outline.is_empty());
+        assert_eq!(depth(&["Holder/Address", "A/B/C", "D"]), 3);
     }
 }

@@ -73,7 +73,7 @@ impl Run<'_> {
         if matches!(state, ContentState::Text) {
             self.text_buf.clear();
         }
-        Ok(Frame::Element(ElementFrame { decl, state, text_len: 0, format: None }))
+        Ok(Frame::Element(ElementFrame { decl, outlined: None, state, text_len: 0, format: None }))
     }
 
     pub(super) fn text(&mut self, offset: usize, s: &[u8]) -> Result<(), XmlRefusal> {
@@ -124,7 +124,8 @@ impl Run<'_> {
         Ok(())
     }
 
-    pub(super) fn end(&mut self, offset: usize) -> Result<(), XmlRefusal> {
+    /// An element ends: its end tag is at `offset`, and ends at `after`.
+    pub(super) fn end(&mut self, offset: usize, after: usize) -> Result<(), XmlRefusal> {
         self.child_counts.pop();
         let Some(frame) = self.stack.pop() else {
             return Err(XmlRefusal::Malformed { offset, reason: "unbalanced end tag".into() });
@@ -144,7 +145,12 @@ impl Run<'_> {
                 }
             }
             Frame::Header | Frame::Skip => {}
-            Frame::Element(f) => self.end_element(offset, f)?,
+            Frame::Element(f) => {
+                if let Some(i) = f.outlined {
+                    self.outline[i].span.end = after + self.skipped;
+                }
+                self.end_element(offset, f)?
+            }
         }
         Ok(())
     }

@@ -8,6 +8,7 @@
 //! `max_text_bytes`; base64 fields are never buffered.
 
 use std::collections::HashSet;
+use std::ops::Range;
 
 mod elements;
 
@@ -80,6 +81,21 @@ pub struct Validated {
     pub namespace: String,
     pub operation: String,
     pub facts: MessageFacts,
+    /// The elements below the operation element down to the depth asked for
+    /// ([`validate_outlined`]), in document order: what data minimisation cuts, without
+    /// reading the message again.
+    pub outline: Vec<Outlined>,
+}
+
+/// An element of a validated message's outline. Offsets are into the message as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outlined {
+    /// 1 for a child of the operation element, 2 for a grandchild...
+    pub depth: usize,
+    /// The element's local name.
+    pub name: Range<usize>,
+    /// From its start tag to the end of its end tag.
+    pub span: Range<usize>,
 }
 
 enum Frame {
@@ -98,6 +114,8 @@ enum Frame {
 
 struct ElementFrame {
     decl: usize,
+    /// Its entry in the outline, if it has one.
+    outlined: Option<usize>,
     state: ContentState,
     text_len: usize,
     /// The `Format` recorded from a child, for sniffing a sibling `Data`.
@@ -137,10 +155,29 @@ struct Run<'s> {
     /// The first validity error. Reading goes on with the firewall only, so that a message
     /// that is also hostile or not well-formed further on is refused for that instead.
     failed: Option<XmlRefusal>,
+    /// Bytes before `doc` in the message (a byte order mark).
+    skipped: usize,
+    /// How deep below the operation element the outline goes (0: no outline).
+    outline_depth: usize,
+    /// Where the operation element is on the stack.
+    operation_at: Option<usize>,
+    outline: Vec<Outlined>,
 }
 
 /// Validates `body` against `schema` under `limits`.
 pub fn validate(schema: &Schema, limits: &Limits, body: &[u8], expect: Expect<'_>) -> Result<Validated, XmlRefusal> {
+    validate_outlined(schema, limits, body, expect, 0)
+}
+
+/// Validates, and outlines the elements down to `depth` below the operation element.
+pub fn validate_outlined(
+    schema: &Schema,
+    limits: &Limits,
+    body: &[u8],
+    expect: Expect<'_>,
+    depth: usize,
+) -> Result<Validated, XmlRefusal> {
+    let whole = body.len();
     if body.len() > limits.max_message_bytes {
         return Err(XmlRefusal::Threat { offset: limits.max_message_bytes, breach: Breach::MessageBytes });
     }
@@ -170,6 +207,10 @@ pub fn validate(schema: &Schema, limits: &Limits, body: &[u8], expect: Expect<'_
         root_done: false,
         failed: None,
         text_buf: String::new(),
+        skipped: whole - text.len(),
+        outline_depth: depth,
+        operation_at: None,
+        outline: Vec::new(),
     };
     run.go(expect)
 }
@@ -279,12 +320,12 @@ impl<'s> Run<'s> {
                     }
                     self.settle(r)?;
                     if empty {
-                        let r = self.end(offset);
+                        let r = self.end(offset, reader.buffer_position() as usize);
                         self.settle(r)?;
                     }
                 }
                 Event::End(_) => {
-                    let r = self.end(offset);
+                    let r = self.end(offset, reader.buffer_position() as usize);
                     self.settle(r)?;
                 }
                 Event::Eof => break,
@@ -307,7 +348,32 @@ impl<'s> Run<'s> {
                 return Err(XmlRefusal::Invalid { offset: *offset, reason: format!("IDREF {r:?} names no ID") });
             }
         }
-        Ok(Validated { version: self.version, namespace, operation, facts: std::mem::take(&mut self.facts) })
+        Ok(Validated {
+            version: self.version,
+            namespace,
+            operation,
+            facts: std::mem::take(&mut self.facts),
+            outline: std::mem::take(&mut self.outline),
+        })
+    }
+
+    /// Gives a declared element about to be pushed its place in the outline, if it is deep
+    /// enough below the operation element (the first declared element pushed).
+    fn outline_element(&mut self, f: &mut ElementFrame, offset: usize, local: &str) -> Result<(), XmlRefusal> {
+        let at = self.stack.len();
+        let depth = at - *self.operation_at.get_or_insert(at);
+        if depth == 0 || depth > self.outline_depth {
+            return Ok(());
+        }
+        // The name is a slice of the message (quick-xml reads from it).
+        let start = (local.as_ptr() as usize).wrapping_sub(self.doc.as_ptr() as usize);
+        if self.doc.get(start..start.wrapping_add(local.len())).map(str::as_ptr) != Some(local.as_ptr()) {
+            return Self::invalid(offset, "internal: element name outside the message");
+        }
+        let name = start + self.skipped..start + self.skipped + local.len();
+        f.outlined = Some(self.outline.len());
+        self.outline.push(Outlined { depth, name, span: offset + self.skipped..offset + self.skipped });
+        Ok(())
     }
 
     fn push(&mut self, frame: Frame) {
@@ -423,7 +489,7 @@ impl<'s> Run<'s> {
             return Ok(());
         }
         let schema = self.schema;
-        let frame = match self.stack.last_mut() {
+        let mut frame = match self.stack.last_mut() {
             None => {
                 if self.root_done {
                     return Err(XmlRefusal::Malformed { offset, reason: "content after the root element".into() });
@@ -571,6 +637,9 @@ impl<'s> Run<'s> {
                 self.element_frame(reader, offset, e, decl)?
             }
         };
+        if let Frame::Element(f) = &mut frame {
+            self.outline_element(f, offset, local)?;
+        }
         self.push(frame);
         Ok(())
     }
