@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aws_lc_rs::hmac;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
 use base64::Engine as _;
@@ -266,7 +267,8 @@ impl Job {
 pub struct Audit {
     core: Arc<Core>,
     durable_timeout: Duration,
-    pseudonym: Zeroizing<Vec<u8>>,
+    /// The HMAC key, its schedule computed once (aws-lc wipes it when dropped).
+    pseudonym: hmac::Key,
 }
 
 impl Drop for Audit {
@@ -317,6 +319,7 @@ impl Audit {
         checkpointer.write(size, &writer.tree.root()).map_err(|e| AuditError::NotDurable(e.to_string()))?;
         writer.checkpointed(size, checkpointer.every);
         let core = Core::start(writer, checkpointer, cfg.queue).map_err(|e| AuditError::NotDurable(e.to_string()))?;
+        let pseudonym = hmac::Key::new(hmac::HMAC_SHA256, &pseudonym);
         Ok(Arc::new(Audit { core, durable_timeout: Duration::from_millis(cfg.durable_timeout_ms), pseudonym }))
     }
 
@@ -371,13 +374,13 @@ impl Audit {
 
     /// HMAC-SHA256 of a document number under the pseudonymisation key, hex.
     pub fn pseudonym(&self, document_number: &str) -> String {
-        pseudonymise(&self.pseudonym, document_number)
+        crate::tls::hex(hmac::sign(&self.pseudonym, document_number.as_bytes()).as_ref())
     }
 }
 
+/// HMAC-SHA256 of `value` under `key`, hex (what [`Audit::pseudonym`] gives with its key).
 pub fn pseudonymise(key: &[u8], value: &str) -> String {
-    let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
-    crate::tls::hex(aws_lc_rs::hmac::sign(&k, value.as_bytes()).as_ref())
+    crate::tls::hex(hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), value.as_bytes()).as_ref())
 }
 
 pub fn load_signing_key(path: &Path) -> Result<EcdsaKeyPair, AuditError> {
@@ -407,6 +410,27 @@ pub fn load_pseudonym_key(path: &Path) -> Result<Zeroizing<Vec<u8>>, AuditError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The gateway's pseudonyms (key scheduled once) are the officers' tools' (key given each
+    /// time), and HMAC-SHA256 (RFC 4231, test case 1).
+    #[test]
+    fn pseudonyms_are_hmac_sha256_under_the_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = tmp.path().join("cp.key");
+        std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+        let cfg: AuditConfig = toml::from_str(&format!(
+            "dir = {:?}\ncheckpoint_key = {key:?}\npseudonym_key = \"unused\"",
+            tmp.path().join("log")
+        ))
+        .unwrap();
+        let secret = [0x0b; 20];
+        let audit = Audit::start_with(&cfg, Box::new(FileSigner::load(&key).unwrap()), Zeroizing::new(secret.to_vec()))
+            .unwrap();
+        let expected = "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7";
+        assert_eq!(audit.pseudonym("Hi There"), expected);
+        assert_eq!(pseudonymise(&secret, "Hi There"), expected);
+        assert_ne!(audit.pseudonym("Hi there"), expected);
+    }
 
     /// What the writer writes (prefix, its sequence number, the job's tail) is the record's
     /// canonical form at that sequence number, whatever number the record carried before.
