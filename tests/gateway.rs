@@ -526,3 +526,53 @@ async fn pooled_connections_the_ministry_closed_are_replaced() {
         assert!(after.iter().all(|s| matches!(s, Ok(200))), "{after:?}");
     }
 }
+
+/// More requests at once than the Ministry pool's connections: they wait for a connection
+/// (no connection beyond the bound is opened, none is closed after one exchange); one that
+/// waits longer than the connect timeout is refused 504 `UpstreamTimeout`, and the pool goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_upstream_pool_wait_for_a_connection() {
+    let mut w = World::new();
+    w.edit("ministry.toml", "latency_ms = 0", "latency_ms = 200");
+    w.edit(
+        "gateway.toml",
+        "[upstream.ministry]\n",
+        "[upstream.ministry]\npool_max_connections = 2\nconnect_timeout_ms = 1000\n",
+    );
+    w.start_ministry();
+    w.start_receiver();
+    w.start_gateway();
+    w.wait_ready();
+    let c = w.client("officer", false);
+    let status = |r: Result<spocgw::gateway::upstream::Reply, spocgw::gateway::upstream::UpstreamError>| match r {
+        Ok(r) => (r.status.as_u16(), fault_code(&r)),
+        Err(e) => (0, Some(e.to_string())),
+    };
+    // `n` requests at once, each on its own client connection.
+    let at_once = |n: usize| {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let c = c.clone();
+            set.spawn(async move {
+                let id = uuid::Uuid::new_v4().to_string();
+                let body = messages::envelope(SoapVersion::V11, &BioRequest::matching(&id, 1024).check_identity());
+                status(post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), body).await)
+            });
+        }
+        set.join_all()
+    };
+    let opened = |w: &World| metric(&w.metrics(), "spocgw_upstream_connections_opened_total{upstream=\"ministry\"}");
+    // Six at once through two connections, 200 ms each: three rounds, well within the second.
+    let six = at_once(6).await;
+    assert!(six.iter().all(|s| s.0 == 200), "{six:?}");
+    assert_eq!(opened(&w), 2.0);
+    // Twelve at once: six rounds of 200 ms; those still waiting after a second are refused.
+    let twelve = at_once(12).await;
+    let ok = twelve.iter().filter(|s| s.0 == 200).count();
+    let refused = twelve.iter().filter(|s| *s == &(504, Some("UpstreamTimeout".to_owned()))).count();
+    assert!(ok >= 2 && refused >= 1 && ok + refused == 12, "{twelve:?}");
+    assert_eq!(opened(&w), 2.0);
+    assert!(metric(&w.metrics(), "spocgw_upstream_errors_total{upstream=\"ministry\",kind=\"busy\"}") >= 1.0);
+    let after = at_once(1).await;
+    assert_eq!(after[0].0, 200, "{after:?}");
+}

@@ -84,6 +84,7 @@ pub struct Metrics {
     pub connections_parked: Family<ListenerLabels, Gauge>,
     pub upstream_errors: Family<UpstreamError, Counter>,
     pub upstream_up: Family<UpstreamLabels, Gauge>,
+    pub upstream_connections_opened: Family<UpstreamLabels, Counter>,
     pub in_flight: Gauge,
     pub policy_bundle: Family<BundleLabels, Gauge>,
     pub policy_reloads: Family<ResultLabels, Counter>,
@@ -140,6 +141,12 @@ impl Metrics {
         registry.register("upstream_errors", "Failed upstream exchanges by kind", upstream_errors.clone());
         let upstream_up = Family::<UpstreamLabels, Gauge>::default();
         registry.register("upstream_up", "1 when the upstream was reachable at the last attempt", upstream_up.clone());
+        let upstream_connections_opened = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "upstream_connections_opened",
+            "Connections opened to the upstream (TCP, mutual TLS); pooled ones carry many exchanges each",
+            upstream_connections_opened.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register("requests_in_flight", "Requests being processed", in_flight.clone());
         let policy_bundle = Family::<BundleLabels, Gauge>::default();
@@ -173,6 +180,7 @@ impl Metrics {
             connections_parked,
             upstream_errors,
             upstream_up,
+            upstream_connections_opened,
             in_flight,
         }
     }

@@ -167,6 +167,10 @@ pub struct UpstreamConfig {
     pub body_timeout_ms: u64,
     #[serde(default = "defaults::max_response_bytes")]
     pub max_response_bytes: usize,
+    /// HTTP/1.1 connections to this upstream at once (each carries one exchange at a time);
+    /// a request finding them all busy waits for one, up to `connect_timeout_ms`.
+    #[serde(default = "defaults::pool_max_connections")]
+    pub pool_max_connections: usize,
     #[serde(default = "defaults::pool_max_idle")]
     pub pool_max_idle: usize,
     #[serde(default = "defaults::pool_idle_timeout_ms")]
@@ -233,6 +237,9 @@ pub mod defaults {
     }
     pub fn max_response_bytes() -> usize {
         4 * 1024 * 1024
+    }
+    pub fn pool_max_connections() -> usize {
+        64
     }
     pub fn pool_max_idle() -> usize {
         64
@@ -432,6 +439,9 @@ impl UpstreamConfig {
         resolve_file(&mut self.cert, base, file, &format!("{table}.cert"))?;
         self.key.resolve(base, file, &format!("{table}.key"))?;
         self.uri().map_err(|p| ConfigError::new(file, format!("{table}.url"), p))?;
+        if self.pool_max_connections == 0 {
+            return Err(ConfigError::new(file, format!("{table}.pool_max_connections"), "must be at least 1"));
+        }
         Ok(())
     }
 
@@ -465,6 +475,7 @@ impl UpstreamConfig {
             response_timeout_ms: defaults::response_timeout_ms(),
             body_timeout_ms: defaults::response_timeout_ms(),
             max_response_bytes: defaults::max_response_bytes(),
+            pool_max_connections: defaults::pool_max_connections(),
             pool_max_idle: defaults::pool_max_idle(),
             pool_idle_timeout_ms: defaults::pool_idle_timeout_ms(),
         }
@@ -484,5 +495,21 @@ mod tests {
         assert!(e.contains("g.toml"), "{e}");
         let e2 = read_toml::<GatewayConfig>(&f).unwrap_err().to_string();
         assert!(e2.contains("bogus") && e2.contains("admin"), "{e2}");
+    }
+
+    #[test]
+    fn an_upstream_pool_of_no_connections_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = |n: &str| {
+            let p = dir.path().join(n);
+            std::fs::write(&p, "").unwrap();
+            p
+        };
+        let mut u = UpstreamConfig::client("https://127.0.0.1:1", &f("ca.pem"), &f("c.pem"), &f("c.key"));
+        let file = dir.path().join("gateway.toml");
+        assert!(u.resolve(dir.path(), &file, "upstream.ministry").is_ok());
+        u.pool_max_connections = 0;
+        let e = u.resolve(dir.path(), &file, "upstream.ministry").unwrap_err().to_string();
+        assert!(e.contains("upstream.ministry.pool_max_connections") && e.contains("at least 1"), "{e}");
     }
 }

@@ -172,6 +172,9 @@ impl Gateway {
         let mut background = vec![tokio::spawn(admin::serve(admin_tcp, admin.clone(), stopped.clone()))];
         background.push(tokio::spawn(watch_policy(policy.clone(), metrics.clone(), audit.clone(), stopped.clone())));
         for (name, u) in upstreams {
+            let opened =
+                metrics.upstream_connections_opened.get_or_create(&admin::metrics::UpstreamLabels { upstream: name });
+            u.count_connections(opened.clone());
             background.push(tokio::spawn(watch_upstream(name, u, metrics.clone(), stopped.clone())));
         }
         if let Some(t) = keys_tpm {

@@ -6,7 +6,7 @@
 //! The same client serves tools and tests that call the gateway as a police system would.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,6 +16,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -41,6 +42,8 @@ pub enum UpstreamError {
     Exchange(String),
     #[error("response body over {0} bytes")]
     TooLarge(usize),
+    #[error("all {0} connections busy for {1:?}")]
+    Busy(usize, Duration),
 }
 
 impl UpstreamError {
@@ -53,11 +56,13 @@ impl UpstreamError {
             UpstreamError::BodyTimeout(_) => "body_timeout",
             UpstreamError::Exchange(_) => "exchange",
             UpstreamError::TooLarge(_) => "too_large",
+            UpstreamError::Busy(..) => "busy",
         }
     }
 
+    /// The upstream did not answer in time (a busy pool: earlier exchanges did not finish).
     pub fn is_timeout(&self) -> bool {
-        matches!(self, UpstreamError::ResponseTimeout(_) | UpstreamError::BodyTimeout(_))
+        matches!(self, UpstreamError::ResponseTimeout(_) | UpstreamError::BodyTimeout(_) | UpstreamError::Busy(..))
     }
 
     /// True when the upstream could not be reached at all (as opposed to answering badly).
@@ -105,11 +110,23 @@ struct Inner {
 
 /// Idle HTTP/1.1 connections (one request at a time each) and at most one shared HTTP/2
 /// connection (many streams at once).
+///
+/// HTTP/1.1 connections are bounded: an exchange holds one of `slots` while it has a
+/// connection, and a connection is opened only under a slot when none is idle, so there are
+/// never more than `max_connections`. Requests beyond that wait for a slot: more requests at
+/// once than connections cost waiting, not a handshake each (with the key in a TPM, a signature
+/// each) and a connection closed after one exchange.
 struct Pool {
     idle: Mutex<Vec<(http1::SendRequest<Full<Bytes>>, Instant)>>,
     h2: Mutex<Option<http2::SendRequest<Full<Bytes>>>>,
+    slots: tokio::sync::Semaphore,
+    max_connections: usize,
+    /// How long a request waits for a slot.
+    slot_wait: Duration,
     max_idle: usize,
     idle_timeout: Duration,
+    /// Connections opened (counted into the gateway's metrics once attached).
+    opened: OnceLock<Counter>,
 }
 
 enum Sender {
@@ -165,12 +182,21 @@ impl Upstream {
                 pool: Pool {
                     idle: Mutex::new(Vec::new()),
                     h2: Mutex::new(None),
+                    slots: tokio::sync::Semaphore::new(cfg.pool_max_connections.max(1)),
+                    max_connections: cfg.pool_max_connections.max(1),
+                    slot_wait: Duration::from_millis(cfg.connect_timeout_ms),
                     max_idle: cfg.pool_max_idle,
                     idle_timeout: Duration::from_millis(cfg.pool_idle_timeout_ms),
+                    opened: OnceLock::new(),
                 },
                 health: AtomicU8::new(Health::Unknown as u8),
             }),
         })
+    }
+
+    /// Counts the connections opened from now on into `counter` (the gateway's metrics).
+    pub fn count_connections(&self, counter: Counter) {
+        let _ = self.inner.pool.opened.set(counter);
     }
 
     pub fn health(&self) -> Health {
@@ -217,7 +243,20 @@ impl Upstream {
     /// POSTs `body` to `path` with exactly `headers` (the caller has filtered them) and reads
     /// the whole reply within the deadlines and the size limit.
     pub async fn post(&self, path: &str, headers: HeaderMap, body: Bytes) -> Result<Reply, UpstreamError> {
-        let (mut sender, reused) = match self.checkout() {
+        let pool = &self.inner.pool;
+        // A shared HTTP/2 connection carries any number of exchanges; an HTTP/1.1 exchange
+        // first takes a slot (held until it is done).
+        let (_slot, checked_out) = match self.checkout_h2() {
+            Some(s) => (None, Some(s)),
+            None => {
+                let slot = match tokio::time::timeout(pool.slot_wait, pool.slots.acquire()).await {
+                    Ok(Ok(slot)) => slot,
+                    _ => return Err(UpstreamError::Busy(pool.max_connections, pool.slot_wait)),
+                };
+                (Some(slot), self.checkout())
+            }
+        };
+        let (mut sender, reused) = match checked_out {
             Some(s) => (s, true),
             None => (self.open().await?, false),
         };
@@ -245,14 +284,17 @@ impl Upstream {
         Ok(Reply { status, content_type, retry_after, request_id, body })
     }
 
-    /// An idle connection from the pool, if one is usable.
+    /// The shared HTTP/2 connection, if there is one that is open.
+    fn checkout_h2(&self) -> Option<Sender> {
+        let h2 = self.inner.pool.h2.lock().ok()?;
+        h2.as_ref().filter(|s| !s.is_closed()).map(|s| Sender::H2(s.clone()))
+    }
+
+    /// An idle connection from the pool, if one is usable (the caller holds a slot).
     fn checkout(&self) -> Option<Sender> {
         let pool = &self.inner.pool;
-        if let Ok(h2) = pool.h2.lock()
-            && let Some(s) = h2.as_ref()
-            && !s.is_closed()
-        {
-            return Some(Sender::H2(s.clone()));
+        if let Some(s) = self.checkout_h2() {
+            return Some(s);
         }
         let mut idle = pool.idle.lock().ok()?;
         while let Some((s, since)) = idle.pop() {
@@ -293,6 +335,9 @@ impl Upstream {
                 return Err(e);
             }
         };
+        if let Some(c) = self.inner.pool.opened.get() {
+            c.inc();
+        }
         let h2 = stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2);
         let io = TokioIo::new(stream);
         if h2 {
