@@ -573,6 +573,8 @@ async fn requests_beyond_the_upstream_pool_wait_for_a_connection() {
     assert!(ok >= 2 && refused >= 1 && ok + refused == 12, "{twelve:?}");
     assert_eq!(opened(&w), 2.0);
     assert!(metric(&w.metrics(), "spocgw_upstream_errors_total{upstream=\"ministry\",kind=\"busy\"}") >= 1.0);
+    // A busy pool says nothing of whether the Ministry is reachable.
+    assert_eq!(metric(&w.metrics(), "spocgw_upstream_up{upstream=\"ministry\"}"), 1.0);
     let after = at_once(1).await;
     assert_eq!(after[0].0, 200, "{after:?}");
 }

@@ -329,7 +329,10 @@ impl Pipeline {
             .upstream_duration
             .get_or_create(&UpstreamLabels { upstream: name })
             .observe(started.elapsed().as_secs_f64());
-        self.metrics.upstream_up.get_or_create(&UpstreamLabels { upstream: name }).set(i64::from(result.is_ok()));
+        // (A request that found every pooled connection busy made no attempt to reach it.)
+        if !matches!(result, Err(UpstreamError::Busy(..))) {
+            self.metrics.upstream_up.get_or_create(&UpstreamLabels { upstream: name }).set(i64::from(result.is_ok()));
+        }
         let reply = match result {
             Ok(r) => r,
             Err(e) => {
@@ -457,9 +460,9 @@ impl Pipeline {
         r
     }
 
-    /// Removes the reply fields the policy does not let flow back to this caller.
-    /// Cuts the `fields` the caller may not receive out of the validated reply (`outline`: the
-    /// validator's, as deep as `fields` go).
+    /// Removes the reply fields the policy does not let flow back to this caller: those of
+    /// `fields` it may not receive, cut from the validated reply by the validator's `outline`
+    /// (as deep as `fields` go).
     fn minimise(
         &self,
         x: &mut Exchange<'_>,
