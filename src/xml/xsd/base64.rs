@@ -48,6 +48,23 @@ const B64: [u8; 256] = {
     t
 };
 
+/// Bytes the bulk of a value is checked in at once.
+const BLOCK: usize = 64;
+
+/// True when every byte of `block` is a base64 alphabet character: range comparisons with no
+/// table lookup, which the compiler turns into vector instructions (16 bytes each with the
+/// baseline x86-64 instruction set): about twice the speed of eight bytes at a time.
+#[inline]
+fn all_base64_block(block: &[u8]) -> bool {
+    block.iter().fold(true, |ok, &b| {
+        ok & ((b.wrapping_sub(b'A') < 26)
+            | (b.wrapping_sub(b'a') < 26)
+            | (b.wrapping_sub(b'0') < 10)
+            | (b == b'+')
+            | (b == b'/'))
+    })
+}
+
 /// True when all eight bytes of `x` are base64 alphabet characters (SWAR: each byte's high
 /// bit collects "in one of the ranges A-Z, a-z, 0-9, +, /").
 #[inline]
@@ -86,6 +103,14 @@ impl Base64Check {
             // stray byte interrupts; one at a time otherwise.
             let (mut chars, mut last) = (0u64, self.last);
             while j < rest.len() {
+                if let Some(block) = rest.get(j..j + BLOCK)
+                    && all_base64_block(block)
+                {
+                    chars += BLOCK as u64;
+                    last = B64[usize::from(block[BLOCK - 1])];
+                    j += BLOCK;
+                    continue;
+                }
                 if j + 8 <= rest.len() {
                     let mut word = [0u8; 8];
                     word.copy_from_slice(&rest[j..j + 8]);
@@ -163,5 +188,48 @@ impl Base64Check {
             _ => {}
         }
         Some(self.chars / 4 * 3 - u64::from(self.pad))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    fn check(pieces: &[&[u8]]) -> (Option<u64>, Vec<u8>) {
+        let mut c = Base64Check::default();
+        for p in pieces {
+            c.feed(p);
+        }
+        (c.finish(), c.prefix.clone())
+    }
+
+    /// Long values go through the 64-byte blocks: any piece sizes, any byte changed at any
+    /// position of a block, give what a decoder says.
+    #[test]
+    fn blocks_agree_with_a_decoder() {
+        let data: Vec<u8> = (0..3000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let text = base64::engine::general_purpose::STANDARD.encode(&data).into_bytes();
+        for size in [1, 7, 8, 63, 64, 65, 100, 1000, text.len()] {
+            let pieces: Vec<&[u8]> = text.chunks(size).collect();
+            assert_eq!(check(&pieces), (Some(3000), data[..SNIFF_BYTES].to_vec()), "pieces of {size}");
+        }
+        let decoder = base64::engine::general_purpose::STANDARD;
+        for at in (100..260).chain(text.len() - 70..text.len()) {
+            for b in [b'*', b'-', b'=', b' ', b'\n', 0, 0x7f, 0x80, 0xff, b'@', b'[', b'`', b'{', b':'] {
+                let mut t = text.clone();
+                t[at] = b;
+                let stripped: Vec<u8> = t.iter().copied().filter(|c| !b" \t\r\n".contains(c)).collect();
+                let expected = match decoder.decode(&stripped) {
+                    Ok(d) if !b" \t\r\n".contains(&b) => Some(d.len() as u64),
+                    _ => None,
+                };
+                assert_eq!(check(&[&t]).0, expected, "byte {b:#x} at {at}");
+            }
+            // Whitespace between characters is allowed anywhere.
+            let mut t = text.clone();
+            t.insert(at, b' ');
+            assert_eq!(check(&[&t]).0, Some(3000), "space at {at}");
+        }
     }
 }
