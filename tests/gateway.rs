@@ -529,7 +529,7 @@ async fn pooled_connections_the_ministry_closed_are_replaced() {
 
 /// More requests at once than the Ministry pool's connections: they wait for a connection
 /// (no connection beyond the bound is opened, none is closed after one exchange); one that
-/// waits longer than the connect timeout is refused 504 `UpstreamTimeout`, and the pool goes on.
+/// waits longer than the response timeout is refused 504 `UpstreamTimeout`, and the pool goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_the_upstream_pool_wait_for_a_connection() {
     let mut w = World::new();
@@ -537,7 +537,7 @@ async fn requests_beyond_the_upstream_pool_wait_for_a_connection() {
     w.edit(
         "gateway.toml",
         "[upstream.ministry]\n",
-        "[upstream.ministry]\npool_max_connections = 2\nconnect_timeout_ms = 1000\n",
+        "[upstream.ministry]\npool_max_connections = 2\nresponse_timeout_ms = 1000\n",
     );
     w.start_ministry();
     w.start_receiver();

@@ -168,7 +168,8 @@ pub struct UpstreamConfig {
     #[serde(default = "defaults::max_response_bytes")]
     pub max_response_bytes: usize,
     /// HTTP/1.1 connections to this upstream at once (each carries one exchange at a time);
-    /// a request finding them all busy waits for one, up to `connect_timeout_ms`.
+    /// a request finding them all busy waits for one, up to `response_timeout_ms` (it waits on
+    /// earlier exchanges with the upstream).
     #[serde(default = "defaults::pool_max_connections")]
     pub pool_max_connections: usize,
     #[serde(default = "defaults::pool_max_idle")]

@@ -184,7 +184,7 @@ impl Upstream {
                     h2: Mutex::new(None),
                     slots: tokio::sync::Semaphore::new(cfg.pool_max_connections.max(1)),
                     max_connections: cfg.pool_max_connections.max(1),
-                    slot_wait: Duration::from_millis(cfg.connect_timeout_ms),
+                    slot_wait: Duration::from_millis(cfg.response_timeout_ms),
                     max_idle: cfg.pool_max_idle,
                     idle_timeout: Duration::from_millis(cfg.pool_idle_timeout_ms),
                     opened: OnceLock::new(),
