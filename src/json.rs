@@ -41,7 +41,7 @@ impl Out for Vec<u8> {
 pub fn string<O: Out>(out: &mut O, s: &str) {
     if needs_escape(s.as_bytes()) {
         out.put("\"");
-        escape_into(out, s);
+        escape_all(out, s);
         out.put("\"");
     } else {
         out.quoted(s);
@@ -51,11 +51,16 @@ pub fn string<O: Out>(out: &mut O, s: &str) {
 /// `s` escaped for the inside of a JSON string: `"`, `\` and control characters, as serde_json
 /// writes them (`\n`, `\u001f`); everything else, non-ASCII included, as it is.
 pub fn escape_into<O: Out>(out: &mut O, s: &str) {
-    let special = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
-    if !needs_escape(s.as_bytes()) {
+    if needs_escape(s.as_bytes()) {
+        escape_all(out, s);
+    } else {
         out.put(s);
-        return;
     }
+}
+
+/// [`escape_into`] once `s` is known to hold something to escape.
+fn escape_all<O: Out>(out: &mut O, s: &str) {
+    let special = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut from = 0;
     for (i, b) in s.bytes().enumerate() {

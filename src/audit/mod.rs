@@ -374,13 +374,17 @@ impl Audit {
 
     /// HMAC-SHA256 of a document number under the pseudonymisation key, hex.
     pub fn pseudonym(&self, document_number: &str) -> String {
-        crate::tls::hex(hmac::sign(&self.pseudonym, document_number.as_bytes()).as_ref())
+        pseudonym_under(&self.pseudonym, document_number)
     }
 }
 
 /// HMAC-SHA256 of `value` under `key`, hex (what [`Audit::pseudonym`] gives with its key).
 pub fn pseudonymise(key: &[u8], value: &str) -> String {
-    crate::tls::hex(hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), value.as_bytes()).as_ref())
+    pseudonym_under(&hmac::Key::new(hmac::HMAC_SHA256, key), value)
+}
+
+fn pseudonym_under(key: &hmac::Key, value: &str) -> String {
+    crate::tls::hex(hmac::sign(key, value.as_bytes()).as_ref())
 }
 
 pub fn load_signing_key(path: &Path) -> Result<EcdsaKeyPair, AuditError> {
