@@ -34,9 +34,12 @@ deps:
 
 # The side-by-side benchmark also needs nginx (not needed by the tests).
 bench-deps: deps
-	@command -v nginx >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light; \
-	  else echo "missing nginx; run: sudo apt-get install -y nginx-light"; exit 1; fi; }
+	@missing=""; \
+	command -v nginx >/dev/null 2>&1 || missing="$$missing nginx-light"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	[ -z "$$missing" ] || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else echo "missing:$$missing; run: sudo apt-get install -y$$missing"; exit 1; fi; }
 
 demo: deps
 	$(CARGO) run --quiet --locked -- demo

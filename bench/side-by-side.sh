@@ -97,7 +97,8 @@ EOF
 $B sim ministry --config "$P/ministry.toml" 2>"$W/ministry.log" & PIDS+=($!)
 $B serve --config "$P/gateway.toml" 2>"$W/full.log" & PIDS+=($!); FULL_PID=$!
 $B serve --config "$P/gateway-bare.toml" 2>"$W/bare.log" & PIDS+=($!); BARE_PID=$!
-$B serve --config "$P/gateway-mem.toml" 2>"$W/fullmem.log" & PIDS+=($!)
+$B serve --config "$P/gateway-mem.toml" 2>"$W/fullmem.log" & PIDS+=($!); FULLMEM_PID=$!
+MIN_PID=${PIDS[0]}
 nginx -p "$PWD/$W/nginx" -c "$PWD/$W/nginx/nginx.conf"
 for a in "$GA" "$BA" "$FA"; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$a/readyz" >/dev/null && break; sleep 0.1; done
@@ -115,18 +116,37 @@ load() { local t=$1; shift; # shellcheck disable=SC2046
   $L --url "$(url "$t")" $(creds "$t") --duration "$DUR" "$@" 2>>"$W/load.err" || echo "req_per_s=0 p99_ms=0 errors=failed"; }
 field() { sed -E "s/.*$1=([^ ]+).*/\1/" <<<"$2"; }
 
-declare -A RPS P99 ERR
-# scenario NAME TARGETS ARGS...: alternates targets ROUNDS times, keeps the best req/s.
+# CPU time (clock ticks) of processes, all their threads; the machine's idle and iowait ticks
+cpu_ticks() { local total=0; for p in "$@"; do
+  total=$((total + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo $total; }
+idle_ticks() { awk '/^cpu /{print $5+$6}' /proc/stat; }
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+pids_of() { case $1 in nginx) echo "$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')";; full) echo "$FULL_PID";;
+  bare) echo "$BARE_PID";; fullmem) echo "$FULLMEM_PID";; direct) echo "";; esac; }
+
+declare -A RPS P99 ERR CPU MCPU REST IDLEPCT
+# scenario NAME TARGETS ARGS...: alternates targets ROUNDS times, keeps the best req/s, and
+# for that round the CPU each process spent per request.
 scenario() {
   local name=$1 targets=$2; shift 2
   for t in $targets; do RPS[$name/$t]=0; P99[$name/$t]=0; ERR[$name/$t]=0; done
   for _ in $(seq "$ROUNDS"); do
     for t in $targets; do
+      # shellcheck disable=SC2046
+      local t0 m0 i0 w0; t0=$(cpu_ticks $(pids_of "$t")); m0=$(cpu_ticks "$MIN_PID"); i0=$(idle_ticks); w0=$(date +%s%N)
       local line; line=$(load "$t" "$@")
+      # shellcheck disable=SC2046
+      local t1 m1 i1 w1; t1=$(cpu_ticks $(pids_of "$t")); m1=$(cpu_ticks "$MIN_PID"); i1=$(idle_ticks); w1=$(date +%s%N)
       echo "  $name $t: $line" >&2
-      local r; r=$(field req_per_s "$line")
+      local r n; r=$(field req_per_s "$line"); n=$(field requests "$line")
       if awk -v a="$r" -v b="${RPS[$name/$t]}" 'BEGIN{exit !(a>b)}'; then
         RPS[$name/$t]=$r; P99[$name/$t]=$(field p99_ms "$line"); ERR[$name/$t]=$(field errors "$line")
+        # per request: the target, the Ministry, the rest of the machine's busy time (load
+        # generator, kernel work outside these processes); idle share of all cores
+        read -r CPU[$name/$t] MCPU[$name/$t] REST[$name/$t] IDLEPCT[$name/$t] < <(awk -v t="$((t1 - t0))" \
+          -v m="$((m1 - m0))" -v i="$((i1 - i0))" -v w="$(( (w1 - w0) / 1000 ))" -v n="$n" -v u="$TICK_US" -v c="$(nproc)" \
+          'BEGIN{ if (n+0 == 0) { print "n/a n/a n/a n/a"; exit }
+                  busy = c*w - i*u; printf "%.1f %.1f %.1f %.0f\n", t*u/n, m*u/n, (busy - (t+m)*u)/n, 100*i*u/(c*w) }')
       fi
     done
   done
@@ -137,7 +157,6 @@ scenario() {
 # those still open, IDLE more: the marginal cost of an idle connection.
 rss_kb() { local total=0; for p in "$@"; do
   total=$((total + $(awk '/^VmRSS/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo $total; }
-pids_of() { case $1 in nginx) echo "$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')";; full) echo "$FULL_PID";; bare) echo "$BARE_PID";; esac; }
 declare -A PERCONN MARGINAL
 # open_idle TARGET FILE HOLD: opens IDLE connections in the background, returns when all are open
 open_idle() { # shellcheck disable=SC2046
@@ -158,6 +177,9 @@ for t in nginx full bare; do
   echo "  idle $t: rss ${before} KB -> ${during} KB -> ${more} KB with $(cat "$W/idle-$t.out") then $(cat "$W/idle2-$t.out")" >&2
 done
 
+# SHA-256 throughput of this CPU (MB/s), for the report's floor
+SHA_MBS=$(openssl speed -evp sha256 -bytes 16384 -seconds 1 2>/dev/null | awk '$1 == "sha256" { sub(/k$/, "", $2); printf "%.0f", $2 / 1000 }')
+SHA_MBS=${SHA_MBS:-0}
 ALL="direct nginx full bare"
 echo "side-by-side: ${DUR}s runs, $ROUNDS rounds alternating, concurrency $CONC" >&2
 scenario ka3k "$ALL fullmem" --sample identity:3000 --concurrency "$CONC"
@@ -201,6 +223,27 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2fx", a/b; else pri
   done
   echo
   echo "Goal 'spocgw full vs bare >= 0.85x' is the full/bare column of the keep-alive rows."
+  echo
+  echo "Where the CPU goes (the best rounds above): microseconds of CPU per request of the target's processes (nginx: master and workers), of the simulated Ministry, and of the rest of the machine's busy time (the load generator, kernel work outside these processes), and the share of both cores left idle:"
+  echo
+  echo "| scenario | target | req/s | target us/req | Ministry us/req | rest us/req | idle |"
+  echo "|---|---|---|---|---|---|---|"
+  for k in ka3k ka50k; do for t in direct nginx full fullmem bare; do
+    echo "| $k | $t | ${RPS[$k/$t]} | ${CPU[$k/$t]} | ${MCPU[$k/$t]} | ${REST[$k/$t]} | ${IDLEPCT[$k/$t]}% |"
+  done; done
+  echo
+  echo "What the goals leave the gateway: the load generator and the Ministry do the same work per request whoever sits between them, so (taking their CPU per request as in the comparison's run, which favours full: its measured rest is higher, and it leaves more idle) full serves as many requests a second as nginx only if its CPU per request is at most nginx's, and 0.85x of bare only if at most bare's whole-machine CPU per request / 0.85 minus bare's Ministry and rest. The floor is bare's CPU per request plus SHA-256 of the request body alone, which the audit record must carry (SHA-256 on this CPU: ${SHA_MBS} MB/s, \`openssl speed -evp sha256\`); validation, policy, the durable record and the reply's digest must fit in what is left:"
+  echo
+  echo "| scenario | budget vs nginx us/req | budget vs 0.85x bare us/req | floor: bare + SHA-256 of body us/req | left for validation, policy, audit vs nginx / vs bare | full now us/req |"
+  echo "|---|---|---|---|---|---|"
+  for s in ka3k:3000 ka50k:50000; do
+    k=${s%%:*}; size=${s##*:}
+    awk -v nt="${CPU[$k/nginx]}" -v bt="${CPU[$k/bare]}" -v bm="${MCPU[$k/bare]}" -v br="${REST[$k/bare]}" \
+      -v ft="${CPU[$k/full]}" -v size="$size" -v mbs="$SHA_MBS" -v k="$k" 'BEGIN{
+        if (mbs+0 == 0 || nt == "n/a" || bt == "n/a" || ft == "n/a") { printf "| %s | n/a | n/a | n/a | n/a | %s |\n", k, ft; exit }
+        sha = size / mbs; floor = bt + sha; bb = (bt + bm + br) / 0.85 - bm - br
+        printf "| %s | %.1f | %.1f | %.1f (%.1f + %.1f) | %.1f / %.1f | %.1f |\n", k, nt, bb, floor, bt, sha, nt - floor, bb - floor, ft }'
+  done
   # The XSD and audit figures of the same `make bench` (written just before this script).
   for part in "xsd:XSD validation against xmllint (bench/xsd.sh)" "audit:Audit log (cargo bench --bench audit)"; do
     f=bench/results/${part%%:*}.txt
