@@ -178,7 +178,7 @@ for t in nginx full bare; do
 done
 
 # SHA-256 throughput of this CPU (MB/s), for the report's floor
-SHA_MBS=$(openssl speed -evp sha256 -bytes 16384 -seconds 1 2>/dev/null | awk '$1 == "sha256" { sub(/k$/, "", $2); printf "%.0f", $2 / 1000 }')
+SHA_MBS=$(openssl speed -evp sha256 -bytes 16384 -seconds 1 2>/dev/null | awk '$1 == "sha256" { sub(/k$/, "", $2); printf "%.0f", $2 / 1000 }' || true)
 SHA_MBS=${SHA_MBS:-0}
 ALL="direct nginx full bare"
 echo "side-by-side: ${DUR}s runs, $ROUNDS rounds alternating, concurrency $CONC" >&2
