@@ -94,11 +94,10 @@ http {
 }
 EOF
 
-$B sim ministry --config "$P/ministry.toml" 2>"$W/ministry.log" & PIDS+=($!)
+$B sim ministry --config "$P/ministry.toml" 2>"$W/ministry.log" & PIDS+=($!); MIN_PID=$!
 $B serve --config "$P/gateway.toml" 2>"$W/full.log" & PIDS+=($!); FULL_PID=$!
 $B serve --config "$P/gateway-bare.toml" 2>"$W/bare.log" & PIDS+=($!); BARE_PID=$!
 $B serve --config "$P/gateway-mem.toml" 2>"$W/fullmem.log" & PIDS+=($!); FULLMEM_PID=$!
-MIN_PID=${PIDS[0]}
 nginx -p "$PWD/$W/nginx" -c "$PWD/$W/nginx/nginx.conf"
 for a in "$GA" "$BA" "$FA"; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$a/readyz" >/dev/null && break; sleep 0.1; done
@@ -116,9 +115,12 @@ load() { local t=$1; shift; # shellcheck disable=SC2046
   $L --url "$(url "$t")" $(creds "$t") --duration "$DUR" "$@" 2>>"$W/load.err" || echo "req_per_s=0 p99_ms=0 errors=failed"; }
 field() { sed -E "s/.*$1=([^ ]+).*/\1/" <<<"$2"; }
 
+# proc_sum FILE AWK PIDS...: the sum over processes of AWK's number from /proc/PID/FILE (0 for
+# a process gone)
+proc_sum() { local file=$1 prog=$2 total=0; shift 2; for p in "$@"; do
+  total=$((total + $(awk "$prog" "/proc/$p/$file" 2>/dev/null || echo 0))); done; echo $total; }
 # CPU time (clock ticks) of processes, all their threads; the machine's idle and iowait ticks
-cpu_ticks() { local total=0; for p in "$@"; do
-  total=$((total + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo $total; }
+cpu_ticks() { proc_sum stat '{print $14+$15}' "$@"; }
 idle_ticks() { awk '/^cpu /{print $5+$6}' /proc/stat; }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 pids_of() { case $1 in nginx) echo "$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')";; full) echo "$FULL_PID";;
@@ -155,8 +157,7 @@ scenario() {
 # RSS per idle mutual-TLS connection, first, on fresh processes: resident memory before and
 # while IDLE connections are open (what the first requests touch once counts too); then, with
 # those still open, IDLE more: the marginal cost of an idle connection.
-rss_kb() { local total=0; for p in "$@"; do
-  total=$((total + $(awk '/^VmRSS/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo $total; }
+rss_kb() { proc_sum status '/^VmRSS/{print $2}' "$@"; }
 declare -A PERCONN MARGINAL
 # open_idle TARGET FILE HOLD: opens IDLE connections in the background, returns when all are open
 open_idle() { # shellcheck disable=SC2046
@@ -182,8 +183,10 @@ SHA_MBS=$(openssl speed -evp sha256 -bytes 16384 -seconds 1 2>/dev/null | awk '$
 SHA_MBS=${SHA_MBS:-0}
 ALL="direct nginx full bare"
 echo "side-by-side: ${DUR}s runs, $ROUNDS rounds alternating, concurrency $CONC" >&2
-scenario ka3k "$ALL fullmem" --sample identity:3000 --concurrency "$CONC"
-scenario ka50k "$ALL fullmem" --sample verify:50000 --concurrency "$CONC"
+# the keep-alive bodies (the report's floor hashes their sizes)
+KA3K=identity:3000 KA50K=verify:50000
+scenario ka3k "$ALL fullmem" --sample "$KA3K" --concurrency "$CONC"
+scenario ka50k "$ALL fullmem" --sample "$KA50K" --concurrency "$CONC"
 scenario ka200k "$ALL" --sample verify:200000 --concurrency 16
 scenario newconn "$ALL" --sample identity:3000 --concurrency 16 --new-connection
 HALF=$(awk -v r="${RPS[ka3k/nginx]}" 'BEGIN{printf "%d", r/2}')
@@ -236,7 +239,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2fx", a/b; else pri
   echo
   echo "| scenario | budget vs nginx us/req | budget vs 0.85x bare us/req | floor: bare + SHA-256 of body us/req | left for validation, policy, audit vs nginx / vs bare | full now us/req |"
   echo "|---|---|---|---|---|---|"
-  for s in ka3k:3000 ka50k:50000; do
+  for s in "ka3k:${KA3K##*:}" "ka50k:${KA50K##*:}"; do
     k=${s%%:*}; size=${s##*:}
     awk -v nt="${CPU[$k/nginx]}" -v bt="${CPU[$k/bare]}" -v bm="${MCPU[$k/bare]}" -v br="${REST[$k/bare]}" \
       -v ft="${CPU[$k/full]}" -v size="$size" -v mbs="$SHA_MBS" -v k="$k" 'BEGIN{
