@@ -7,6 +7,8 @@
 #   bare   : spocgw with bare_proxy = true (no validation, policy or audit: our floor)
 #   fullmem: spocgw full pipeline with its audit log on tmpfs (fdatasync costs nothing there):
 #            not a deployable setting, it shows what durable audit costs (keep-alive rows only)
+#   bareaudit: bare plus the audit stage (bare_proxy_audit = true: each request's record durable
+#            before forwarding, its outcome after), what the audit alone costs (keep-alive rows)
 # Every target gets the same load generator (spocgw-load), the same bodies, and the runs
 # alternate target by target, ROUNDS times, to cancel drift; the best round is kept.
 # Writes bench/results/latest.md.
@@ -35,7 +37,7 @@ trap 'cleanup; rm -rf "$MEMDIR"' EXIT
 
 rm -rf "$W"; mkdir -p "$W/nginx/logs" "$W/nginx/tmp" bench/results
 GP=$(port); GC=$(port); GA=$(port); MP=$(port); RP=$(port)
-BP=$(port); BC=$(port); BA=$(port); NP=$(port); FP=$(port); FC=$(port); FA=$(port)
+BP=$(port); BC=$(port); BA=$(port); NP=$(port); FP=$(port); FC=$(port); FA=$(port); AP=$(port); AC=$(port); AA=$(port)
 MEMDIR=$(mktemp -d /dev/shm/spocgw-sbs-audit.XXXXXX)
 $B dev-pki --out "$W/pki" --gateway-port "$GP" --callback-port "$GC" --admin-port "$GA" \
   --ministry-port "$MP" --receiver-port "$RP" >/dev/null
@@ -45,6 +47,9 @@ sed -i -E 's/^(per_second|burst) *=.*/\1 = 100000000/' "$P/policies/routes.toml"
 # The bare gateway: the same certificates, its own ports and audit directory.
 { echo "bare_proxy = true"; sed -e "s/127.0.0.1:$GP\"/127.0.0.1:$BP\"/" -e "s/127.0.0.1:$GC\"/127.0.0.1:$BC\"/" \
   -e "s/127.0.0.1:$GA\"/127.0.0.1:$BA\"/" -e 's/^dir = "audit"/dir = "audit-bare"/' "$P/gateway.toml"; } > "$P/gateway-bare.toml"
+{ echo "bare_proxy = true"; echo "bare_proxy_audit = true"; sed -e "s/127.0.0.1:$GP\"/127.0.0.1:$AP\"/" \
+  -e "s/127.0.0.1:$GC\"/127.0.0.1:$AC\"/" -e "s/127.0.0.1:$GA\"/127.0.0.1:$AA\"/" -e 's/^dir = "audit"/dir = "audit-bareaudit"/' \
+  "$P/gateway.toml"; } > "$P/gateway-bareaudit.toml"
 sed -e "s/127.0.0.1:$GP\"/127.0.0.1:$FP\"/" -e "s/127.0.0.1:$GC\"/127.0.0.1:$FC\"/" -e "s/127.0.0.1:$GA\"/127.0.0.1:$FA\"/" \
   -e "s#^dir = \"audit\"#dir = \"$MEMDIR\"#" "$P/gateway.toml" > "$P/gateway-mem.toml"
 
@@ -98,8 +103,9 @@ $B sim ministry --config "$P/ministry.toml" 2>"$W/ministry.log" & PIDS+=($!); MI
 $B serve --config "$P/gateway.toml" 2>"$W/full.log" & PIDS+=($!); FULL_PID=$!
 $B serve --config "$P/gateway-bare.toml" 2>"$W/bare.log" & PIDS+=($!); BARE_PID=$!
 $B serve --config "$P/gateway-mem.toml" 2>"$W/fullmem.log" & PIDS+=($!); FULLMEM_PID=$!
+$B serve --config "$P/gateway-bareaudit.toml" 2>"$W/bareaudit.log" & PIDS+=($!); BAREAUDIT_PID=$!
 nginx -p "$PWD/$W/nginx" -c "$PWD/$W/nginx/nginx.conf"
-for a in "$GA" "$BA" "$FA"; do
+for a in "$GA" "$BA" "$FA" "$AA"; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$a/readyz" >/dev/null && break; sleep 0.1; done
   curl -sf "http://127.0.0.1:$a/readyz" >/dev/null || { echo "gateway on admin port $a not ready" >&2; exit 1; }
 done
@@ -107,7 +113,8 @@ sleep 0.3
 NGINX_PID=$(cat "$W/nginx/nginx.pid")
 
 url() { case $1 in direct) echo "https://127.0.0.1:$MP";; nginx) echo "https://127.0.0.1:$NP";;
-  full) echo "https://127.0.0.1:$GP";; bare) echo "https://127.0.0.1:$BP";; fullmem) echo "https://127.0.0.1:$FP";; esac; }
+  full) echo "https://127.0.0.1:$GP";; bare) echo "https://127.0.0.1:$BP";; fullmem) echo "https://127.0.0.1:$FP";;
+  bareaudit) echo "https://127.0.0.1:$AP";; esac; }
 creds() { if [ "$1" = direct ]; then echo "--ca $P/ca/ministry-ca.pem --cert $P/gateway/ministry-side.pem --key $P/gateway/ministry-side.key";
   else echo "--ca $P/ca/police-ca.pem --cert $P/clients/officer.pem --key $P/clients/officer.key"; fi; }
 # load TARGET ARGS... -> the generator's line
@@ -124,7 +131,7 @@ cpu_ticks() { proc_sum stat '{print $14+$15}' "$@"; }
 idle_ticks() { awk '/^cpu /{print $5+$6}' /proc/stat; }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 pids_of() { case $1 in nginx) echo "$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')";; full) echo "$FULL_PID";;
-  bare) echo "$BARE_PID";; fullmem) echo "$FULLMEM_PID";; direct) echo "";; esac; }
+  bare) echo "$BARE_PID";; fullmem) echo "$FULLMEM_PID";; bareaudit) echo "$BAREAUDIT_PID";; direct) echo "";; esac; }
 
 declare -A RPS P99 ERR CPU MCPU REST IDLEPCT
 # scenario NAME TARGETS ARGS...: alternates targets ROUNDS times, keeps the best req/s, and
@@ -185,8 +192,8 @@ ALL="direct nginx full bare"
 echo "side-by-side: ${DUR}s runs, $ROUNDS rounds alternating, concurrency $CONC" >&2
 # the keep-alive bodies (the report's floor hashes their sizes)
 KA3K=identity:3000 KA50K=verify:50000
-scenario ka3k "$ALL fullmem" --sample "$KA3K" --concurrency "$CONC"
-scenario ka50k "$ALL fullmem" --sample "$KA50K" --concurrency "$CONC"
+scenario ka3k "$ALL fullmem bareaudit" --sample "$KA3K" --concurrency "$CONC"
+scenario ka50k "$ALL fullmem bareaudit" --sample "$KA50K" --concurrency "$CONC"
 scenario ka200k "$ALL" --sample verify:200000 --concurrency 16
 scenario newconn "$ALL" --sample identity:3000 --concurrency 16 --new-connection
 HALF=$(awk -v r="${RPS[ka3k/nginx]}" 'BEGIN{printf "%d", r/2}')
@@ -200,7 +207,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2fx", a/b; else pri
   echo "- commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo ' (+ uncommitted changes)')"
   echo "- machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
   echo "- nginx $(nginx -v 2>&1 | cut -d/ -f2), $(nproc) workers; spocgw release, $(nproc) runtime threads; load generator, simulated Ministry and target share the cores"
-  echo "- ${DUR}s per run, $ROUNDS rounds alternating direct/nginx/full/bare, best round kept; TLS 1.3, ECDSA P-256 certificates, mutual TLS on both sides"
+  echo "- ${DUR}s per run, $ROUNDS rounds alternating direct/nginx/full/bare (keep-alive rows: also fullmem and bareaudit), best round kept; TLS 1.3, ECDSA P-256 certificates, mutual TLS on both sides"
   echo
   echo "| scenario | nginx | spocgw full | full/nginx | spocgw bare | full/bare | ceiling (direct) | goal |"
   echo "|---|---|---|---|---|---|---|---|"
@@ -217,21 +224,21 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2fx", a/b; else pri
   echo
   echo "Errors (best rounds): $(for k in "${!ERR[@]}"; do [ "${ERR[$k]}" != 0 ] && printf '%s=%s ' "$k" "${ERR[$k]}"; done; true)"
   echo
-  echo "What durable audit costs: the full pipeline with its audit log on tmpfs, where fdatasync costs nothing (not a deployable setting), in the same run:"
+  echo "What the audit costs, in the same run: bare with the audit stage alone (\`bare_proxy_audit = true\`: the request's record, with the body's SHA-256, durable before forwarding, the outcome's after; no validation or policy), and the full pipeline with its audit log on tmpfs, where fdatasync costs nothing (neither is a deployable setting):"
   echo
-  echo "| scenario | spocgw full | full, audit on tmpfs | full/full-tmpfs | full-tmpfs/bare |"
-  echo "|---|---|---|---|---|"
+  echo "| scenario | spocgw bare | bare + audit | (bare + audit)/bare | spocgw full | full, audit on tmpfs | full/full-tmpfs | full-tmpfs/bare |"
+  echo "|---|---|---|---|---|---|---|---|"
   for k in ka3k ka50k; do
-    echo "| $k | ${RPS[$k/full]} | ${RPS[$k/fullmem]} | $(ratio "${RPS[$k/full]}" "${RPS[$k/fullmem]}") | $(ratio "${RPS[$k/fullmem]}" "${RPS[$k/bare]}") |"
+    echo "| $k | ${RPS[$k/bare]} | ${RPS[$k/bareaudit]} | $(ratio "${RPS[$k/bareaudit]}" "${RPS[$k/bare]}") | ${RPS[$k/full]} | ${RPS[$k/fullmem]} | $(ratio "${RPS[$k/full]}" "${RPS[$k/fullmem]}") | $(ratio "${RPS[$k/fullmem]}" "${RPS[$k/bare]}") |"
   done
   echo
-  echo "Goal 'spocgw full vs bare >= 0.85x' is the full/bare column of the keep-alive rows."
+  echo "Goal 'spocgw full vs bare >= 0.85x' is the full/bare column of the keep-alive rows; (bare + audit)/bare is what the audit stage alone leaves of it."
   echo
   echo "Where the CPU goes (the best rounds above): microseconds of CPU per request of the target's processes (nginx: master and workers), of the simulated Ministry, and of the rest of the machine's busy time (the load generator, kernel work outside these processes), and the share of both cores left idle:"
   echo
   echo "| scenario | target | req/s | target us/req | Ministry us/req | rest us/req | idle |"
   echo "|---|---|---|---|---|---|---|"
-  for k in ka3k ka50k; do for t in direct nginx full fullmem bare; do
+  for k in ka3k ka50k; do for t in direct nginx full fullmem bareaudit bare; do
     echo "| $k | $t | ${RPS[$k/$t]} | ${CPU[$k/$t]} | ${MCPU[$k/$t]} | ${REST[$k/$t]} | ${IDLEPCT[$k/$t]}% |"
   done; done
   echo

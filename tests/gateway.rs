@@ -420,6 +420,63 @@ fn broken_configs_exit_2_with_one_line_naming_file_key_and_problem() {
     assert!(err.contains("nonexistent.toml"), "{err}");
 }
 
+/// The benchmark modes: with `bare_proxy` what the full pipeline refuses is forwarded unchecked
+/// (the Ministry answers it) and nothing is audited; `bare_proxy_audit` adds the audit stage
+/// back: each request's record and its outcome, in a log that verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_proxy_forwards_unchecked_and_audits_only_with_bare_proxy_audit() {
+    for audited in [false, true] {
+        let mut w = World::new();
+        let cfg = w.path("gateway.toml");
+        let original = std::fs::read_to_string(&cfg).unwrap();
+        std::fs::write(&cfg, format!("bare_proxy_audit = true\n{original}")).unwrap();
+        let out = Command::new(BIN).args(["serve", "--config"]).arg(&cfg).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("bare_proxy_audit needs bare_proxy = true"), "{err}");
+        std::fs::write(&cfg, format!("bare_proxy = true\nbare_proxy_audit = {audited}\n{original}")).unwrap();
+        w.start_ministry();
+        w.start_gateway();
+        w.wait_ready();
+        // (the gateway's own records: its start, its keys)
+        let before = metric(&w.metrics(), "spocgw_audit_records_written_total");
+        let c = w.client("officer", false);
+        let ci = messages::envelope(SoapVersion::V11, &bio().check_identity());
+        let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), ci.clone()).await.unwrap();
+        assert_eq!(r.status, 200, "{}", text(&r));
+        // A purpose the schema refuses (the full pipeline answers SchemaViolation) reaches the
+        // Ministry, which does not know it.
+        let bad = ci.replace("IDENTITY_DOUBT", "CURIOSITY");
+        let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), bad).await.unwrap();
+        assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (500, Some("NotUnderstood")), "{}", text(&r));
+        // Two records a request (the outcome's within the writer's sync delay), or none.
+        let want = before + if audited { 4.0 } else { 0.0 };
+        let end = Instant::now() + Duration::from_secs(5);
+        let mut written = metric(&w.metrics(), "spocgw_audit_records_written_total");
+        while written != want && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            written = metric(&w.metrics(), "spocgw_audit_records_written_total");
+        }
+        if !audited {
+            // (time for records that should not come)
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            written = metric(&w.metrics(), "spocgw_audit_records_written_total");
+        }
+        assert_eq!(written, want, "audited={audited}");
+        assert!(w.gateway_log().contains("BENCHMARK MODE"));
+        if audited {
+            let out = Command::new(BIN)
+                .args(["audit", "verify"])
+                .arg(w.path("audit"))
+                .arg("--key")
+                .arg(w.path("gateway/audit-checkpoint.pub.pem"))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        }
+    }
+}
+
 #[test]
 fn healthz_readyz_and_metrics_answer() {
     let w = World::full();

@@ -69,6 +69,11 @@ pub struct GatewayConfig {
     /// compares against). Refused together with `require_tpm`.
     #[serde(default)]
     pub bare_proxy: bool,
+    /// Benchmarks only, with `bare_proxy`: still audit every request as the full pipeline does
+    /// (the request's record durable before forwarding, the outcome after), so that `make
+    /// bench` can tell what the audit stage alone costs.
+    #[serde(default)]
+    pub bare_proxy_audit: bool,
 }
 
 /// `[xml]`: the schemas and the XML firewall's limits.
@@ -399,6 +404,9 @@ impl GatewayConfig {
                 "bare_proxy",
                 "bare_proxy (benchmark mode: no validation, policy or audit) is refused with require_tpm = true",
             ));
+        }
+        if self.bare_proxy_audit && !self.bare_proxy {
+            return Err(ConfigError::new(file, "bare_proxy_audit", "bare_proxy_audit needs bare_proxy = true"));
         }
         if self.require_tpm && self.tpm.is_none() {
             return Err(ConfigError::new(file, "require_tpm", "require_tpm = true needs a [tpm] section"));

@@ -133,8 +133,13 @@ impl Gateway {
             in_flight: Semaphore::new(cfg.limits.max_in_flight),
             request_timeout: cfg.police.request_timeout(),
             bare: cfg.bare_proxy,
+            bare_audit: cfg.bare_proxy_audit,
         });
-        if cfg.bare_proxy {
+        if cfg.bare_proxy_audit {
+            tracing::warn!(
+                "bare_proxy = true, bare_proxy_audit = true: BENCHMARK MODE, requests are audited and forwarded without validation or policy"
+            );
+        } else if cfg.bare_proxy {
             tracing::warn!(
                 "bare_proxy = true: BENCHMARK MODE, requests are forwarded without validation, policy or audit"
             );

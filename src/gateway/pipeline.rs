@@ -50,6 +50,8 @@ pub struct Pipeline {
     pub request_timeout: std::time::Duration,
     /// Benchmark floor only (`bare_proxy = true`): route, body limit and forward, nothing else.
     pub bare: bool,
+    /// Benchmarks only, with `bare`: the audit stage too (`bare_proxy_audit = true`).
+    pub bare_audit: bool,
 }
 
 /// What is known about a request as it travels; filled in stage by stage.
@@ -246,8 +248,20 @@ impl Pipeline {
                 return Ok(Outcome::Answered(callback_unknown(media.version)));
             }
         }
-        // Audit: the request's record must be durable before anything is forwarded.
-        x.request_sha256 = Some(crate::tls::sha256_hex(&body));
+        if let Some(refused) = self.audit_request(x, route, &body).await {
+            return Ok(refused);
+        }
+        // Forward.
+        let ct = content_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("text/xml; charset=utf-8");
+        let soap_action = if media.version == SoapVersion::V11 { action.as_deref() } else { None };
+        let headers = soap_headers(ct, soap_action, Some(&x.incident));
+        Ok(self.forward(x, route, headers, body).await)
+    }
+
+    /// Audit: the request's record must be durable before anything is forwarded; the refusal
+    /// when it cannot be.
+    async fn audit_request(&self, x: &mut Exchange<'_>, route: &Route, body: &[u8]) -> Option<Outcome> {
+        x.request_sha256 = Some(crate::tls::sha256_hex(body));
         x.recipient = Some(match route.upstream {
             UpstreamKind::Ministry => "ministry",
             UpstreamKind::PoliceCallback => "police_callback",
@@ -255,14 +269,10 @@ impl Pipeline {
         let record = self.record(x, "request");
         if let Err(e) = self.audit.append_durable(&record).await {
             x.request_record = RequestRecord::Unwritten(Box::new(record));
-            return Ok(Outcome::Refused(Refusal::AuditUnavailable, format!("audit: {e}")));
+            return Some(Outcome::Refused(Refusal::AuditUnavailable, format!("audit: {e}")));
         }
         x.request_record = RequestRecord::Durable;
-        // Forward.
-        let ct = content_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("text/xml; charset=utf-8");
-        let soap_action = if media.version == SoapVersion::V11 { action.as_deref() } else { None };
-        let headers = soap_headers(ct, soap_action, Some(&x.incident));
-        Ok(self.forward(x, route, headers, body).await)
+        None
     }
 
     /// The body, within the route's limit (else the refusal) and the listener's deadline.
@@ -295,7 +305,8 @@ impl Pipeline {
     }
 
     /// `bare_proxy`: the body within its limit, forwarded and its reply passed back as it is: no
-    /// validation, policy or audit. The benchmark's floor, never a way to run the gateway.
+    /// validation, policy or audit (with `bare_proxy_audit`, audited as in [`Self::run`]). The
+    /// benchmark's floor, never a way to run the gateway.
     async fn run_bare(
         &self,
         x: &mut Exchange<'_>,
@@ -311,6 +322,11 @@ impl Pipeline {
         let ct = content_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("text/xml; charset=utf-8");
         let headers = soap_headers(ct, action.as_deref(), Some(&x.incident));
         let Some((upstream, _)) = self.upstream_for(route) else { return Ok(no_upstream()) };
+        if self.bare_audit
+            && let Some(refused) = self.audit_request(x, route, &body).await
+        {
+            return Ok(refused);
+        }
         Ok(match upstream.post(route.path, headers, body).await {
             Ok(reply) => {
                 x.upstream_status = Some(reply.status.as_u16());
@@ -515,7 +531,7 @@ impl Pipeline {
             response.headers_mut().insert(X_REQUEST_ID, v);
         }
         // Every request has its outcome on record, refused ones included.
-        if !self.bare {
+        if !self.bare || self.bare_audit {
             let record = self.outcome_record(x, code, response.status().as_u16());
             self.audit.append(&record);
         }
