@@ -229,8 +229,12 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// An HTTP/1.1 connection idle this long (no request in flight, nothing written or read, the
-/// client's next request awaited) is parked.
-pub const PARK_AFTER: Duration = Duration::from_millis(500);
+/// client's next request awaited) is parked. Short, because the buffers of connections not yet
+/// parked stay resident as the allocator's once freed: with 1,000 connections opened one after
+/// another, RSS per connection 16.0-16.3 KB at 500 ms, 10.8-11.0 at 250, 8.5-9.0 at 100
+/// (the marginal cost, 6.2-7.2 KB, the same); a client with a request in flight or under way is
+/// never parked, and one that pauses longer only builds hyper's connection again.
+pub const PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// What one connection's IO and requests did, as the HTTP/1.1 driver needs to know it.
 #[derive(Default)]
