@@ -47,14 +47,14 @@ $B dev-pki --out "$W/pki" --gateway-port "$GP" --callback-port "$GC" --admin-por
 P=$(cd "$W/pki" && pwd)
 # One terminal sends every request: lift the per-certificate rates.
 sed -i -E 's/^(per_second|burst) *=.*/\1 = 100000000/' "$P/policies/routes.toml"
-# The bare gateway: the same certificates, its own ports and audit directory.
-{ echo "bare_proxy = true"; sed -e "s/127.0.0.1:$GP\"/127.0.0.1:$BP\"/" -e "s/127.0.0.1:$GC\"/127.0.0.1:$BC\"/" \
-  -e "s/127.0.0.1:$GA\"/127.0.0.1:$BA\"/" -e 's/^dir = "audit"/dir = "audit-bare"/' "$P/gateway.toml"; } > "$P/gateway-bare.toml"
-{ echo "bare_proxy = true"; echo "bare_proxy_audit = true"; sed -e "s/127.0.0.1:$GP\"/127.0.0.1:$AP\"/" \
-  -e "s/127.0.0.1:$GC\"/127.0.0.1:$AC\"/" -e "s/127.0.0.1:$GA\"/127.0.0.1:$AA\"/" -e 's/^dir = "audit"/dir = "audit-bareaudit"/' \
-  "$P/gateway.toml"; } > "$P/gateway-bareaudit.toml"
-sed -e "s/127.0.0.1:$GP\"/127.0.0.1:$FP\"/" -e "s/127.0.0.1:$GC\"/127.0.0.1:$FC\"/" -e "s/127.0.0.1:$GA\"/127.0.0.1:$FA\"/" \
-  -e "s#^dir = \"audit\"#dir = \"$MEMDIR\"#" "$P/gateway.toml" > "$P/gateway-mem.toml"
+# variant FILE PORT CALLBACK_PORT ADMIN_PORT AUDIT_DIR [TOP-LEVEL LINE...]: gateway.toml with
+# the same certificates on ports and an audit directory of its own
+variant() { local file=$1 gp=$2 gc=$3 ga=$4 dir=$5; shift 5
+  { printf '%s\n' "$@"; sed -e "s/127.0.0.1:$GP\"/127.0.0.1:$gp\"/" -e "s/127.0.0.1:$GC\"/127.0.0.1:$gc\"/" \
+      -e "s/127.0.0.1:$GA\"/127.0.0.1:$ga\"/" -e "s#^dir = \"audit\"#dir = \"$dir\"#" "$P/gateway.toml"; } > "$P/$file"; }
+variant gateway-bare.toml "$BP" "$BC" "$BA" audit-bare "bare_proxy = true"
+variant gateway-bareaudit.toml "$AP" "$AC" "$AA" audit-bareaudit "bare_proxy = true" "bare_proxy_audit = true"
+variant gateway-mem.toml "$FP" "$FC" "$FA" "$MEMDIR"
 
 cat > "$W/nginx/nginx.conf" <<EOF
 worker_processes auto;
