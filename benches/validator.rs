@@ -36,10 +36,12 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("validate");
     for size in [5_000usize, 50_000, 200_000] {
         let msg = message(size);
-        assert!(validate(&schema, &limits, &msg, Expect::Soap { operations: &ops, fault_ok: false }).is_ok());
+        assert!(
+            validate(&schema, &limits, &msg, Expect::Soap { operations: &ops, fault_ok: false, headers: &[] }).is_ok()
+        );
         g.throughput(Throughput::Bytes(msg.len() as u64));
         g.bench_with_input(BenchmarkId::from_parameter(size), &msg, |b, msg| {
-            b.iter(|| validate(&schema, &limits, msg, Expect::Soap { operations: &ops, fault_ok: false }))
+            b.iter(|| validate(&schema, &limits, msg, Expect::Soap { operations: &ops, fault_ok: false, headers: &[] }))
         });
     }
     g.finish();
@@ -62,8 +64,15 @@ fn bench(c: &mut Criterion) {
     .into_bytes();
     let (req_ops, reply_ops) = ([(BIO_NS, "CheckIdentityRequest")], [(BIO_NS, "CheckIdentityResponse")]);
     let validate_pair = || {
-        let q = validate(&schema, &limits, &request, Expect::Soap { operations: &req_ops, fault_ok: false });
-        let r = validate_outlined(&schema, &limits, &reply, Expect::Soap { operations: &reply_ops, fault_ok: true }, 2);
+        let q =
+            validate(&schema, &limits, &request, Expect::Soap { operations: &req_ops, fault_ok: false, headers: &[] });
+        let r = validate_outlined(
+            &schema,
+            &limits,
+            &reply,
+            Expect::Soap { operations: &reply_ops, fault_ok: true, headers: &[] },
+            2,
+        );
         (q, r)
     };
     let (q, r) = validate_pair();

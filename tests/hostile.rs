@@ -16,7 +16,7 @@ fn check(body: &[u8]) -> Result<(), XmlRefusal> {
 
 fn check_with(body: &[u8], limits: &Limits) -> Result<(), XmlRefusal> {
     let schema = Schema::embedded().unwrap();
-    validate(&schema, limits, body, Expect::Soap { operations: OPS, fault_ok: false }).map(|_| ())
+    validate(&schema, limits, body, Expect::Soap { operations: OPS, fault_ok: false, headers: &[] }).map(|_| ())
 }
 
 fn threat(body: &[u8]) -> (Breach, usize) {

@@ -10,6 +10,6 @@ fuzz_target!(|data: &[u8]| {
     let schema = SCHEMA.get_or_init(|| Schema::embedded().expect("embedded schemas"));
     let limits = Limits::default();
     let ops = [("urn:spocgw:bio:1", "VerifyFingerprintRequest"), ("urn:spocgw:bio:1", "CheckIdentityRequest")];
-    let _ = validate(schema, &limits, data, Expect::Soap { operations: &ops, fault_ok: true });
+    let _ = validate(schema, &limits, data, Expect::Soap { operations: &ops, fault_ok: true, headers: &[] });
     let _ = validate(schema, &limits, data, Expect::Any);
 });

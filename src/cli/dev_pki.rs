@@ -264,6 +264,8 @@ pub fn generate_with(out: &Path, ports: Ports, tpm: Option<&DevTpm>) -> Result<(
     write_pair(&clients, "officer", &c, &k)?;
     let (c, k, _) = issue(&police_ca, &Leaf::client("analyst-0001", "analyst"))?;
     write_pair(&clients, "analyst", &c, &k)?;
+    let (c, k, _) = issue(&police_ca, &Leaf::client("second-line-0001", "second-line-officer"))?;
+    write_pair(&clients, "second-line", &c, &k)?;
     let (c, k, _) = issue(&police_ca, &Leaf::client("dv-0001", "document-verifier"))?;
     write_pair(&clients, "document-verifier", &c, &k)?;
     let (c, k, revoked_serial) = issue(&police_ca, &Leaf::client("revoked-0001", "border-verifier"))?;

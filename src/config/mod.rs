@@ -88,6 +88,29 @@ pub struct XmlConfig {
     /// Changes for one route (`bio_v1`, `csn369791`, `csn369791_callback`), on top of `limits`.
     #[serde(default)]
     pub routes: std::collections::BTreeMap<String, LimitsOverride>,
+    /// SOAP Header entries a route lets through (`[xml.headers.<route>]`); none by default:
+    /// every other entry is dropped, or refused when it must be understood.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, HeaderAllow>,
+}
+
+/// `[xml.headers.<route>]`: header entries let through, as `{namespace}local` names of
+/// elements the schemas declare globally (validated like the Body).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderAllow {
+    /// In requests, toward the upstream.
+    #[serde(default)]
+    pub request: Vec<String>,
+    /// In replies, back to the caller.
+    #[serde(default)]
+    pub reply: Vec<String>,
+}
+
+/// Splits a `{namespace}local` name.
+pub fn clark_name(name: &str) -> Option<(String, String)> {
+    let (ns, local) = name.strip_prefix('{')?.split_once('}')?;
+    (!ns.is_empty() && !local.is_empty() && !local.contains(['{', '}', ':'])).then(|| (ns.to_owned(), local.to_owned()))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -345,13 +368,26 @@ impl GatewayConfig {
                 "require_signed = true needs at least one officer key",
             ));
         }
-        for name in cfg.xml.routes.keys() {
+        for (table, name) in
+            cfg.xml.routes.keys().map(|n| ("routes", n)).chain(cfg.xml.headers.keys().map(|n| ("headers", n)))
+        {
             if !["bio_v1", "csn369791", "csn369791_callback"].contains(&name.as_str()) {
                 return Err(ConfigError::new(
                     file,
-                    format!("xml.routes.{name}"),
+                    format!("xml.{table}.{name}"),
                     "unknown route (bio_v1, csn369791, csn369791_callback)",
                 ));
+            }
+        }
+        for (route, allow) in &cfg.xml.headers {
+            for (dir, names) in [("request", &allow.request), ("reply", &allow.reply)] {
+                if let Some(bad) = names.iter().find(|n| clark_name(n).is_none()) {
+                    return Err(ConfigError::new(
+                        file,
+                        format!("xml.headers.{route}.{dir}"),
+                        format!("{bad:?} is not a {{namespace}}local name"),
+                    ));
+                }
             }
         }
         if cfg.limits.max_in_flight == 0 {

@@ -103,6 +103,14 @@ impl Gateway {
             Some(dir) => Schema::load_dir(dir).map_err(|e| ConfigError::new(file, "xml.schemas", e))?,
             None => Schema::embedded().map_err(|e| ConfigError::new(file, "xml.schemas", e))?,
         });
+        let routes = RouteTable::new(&cfg.routes, &cfg.xml);
+        if let Some((route, name)) = routes.undeclared_header(&schema) {
+            return Err(ConfigError::new(
+                file,
+                format!("xml.headers.{route}"),
+                format!("no schema declares the header entry {name} globally, so it cannot be validated"),
+            ));
+        }
         let policy = Arc::new(PolicyState::load(&cfg.policy).map_err(|e| ConfigError::new(file, "policy", e))?);
         tracing::info!(digest = %policy.current().digest, origin = %policy.current().origin, "policy bundle loaded");
         audit.append(&key_event(cfg));
@@ -123,7 +131,7 @@ impl Gateway {
         let admin_addr = addr(&admin_tcp, "admin.listen")?;
 
         let pipeline = Arc::new(Pipeline {
-            routes: RouteTable::new(&cfg.routes, &cfg.xml),
+            routes,
             schema,
             policy: policy.clone(),
             audit: audit.clone(),

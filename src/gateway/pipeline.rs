@@ -15,7 +15,9 @@ use tokio::sync::Semaphore;
 
 use super::body::{BodyError, read_limited};
 use super::fault::Refusal;
-use super::routes::{ListenerKind, Route, RouteTable, UpstreamKind, action_agrees, parse_content_type};
+use super::routes::{
+    ListenerKind, MediaTypeError, Route, RouteTable, SoapMediaType, UpstreamKind, action_agrees, parse_content_type,
+};
 use super::upstream::{Upstream, UpstreamError, soap_headers};
 use crate::admin::metrics::{
     Metrics, RequestLabels, RouteLabels, UpstreamError as UpstreamErrorLabels, UpstreamLabels,
@@ -24,7 +26,7 @@ use crate::audit::{Audit, ClientCert, Record};
 use crate::policy::{Bundle, Caller, PolicyState, minimise};
 use crate::tls::PeerIdentity;
 use crate::xml::facts::MessageFacts;
-use crate::xml::validate::{Expect, Outlined, XmlRefusal, line_col, validate, validate_outlined};
+use crate::xml::validate::{Expect, HeaderOutline, Validated, XmlRefusal, line_col, validate, validate_outlined};
 use crate::xml::xsd::Schema;
 use crate::xml::{self, FaultText, SoapVersion};
 
@@ -70,6 +72,11 @@ struct Exchange<'a> {
     caller: Option<Caller>,
     /// The policy decision: allowed, deciding policy IDs, bundle digest (short).
     decision: Option<(bool, String, String)>,
+    /// The policy bundle the decision came from, taken once: minimisation uses the same one.
+    bundle: Option<Arc<Bundle>>,
+    /// A callback's messageID, claimed (taken out of the forwarded set) until it is delivered;
+    /// put back if it is not.
+    claimed: Option<(String, Instant)>,
     /// Seconds to wait, for a RateLimited refusal.
     retry_after: Option<u64>,
     /// Reply fields removed by data minimisation.
@@ -125,6 +132,22 @@ fn incident_id() -> String {
     }
 }
 
+/// CSN 36 9791 results of a RequestCertificate that announce a SendCertificates callback: the
+/// request was received (or passed on) and is answered later. A synchronous answer
+/// (`ok_cert_available`), a failure or a SOAP Fault expects no callback, so none is accepted.
+const CALLBACK_FOLLOWS: [&str; 2] = ["ok_reception_ack", "ok_request_forwarded"];
+
+/// The request's Content-Type, parsed; a second Content-Type header is refused like a
+/// repeated parameter.
+fn media_type(req: &Request<Incoming>) -> Result<SoapMediaType, MediaTypeError> {
+    let mut values = req.headers().get_all(CONTENT_TYPE).iter();
+    let value = values.next().and_then(|v| v.to_str().ok()).ok_or(MediaTypeError::NotSoap)?;
+    if values.next().is_some() {
+        return Err(MediaTypeError::Repeated);
+    }
+    parse_content_type(value)
+}
+
 fn no_upstream() -> Outcome {
     Outcome::Refused(Refusal::UpstreamUnavailable, "no police callback upstream".into())
 }
@@ -149,6 +172,8 @@ impl Pipeline {
             upstream_status: None,
             caller: None,
             decision: None,
+            bundle: None,
+            claimed: None,
             retry_after: None,
             removed: Vec::new(),
             request_sha256: None,
@@ -172,30 +197,34 @@ impl Pipeline {
     async fn run(&self, x: &mut Exchange<'_>, req: Request<Incoming>) -> Result<Outcome, RequestTimeout> {
         // Route by listener and path.
         let Some(route) = self.routes.lookup(x.listener, req.uri().path()) else {
-            x.version = req
-                .headers()
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_content_type)
-                .map(|m| m.version);
-            return Ok(Outcome::Refused(Refusal::UnknownOperation, format!("no route for path {}", req.uri().path())));
+            x.version = media_type(&req).ok().map(|m| m.version);
+            // (The path is the caller's; only its length goes to the log.)
+            let detail = format!("no route for a path of {} bytes", req.uri().path().len());
+            return Ok(Outcome::Refused(Refusal::UnknownOperation, detail));
         };
         x.route = route.name;
         if req.method() != Method::POST {
             return Ok(Outcome::Refused(Refusal::UnknownOperation, format!("method {}", req.method())));
         }
-        // Media type: SOAP 1.1 or 1.2, UTF-8.
-        let media = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(parse_content_type);
-        let Some(media) = media else {
-            return Ok(Outcome::Refused(Refusal::UnsupportedMediaType, "content type not SOAP/UTF-8".into()));
+        // Media type: SOAP 1.1 or 1.2, UTF-8, each parameter once.
+        let media = match media_type(&req) {
+            Ok(m) => m,
+            Err(e) => return Ok(Outcome::Refused(Refusal::UnsupportedMediaType, e.to_string())),
         };
         x.version = Some(media.version);
         let action = match media.version {
-            SoapVersion::V11 => req.headers().get(SOAPACTION).and_then(|v| v.to_str().ok()).map(str::to_owned),
+            SoapVersion::V11 => {
+                let mut values = req.headers().get_all(SOAPACTION).iter();
+                let first = values.next().and_then(|v| v.to_str().ok()).map(str::to_owned);
+                if values.next().is_some() {
+                    return Ok(Outcome::Refused(Refusal::SchemaViolation, "more than one SOAPAction header".into()));
+                }
+                first
+            }
             SoapVersion::V12 => media.action.clone(),
         };
-        let content_type = req.headers().get(CONTENT_TYPE).cloned();
         if self.bare {
+            let content_type = req.headers().get(CONTENT_TYPE).cloned();
             return self.run_bare(x, route, req, content_type, action).await;
         }
         // Body, within the route's limit and the listener's deadline.
@@ -204,7 +233,7 @@ impl Pipeline {
             Err(refused) => return Ok(refused),
         };
         // Firewall, envelope and schema, in one pass.
-        let expect = Expect::Soap { operations: &route.requests, fault_ok: false };
+        let expect = Expect::Soap { operations: &route.requests, fault_ok: false, headers: &route.request_headers };
         let validated = match validate(&self.schema, &route.limits, &body, expect) {
             Ok(v) => v,
             Err(e) => return Ok(refuse_xml(&e, &body)),
@@ -224,8 +253,9 @@ impl Pipeline {
                 "SOAPAction/action does not name the Body's operation".into(),
             ));
         }
-        // Decide: policy, then the caller's rate on this route.
-        let bundle = self.policy.current();
+        // Decide: policy, then the caller's rate on this route. The bundle is taken once: the
+        // reply's minimisation follows the same one.
+        let bundle = x.bundle.insert(self.policy.current());
         let caller = x.caller.insert(Caller::from_peer(x.peer));
         let now = unix_now();
         let d = bundle.decide(caller, operation, route.name, &x.facts, now);
@@ -241,21 +271,33 @@ impl Pipeline {
             x.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
             return Ok(Outcome::Refused(Refusal::RateLimited, format!("over the rate of {}", route.name)));
         }
-        // A callback for a messageID the gateway never forwarded is answered here.
+        // A callback consumes the messageID it answers: one the gateway never forwarded, or
+        // one already answered, is answered here.
         if operation == "SendCertificates" {
-            let known = x.facts.message_id.as_deref().is_some_and(|id| self.policy.forwarded.knows(id));
-            if !known {
+            let claimed =
+                x.facts.message_id.as_deref().and_then(|id| Some((id.to_owned(), self.policy.forwarded.claim(id)?)));
+            if claimed.is_none() {
                 return Ok(Outcome::Answered(callback_unknown(media.version)));
             }
+            x.claimed = claimed;
         }
+        // What is forwarded: the message without the header entries the route does not let
+        // through; its Content-Type and SOAPAction written by the gateway.
+        let body = match &validated.header {
+            Some(h) => minimise::without(&body, &h.cuts()),
+            None => body,
+        };
         if let Some(refused) = self.audit_request(x, route, &body).await {
             return Ok(refused);
         }
-        // Forward.
-        let ct = content_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("text/xml; charset=utf-8");
-        let soap_action = if media.version == SoapVersion::V11 { action.as_deref() } else { None };
-        let headers = soap_headers(ct, soap_action, Some(&x.incident));
-        Ok(self.forward(x, route, headers, body).await)
+        let action = action.as_deref().map(|a| a.trim().trim_matches('"'));
+        let (ct, soap_action) = match media.version {
+            SoapVersion::V11 => (SoapMediaType::forwarded(media.version, None), action.map(|a| format!("\"{a}\""))),
+            SoapVersion::V12 => (SoapMediaType::forwarded(media.version, action), None),
+        };
+        let headers = soap_headers(&ct, soap_action.as_deref(), Some(&x.incident));
+        let bundle = x.bundle.clone().unwrap_or_else(|| self.policy.current());
+        Ok(self.forward(x, route, &bundle, headers, body).await)
     }
 
     /// Audit: the request's record must be durable before anything is forwarded; the refusal
@@ -337,7 +379,14 @@ impl Pipeline {
         })
     }
 
-    async fn forward(&self, x: &mut Exchange<'_>, route: &Route, headers: http::HeaderMap, body: Bytes) -> Outcome {
+    async fn forward(
+        &self,
+        x: &mut Exchange<'_>,
+        route: &Route,
+        bundle: &Bundle,
+        headers: http::HeaderMap,
+        body: Bytes,
+    ) -> Outcome {
         let Some((upstream, name)) = self.upstream_for(route) else { return no_upstream() };
         let started = Instant::now();
         let result = upstream.post(route.path, headers, body).await;
@@ -373,9 +422,9 @@ impl Pipeline {
             return Outcome::Refused(Refusal::UpstreamUnavailable, format!("{name}: HTTP status {}", reply.status));
         }
         let expected: Vec<(&str, &str)> = route.reply_pairs(x.operation).into_iter().collect();
-        let expect = Expect::Soap { operations: &expected, fault_ok };
-        // The bundle whose minimisation applies: the reply is outlined as deep as its paths go.
-        let bundle = self.policy.current();
+        let expect = Expect::Soap { operations: &expected, fault_ok, headers: &route.reply_headers };
+        // The decision's bundle decides minimisation: the reply is outlined as deep as its
+        // paths go.
         let fields = bundle.routes.minimise.get(x.operation).map(Vec::as_slice).unwrap_or_default();
         match validate_outlined(&self.schema, &route.limits, &reply.body, expect, minimise::depth(fields)) {
             Ok(v) if fault_ok && v.operation != "Fault" => {
@@ -386,12 +435,15 @@ impl Pipeline {
                 Outcome::Refused(Refusal::UpstreamInvalidResponse, format!("{name}: HTTP 500 without a SOAP Fault"))
             }
             Ok(v) => {
+                // Only a request the Ministry took on for an answer later is waited for.
                 if x.operation == "RequestCertificate"
+                    && v.operation != "Fault"
+                    && v.facts.result.as_deref().is_some_and(|r| CALLBACK_FOLLOWS.contains(&r))
                     && let Some(id) = &x.facts.message_id
                 {
                     self.policy.forwarded.remember(id);
                 }
-                Outcome::Forwarded(self.minimise(x, reply, &bundle, fields, &v.outline))
+                Outcome::Forwarded(self.minimise(x, reply, bundle, fields, &v))
             }
             Err(e) => {
                 self.metrics
@@ -476,37 +528,47 @@ impl Pipeline {
         r
     }
 
-    /// Removes the reply fields the policy does not let flow back to this caller: those of
-    /// `fields` it may not receive, cut from the validated reply by the validator's `outline`
-    /// (as deep as `fields` go).
+    /// Removes from the validated reply what may not flow back: the Header's entries the route
+    /// does not let through, and the reply fields of `fields` the policy does not let this
+    /// caller receive (cut by the validator's outline, as deep as `fields` go).
     fn minimise(
         &self,
         x: &mut Exchange<'_>,
         mut reply: super::upstream::Reply,
         bundle: &Bundle,
         fields: &[String],
-        outline: &[Outlined],
+        v: &Validated,
     ) -> super::upstream::Reply {
-        if fields.is_empty() {
-            x.response_sha256 = Some(crate::tls::sha256_hex(&reply.body));
-            return reply;
+        let mut cuts = v.header.as_ref().map(HeaderOutline::cuts).unwrap_or_default();
+        if !cuts.is_empty() {
+            x.removed.push("Header".to_owned());
         }
-        let caller = x.caller.take().unwrap_or_else(|| Caller::from_peer(x.peer));
-        let now = unix_now();
-        let withheld: Vec<&str> = fields
-            .iter()
-            .filter(|f| !bundle.may_receive(&caller, f, &x.facts, now).allowed)
-            .map(String::as_str)
-            .collect();
-        let (body, removed) = minimise::cut(&reply.body, outline, &withheld);
-        reply.body = body;
-        x.removed = removed;
+        if !fields.is_empty() {
+            let caller = x.caller.take().unwrap_or_else(|| Caller::from_peer(x.peer));
+            let now = unix_now();
+            let withheld: Vec<&str> = fields
+                .iter()
+                .filter(|f| !bundle.may_receive(&caller, f, &x.facts, now).allowed)
+                .map(String::as_str)
+                .collect();
+            let (spans, removed) = minimise::spans(&reply.body, &v.outline, &withheld);
+            cuts.extend(spans);
+            x.removed.extend(removed);
+        }
+        reply.body = minimise::without(&reply.body, &cuts);
         x.response_sha256 = Some(crate::tls::sha256_hex(&reply.body));
         reply
     }
 
     /// Builds the response, logs the request's one line and updates the metrics.
     fn finish(&self, x: &mut Exchange<'_>, outcome: Outcome) -> Response<Full<Bytes>> {
+        // A callback the police side did not take (200) leaves its messageID for a retry.
+        let delivered = matches!(&outcome, Outcome::Forwarded(r) if r.status == StatusCode::OK);
+        if let Some((id, at)) = x.claimed.take()
+            && !delivered
+        {
+            self.policy.forwarded.restore(&id, at);
+        }
         let (response, code, detail) = match outcome {
             Outcome::Forwarded(reply) => {
                 let mut resp = Response::new(Full::new(reply.body));

@@ -1,7 +1,7 @@
 //! The routes of CONTRACT.md section 3: which listener accepts which path, which operations
 //! (Body elements, by namespace and local name) each path carries, and where it forwards.
 
-use crate::config::{RouteLimits, XmlConfig};
+use crate::config::{RouteLimits, XmlConfig, clark_name};
 use crate::xml::SoapVersion;
 use crate::xml::firewall::Limits;
 
@@ -45,6 +45,9 @@ pub struct Route {
     pub requests: Vec<(&'static str, &'static str)>,
     /// (namespace, reply element) pairs.
     pub replies: Vec<(&'static str, String)>,
+    /// SOAP Header entries let through in requests and in replies, as (namespace, local name).
+    pub request_headers: Vec<(String, String)>,
+    pub reply_headers: Vec<(String, String)>,
 }
 
 /// The reply element of an operation: `XRequest` -> `XResponse`, `X` -> `XResponse`.
@@ -89,6 +92,8 @@ impl RouteTable {
                     limits: Limits::default(),
                     requests: Vec::new(),
                     replies: Vec::new(),
+                    request_headers: Vec::new(),
+                    reply_headers: Vec::new(),
                 },
                 Route {
                     name: "csn369791",
@@ -101,6 +106,8 @@ impl RouteTable {
                     limits: Limits::default(),
                     requests: Vec::new(),
                     replies: Vec::new(),
+                    request_headers: Vec::new(),
+                    reply_headers: Vec::new(),
                 },
                 Route {
                     name: "csn369791_callback",
@@ -113,6 +120,8 @@ impl RouteTable {
                     limits: Limits::default(),
                     requests: Vec::new(),
                     replies: Vec::new(),
+                    request_headers: Vec::new(),
+                    reply_headers: Vec::new(),
                 },
             ],
         };
@@ -124,8 +133,24 @@ impl RouteTable {
             };
             r.requests = r.operations.iter().map(|op| (r.namespace, *op)).collect();
             r.replies = r.operations.iter().map(|op| (r.namespace, reply_element(op))).collect();
+            if let Some(allow) = xml.headers.get(r.name) {
+                r.request_headers = allow.request.iter().filter_map(|n| clark_name(n)).collect();
+                r.reply_headers = allow.reply.iter().filter_map(|n| clark_name(n)).collect();
+            }
         }
         table
+    }
+
+    /// The first header entry a route lets through that `schema` does not declare (so could
+    /// not validate), as (route, `{namespace}local`).
+    pub fn undeclared_header(&self, schema: &crate::xml::xsd::Schema) -> Option<(&'static str, String)> {
+        self.routes.iter().find_map(|r| {
+            r.request_headers
+                .iter()
+                .chain(&r.reply_headers)
+                .find(|(ns, local)| schema.global(ns, local).is_none())
+                .map(|(ns, local)| (r.name, format!("{{{ns}}}{local}")))
+        })
     }
 
     pub fn lookup(&self, listener: ListenerKind, path: &str) -> Option<&Route> {
@@ -141,29 +166,108 @@ pub struct SoapMediaType {
     pub action: Option<String>,
 }
 
+/// Why a Content-Type is not one the gateway accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MediaTypeError {
+    #[error("content type is not SOAP 1.1 (text/xml) or SOAP 1.2 (application/soap+xml)")]
+    NotSoap,
+    #[error("charset is not UTF-8")]
+    Charset,
+    #[error("a content type parameter appears twice")]
+    Repeated,
+    #[error("malformed content type parameters")]
+    Malformed,
+}
+
 /// Parses a Content-Type: `text/xml` (SOAP 1.1) or `application/soap+xml` (SOAP 1.2), with no
-/// charset or `charset=utf-8`.
-pub fn parse_content_type(value: &str) -> Option<SoapMediaType> {
-    let mut parts = value.split(';');
-    let mime = parts.next()?.trim();
+/// charset or `charset=utf-8`. Parameters are read as RFC 9110 says (`name=token` or a quoted
+/// string with backslash escapes, names in any case); one that appears twice is refused, so
+/// that two readers of the same header cannot see two actions. Other parameters are ignored:
+/// the gateway forwards a Content-Type it writes itself ([`SoapMediaType::forwarded`]).
+pub fn parse_content_type(value: &str) -> Result<SoapMediaType, MediaTypeError> {
+    let (mime, mut rest) = value.split_once(';').unwrap_or((value, ""));
+    let mime = mime.trim_matches([' ', '\t']);
     let version = if mime.eq_ignore_ascii_case("text/xml") {
         SoapVersion::V11
     } else if mime.eq_ignore_ascii_case("application/soap+xml") {
         SoapVersion::V12
     } else {
-        return None;
+        return Err(MediaTypeError::NotSoap);
     };
+    let mut seen: Vec<String> = Vec::new();
     let mut action = None;
-    for p in parts {
-        let (k, v) = p.split_once('=')?;
-        let v = v.trim().trim_matches('"');
-        match k.trim().to_ascii_lowercase().as_str() {
-            "charset" if !v.eq_ignore_ascii_case("utf-8") => return None,
-            "action" if version == SoapVersion::V12 => action = Some(v.to_owned()),
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', ';']);
+        if rest.is_empty() {
+            break;
+        }
+        let (name, after) = rest.split_once('=').ok_or(MediaTypeError::Malformed)?;
+        let name = name.trim_end_matches([' ', '\t']).to_ascii_lowercase();
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
+            return Err(MediaTypeError::Malformed);
+        }
+        let (v, after) = parameter_value(after)?;
+        rest = after;
+        if seen.contains(&name) {
+            return Err(MediaTypeError::Repeated);
+        }
+        match name.as_str() {
+            "charset" if !v.eq_ignore_ascii_case("utf-8") => return Err(MediaTypeError::Charset),
+            "action" if version == SoapVersion::V12 => action = Some(v),
             _ => {}
         }
+        seen.push(name);
     }
-    Some(SoapMediaType { version, action })
+    Ok(SoapMediaType { version, action })
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A parameter's value at the start of `s` (a token or a quoted string), and what follows it
+/// up to the next `;`.
+fn parameter_value(s: &str) -> Result<(String, &str), MediaTypeError> {
+    let s = s.trim_start_matches([' ', '\t']);
+    let (value, after) = if let Some(quoted) = s.strip_prefix('"') {
+        let mut value = String::new();
+        let mut chars = quoted.char_indices();
+        let end = loop {
+            match chars.next() {
+                None => return Err(MediaTypeError::Malformed),
+                Some((i, '"')) => break i + 1,
+                Some((_, '\\')) => value.push(chars.next().ok_or(MediaTypeError::Malformed)?.1),
+                Some((_, c)) => value.push(c),
+            }
+        };
+        (value, &quoted[end..])
+    } else {
+        // Unquoted: a token, leniently (clients send `action=urn:x/Op` unquoted, though `:`
+        // and `/` are not token characters): visible ASCII but quotes and backslashes.
+        let end = s.find([';', ' ', '\t']).unwrap_or(s.len());
+        if end == 0 || !s[..end].bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+            return Err(MediaTypeError::Malformed);
+        }
+        (s[..end].to_owned(), &s[end..])
+    };
+    let after = after.trim_start_matches([' ', '\t']);
+    if !after.is_empty() && !after.starts_with(';') {
+        return Err(MediaTypeError::Malformed);
+    }
+    Ok((value, after))
+}
+
+impl SoapMediaType {
+    /// The Content-Type the gateway forwards: written from what it checked, never copied.
+    /// `action` is the SOAP 1.2 action the caller gave (checked to name the operation).
+    pub fn forwarded(version: SoapVersion, action: Option<&str>) -> String {
+        match (version, action) {
+            (SoapVersion::V11, _) => "text/xml; charset=utf-8".to_owned(),
+            (SoapVersion::V12, None) => "application/soap+xml; charset=utf-8".to_owned(),
+            (SoapVersion::V12, Some(a)) => format!("application/soap+xml; charset=utf-8; action=\"{a}\""),
+        }
+    }
 }
 
 /// True when a SOAPAction (or SOAP 1.2 `action`) names the operation: the operation's local
@@ -184,13 +288,43 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert_eq!(parse_content_type("text/xml; charset=utf-8").map(|m| m.version), Some(SoapVersion::V11));
-        assert_eq!(parse_content_type("text/xml").map(|m| m.version), Some(SoapVersion::V11));
-        assert!(parse_content_type("text/xml; charset=iso-8859-1").is_none());
-        assert!(parse_content_type("application/json").is_none());
+        assert_eq!(parse_content_type("text/xml; charset=utf-8").map(|m| m.version), Ok(SoapVersion::V11));
+        assert_eq!(parse_content_type("text/xml").map(|m| m.version), Ok(SoapVersion::V11));
+        assert_eq!(parse_content_type("text/xml; charset=iso-8859-1"), Err(MediaTypeError::Charset));
+        assert_eq!(parse_content_type("application/json"), Err(MediaTypeError::NotSoap));
         let m = parse_content_type("application/soap+xml; charset=UTF-8; action=\"urn:x/Op\"").unwrap();
         assert_eq!(m.version, SoapVersion::V12);
         assert_eq!(m.action.as_deref(), Some("urn:x/Op"));
+        // A semicolon inside a quoted value does not start a parameter.
+        let m = parse_content_type("application/soap+xml;action=\"urn:x/Op;charset=latin1\";charset=utf-8").unwrap();
+        assert_eq!(m.action.as_deref(), Some("urn:x/Op;charset=latin1"));
+        let m = parse_content_type("application/soap+xml; action=urn:x/Op").unwrap();
+        assert_eq!(m.action.as_deref(), Some("urn:x/Op"));
+    }
+
+    /// Two readers of a header with a repeated parameter could take different ones.
+    #[test]
+    fn repeated_or_malformed_parameters_are_refused() {
+        for ct in [
+            "application/soap+xml; charset=utf-8; action=\"urn:a/VerifyFingerprintRequest\"; action=\"CheckIdentityRequest\"",
+            "application/soap+xml; ACTION=\"a\"; action=\"b\"",
+            "text/xml; charset=utf-8; charset=utf-8",
+        ] {
+            assert_eq!(parse_content_type(ct), Err(MediaTypeError::Repeated), "{ct}");
+        }
+        for ct in [
+            "text/xml; charset",
+            "application/soap+xml; action=\"unterminated",
+            "application/soap+xml; action=\"a\"x",
+            "text/xml; =utf-8",
+            "text/xml; char set=utf-8",
+        ] {
+            assert_eq!(parse_content_type(ct), Err(MediaTypeError::Malformed), "{ct}");
+        }
+        assert_eq!(
+            SoapMediaType::forwarded(SoapVersion::V12, Some("urn:x/Op")),
+            "application/soap+xml; charset=utf-8; action=\"urn:x/Op\""
+        );
     }
 
     #[test]

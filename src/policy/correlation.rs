@@ -47,6 +47,26 @@ impl ForwardedIds {
         }
     }
 
+    /// Takes `id` out if it was forwarded and has not expired: a callback consumes its
+    /// messageID, so a replay finds it gone. Returns when it was remembered, for
+    /// [`Self::restore`]. Fails closed (None) if the lock is poisoned.
+    pub fn claim(&self, id: &str) -> Option<Instant> {
+        let now = Instant::now();
+        let mut inner = self.inner.lock().ok()?;
+        self.expire(&mut inner, now);
+        inner.seen.remove(id)
+    }
+
+    /// Puts back a messageID claimed by a callback that was not delivered, with its original
+    /// time (a SPOC may send the callback again).
+    pub fn restore(&self, id: &str, at: Instant) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.seen.insert(id.to_owned(), at);
+            inner.order.push_back((id.to_owned(), at));
+            self.expire(&mut inner, Instant::now());
+        }
+    }
+
     /// True when `id` was forwarded and has not expired. Fails closed if the lock is poisoned.
     pub fn knows(&self, id: &str) -> bool {
         let now = Instant::now();
@@ -76,5 +96,16 @@ mod tests {
         short.remember("x");
         std::thread::sleep(Duration::from_millis(5));
         assert!(!short.knows("x"));
+    }
+
+    #[test]
+    fn a_claim_consumes_and_a_restore_puts_back() {
+        let ids = ForwardedIds::new(10, Duration::from_secs(60));
+        ids.remember("a");
+        let at = ids.claim("a").expect("remembered");
+        assert!(ids.claim("a").is_none() && !ids.knows("a"));
+        ids.restore("a", at);
+        assert!(ids.knows("a"));
+        assert!(ids.claim("never").is_none());
     }
 }

@@ -5,6 +5,8 @@
 //! The validator outlines the reply as it reads it (names and spans of the elements down to
 //! the deepest path, [`depth`]): cutting needs no second reading of the reply.
 
+use std::ops::Range;
+
 use bytes::Bytes;
 
 use crate::xml::validate::Outlined;
@@ -18,13 +20,20 @@ pub fn depth<S: AsRef<str>>(paths: &[S]) -> usize {
 /// document order). `outline` is the validator's outline of `body` to at least
 /// [`depth`]`(paths)`.
 pub fn cut(body: &Bytes, outline: &[Outlined], paths: &[&str]) -> (Bytes, Vec<String>) {
+    let (spans, removed) = spans(body, outline, paths);
+    (without(body, &spans), removed)
+}
+
+/// The spans of the elements at `paths` (none inside another), in document order, and the
+/// paths they are at.
+pub fn spans(body: &[u8], outline: &[Outlined], paths: &[&str]) -> (Vec<Range<usize>>, Vec<String>) {
     let mut removed = Vec::new();
+    let mut cuts: Vec<Range<usize>> = Vec::new();
     if paths.is_empty() {
-        return (body.clone(), removed);
+        return (cuts, removed);
     }
     // The names of the elements open down to the current one, by depth.
     let mut open: Vec<&[u8]> = Vec::new();
-    let mut cuts: Vec<&std::ops::Range<usize>> = Vec::new();
     for o in outline {
         open.truncate(o.depth - 1);
         open.push(body.get(o.name.clone()).unwrap_or_default());
@@ -32,21 +41,27 @@ pub fn cut(body: &Bytes, outline: &[Outlined], paths: &[&str]) -> (Bytes, Vec<St
             continue; // inside an element already cut
         }
         if let Some(p) = paths.iter().find(|p| p.split('/').map(str::as_bytes).eq(open.iter().copied())) {
-            cuts.push(&o.span);
+            cuts.push(o.span.clone());
             removed.push((*p).to_owned());
         }
     }
+    (cuts, removed)
+}
+
+/// `body` without the byte ranges `cuts` (in order, not overlapping): the body itself when
+/// there is nothing to cut.
+pub fn without(body: &Bytes, cuts: &[Range<usize>]) -> Bytes {
     if cuts.is_empty() {
-        return (body.clone(), removed);
+        return body.clone();
     }
     let mut out = Vec::with_capacity(body.len());
     let mut from = 0;
     for c in cuts {
-        out.extend_from_slice(&body[from..c.start]);
-        from = c.end;
+        out.extend_from_slice(body.get(from..c.start).unwrap_or_default());
+        from = c.end.max(from);
     }
-    out.extend_from_slice(&body[from..]);
-    (Bytes::from(out), removed)
+    out.extend_from_slice(body.get(from..).unwrap_or_default());
+    Bytes::from(out)
 }
 
 #[cfg(test)]
@@ -72,7 +87,7 @@ mod tests {
     fn minimised(body: &Bytes, paths: &[&str]) -> (String, Vec<String>) {
         let schema = Schema::embedded().unwrap();
         let ops = [("urn:spocgw:bio:1", "CheckIdentityResponse")];
-        let expect = Expect::Soap { operations: &ops, fault_ok: false };
+        let expect = Expect::Soap { operations: &ops, fault_ok: false, headers: &[] };
         let v = validate_outlined(&schema, &Limits::default(), body, expect, depth(paths)).unwrap();
         let (out, removed) = cut(body, &v.outline, paths);
         validate_outlined(&schema, &Limits::default(), &out, expect, 0).unwrap();
@@ -123,7 +138,7 @@ mod tests {
         let body = reply("", HOLDER);
         let schema = Schema::embedded().unwrap();
         let ops = [("urn:spocgw:bio:1", "CheckIdentityResponse")];
-        let expect = Expect::Soap { operations: &ops, fault_ok: false };
+        let expect = Expect::Soap { operations: &ops, fault_ok: false, headers: &[] };
         let v = validate_outlined(&schema, &Limits::default(), &body, expect, 1).unwrap();
         assert_eq!(v.outline.len(), 4);
         assert!(v.outline.iter().all(|o| o.depth == 1));

@@ -15,6 +15,9 @@
 //! - Misbehaviour, for every request (`[behaviour] fault`) or for one request whose
 //!   `CaseReference`, `subject` or `messageID` is `SIM-DELAY-<ms>`, `SIM-RESET`,
 //!   `SIM-STATUS-<code>`, `SIM-MALFORMED`, `SIM-NOTSOAP` or `SIM-INVALID` (schema-invalid reply).
+//! - A hostile SPOC, for tests: `[behaviour] reply_file` answers every request with that file's
+//!   bytes and `reply_status`; `record_dir` keeps each request received (its Content-Type,
+//!   SOAPAction and body) as a numbered file, so a test can see what the gateway forwarded.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -66,6 +69,19 @@ pub struct Behaviour {
     pub request_certificate: String,
     #[serde(default = "default_callback_delay")]
     pub callback_delay_ms: u64,
+    /// Answer every request with this file's bytes (relative to the config file).
+    #[serde(default)]
+    pub reply_file: Option<std::path::PathBuf>,
+    /// The HTTP status of a `reply_file` answer.
+    #[serde(default = "default_reply_status")]
+    pub reply_status: u16,
+    /// Keep every request received in this directory (`N.txt`: headers, a blank line, body).
+    #[serde(default)]
+    pub record_dir: Option<std::path::PathBuf>,
+}
+
+fn default_reply_status() -> u16 {
+    200
 }
 
 fn default_fault() -> String {
@@ -85,6 +101,9 @@ impl Default for Behaviour {
             fault: default_fault(),
             request_certificate: default_request_certificate(),
             callback_delay_ms: default_callback_delay(),
+            reply_file: None,
+            reply_status: default_reply_status(),
+            record_dir: None,
         }
     }
 }
@@ -96,6 +115,12 @@ impl MinistryConfig {
         cfg.server.resolve(base, file, "server")?;
         if let Some(cb) = cfg.callback.as_mut() {
             cb.resolve(base, file, "callback")?;
+        }
+        for p in [&mut cfg.behaviour.reply_file, &mut cfg.behaviour.record_dir].into_iter().flatten() {
+            *p = base.join(&*p);
+        }
+        if StatusCode::from_u16(cfg.behaviour.reply_status).is_err() {
+            return Err(ConfigError::new(file, "behaviour.reply_status", "not an HTTP status"));
         }
         if Misbehaviour::parse(&cfg.behaviour.fault).is_none() && cfg.behaviour.fault != "none" {
             return Err(ConfigError::new(file, "behaviour.fault", format!("unknown fault {:?}", cfg.behaviour.fault)));
@@ -144,6 +169,8 @@ impl Misbehaviour {
 /// The simulator's shared state.
 pub struct Ministry {
     behaviour: Behaviour,
+    /// Requests recorded so far (`record_dir`).
+    recorded: std::sync::atomic::AtomicUsize,
     callback: Option<Upstream>,
     schema: Arc<Schema>,
 }
@@ -216,7 +243,7 @@ fn now() -> String {
 impl Ministry {
     pub fn new(cfg: &MinistryConfig, schema: Arc<Schema>) -> Result<Self, crate::tls::TlsError> {
         let callback = cfg.callback.as_ref().map(Upstream::new).transpose()?;
-        Ok(Self { behaviour: cfg.behaviour.clone(), callback, schema })
+        Ok(Self { behaviour: cfg.behaviour.clone(), recorded: Default::default(), callback, schema })
     }
 
     /// Answers one request.
@@ -225,9 +252,33 @@ impl Ministry {
             Some(ct) if ct.starts_with("application/soap+xml") => SoapVersion::V12,
             _ => SoapVersion::V11,
         };
+        let header = |name: &str| {
+            let values: Vec<&str> = req.headers().get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+            format!("{name}: {}\n", values.join(" | "))
+        };
+        let headers = header("content-type") + &header("soapaction");
         let body = read_limited(req.into_body(), 16 * 1024 * 1024)
             .await
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        if let Some(dir) = &self.behaviour.record_dir {
+            let n = self.recorded.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut text = headers.into_bytes();
+            text.push(b'\n');
+            text.extend_from_slice(&body);
+            tokio::fs::write(dir.join(format!("{n}.txt")), text).await?;
+        }
+        if let Some(file) = &self.behaviour.reply_file {
+            let mut resp =
+                Response::new(SimBody::whole(String::from_utf8_lossy(&tokio::fs::read(file).await?).into_owned()));
+            *resp.status_mut() = StatusCode::from_u16(self.behaviour.reply_status).unwrap_or(StatusCode::OK);
+            let ct = if version == SoapVersion::V12 {
+                "application/soap+xml; charset=utf-8"
+            } else {
+                "text/xml; charset=utf-8"
+            };
+            resp.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static(ct));
+            return Ok(resp);
+        }
         let facts = read_facts(&body);
         tracing::info!(message_id = %facts.message_id, case_reference = %facts.case_reference, trigger = facts.trigger.as_deref().unwrap_or(""), bytes = body.len(), "request received");
         let misbehaviour = facts

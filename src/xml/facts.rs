@@ -1,13 +1,15 @@
 //! The few facts of a message that policy and audit need, taken during validation so no
-//! second parse is made. Values are bounded; the document number is personal data, kept in
-//! zeroizing memory and never printed by `Debug`.
+//! second parse is made. A fact is kept whole: the schemas bound every one of them (an
+//! `Authority` of 100 two-byte letters is 200 bytes), and a value longer than [`MAX_FACT`]
+//! makes the message invalid rather than go unrecorded. The document number is personal data,
+//! kept in zeroizing memory and never printed by `Debug`.
 
 use std::fmt;
 
 use zeroize::Zeroizing;
 
-/// Longest value kept for any fact.
-const MAX_FACT: usize = 128;
+/// Longest value of a fact, in bytes: the audit record takes every fact whole up to this.
+pub const MAX_FACT: usize = 1024;
 
 #[derive(Default, Clone)]
 pub struct MessageFacts {
@@ -19,6 +21,8 @@ pub struct MessageFacts {
     pub purpose: Option<String>,
     pub case_reference: Option<String>,
     pub issuing_state: Option<String>,
+    /// CSN 36 9791 `result` (of a reply) or `statusInfo` (of a callback).
+    pub result: Option<String>,
     pub document_number: Option<Zeroizing<String>>,
     pub chip_fingerprints: u32,
     pub live_fingerprints: u32,
@@ -37,6 +41,7 @@ impl fmt::Debug for MessageFacts {
             .field("purpose", &self.purpose)
             .field("case_reference", &self.case_reference)
             .field("issuing_state", &self.issuing_state)
+            .field("result", &self.result)
             .field("document_number", &self.document_number.as_ref().map(|_| "<redacted>"))
             .field("chip_fingerprints", &self.chip_fingerprints)
             .field("live_fingerprints", &self.live_fingerprints)
@@ -46,11 +51,11 @@ impl fmt::Debug for MessageFacts {
 }
 
 impl MessageFacts {
-    /// Records the value of a simple element named `local`, if it is a fact.
-    pub fn record(&mut self, local: &str, value: &str) {
-        if value.len() > MAX_FACT {
-            return;
-        }
+    /// Records the value of a simple element named `local`, if it is a fact; false (nothing
+    /// recorded) for a fact longer than [`MAX_FACT`].
+    #[must_use]
+    pub fn record(&mut self, local: &str, value: &str) -> bool {
+        let long = value.len() > MAX_FACT;
         let slot = match local {
             "MessageID" | "messageID" => &mut self.message_id,
             "callerID" => &mut self.caller_id,
@@ -60,11 +65,15 @@ impl MessageFacts {
             "Purpose" => &mut self.purpose,
             "CaseReference" => &mut self.case_reference,
             "IssuingState" => &mut self.issuing_state,
+            "result" | "statusInfo" => &mut self.result,
             "DocumentNumber" => {
+                if long {
+                    return false;
+                }
                 if self.document_number.is_none() {
                     self.document_number = Some(Zeroizing::new(value.to_owned()));
                 }
-                return;
+                return true;
             }
             "Format" => {
                 if let Some(f) = super::content::known_format(value)
@@ -72,13 +81,17 @@ impl MessageFacts {
                 {
                     self.formats.push(f);
                 }
-                return;
+                return true;
             }
-            _ => return,
+            _ => return true,
         };
+        if long {
+            return false;
+        }
         if slot.is_none() {
             *slot = Some(value.to_owned());
         }
+        true
     }
 
     /// Counts container elements as they open.

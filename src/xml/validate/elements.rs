@@ -23,7 +23,16 @@ impl Run<'_> {
     ) -> Result<Frame, XmlRefusal> {
         let schema = self.schema;
         let d = &schema.decls[decl];
-        self.facts.open(&d.local);
+        // Facts come from the Body's operation element only, never from a Header or a Fault.
+        if self.operation_at.is_some() {
+            self.facts.open(&d.local);
+        }
+        // A header entry may carry the envelope's own attributes (mustUnderstand, actor or
+        // role, relay), which the Header's reading has checked.
+        let soap_ns = match self.stack.last() {
+            Some(Frame::Header) => self.version.map(|v| v.namespace().as_bytes()),
+            _ => None,
+        };
         let (uses, state): (&[crate::xml::xsd::AttributeUse], ContentState) = match d.ty {
             TypeRef::Simple(st) => (&[], simple_state(schema.simple[st].builtin, schema.simple[st].streams())),
             TypeRef::Complex(c) => {
@@ -44,6 +53,12 @@ impl Run<'_> {
                 continue;
             }
             let (ans, alocal) = reader.resolve_attribute(a.key);
+            if let (Some(soap), ResolveResult::Bound(n)) = (soap_ns, &ans)
+                && n.as_ref() == soap
+                && matches!(alocal.as_ref(), b"mustUnderstand" | b"actor" | b"role" | b"relay")
+            {
+                continue;
+            }
             let name = utf8(self.doc, alocal.into_inner());
             let qualified = !matches!(ans, ResolveResult::Unbound);
             let found = if qualified { None } else { uses.iter().position(|u| u.name == name) };
@@ -89,7 +104,11 @@ impl Run<'_> {
                     return Self::invalid(offset, "text directly inside the SOAP Envelope, Header or Body");
                 }
             }
-            Some(Frame::Skip) => {
+            Some(Frame::Fault(_)) => {
+                let blank = blank();
+                return self.fault_text(offset, utf8(self.doc, s), blank);
+            }
+            Some(Frame::Skip | Frame::DroppedEntry(_)) => {
                 if s.len() > self.limits.max_text_bytes {
                     return Err(XmlRefusal::Threat { offset, breach: Breach::TextBytes });
                 }
@@ -125,7 +144,7 @@ impl Run<'_> {
     }
 
     /// An element ends: its end tag is at `offset`, and ends at `after`.
-    pub(super) fn end(&mut self, offset: usize, after: usize) -> Result<(), XmlRefusal> {
+    pub(super) fn end(&mut self, reader: &NsReader<&[u8]>, offset: usize, after: usize) -> Result<(), XmlRefusal> {
         self.child_counts.pop();
         let Some(frame) = self.stack.pop() else {
             return Err(XmlRefusal::Malformed { offset, reason: "unbalanced end tag".into() });
@@ -144,7 +163,9 @@ impl Run<'_> {
                     return Self::invalid(offset, "the Body is empty");
                 }
             }
-            Frame::Header | Frame::Skip => {}
+            Frame::Header | Frame::DroppedEntry(_) => self.header_end(&frame, after),
+            Frame::Skip => {}
+            Frame::Fault(f) => self.fault_end(reader, offset, f)?,
             Frame::Element(f) => {
                 if let Some(i) = f.outlined {
                     self.outline[i].span.end = after + self.skipped;
@@ -197,7 +218,7 @@ impl Run<'_> {
                         .map_err(|reason| XmlRefusal::Invalid { offset, reason: format!("{}: {reason}", d.local) })?;
                     match st.builtin {
                         Builtin::Id if !self.ids.insert(normalized.to_string()) => {
-                            return Self::invalid(offset, format!("ID {normalized:?} is not unique"));
+                            return Self::invalid(offset, format!("{}: an ID that is not unique", d.local));
                         }
                         Builtin::IdRef => self.idrefs.push((offset, normalized.to_string())),
                         Builtin::Base64Binary => {
@@ -207,7 +228,9 @@ impl Run<'_> {
                         }
                         _ => {}
                     }
-                    self.facts.record(&d.local, &normalized);
+                    if self.operation_at.is_some() && !self.facts.record(&d.local, &normalized) {
+                        return Self::invalid(offset, format!("{}: longer than the audit record takes", d.local));
+                    }
                     if d.local == "Format"
                         && let Some(Frame::Element(parent)) = self.stack.last_mut()
                     {

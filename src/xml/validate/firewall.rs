@@ -126,7 +126,11 @@ fn check_attribute_refs(value: &[u8], offset: usize) -> Result<(), XmlRefusal> {
             return Err(XmlRefusal::Malformed { offset, reason: "unterminated reference in an attribute".into() });
         };
         let name = &after[..end];
-        if name.first() != Some(&b'#') && !PREDEFINED.iter().any(|(p, _)| p.as_bytes() == name) {
+        if let Some(number) = name.strip_prefix(b"#") {
+            if !char_ref(number).is_some_and(crate::xml::chars::is_xml_char) {
+                return Err(XmlRefusal::Malformed { offset, reason: "invalid character reference".into() });
+            }
+        } else if !PREDEFINED.iter().any(|(p, _)| p.as_bytes() == name) {
             return Err(XmlRefusal::Threat { offset, breach: Breach::EntityReference });
         }
         rest = &after[end + 1..];
@@ -135,6 +139,22 @@ fn check_attribute_refs(value: &[u8], offset: usize) -> Result<(), XmlRefusal> {
         return Err(XmlRefusal::Malformed { offset, reason: "'<' in an attribute value".into() });
     }
     Ok(())
+}
+
+/// The character a reference's number (after `&#`) names: `x` and hex digits, or decimal digits.
+fn char_ref(number: &[u8]) -> Option<char> {
+    let (digits, radix) = match number.strip_prefix(b"x") {
+        Some(hex) => (hex, 16),
+        None => (number, 10),
+    };
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let text = std::str::from_utf8(digits).ok()?;
+    if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    char::from_u32(u32::from_str_radix(text, radix).ok()?)
 }
 
 #[cfg(test)]

@@ -10,11 +10,15 @@
 use std::collections::HashSet;
 
 mod elements;
+mod fault;
 mod firewall;
+mod header;
 mod outline;
 
 use elements::content_of;
+use fault::{Child, FaultFrame};
 use firewall::check_declaration;
+pub use header::HeaderOutline;
 pub use outline::Outlined;
 use quick_xml::NsReader;
 use quick_xml::events::{BytesStart, Event};
@@ -69,8 +73,10 @@ pub fn line_col(body: &[u8], offset: usize) -> (usize, usize) {
 #[derive(Debug, Clone, Copy)]
 pub enum Expect<'a> {
     /// A SOAP envelope whose Body holds one of these (namespace, local name) elements; a SOAP
-    /// Fault is accepted when `fault_ok`.
-    Soap { operations: &'a [(&'a str, &'a str)], fault_ok: bool },
+    /// Fault (in its fixed shape) is accepted when `fault_ok`. Header entries named in
+    /// `headers` are validated against the schemas and kept; any other entry is outlined to be
+    /// dropped ([`Validated::header`]), or refused if it must be understood.
+    Soap { operations: &'a [(&'a str, &'a str)], fault_ok: bool, headers: &'a [(String, String)] },
     /// Either a SOAP envelope (any operation the schemas declare) or a bare element the
     /// schemas declare globally (`spocgw validate`).
     Any,
@@ -88,6 +94,8 @@ pub struct Validated {
     /// ([`validate_outlined`]), in document order: what data minimisation cuts, without
     /// reading the message again.
     pub outline: Vec<Outlined>,
+    /// The SOAP Header, if the message has one: its span and the entries to drop.
+    pub header: Option<HeaderOutline>,
 }
 
 enum Frame {
@@ -96,12 +104,15 @@ enum Frame {
         has_body: bool,
     },
     Header,
+    /// A header entry that is not let through: skipped, and outlined to be cut.
+    DroppedEntry(usize),
     Body {
         has_operation: bool,
     },
     /// Content the gateway does not validate (header entries, a Fault); limits still apply.
     Skip,
     Element(ElementFrame),
+    Fault(FaultFrame),
 }
 
 struct ElementFrame {
@@ -154,6 +165,7 @@ struct Run<'s> {
     /// Where the operation element is on the stack.
     operation_at: Option<usize>,
     outline: Vec<Outlined>,
+    header: Option<HeaderOutline>,
 }
 
 /// Validates `body` against `schema` under `limits`.
@@ -182,6 +194,9 @@ pub fn validate_outlined(
     };
     let text = std::str::from_utf8(body)
         .map_err(|e| XmlRefusal::Malformed { offset: e.valid_up_to(), reason: "invalid UTF-8".into() })?;
+    if let Some(at) = super::chars::first_illegal(body) {
+        return Err(XmlRefusal::Malformed { offset: at, reason: "a character XML 1.0 does not allow".into() });
+    }
     let mut run = Run {
         doc: text,
         schema,
@@ -203,6 +218,7 @@ pub fn validate_outlined(
         outline_depth: depth,
         operation_at: None,
         outline: Vec::new(),
+        header: None,
     };
     run.go(expect)
 }
@@ -243,7 +259,7 @@ impl<'s> Run<'s> {
                 Err(e) => {
                     return Err(XmlRefusal::Malformed {
                         offset: reader.error_position() as usize,
-                        reason: e.to_string(),
+                        reason: malformed(&e).into(),
                     });
                 }
             };
@@ -269,7 +285,7 @@ impl<'s> Run<'s> {
                 Event::GeneralRef(r) => {
                     let resolved: String = if r.is_char_ref() {
                         match r.resolve_char_ref() {
-                            Ok(Some(c)) => c.to_string(),
+                            Ok(Some(c)) if super::chars::is_xml_char(c) => c.to_string(),
                             _ => {
                                 return Err(XmlRefusal::Malformed {
                                     offset,
@@ -312,12 +328,12 @@ impl<'s> Run<'s> {
                     }
                     self.settle(r)?;
                     if empty {
-                        let r = self.end(offset, reader.buffer_position() as usize);
+                        let r = self.end(&reader, offset, reader.buffer_position() as usize);
                         self.settle(r)?;
                     }
                 }
                 Event::End(_) => {
-                    let r = self.end(offset, reader.buffer_position() as usize);
+                    let r = self.end(&reader, offset, reader.buffer_position() as usize);
                     self.settle(r)?;
                 }
                 Event::Eof => break,
@@ -337,7 +353,7 @@ impl<'s> Run<'s> {
         };
         for (offset, r) in &self.idrefs {
             if !self.ids.contains(r) {
-                return Err(XmlRefusal::Invalid { offset: *offset, reason: format!("IDREF {r:?} names no ID") });
+                return Err(XmlRefusal::Invalid { offset: *offset, reason: "an IDREF names no ID".into() });
             }
         }
         Ok(Validated {
@@ -346,6 +362,7 @@ impl<'s> Run<'s> {
             operation,
             facts: std::mem::take(&mut self.facts),
             outline: std::mem::take(&mut self.outline),
+            header: self.header.take(),
         })
     }
 
@@ -415,6 +432,7 @@ impl<'s> Run<'s> {
                             return Self::invalid(offset, format!("no schema declares the element {{{ns}}}{local}"));
                         };
                         self.operation = Some((ns.to_owned(), local.to_owned()));
+                        self.operation_at = Some(self.stack.len());
                         self.element_frame(reader, offset, e, decl)?
                     }
                     (None, Expect::Soap { .. }) => {
@@ -430,6 +448,8 @@ impl<'s> Run<'s> {
                 match local {
                     "Header" if !*has_header && !*has_body => {
                         *has_header = true;
+                        let at = offset + self.skipped;
+                        self.header = Some(HeaderOutline { span: at..at, dropped: Vec::new(), kept: 0 });
                         Frame::Header
                     }
                     "Body" if !*has_body => {
@@ -440,27 +460,7 @@ impl<'s> Run<'s> {
                     _ => return Self::invalid(offset, format!("unexpected element {local} in the Envelope")),
                 }
             }
-            Some(Frame::Header) => {
-                // A header entry: refused if it must be understood (we understand none), or if
-                // it is a SOAP element (a Body hidden in the Header).
-                let soap_ns = self.version.map(SoapVersion::namespace).unwrap_or_default();
-                if ns == soap_ns {
-                    return Self::invalid(offset, format!("SOAP element {local} inside the Header"));
-                }
-                for a in e.attributes().flatten() {
-                    let (ans, alocal) = reader.resolve_attribute(a.key);
-                    if matches!(ans, ResolveResult::Bound(Namespace(n)) if n == soap_ns.as_bytes())
-                        && alocal.as_ref() == b"mustUnderstand"
-                        && matches!(a.value.as_ref(), b"1" | b"true")
-                    {
-                        return Self::invalid(
-                            offset,
-                            format!("header {local} must be understood, and the gateway does not"),
-                        );
-                    }
-                }
-                Frame::Skip
-            }
+            Some(Frame::Header) => self.header_entry(reader, offset, e, (ns, local), expect)?,
             Some(Frame::Body { has_operation }) => {
                 if *has_operation {
                     return Self::invalid(offset, "the Body holds more than one element");
@@ -470,7 +470,12 @@ impl<'s> Run<'s> {
                 self.operation = Some((ns.to_owned(), local.to_owned()));
                 if ns == soap_ns && local == "Fault" {
                     match expect {
-                        Expect::Soap { fault_ok: true, .. } | Expect::Any => Frame::Skip,
+                        Expect::Soap { fault_ok: true, .. } | Expect::Any => {
+                            if e.attributes().flatten().any(|a| !a.key.as_ref().starts_with(b"xmlns")) {
+                                return Self::invalid(offset, "an attribute that is not allowed in a SOAP Fault");
+                            }
+                            Frame::Fault(FaultFrame::new(self.version.unwrap_or(SoapVersion::V11)))
+                        }
                         Expect::Soap { .. } => {
                             return Self::invalid(offset, "a SOAP Fault where a message was expected");
                         }
@@ -488,10 +493,15 @@ impl<'s> Run<'s> {
                     let Some(decl) = self.schema.global(ns, local) else {
                         return Self::invalid(offset, format!("no schema declares the element {{{ns}}}{local}"));
                     };
+                    self.operation_at = Some(self.stack.len());
                     self.element_frame(reader, offset, e, decl)?
                 }
             }
-            Some(Frame::Skip) => Frame::Skip,
+            Some(Frame::Skip | Frame::DroppedEntry(_)) => Frame::Skip,
+            Some(Frame::Fault(_)) => match self.fault_child(reader, offset, e, (ns, local))? {
+                Child::Frame(f) => f,
+                Child::Declared(decl) => self.element_frame(reader, offset, e, decl)?,
+            },
             Some(Frame::Element(parent)) => {
                 let decl = match &mut parent.state {
                     ContentState::Dfa(state) => {
@@ -548,6 +558,25 @@ impl<'s> Run<'s> {
         }
         self.push(frame);
         Ok(())
+    }
+}
+
+/// What a quick-xml error says, in words that hold nothing of the message (its messages can
+/// quote names and references from it).
+fn malformed(e: &quick_xml::Error) -> &'static str {
+    use quick_xml::errors::{Error, IllFormedError};
+    match e {
+        Error::Syntax(_) => "syntax error",
+        Error::IllFormed(IllFormedError::MismatchedEndTag { .. } | IllFormedError::UnmatchedEndTag(_)) => {
+            "an end tag does not match its start tag"
+        }
+        Error::IllFormed(IllFormedError::MissingEndTag(_)) => "an element is not closed",
+        Error::IllFormed(IllFormedError::DoubleHyphenInComment) => "'--' inside a comment",
+        Error::IllFormed(_) => "not well-formed",
+        Error::InvalidAttr(_) => "malformed attribute",
+        Error::Escape(_) => "invalid reference",
+        Error::Namespace(_) => "namespace error",
+        Error::Encoding(_) | Error::Io(_) => "invalid encoding",
     }
 }
 

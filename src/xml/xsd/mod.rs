@@ -92,6 +92,7 @@ pub struct Schema {
 pub const EMBEDDED: &[(&str, &str)] = &[
     ("bio-v1.xsd", include_str!("../../../policies/schemas/bio-v1.xsd")),
     ("csn369791.xsd", include_str!("../../../policies/schemas/csn369791.xsd")),
+    ("fault.xsd", include_str!("../../../policies/schemas/fault.xsd")),
 ];
 
 impl Schema {
