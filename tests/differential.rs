@@ -111,7 +111,11 @@ fn run_seed(seed: u8) {
                 }
             }
         }
-        let xsd = if ns.contains("bio") { "bio-v1.xsd" } else { "csn369791.xsd" };
+        let xsd = match ns.as_str() {
+            n if n.contains("bio") => "bio-v1.xsd",
+            n if n.contains("fault") => "fault.xsd",
+            _ => "csn369791.xsd",
+        };
         let path = dir.join(format!("{i:04}.xml"));
         let prefixed = g.chance(30);
         std::fs::write(&path, serialize(&el, prefixed)).unwrap();
@@ -162,4 +166,67 @@ fn run_seed(seed: u8) {
         disagreements.iter().take(5).cloned().collect::<Vec<_>>().join("\n\n")
     );
     assert!(valid >= 250 && invalid >= 250, "the generator must produce both: {valid} valid, {invalid} invalid");
+}
+
+/// Characters XML 1.0 does not allow (production `Char`), raw or as references, in text and in
+/// attributes: libxml2 and spocgw both refuse them, and both accept their legal neighbours.
+#[test]
+fn illegal_characters_get_the_verdict_libxml2_gives() {
+    if !xmllint_available() {
+        return;
+    }
+    let element =
+        spocgw::sim::messages::BioRequest::matching("6f1c1c4e-3f0a-4d53-9a43-2b5c1e0f9a01", 64).check_identity();
+    assert!(element.contains("<Authority>Border Police</Authority>"));
+    let inserts = [
+        "\u{1}",
+        "\u{8}",
+        "\u{b}",
+        "\u{c}",
+        "\u{1e}",
+        "\u{1f}",
+        "\u{fffe}",
+        "\u{ffff}",
+        "&#x1;",
+        "&#1;",
+        "&#x1e;",
+        "&#31;",
+        "&#xFFFE;",
+        "&#65535;",
+        "&#0;",
+        "&#xD800;",
+        "&#x110000;", // illegal
+        "&#x9;",
+        "&#10;",
+        "\u{fffd}",
+        "&#xFFFD;",
+        "\u{10000}",
+        "&#x10FFFF;",
+        "\u{e000}",
+        "&#xD7FF;", // legal
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (i, c) in inserts.iter().enumerate() {
+        let in_text = element.replace("Border Police", &format!("Border{c}Police"));
+        let in_attr = element.replace("<Authority>", &format!("<Authority xmlns:z=\"urn:z{c}\">"));
+        for (j, doc) in [in_text, in_attr].into_iter().enumerate() {
+            let path = dir.path().join(format!("{i:02}-{j}.xml"));
+            std::fs::write(&path, format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{doc}")).unwrap();
+            files.push(path);
+        }
+    }
+    let theirs = xmllint_verdicts(Path::new("policies/schemas/bio-v1.xsd"), &files);
+    let ours = spocgw_verdicts(&files);
+    let mut illegal = 0;
+    for f in &files {
+        let t = theirs[f];
+        let (o, reason) = &ours[f];
+        assert_eq!(t, *o, "{}: xmllint {t}, spocgw {o} {reason}", f.display());
+        illegal += usize::from(!t);
+        if !t {
+            assert!(reason.contains("XmlMalformed"), "{}: {reason}", f.display());
+        }
+    }
+    assert_eq!(illegal, 2 * 17, "every illegal character is refused, every legal one accepted");
 }

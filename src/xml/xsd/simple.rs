@@ -183,7 +183,7 @@ impl SimpleType {
             let too_small = min.is_some_and(|m| n.cmp(&Decimal::from_i128(m)) == Ordering::Less);
             let too_big = max.is_some_and(|m| n.cmp(&Decimal::from_i128(m)) == Ordering::Greater);
             if too_small || too_big {
-                return Err(format!("{v:?} is out of the range of {}", self.name));
+                return Err(format!("out of the range of {}", self.name));
             }
         }
         if self.builtin.has_length() {
@@ -200,16 +200,16 @@ impl SimpleType {
                 None => values.iter().any(|e| e == v),
             };
             if !ok {
-                return Err(format!("{v:?} is not one of the values {} allows", self.name));
+                return Err(format!("not one of the values {} allows (enumeration)", self.name));
             }
         }
         for group in &self.patterns {
             if !group.iter().any(|re| re.is_match(v)) {
-                return Err(format!("{v:?} does not match the pattern of {}", self.name));
+                return Err(format!("does not match the pattern of {}", self.name));
             }
         }
         if let Some(n) = &number {
-            let fail = |what: &str| Err(format!("{v:?} is {what} for {}", self.name));
+            let fail = |what: &str| Err(format!("{what} for {}", self.name));
             if self.min_inclusive.as_ref().is_some_and(|m| n.cmp(m) == Ordering::Less) {
                 return fail("too small");
             }
@@ -285,7 +285,7 @@ pub fn normalize(s: &str, ws: WhiteSpace) -> std::borrow::Cow<'_, str> {
 
 /// Checks `v` against the built-in's lexical space; numeric types return their value.
 fn lexical(b: Builtin, v: &str) -> Result<Option<Decimal>, String> {
-    let bad = |what: &str| Err(format!("{v:?} is not a valid {what}"));
+    let bad = |what: &str| Err(format!("not a valid {what}"));
     match b {
         Builtin::String | Builtin::NormalizedString | Builtin::Token | Builtin::AnyUri => Ok(None),
         Builtin::Boolean => match v {
@@ -300,7 +300,7 @@ fn lexical(b: Builtin, v: &str) -> Result<Option<Decimal>, String> {
             }
             Ok(Decimal::parse(v))
         }
-        Builtin::Date => check_date(v).map(|_| None).map_err(|_| format!("{v:?} is not a valid date")),
+        Builtin::Date => check_date(v).map(|_| None).map_err(|_| "not a valid date".to_owned()),
         Builtin::DateTime => {
             let ok = v.split_once('T').is_some_and(|(d, t)| {
                 // the zone belongs to the whole value; the date part has none
@@ -308,8 +308,8 @@ fn lexical(b: Builtin, v: &str) -> Result<Option<Decimal>, String> {
             });
             if ok { Ok(None) } else { bad("dateTime") }
         }
-        Builtin::Time => check_time(v).map(|_| None).map_err(|_| format!("{v:?} is not a valid time")),
-        Builtin::Base64Binary => base64_octets(v).map(|_| None).ok_or_else(|| format!("{v:?} is not valid base64")),
+        Builtin::Time => check_time(v).map(|_| None).map_err(|_| "not a valid time".to_owned()),
+        Builtin::Base64Binary => base64_octets(v).map(|_| None).ok_or_else(|| "not valid base64".to_owned()),
         Builtin::HexBinary => {
             if v.len().is_multiple_of(2) && v.bytes().all(|c| c.is_ascii_hexdigit()) {
                 Ok(None)
