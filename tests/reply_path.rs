@@ -116,6 +116,14 @@ async fn a_reply_header_is_dropped_and_a_fault_passes_only_in_its_shape() {
     assert!(w.gateway_log().contains("\"removed\":\"Header\""), "{}", w.gateway_log());
     drop(w);
 
+    // A reply in another SOAP version than the request's.
+    let w = hostile(200, &identity_reply("", "").replace(SOAP11_NS, SOAP12_NS));
+    let r = post(&w.client("officer", false), "/bio/v1", XML11, Some("CheckIdentityRequest"), ci("IDENTITY_DOUBT"))
+        .await
+        .unwrap();
+    assert_eq!(fault_code(&r).as_deref(), Some("UpstreamInvalidResponse"), "{}", text(&r));
+    drop(w);
+
     // 500 Faults: the fixed shape passes; a detail or a part that is not ours is refused.
     let ours = "<detail><GatewayFault xmlns=\"urn:spocgw:fault:1\"><Code>NotUnderstood</Code>\
 <IncidentID>sim</IncidentID></GatewayFault></detail>";

@@ -427,12 +427,17 @@ impl Pipeline {
         // paths go.
         let fields = bundle.routes.minimise.get(x.operation).map(Vec::as_slice).unwrap_or_default();
         match validate_outlined(&self.schema, &route.limits, &reply.body, expect, minimise::depth(fields)) {
-            Ok(v) if fault_ok && v.operation != "Fault" => {
+            Ok(v) if (fault_ok && v.operation != "Fault") || v.version != x.version => {
                 self.metrics
                     .upstream_errors
                     .get_or_create(&UpstreamErrorLabels { upstream: name, kind: "invalid_reply" })
                     .inc();
-                Outcome::Refused(Refusal::UpstreamInvalidResponse, format!("{name}: HTTP 500 without a SOAP Fault"))
+                let why = if v.version != x.version {
+                    "a SOAP version other than the request's"
+                } else {
+                    "HTTP 500 without a SOAP Fault"
+                };
+                Outcome::Refused(Refusal::UpstreamInvalidResponse, format!("{name}: {why}"))
             }
             Ok(v) => {
                 // Only a request the Ministry took on for an answer later is waited for.
@@ -443,6 +448,10 @@ impl Pipeline {
                 {
                     self.policy.forwarded.remember(id);
                 }
+                // The reply's Content-Type is the gateway's too, for the version it checked.
+                let mut reply = reply;
+                let ct = SoapMediaType::forwarded(v.version.unwrap_or(SoapVersion::V11), None);
+                reply.content_type = HeaderValue::from_str(&ct).ok();
                 Outcome::Forwarded(self.minimise(x, reply, bundle, fields, &v))
             }
             Err(e) => {

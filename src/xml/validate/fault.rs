@@ -253,22 +253,17 @@ fn check_text(reader: &NsReader<&[u8]>, version: SoapVersion, rule: TextRule, ra
                 ResolveResult::Unknown(_) => return Err("a fault code's prefix is not declared"),
             };
             let envelope = version.namespace().as_bytes();
+            let head = local.split('.').next().unwrap_or("");
+            let refined = local.split('.').skip(1).all(is_ncname);
             match rule {
-                TextRule::Code11 => {
-                    let head = local.split('.').next().unwrap_or("");
-                    let refined = local.split('.').skip(1).all(is_ncname);
-                    if ns != envelope || !CODES11.contains(&head) || !refined {
-                        return Err("a fault code is not one SOAP 1.1 defines");
-                    }
+                TextRule::Code11 if ns != envelope || !CODES11.contains(&head) || !refined => {
+                    Err("a fault code is not one SOAP 1.1 defines")
                 }
-                TextRule::Code12 => {
-                    if ns != envelope || !CODES12.contains(&local) {
-                        return Err("a fault code is not one SOAP 1.2 defines");
-                    }
+                TextRule::Code12 if ns != envelope || !CODES12.contains(&local) => {
+                    Err("a fault code is not one SOAP 1.2 defines")
                 }
-                _ => {}
+                _ => Ok(()),
             }
-            Ok(())
         }
     }
 }
