@@ -8,8 +8,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use spocgw::config::UpstreamConfig;
-use spocgw::gateway::upstream::Upstream;
 use spocgw::sim::messages::{self, BioRequest};
 use spocgw::xml::SoapVersion;
 
@@ -23,17 +21,6 @@ fn bio(purpose: &'static str) -> BioRequest {
 
 fn ci(purpose: &'static str) -> String {
     messages::envelope(SoapVersion::V11, &bio(purpose).check_identity())
-}
-
-/// The National SPOC's client, calling the gateway's callback listener.
-fn ministry_client(w: &World) -> Upstream {
-    Upstream::new(&UpstreamConfig::client(
-        format!("https://127.0.0.1:{}", w.callback_port),
-        &w.path("ca/ministry-ca.pem"),
-        &w.path("ministry/client.pem"),
-        &w.path("ministry/client.key"),
-    ))
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,7 +115,7 @@ async fn the_address_flows_back_only_for_second_line_checks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callbacks_are_forwarded_only_for_messages_the_gateway_forwarded() {
     let w = World::full();
-    let ministry = ministry_client(&w);
+    let ministry = w.callback_client("ministry/client.pem", "ministry/client.key");
     let unknown = messages::envelope(SoapVersion::V11, &messages::send_certificates("NEVER-SENT-1"));
     let r = post(&ministry, "/spoc/csn369791", XML11, Some("SendCertificates"), unknown).await.unwrap();
     assert_eq!(r.status, 200);
@@ -150,13 +137,7 @@ async fn callbacks_are_forwarded_only_for_messages_the_gateway_forwarded() {
     assert!(log_contains(&w.path("receiver.log"), "ASYNC-42"), "callback not delivered");
     // The police side may not send callbacks.
     let again = messages::envelope(SoapVersion::V11, &messages::send_certificates("ASYNC-42"));
-    let police_on_callback = Upstream::new(&UpstreamConfig::client(
-        format!("https://127.0.0.1:{}", w.callback_port),
-        &w.path("ca/ministry-ca.pem"),
-        &w.path("clients/officer.pem"),
-        &w.path("clients/officer.key"),
-    ))
-    .unwrap();
+    let police_on_callback = w.callback_client("clients/officer.pem", "clients/officer.key");
     assert!(
         post(&police_on_callback, "/spoc/csn369791", XML11, Some("SendCertificates"), again).await.is_err(),
         "police cert accepted on the callback listener"

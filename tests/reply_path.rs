@@ -11,8 +11,7 @@ use bytes::Bytes;
 use common::*;
 use http::HeaderMap;
 use http::header::{CONTENT_TYPE, HeaderValue};
-use spocgw::config::UpstreamConfig;
-use spocgw::gateway::upstream::{Reply, Upstream};
+use spocgw::gateway::upstream::Reply;
 use spocgw::sim::messages::{self, BioRequest};
 use spocgw::xml::{SOAP11_NS, SOAP12_NS, SoapVersion};
 
@@ -394,13 +393,7 @@ async fn a_long_fact_is_recorded_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callbacks_cannot_be_replayed_and_faulted_requests_are_not_remembered() {
     let w = World::full();
-    let ministry = Upstream::new(&UpstreamConfig::client(
-        format!("https://127.0.0.1:{}", w.callback_port),
-        &w.path("ca/ministry-ca.pem"),
-        &w.path("ministry/client.pem"),
-        &w.path("ministry/client.key"),
-    ))
-    .unwrap();
+    let ministry = w.callback_client("ministry/client.pem", "ministry/client.key");
     let dv = w.client("document-verifier", false);
     let rc = messages::envelope(SoapVersion::V11, &messages::request_certificate("ASYNC-77"));
     let r = post(&dv, "/spoc/csn369791", XML11, Some("RequestCertificate"), rc).await.unwrap();

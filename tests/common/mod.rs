@@ -260,6 +260,18 @@ impl World {
         Upstream::new(&cfg).unwrap()
     }
 
+    /// A client of the callback listener with `cert`/`key` (relative paths), trusting the
+    /// Ministry CA: `ministry/client` is the National SPOC.
+    pub fn callback_client(&self, cert: &str, key: &str) -> Upstream {
+        Upstream::new(&UpstreamConfig::client(
+            format!("https://127.0.0.1:{}", self.callback_port),
+            &self.path("ca/ministry-ca.pem"),
+            &self.path(cert),
+            &self.path(key),
+        ))
+        .unwrap()
+    }
+
     /// The gateway's log so far (it writes its lines every 20 ms: wait for them first).
     pub fn gateway_log(&self) -> String {
         std::thread::sleep(Duration::from_millis(100));
