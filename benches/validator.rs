@@ -46,6 +46,18 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
 
+    // The screen for characters XML 1.0 forbids, run over every message before it is read.
+    let mut g = c.benchmark_group("chars");
+    for size in [5_000usize, 50_000] {
+        let msg = message(size);
+        assert_eq!(spocgw::xml::chars::first_illegal(&msg), None);
+        g.throughput(Throughput::Bytes(msg.len() as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &msg, |b, msg| {
+            b.iter(|| spocgw::xml::chars::first_illegal(std::hint::black_box(msg)))
+        });
+    }
+    g.finish();
+
     // The 3 KB keep-alive row's request and reply.
     let b = BioRequest::matching("6f1c1c4e-3f0a-4d53-9a43-2b5c1e0f9a01", 16);
     let bare = messages::envelope(SoapVersion::V11, &b.check_identity());

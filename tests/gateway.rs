@@ -244,21 +244,6 @@ async fn malformed_unknown_and_mistyped_requests_get_contract_faults() {
     );
 }
 
-/// Opens a raw mutual-TLS connection to the gateway as the officer.
-async fn raw_officer(w: &World) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let cfg = spocgw::config::UpstreamConfig::client(
-        format!("https://127.0.0.1:{}", w.gateway_port),
-        &w.path("ca/police-ca.pem"),
-        &w.path("clients/officer.pem"),
-        &w.path("clients/officer.key"),
-    );
-    let tls = tokio_rustls::TlsConnector::from(
-        spocgw::tls::client_config(&cfg, spocgw::tls::file_key(&cfg.key).unwrap()).unwrap(),
-    );
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", w.gateway_port)).await.unwrap();
-    tls.connect("localhost".try_into().unwrap(), tcp).await.unwrap()
-}
-
 async fn read_status(s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> String {
     let mut buf = vec![0u8; 4096];
     let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("no response").unwrap();
@@ -274,7 +259,7 @@ async fn body_over_the_limit_is_refused_while_it_streams() {
     w.wait_ready();
 
     // Declared too large: refused before any body byte is read.
-    let mut s = raw_officer(&w).await;
+    let mut s = w.raw_client("officer").await;
     s.write_all(b"POST /bio/v1 HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\nSOAPAction: VerifyFingerprintRequest\r\nContent-Length: 10000000\r\n\r\n").await.unwrap();
     let head = read_status(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
@@ -282,7 +267,7 @@ async fn body_over_the_limit_is_refused_while_it_streams() {
 
     // Chunked, no length declared: 128 KiB sent of a body that would never end; the 413
     // arrives while the client is still sending, so the gateway never holds the whole body.
-    let s = raw_officer(&w).await;
+    let s = w.raw_client("officer").await;
     let (mut rd, mut wr) = tokio::io::split(s);
     let writer = tokio::spawn(async move {
         wr.write_all(b"POST /bio/v1 HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\nSOAPAction: VerifyFingerprintRequest\r\nTransfer-Encoding: chunked\r\n\r\n").await?;
@@ -525,7 +510,7 @@ async fn an_idle_keep_alive_connection_is_parked_and_serves_on() {
     );
     let pause = spocgw::gateway::listener::PARK_AFTER * 4;
     let parked = |w: &World| metric(&w.metrics(), r#"spocgw_connections_parked{listener="police"}"#);
-    let mut s = raw_officer(&w).await;
+    let mut s = w.raw_client("officer").await;
     let mut pending = Vec::new();
     s.write_all(request.as_bytes()).await.unwrap();
     let head = read_response(&mut s, &mut pending).await;

@@ -34,10 +34,10 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FAULT: HeaderName = HeaderName::from_static("x-spocgw-fault");
 const SOAPACTION: HeaderName = HeaderName::from_static("soapaction");
 
-/// The request body took longer than the listener allows: the connection is dropped.
+/// The client went away (its body broke off) before it was answered: the connection is dropped.
 #[derive(Debug, thiserror::Error)]
-#[error("request body not received in time")]
-pub struct RequestTimeout;
+#[error("the client went away before it was answered")]
+pub struct ClientGone;
 
 /// What the pipeline needs, shared by every connection.
 pub struct Pipeline {
@@ -106,6 +106,32 @@ enum Outcome {
     /// The gateway answers itself (a callback it cannot correlate).
     Answered(super::upstream::Reply),
     Refused(Refusal, String),
+    /// Nobody is left to answer: the client's body broke off.
+    Abandoned(String),
+}
+
+/// A request under way. If its future is dropped before it ends (the client closed the
+/// connection or reset its HTTP/2 stream while the request was upstream), the drop still ends
+/// it: an outcome record `cancelled` (after a request record, so every forwarded request has
+/// its outcome), a log line, the metrics, and the in-flight gauge given back.
+struct Underway<'p, 'a> {
+    pipeline: &'p Pipeline,
+    x: Exchange<'a>,
+    /// Counted in `spocgw_requests_in_flight`.
+    counted: bool,
+    /// Accounted for (record, log line, metrics) by [`Pipeline::finish`].
+    ended: bool,
+}
+
+impl Drop for Underway<'_, '_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.pipeline.metrics.in_flight.dec();
+        }
+        if !self.ended {
+            self.pipeline.account(&mut self.x, "cancelled", 0, "the client went away before the answer", false);
+        }
+    }
 }
 
 /// A random (version 4) UUID. `Uuid::new_v4` makes a getrandom system call per request and a
@@ -159,8 +185,8 @@ impl Pipeline {
         listener: ListenerKind,
         peer: &PeerIdentity,
         req: Request<Incoming>,
-    ) -> Result<Response<Full<Bytes>>, RequestTimeout> {
-        let mut x = Exchange {
+    ) -> Result<Response<Full<Bytes>>, ClientGone> {
+        let x = Exchange {
             incident: incident_id(),
             listener,
             peer,
@@ -182,34 +208,40 @@ impl Pipeline {
             request_record: RequestRecord::Missing,
             started: Instant::now(),
         };
+        let mut u = Underway { pipeline: self, x, counted: false, ended: false };
         let outcome = match self.in_flight.try_acquire() {
             Err(_) => Outcome::Refused(Refusal::Overloaded, "in-flight cap reached".into()),
             Ok(_permit) => {
                 self.metrics.in_flight.inc();
-                let o = self.run(&mut x, req).await;
+                u.counted = true;
+                let o = self.run(&mut u.x, req).await;
                 self.metrics.in_flight.dec();
-                o?
+                u.counted = false;
+                o
             }
         };
-        Ok(self.finish(&mut x, outcome))
+        u.ended = true;
+        let gone = matches!(outcome, Outcome::Abandoned(_));
+        let response = self.finish(&mut u.x, outcome);
+        if gone { Err(ClientGone) } else { Ok(response) }
     }
 
-    async fn run(&self, x: &mut Exchange<'_>, req: Request<Incoming>) -> Result<Outcome, RequestTimeout> {
+    async fn run(&self, x: &mut Exchange<'_>, req: Request<Incoming>) -> Outcome {
         // Route by listener and path.
         let Some(route) = self.routes.lookup(x.listener, req.uri().path()) else {
             x.version = media_type(&req).ok().map(|m| m.version);
             // (The path is the caller's; only its length goes to the log.)
             let detail = format!("no route for a path of {} bytes", req.uri().path().len());
-            return Ok(Outcome::Refused(Refusal::UnknownOperation, detail));
+            return Outcome::Refused(Refusal::UnknownOperation, detail);
         };
         x.route = route.name;
         if req.method() != Method::POST {
-            return Ok(Outcome::Refused(Refusal::UnknownOperation, format!("method {}", req.method())));
+            return Outcome::Refused(Refusal::UnknownOperation, format!("method {}", req.method()));
         }
         // Media type: SOAP 1.1 or 1.2, UTF-8, each parameter once.
         let media = match media_type(&req) {
             Ok(m) => m,
-            Err(e) => return Ok(Outcome::Refused(Refusal::UnsupportedMediaType, e.to_string())),
+            Err(e) => return Outcome::Refused(Refusal::UnsupportedMediaType, e.to_string()),
         };
         x.version = Some(media.version);
         let action = match media.version {
@@ -217,7 +249,7 @@ impl Pipeline {
                 let mut values = req.headers().get_all(SOAPACTION).iter();
                 let first = values.next().and_then(|v| v.to_str().ok()).map(str::to_owned);
                 if values.next().is_some() {
-                    return Ok(Outcome::Refused(Refusal::SchemaViolation, "more than one SOAPAction header".into()));
+                    return Outcome::Refused(Refusal::SchemaViolation, "more than one SOAPAction header".into());
                 }
                 first
             }
@@ -228,30 +260,30 @@ impl Pipeline {
             return self.run_bare(x, route, req, content_type, action).await;
         }
         // Body, within the route's limit and the listener's deadline.
-        let body = match self.read_body(x, route, req).await? {
+        let body = match self.read_body(route, req).await {
             Ok(b) => b,
-            Err(refused) => return Ok(refused),
+            Err(refused) => return refused,
         };
         // Firewall, envelope and schema, in one pass.
         let expect = Expect::Soap { operations: &route.requests, fault_ok: false, headers: &route.request_headers };
         let validated = match validate(&self.schema, &route.limits, &body, expect) {
             Ok(v) => v,
-            Err(e) => return Ok(refuse_xml(&e, &body)),
+            Err(e) => return refuse_xml(&e, &body),
         };
         x.message_id = validated.facts.message_id.clone();
         if validated.version != Some(media.version) {
-            return Ok(Outcome::Refused(Refusal::SchemaViolation, "envelope version differs from content type".into()));
+            return Outcome::Refused(Refusal::SchemaViolation, "envelope version differs from content type".into());
         }
         let Some(operation) = route.operation(&validated.namespace, &validated.operation) else {
-            return Ok(Outcome::Refused(Refusal::UnknownOperation, "operation not on this route".into()));
+            return Outcome::Refused(Refusal::UnknownOperation, "operation not on this route".into());
         };
         x.operation = operation;
         x.facts = validated.facts;
         if !action.as_deref().is_some_and(|a| action_agrees(a, route.namespace, operation)) {
-            return Ok(Outcome::Refused(
+            return Outcome::Refused(
                 Refusal::SchemaViolation,
                 "SOAPAction/action does not name the Body's operation".into(),
-            ));
+            );
         }
         // Decide: policy, then the caller's rate on this route. The bundle is taken once: the
         // reply's minimisation follows the same one.
@@ -265,11 +297,11 @@ impl Pipeline {
             let why = if d.errors.is_empty() { String::new() } else { format!("; errors: {}", d.errors.join("; ")) };
             let by =
                 if policies.is_empty() { "no policy permits".to_owned() } else { format!("forbidden by {policies}") };
-            return Ok(Outcome::Refused(Refusal::PolicyDenied, format!("{by}{why}")));
+            return Outcome::Refused(Refusal::PolicyDenied, format!("{by}{why}"));
         }
         if let Err(wait) = self.policy.check_rate(route.name, &x.peer.fingerprint) {
             x.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
-            return Ok(Outcome::Refused(Refusal::RateLimited, format!("over the rate of {}", route.name)));
+            return Outcome::Refused(Refusal::RateLimited, format!("over the rate of {}", route.name));
         }
         // A callback consumes the messageID it answers: one the gateway never forwarded, or
         // one already answered, is answered here.
@@ -277,7 +309,7 @@ impl Pipeline {
             let claimed =
                 x.facts.message_id.as_deref().and_then(|id| Some((id.to_owned(), self.policy.forwarded.claim(id)?)));
             if claimed.is_none() {
-                return Ok(Outcome::Answered(callback_unknown(media.version)));
+                return Outcome::Answered(callback_unknown(media.version));
             }
             x.claimed = claimed;
         }
@@ -288,7 +320,7 @@ impl Pipeline {
             None => body,
         };
         if let Some(refused) = self.audit_request(x, route, &body).await {
-            return Ok(refused);
+            return refused;
         }
         let action = action.as_deref().map(|a| a.trim().trim_matches('"'));
         let (ct, soap_action) = match media.version {
@@ -297,7 +329,7 @@ impl Pipeline {
         };
         let headers = soap_headers(&ct, soap_action.as_deref(), Some(&x.incident));
         let bundle = x.bundle.clone().unwrap_or_else(|| self.policy.current());
-        Ok(self.forward(x, route, &bundle, headers, body).await)
+        self.forward(x, route, &bundle, headers, body).await
     }
 
     /// Audit: the request's record must be durable before anything is forwarded; the refusal
@@ -318,22 +350,17 @@ impl Pipeline {
     }
 
     /// The body, within the route's limit (else the refusal) and the listener's deadline.
-    async fn read_body(
-        &self,
-        x: &Exchange<'_>,
-        route: &Route,
-        req: Request<Incoming>,
-    ) -> Result<Result<Bytes, Outcome>, RequestTimeout> {
+    async fn read_body(&self, route: &Route, req: Request<Incoming>) -> Result<Bytes, Outcome> {
         match tokio::time::timeout(self.request_timeout, read_limited(req.into_body(), route.max_body)).await {
-            Err(_) => Err(RequestTimeout),
+            Err(_) => Err(Outcome::Refused(
+                Refusal::RequestTimeout,
+                format!("body not received within {} ms", self.request_timeout.as_millis()),
+            )),
             Ok(Err(BodyError::TooLarge)) => {
-                Ok(Err(Outcome::Refused(Refusal::PayloadTooLarge, format!("over {} bytes", route.max_body))))
+                Err(Outcome::Refused(Refusal::PayloadTooLarge, format!("over {} bytes", route.max_body)))
             }
-            Ok(Err(BodyError::Read(e))) => {
-                tracing::info!(incident_id = %x.incident, error = %e, "request body read failed");
-                Err(RequestTimeout)
-            }
-            Ok(Ok(b)) => Ok(Ok(b)),
+            Ok(Err(BodyError::Read(e))) => Err(Outcome::Abandoned(format!("request body read failed: {e}"))),
+            Ok(Ok(b)) => Ok(b),
         }
     }
 
@@ -356,27 +383,27 @@ impl Pipeline {
         req: Request<Incoming>,
         content_type: Option<HeaderValue>,
         action: Option<String>,
-    ) -> Result<Outcome, RequestTimeout> {
-        let body = match self.read_body(x, route, req).await? {
+    ) -> Outcome {
+        let body = match self.read_body(route, req).await {
             Ok(b) => b,
-            Err(refused) => return Ok(refused),
+            Err(refused) => return refused,
         };
         let ct = content_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("text/xml; charset=utf-8");
         let headers = soap_headers(ct, action.as_deref(), Some(&x.incident));
-        let Some((upstream, _)) = self.upstream_for(route) else { return Ok(no_upstream()) };
+        let Some((upstream, _)) = self.upstream_for(route) else { return no_upstream() };
         if self.bare_audit
             && let Some(refused) = self.audit_request(x, route, &body).await
         {
-            return Ok(refused);
+            return refused;
         }
-        Ok(match upstream.post(route.path, headers, body).await {
+        match upstream.post(route.path, headers, body).await {
             Ok(reply) => {
                 x.upstream_status = Some(reply.status.as_u16());
                 Outcome::Forwarded(reply)
             }
             Err(e) if e.is_timeout() => Outcome::Refused(Refusal::UpstreamTimeout, e.to_string()),
             Err(e) => Outcome::Refused(Refusal::UpstreamUnavailable, e.to_string()),
-        })
+        }
     }
 
     async fn forward(
@@ -569,41 +596,39 @@ impl Pipeline {
         reply
     }
 
-    /// Builds the response, logs the request's one line and updates the metrics.
+    /// Builds the response, then accounts for the request ([`Self::account`]).
     fn finish(&self, x: &mut Exchange<'_>, outcome: Outcome) -> Response<Full<Bytes>> {
-        // A callback the police side did not take (200) leaves its messageID for a retry.
         let delivered = matches!(&outcome, Outcome::Forwarded(r) if r.status == StatusCode::OK);
+        let (mut response, code, detail) = match outcome {
+            Outcome::Forwarded(reply) => (passed_back(reply), "ok", String::new()),
+            Outcome::Answered(reply) => (
+                passed_back(reply),
+                "messageID_unknown",
+                "callback for a messageID the gateway did not forward".to_owned(),
+            ),
+            Outcome::Refused(r, detail) => (self.refusal_response(x, r), r.code(), detail),
+            Outcome::Abandoned(detail) => (Response::new(Full::default()), "cancelled", detail),
+        };
+        if let Ok(v) = HeaderValue::from_str(&x.incident) {
+            response.headers_mut().insert(X_REQUEST_ID, v);
+        }
+        let status = if code == "cancelled" { 0 } else { response.status().as_u16() };
+        self.account(x, code, status, &detail, delivered);
+        response
+    }
+
+    /// Every request ends here, answered, refused or abandoned (status 0: nobody was left to
+    /// answer): its outcome record (refused ones included), its one log line, its metrics. A
+    /// callback the police side did not take (`delivered`: a 200) leaves its messageID for a
+    /// retry.
+    fn account(&self, x: &mut Exchange<'_>, code: &'static str, status: u16, detail: &str, delivered: bool) {
         if let Some((id, at)) = x.claimed.take()
             && !delivered
         {
             self.policy.forwarded.restore(&id, at);
         }
-        let (response, code, detail) = match outcome {
-            Outcome::Forwarded(reply) => {
-                let mut resp = Response::new(Full::new(reply.body));
-                *resp.status_mut() = reply.status;
-                if let Some(ct) = reply.content_type {
-                    resp.headers_mut().insert(CONTENT_TYPE, ct);
-                }
-                (resp, "ok", String::new())
-            }
-            Outcome::Answered(reply) => {
-                let mut resp = Response::new(Full::new(reply.body));
-                *resp.status_mut() = reply.status;
-                if let Some(ct) = reply.content_type {
-                    resp.headers_mut().insert(CONTENT_TYPE, ct);
-                }
-                (resp, "messageID_unknown", "callback for a messageID the gateway did not forward".to_owned())
-            }
-            Outcome::Refused(r, detail) => (self.refusal_response(x, r), r.code(), detail),
-        };
-        let mut response = response;
-        if let Ok(v) = HeaderValue::from_str(&x.incident) {
-            response.headers_mut().insert(X_REQUEST_ID, v);
-        }
-        // Every request has its outcome on record, refused ones included.
         if !self.bare || self.bare_audit {
-            let record = self.outcome_record(x, code, response.status().as_u16());
+            let record = self.outcome_record(x, code, status);
             self.audit.append(&record);
         }
         let elapsed = x.started.elapsed();
@@ -628,8 +653,8 @@ impl Pipeline {
             peer_subject = x.peer.subject.as_str(),
             peer_fingerprint = x.peer.fingerprint.as_str(),
             code,
-            detail = detail.as_str(),
-            status = response.status().as_u16(),
+            detail,
+            status,
             upstream_status = x.upstream_status.unwrap_or(0),
             latency_us = elapsed.as_micros() as u64,
             decision = x.decision.as_ref().map(|d| if d.0 { "allow" } else { "deny" }).unwrap_or(""),
@@ -638,7 +663,6 @@ impl Pipeline {
             removed = removed.as_str(),
             "request"
         );
-        response
     }
 
     fn refusal_response(&self, x: &Exchange<'_>, r: Refusal) -> Response<Full<Bytes>> {
@@ -672,6 +696,17 @@ impl Pipeline {
 
 fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// An upstream's reply (or the gateway's own answer) as the client gets it: status, body and
+/// the Content-Type the gateway set.
+fn passed_back(reply: super::upstream::Reply) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(reply.body));
+    *resp.status_mut() = reply.status;
+    if let Some(ct) = reply.content_type {
+        resp.headers_mut().insert(CONTENT_TYPE, ct);
+    }
+    resp
 }
 
 /// The gateway's own answer to a SendCertificates it cannot correlate (CSN 36 9791).

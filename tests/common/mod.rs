@@ -260,6 +260,22 @@ impl World {
         Upstream::new(&cfg).unwrap()
     }
 
+    /// A raw mutual-TLS connection to the police listener as `clients/<who>`, for requests
+    /// written byte by byte.
+    pub async fn raw_client(&self, who: &str) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let cfg = UpstreamConfig::client(
+            format!("https://127.0.0.1:{}", self.gateway_port),
+            &self.path("ca/police-ca.pem"),
+            &self.path(&format!("clients/{who}.pem")),
+            &self.path(&format!("clients/{who}.key")),
+        );
+        let tls = tokio_rustls::TlsConnector::from(
+            spocgw::tls::client_config(&cfg, spocgw::tls::file_key(&cfg.key).unwrap()).unwrap(),
+        );
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.gateway_port)).await.unwrap();
+        tls.connect("localhost".try_into().unwrap(), tcp).await.unwrap()
+    }
+
     /// A client of the callback listener with `cert`/`key` (relative paths), trusting the
     /// Ministry CA: `ministry/client` is the National SPOC.
     pub fn callback_client(&self, cert: &str, key: &str) -> Upstream {

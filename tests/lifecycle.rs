@@ -1,0 +1,112 @@
+//! Requests that end early still end on record: a client that goes away while its request is
+//! upstream, a body that stops arriving, a body that breaks off. Each gets its outcome record,
+//! its log line and its metrics, and the in-flight gauge comes back down.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use spocgw::sim::messages::{self, BioRequest};
+use spocgw::xml::SoapVersion;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const XML11: &str = "text/xml; charset=utf-8";
+
+fn slow_request(ms: u32) -> String {
+    let mut b = BioRequest::matching("6f1c1c4e-3f0a-4d53-9a43-2b5c1e0f9a01", 1024);
+    b.case_reference = format!("SIM-DELAY-{ms}");
+    messages::envelope(SoapVersion::V11, &b.check_identity())
+}
+
+/// Audit records of `event` with `code` (any code when None).
+fn records(w: &World, event: &str, code: Option<&str>) -> usize {
+    spocgw::audit::segments(&w.path("audit"))
+        .unwrap()
+        .iter()
+        .flat_map(|p| std::fs::read_to_string(p).unwrap().lines().map(str::to_owned).collect::<Vec<_>>())
+        .filter(|l| l.contains(&format!("\"event\":\"{event}\"")))
+        .filter(|l| code.is_none_or(|c| l.contains(&format!("\"code\":\"{c}\""))))
+        .count()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < end {
+        if done() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what}");
+}
+
+/// Three clients go away while their requests are upstream: three request records, three
+/// `cancelled` outcomes, three log lines, and the in-flight gauge back at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_leaves_an_outcome_on_record() {
+    let w = World::full();
+    let mut tasks = Vec::new();
+    for http2 in [false, true, false] {
+        let c = w.client("officer", http2);
+        tasks.push(tokio::spawn(async move {
+            post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), slow_request(3000)).await
+        }));
+    }
+    wait_until("the requests did not reach the Ministry", || {
+        std::fs::read_to_string(w.path("ministry.log")).unwrap_or_default().matches("request received").count() >= 3
+    });
+    assert_eq!(metric(&w.metrics(), "spocgw_requests_in_flight"), 3.0);
+    for t in &tasks {
+        t.abort();
+    }
+    wait_until("no cancelled outcomes", || records(&w, "outcome", Some("cancelled")) == 3);
+    assert_eq!(records(&w, "request", None), 3);
+    wait_until("the in-flight gauge stays up", || metric(&w.metrics(), "spocgw_requests_in_flight") == 0.0);
+    let m = w.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            r#"spocgw_requests_total{listener="police",route="bio_v1",operation="CheckIdentityRequest",code="cancelled"}"#
+        ),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(w.gateway_log().matches("\"code\":\"cancelled\"").count(), 3);
+}
+
+/// A body that stops arriving gets a 408 `RequestTimeout` at the listener's deadline; one that
+/// breaks off gets its outcome on record though nobody is left to answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_or_broken_body_is_answered_and_recorded() {
+    let mut w = World::new();
+    w.edit("gateway.toml", "[police]\n", "[police]\nrequest_timeout_ms = 1000\n");
+    w.start_ministry();
+    w.start_gateway();
+    w.wait_ready();
+    let body = slow_request(0);
+    let head = format!(
+        "POST /bio/v1 HTTP/1.1\r\nHost: localhost\r\nContent-Type: {XML11}\r\nSOAPAction: \"CheckIdentityRequest\"\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut s = w.raw_client("officer").await;
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body.as_bytes()[..100]).await.unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("no answer").unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("RequestTimeout"), "{answer}");
+
+    let mut s = w.raw_client("officer").await;
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body.as_bytes()[..100]).await.unwrap();
+    drop(s);
+    wait_until("the broken-off body left no outcome", || records(&w, "outcome", Some("cancelled")) == 1);
+    assert_eq!(records(&w, "outcome", Some("RequestTimeout")), 1);
+    assert_eq!(records(&w, "request", None), 0, "nothing was forwarded");
+    let log = w.gateway_log();
+    assert!(log.contains("\"code\":\"RequestTimeout\"") && log.contains("\"status\":408"), "{log}");
+    assert!(log.contains("\"code\":\"cancelled\"") && log.contains("request body read failed"), "{log}");
+    assert_eq!(metric(&w.metrics(), "spocgw_requests_in_flight"), 0.0);
+}
