@@ -166,6 +166,26 @@ async fn a_torn_tail_is_cut_at_start_and_recorded() {
     assert!(text.contains("\"event\":\"recovery\"") && text.contains("cut a torn tail of 23 bytes"), "{text}");
 }
 
+/// Half a checkpoint line (a full disk, a crash mid-write) is cut at start: the next
+/// checkpoint starts a line of its own and `audit verify` passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_checkpoint_line_is_cut_at_start() {
+    let w = World::new();
+    let d = tempfile::tempdir().unwrap();
+    small_log(&w, d.path()).await;
+    let cps = d.path().join("checkpoints.jsonl");
+    let whole = std::fs::read(&cps).unwrap();
+    let mut torn = whole.clone();
+    torn.extend_from_slice(b"{\"origin\":\"spocgw\",\"tree_size\":2");
+    std::fs::write(&cps, torn).unwrap();
+    small_log(&w, d.path()).await; // reopens: the torn line goes, then 25 more and a checkpoint
+    let (ok, out) = verify(&w, d.path());
+    assert!(ok, "{out}");
+    let text = std::fs::read_to_string(&cps).unwrap();
+    assert!(text.starts_with(std::str::from_utf8(&whole).unwrap()) && text.ends_with('\n'), "{text}");
+    assert!(text.lines().all(|l| l.starts_with('{') && l.ends_with('}')), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_zero_filled_space_ahead_of_the_records_is_no_record() {
     let w = World::new();

@@ -393,13 +393,28 @@ pub(super) struct Checkpointer {
     pub(super) interval: Duration,
     last_size: u64,
     last_time: Instant,
+    /// The file's length after its last whole line: a write that fails is cut back to it, so
+    /// that the next checkpoint does not land on half a line.
+    whole: u64,
+    /// A failed write could not be cut back yet.
+    dirty: bool,
 }
 
 impl Checkpointer {
+    /// Opens `checkpoints.jsonl`, cutting a torn last line (a write the disk did not finish
+    /// before a crash) back to the last whole one.
     pub(super) fn open(cfg: &AuditConfig, key: Box<dyn CheckpointSigner>, size: u64) -> Result<Self, AuditError> {
         let path = cfg.dir.join("checkpoints.jsonl");
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io_err(&path, e))?;
+        let file = OpenOptions::new().create(true).append(true).read(true).open(&path).map_err(|e| io_err(&path, e))?;
+        let bytes = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
+        let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        if whole < bytes.len() {
+            file.set_len(whole as u64).and_then(|()| file.sync_data()).map_err(|e| io_err(&path, e))?;
+            tracing::warn!(bytes = bytes.len() - whole, "audit: cut a torn last line from checkpoints.jsonl");
+        }
         Ok(Checkpointer {
+            whole: whole as u64,
+            dirty: false,
             origin: cfg.origin.clone(),
             file,
             key_id: key_id(&key.public_key()),
@@ -435,13 +450,43 @@ impl Checkpointer {
         };
         let mut line = serde_json::to_vec(&cp).map_err(|e| CheckpointFailure::Write(e.to_string()))?;
         line.push(b'\n');
-        self.file
-            .write_all(&line)
-            .and_then(|()| self.file.sync_data())
+        append_whole(&mut self.file, &line, self.whole, &mut self.dirty)
             .map_err(|e| CheckpointFailure::Write(e.to_string()))?;
+        self.whole += line.len() as u64;
         self.last_size = size;
         Ok(())
     }
+}
+
+/// An append-only file of lines that can be made durable and cut back to a length.
+trait Lines: Write {
+    fn sync(&mut self) -> std::io::Result<()>;
+    fn cut_back(&mut self, len: u64) -> std::io::Result<()>;
+}
+
+impl Lines for File {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.sync_data()
+    }
+
+    fn cut_back(&mut self, len: u64) -> std::io::Result<()> {
+        self.set_len(len).and_then(|()| self.sync_data())
+    }
+}
+
+/// Appends `line` durably to a file of `whole` bytes of whole lines. If the write or its sync
+/// fails (a full disk), the file is cut back to `whole` so that no half line stays; if even
+/// that fails, `dirty` says so and the next append cuts first.
+fn append_whole<F: Lines>(file: &mut F, line: &[u8], whole: u64, dirty: &mut bool) -> std::io::Result<()> {
+    if *dirty {
+        file.cut_back(whole)?;
+        *dirty = false;
+    }
+    if let Err(e) = file.write_all(line).and_then(|()| file.sync()) {
+        *dirty = file.cut_back(whole).is_err();
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// A segment for positional writes (records go at the writer's own offset, not the file's end).
@@ -460,5 +505,58 @@ impl std::fmt::Display for CheckpointFailure {
             CheckpointFailure::Signer(e) => write!(f, "checkpoint not signed: {e}"),
             CheckpointFailure::Write(e) => f.write_str(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A disk with room for `room` more bytes: a write past it stores what fits, then fails.
+    struct SmallDisk {
+        bytes: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for SmallDisk {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.room == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left on device"));
+            }
+            let n = buf.len().min(self.room);
+            self.bytes.extend_from_slice(&buf[..n]);
+            self.room -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Lines for SmallDisk {
+        fn sync(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+
+        fn cut_back(&mut self, len: u64) -> std::io::Result<()> {
+            self.room += self.bytes.len() - len as usize;
+            self.bytes.truncate(len as usize);
+            Ok(())
+        }
+    }
+
+    /// A checkpoint line the disk takes only half of is cut back; once there is room, the next
+    /// one starts on a line of its own.
+    #[test]
+    fn a_failed_append_leaves_whole_lines_only() {
+        let mut disk = SmallDisk { bytes: b"{\"a\":1}\n".to_vec(), room: 5 };
+        let mut dirty = false;
+        assert!(append_whole(&mut disk, b"{\"b\":2}\n", 8, &mut dirty).is_err());
+        assert_eq!(disk.bytes, b"{\"a\":1}\n");
+        assert!(!dirty);
+        disk.room = 100;
+        append_whole(&mut disk, b"{\"c\":3}\n", 8, &mut dirty).unwrap();
+        assert_eq!(disk.bytes, b"{\"a\":1}\n{\"c\":3}\n");
     }
 }
