@@ -217,3 +217,46 @@ fn a_mislabelled_image_is_a_content_mismatch() {
         Err(XmlRefusal::ContentMismatch { .. })
     ));
 }
+
+/// A character XML 1.0 does not allow is refused as not well-formed wherever it stands: in a
+/// value, a base64 field, an attribute, a name, a comment, CDATA, white space between elements,
+/// a header entry that would be dropped, as a raw byte or as a reference.
+#[test]
+fn illegal_characters_are_malformed_wherever_they_stand() {
+    let v = valid_message();
+    let prints = messages::envelope(
+        SoapVersion::V11,
+        &BioRequest::matching("6f1c1c4e-3f0a-4d53-9a43-2b5c1e0f9a01", 2048).verify_fingerprint(),
+    );
+    let data_at = prints.find("<Data>").expect("no Data") + "<Data>".len();
+    for bad in ["\u{1}", "\u{1f}", "\u{fffe}", "\u{ffff}"] {
+        let cases = [
+            v.replace("OFF-0001", &format!("OFF{bad}0001")),
+            format!("{}{bad}{}", &prints[..data_at + 8], &prints[data_at + 8..]),
+            v.replace("<OfficerID>", &format!("<OfficerID a=\"x{bad}\">")),
+            v.replace("<OfficerID>OFF-0001</OfficerID>", &format!("<Officer{bad}ID>OFF-0001</Officer{bad}ID>")),
+            with_inside(&format!("<!-- a{bad}b -->")),
+            v.replace("OFF-0001", &format!("<![CDATA[OFF{bad}0001]]>")),
+            v.replace("<soap:Body>", &format!("<soap:Body>{bad}")),
+            v.replace(
+                "<soap:Body>",
+                &format!("<soap:Header><e:x xmlns:e=\"urn:e\">{bad}</e:x></soap:Header><soap:Body>"),
+            ),
+            v.replace("?>", &format!(" ?>{bad}")),
+        ];
+        for c in cases {
+            assert!(matches!(check(c.as_bytes()), Err(XmlRefusal::Malformed { .. })), "{bad:?} in {c}");
+        }
+    }
+    for reference in ["&#x1;", "&#31;", "&#xFFFE;", "&#65535;", "&#0;", "&#xD800;"] {
+        let text = v.replace("OFF-0001", &format!("OFF{reference}0001"));
+        assert!(matches!(check(text.as_bytes()), Err(XmlRefusal::Malformed { .. })), "{reference}");
+        let attr = v.replace("<OfficerID>", &format!("<OfficerID xmlns:z=\"urn:{reference}\">"));
+        assert!(matches!(check(attr.as_bytes()), Err(XmlRefusal::Malformed { .. })), "{reference} in an attribute");
+    }
+    // Their legal neighbours pass.
+    for good in ["&#x9;", "\u{fffd}", "&#xFFFD;", "\u{10000}"] {
+        let text = v.replace("<OfficerID>", &format!("<OfficerID xmlns:z=\"urn:{good}\">"));
+        check(text.as_bytes()).unwrap_or_else(|e| panic!("{good:?}: {e:?}"));
+    }
+}

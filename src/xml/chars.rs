@@ -8,7 +8,8 @@ pub fn is_xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
-/// The byte offset of the first character of `doc` that XML 1.0 does not allow, if any.
+/// The byte offset of the first character of `doc` (a piece of a message: a tag, a text, a
+/// comment) that XML 1.0 does not allow, if any.
 ///
 /// `doc` is UTF-8 already checked, so only two things can be wrong: a C0 control other than
 /// tab, line feed and carriage return, or U+FFFE / U+FFFF (`EF BF BE` / `EF BF BF`). Blocks of

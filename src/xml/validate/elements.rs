@@ -93,6 +93,11 @@ impl Run<'_> {
 
     pub(super) fn text(&mut self, offset: usize, s: &[u8]) -> Result<(), XmlRefusal> {
         let blank = || is_blank(s);
+        let streamed =
+            matches!(self.stack.last(), Some(Frame::Element(ElementFrame { state: ContentState::Base64(_), .. })));
+        if !streamed && !blank() {
+            super::screen(s, offset)?;
+        }
         match self.stack.last_mut() {
             None => {
                 if !blank() {
@@ -121,6 +126,9 @@ impl Run<'_> {
                             return Err(XmlRefusal::Threat { offset, breach: Breach::Base64Bytes });
                         }
                         check.feed(s);
+                        if check.is_bad() {
+                            super::screen(s, offset)?;
+                        }
                     }
                     ContentState::Text => {
                         if f.text_len > self.limits.max_text_bytes {

@@ -194,9 +194,6 @@ pub fn validate_outlined(
     };
     let text = std::str::from_utf8(body)
         .map_err(|e| XmlRefusal::Malformed { offset: e.valid_up_to(), reason: "invalid UTF-8".into() })?;
-    if let Some(at) = super::chars::first_illegal(body) {
-        return Err(XmlRefusal::Malformed { offset: at, reason: "a character XML 1.0 does not allow".into() });
-    }
     let mut run = Run {
         doc: text,
         schema,
@@ -272,11 +269,13 @@ impl<'s> Run<'s> {
                         });
                     }
                     seen_decl = true;
+                    screen(&d, offset + 2)?;
                     check_declaration(utf8(text, &d), offset)?;
                 }
                 Event::DocType(_) => return Err(XmlRefusal::Threat { offset, breach: Breach::Dtd }),
                 Event::PI(_) => return Err(XmlRefusal::Threat { offset, breach: Breach::ProcessingInstruction }),
                 Event::Comment(c) => {
+                    screen(&c, offset + 4)?;
                     self.comment_bytes += c.len();
                     if self.comment_bytes > self.limits.max_comment_bytes {
                         return Err(XmlRefusal::Threat { offset, breach: Breach::CommentBytes });
@@ -317,6 +316,7 @@ impl<'s> Run<'s> {
                     self.settle(r)?;
                 }
                 Event::Start(ref e) | Event::Empty(ref e) => {
+                    screen(e, offset + 1)?;
                     let empty = matches!(event, Event::Empty(_));
                     let (ns, local) = reader.resolve_element(e.name());
                     let (ns, local) = (namespace(self.schema, &ns, offset)?, utf8(text, local.into_inner()));
@@ -332,7 +332,8 @@ impl<'s> Run<'s> {
                         self.settle(r)?;
                     }
                 }
-                Event::End(_) => {
+                Event::End(ref e) => {
+                    screen(e, offset + 2)?;
                     let r = self.end(&reader, offset, reader.buffer_position() as usize);
                     self.settle(r)?;
                 }
@@ -558,6 +559,19 @@ impl<'s> Run<'s> {
         }
         self.push(frame);
         Ok(())
+    }
+}
+
+/// Refuses a piece of the message holding a character XML 1.0 does not allow. Every byte of a
+/// message is in some event: tags, comments and the declaration are screened here, text where
+/// it is read (base64 text by the base64 check, whose alphabet leaves such characters out, and
+/// screened only when that check fails, to tell the two refusals apart).
+fn screen(part: &[u8], offset: usize) -> Result<(), XmlRefusal> {
+    match super::chars::first_illegal(part) {
+        None => Ok(()),
+        Some(at) => {
+            Err(XmlRefusal::Malformed { offset: offset + at, reason: "a character XML 1.0 does not allow".into() })
+        }
     }
 }
 

@@ -176,6 +176,11 @@ impl Base64Check {
         }
     }
 
+    /// True once a character that is not base64 (or misplaced padding) was fed.
+    pub fn is_bad(&self) -> bool {
+        self.bad
+    }
+
     /// The decoded length, or None when the whole value was not valid base64.
     pub fn finish(&self) -> Option<u64> {
         if self.bad || !self.chars.is_multiple_of(4) {
