@@ -165,9 +165,16 @@ async fn bad_client_certificates_are_refused_at_the_handshake_and_counted() {
         .iter()
         .map(|p| std::fs::read_to_string(p).unwrap())
         .collect();
-    for reason in ["revoked", "expired", "untrusted", "wrong_purpose"] {
+    for (reason, who) in
+        [("revoked", "revoked"), ("expired", "expired"), ("untrusted", "untrusted"), ("wrong_purpose", "wrong-eku")]
+    {
+        // Each names the certificate that tried.
+        let fingerprint =
+            spocgw::tls::sha256_hex(&spocgw::tls::load_certs(&w.path(&format!("clients/{who}.pem"))).unwrap()[0]);
         assert!(
-            log.contains(&format!("\"event\":\"handshake_refusal\",\"listener\":\"police\",\"code\":\"{reason}\"")),
+            log.lines().any(|l| l.contains("\"event\":\"handshake_refusal\",\"listener\":\"police\"")
+                && l.contains(&format!("\"code\":\"{reason}\""))
+                && l.contains(&format!("\"fingerprint\":\"{fingerprint}\""))),
             "{reason}: {log}"
         );
     }
@@ -176,6 +183,45 @@ async fn bad_client_certificates_are_refused_at_the_handshake_and_counted() {
         let line = format!(r#"spocgw_tls_handshake_failures_total{{listener="police",reason="{reason}"}}"#);
         assert_eq!(metric(&m, &line), 1.0, "{reason}: {m}");
     }
+}
+
+/// A flood of connections that never finish a handshake writes no record per connection: they
+/// are counted, and summarised per window (here, at shutdown). Certificates refused are
+/// recorded one by one up to the window's bound, the rest summarised too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_handshakes_are_recorded_by_certificate_and_summarised_otherwise() {
+    let mut w = World::full();
+    let closed = r#"spocgw_tls_handshake_failures_total{listener="police",reason="closed"}"#;
+    // (The harness's own check that the gateway listens was one connect and close.)
+    let before = metric(&w.metrics(), closed);
+    for _ in 0..200 {
+        drop(std::net::TcpStream::connect(("127.0.0.1", w.gateway_port)).unwrap());
+    }
+    let body = messages::envelope(SoapVersion::V11, &bio().check_identity());
+    for _ in 0..103 {
+        let r = post(&w.client("revoked", false), "/bio/v1", XML11, Some("CheckIdentityRequest"), body.clone()).await;
+        assert!(r.is_err());
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    while metric(&w.metrics(), closed) < before + 200.0 && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let total = metric(&w.metrics(), closed);
+    assert_eq!(total, before + 200.0);
+    let gateway = w.procs.len() - 1;
+    w.procs[gateway].signal("TERM");
+    assert!(w.procs[gateway].wait_exit(Duration::from_secs(20)).is_some(), "the gateway did not stop");
+    let log: String = spocgw::audit::segments(&w.path("audit"))
+        .unwrap()
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    let one_by_one: Vec<&str> = log.lines().filter(|l| l.contains("\"event\":\"handshake_refusal\"")).collect();
+    assert_eq!(one_by_one.len(), 100, "one record per refused certificate, up to the window's bound");
+    assert!(one_by_one.iter().all(|l| l.contains("CN=revoked")), "{one_by_one:?}");
+    let summary = log.lines().find(|l| l.contains("\"event\":\"handshake_refusals\"")).expect("a summary");
+    assert!(summary.contains(&format!("reason closed x{total}")) && summary.contains("reason revoked x3"), "{summary}");
+    assert!(summary.contains(&format!("network 127.0.0.0/24 x{}", total + 3.0)), "{summary}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::admin::metrics::{ListenerLabels, ListenerReason, Metrics};
+use crate::tls::verifier::with_refused_certificate;
 use crate::tls::{PeerCache, PeerIdentity, ServerTls, handshake_failure_reason};
 
 /// The error type request handlers and bodies report.
@@ -45,7 +46,7 @@ pub struct ListenerSpec {
     /// Deadline for a request's headers (HTTP/1.1) once a connection is idle or reading.
     pub header_timeout: Duration,
     /// Where refused handshakes are recorded (the gateway's listeners; not the simulators).
-    pub audit: Option<Arc<crate::audit::Audit>>,
+    pub refusals: Option<Arc<super::refusals::HandshakeRefusals>>,
 }
 
 /// The connections a listener still has open, once it stopped accepting: [`drain`] waits for
@@ -72,6 +73,19 @@ where
     let permits = Arc::new(Semaphore::new(spec.max_connections));
     let peers = Arc::new(PeerCache::default());
     let name = spec.name;
+    // Each window of refused handshakes ends in its summary record.
+    let summaries = spec.refusals.clone().map(|r| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(
+                tokio::time::Instant::now() + super::refusals::WINDOW,
+                super::refusals::WINDOW,
+            );
+            loop {
+                tick.tick().await;
+                r.end_window();
+            }
+        })
+    });
     loop {
         let accepted = tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
@@ -103,32 +117,30 @@ where
         tokio::spawn(async move {
             let _permit = permit;
             let _open = open;
-            let refused = |reason: &'static str| {
+            let refused = |reason: &'static str, presented: Option<&[u8]>| {
                 if let Some(m) = &metrics {
                     m.handshake_failures.get_or_create(&ListenerReason { listener: name, reason }).inc();
                 }
-                if let Some(audit) = &spec.audit {
-                    let mut r = crate::audit::Record::now("handshake_refusal");
-                    r.listener = Some(name.to_owned());
-                    r.code = Some(reason.to_owned());
-                    r.detail = Some(format!("TLS handshake from {addr} refused: {reason}"));
-                    audit.append(&r);
+                match &spec.refusals {
+                    Some(r) => r.refused(addr, reason, presented),
+                    None => tracing::warn!(listener = name, peer_addr = %addr, reason, "TLS handshake refused"),
                 }
-                tracing::warn!(listener = name, peer_addr = %addr, reason, "TLS handshake refused");
             };
             // The stream (rustls's connection is over 1 KB) lives in a box of its own from here
             // on: this task and the HTTP/1.1 driver hold a pointer, not room for it each.
             let config = spec.tls.clone();
             let accept = Box::pin(async move { ServerTls::accept(stream, config).await.map(Box::new) });
-            let tls = match tokio::time::timeout(spec.handshake_timeout, accept).await {
-                Err(_) => return refused("timeout"),
-                Ok(Err(e)) => return refused(handshake_failure_reason(&e)),
+            let (accepted, presented) =
+                with_refused_certificate(tokio::time::timeout(spec.handshake_timeout, accept)).await;
+            let tls = match accepted {
+                Err(_) => return refused("timeout", presented.as_deref()),
+                Ok(Err(e)) => return refused(handshake_failure_reason(&e), presented.as_deref()),
                 Ok(Ok(t)) => t,
             };
-            let peer = tls.connection().peer_certificates().and_then(|c| c.first()).map(|c| peers.identity(c));
-            let peer: Arc<PeerIdentity> = match peer {
+            let der = tls.connection().peer_certificates().and_then(|c| c.first());
+            let peer: Arc<PeerIdentity> = match der.map(|c| peers.identity(c)) {
                 Some(Ok(p)) => p,
-                _ => return refused("bad_certificate"),
+                _ => return refused("bad_certificate", der.map(|c| c.as_ref())),
             };
             tracing::debug!(listener = name, peer_subject = %peer.subject, peer_fingerprint = %peer.fingerprint, "connection");
             let open =
@@ -203,6 +215,12 @@ where
         });
     }
     drop(tcp);
+    if let Some(t) = summaries {
+        t.abort();
+    }
+    if let Some(r) = &spec.refusals {
+        r.end_window();
+    }
     Open(open_rx)
 }
 

@@ -5,6 +5,7 @@ pub mod body;
 pub mod fault;
 pub mod listener;
 pub mod pipeline;
+pub mod refusals;
 pub mod routes;
 pub mod upstream;
 
@@ -59,7 +60,7 @@ fn spec(
     key: Arc<dyn SigningKey>,
 ) -> Result<ListenerSpec, ConfigError> {
     Ok(ListenerSpec {
-        audit: Some(audit.clone()),
+        refusals: Some(Arc::new(refusals::HandshakeRefusals::new(name, audit.clone()))),
         name,
         tls: tls::server_config(l, key).map_err(|e| ConfigError::new(file, table, e))?,
         handshake_timeout: l.handshake_timeout(),

@@ -46,7 +46,7 @@ async fn bind(
         handshake_timeout: server.handshake_timeout(),
         max_connections: server.max_connections,
         header_timeout: server.request_timeout(),
-        audit: None,
+        refusals: None,
     };
     let tcp = TcpListener::bind(server.listen)
         .await

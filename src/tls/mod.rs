@@ -8,7 +8,7 @@
 
 mod identity;
 mod stream;
-mod verifier;
+pub mod verifier;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -2,6 +2,8 @@
 //! leaves open: a client certificate must *carry* an extended key usage naming clientAuth
 //! (webpki accepts a certificate without any EKU extension for every purpose).
 
+use std::cell::RefCell;
+use std::future::Future;
 use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
@@ -9,6 +11,27 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
 use x509_parser::prelude::{FromDer, X509Certificate};
+
+tokio::task_local! {
+    /// The end-entity certificate verification refused in the handshake this task runs: the
+    /// verifier sees it, the connection does not keep it when verification fails.
+    static REFUSED: RefCell<Option<Vec<u8>>>;
+}
+
+/// Runs a handshake and returns its result with the certificate the client presented, if the
+/// verifier refused one in it (for the listener's refusal record: who tried).
+pub async fn with_refused_certificate<F: Future>(handshake: F) -> (F::Output, Option<Vec<u8>>) {
+    REFUSED
+        .scope(RefCell::new(None), async move {
+            let out = handshake.await;
+            (out, REFUSED.with(|c| c.borrow_mut().take()))
+        })
+        .await
+}
+
+fn note_refused(der: &[u8]) {
+    let _ = REFUSED.try_with(|c| *c.borrow_mut() = Some(der.to_vec()));
+}
 
 /// Wraps a verifier and adds the explicit clientAuth EKU requirement.
 #[derive(Debug)]
@@ -47,8 +70,10 @@ impl ClientCertVerifier for RequireClientAuthEku {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let verified =
+            self.inner.verify_client_cert(end_entity, intermediates, now).inspect_err(|_| note_refused(end_entity))?;
         if !has_client_auth_eku(end_entity) {
+            note_refused(end_entity);
             return Err(Error::InvalidCertificate(CertificateError::InvalidPurpose));
         }
         Ok(verified)
