@@ -57,6 +57,12 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerResult {
+    pub listener: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TpmOp {
     pub op: &'static str,
 }
@@ -88,6 +94,7 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub policy_bundle: Family<BundleLabels, Gauge>,
     pub policy_reloads: Family<ResultLabels, Counter>,
+    pub crl_reloads: Family<ListenerResult, Counter>,
     pub tpm_operations: Family<TpmOpResult, Counter>,
     pub tpm_duration: Family<TpmOp, Histogram, fn() -> Histogram>,
     /// Audit records and batches (one fsync each) written.
@@ -153,6 +160,8 @@ impl Metrics {
         registry.register("policy_bundle", "1 for the active policy bundle's digest", policy_bundle.clone());
         let policy_reloads = Family::<ResultLabels, Counter>::default();
         registry.register("policy_reloads", "Policy bundle reloads by result", policy_reloads.clone());
+        let crl_reloads = Family::<ListenerResult, Counter>::default();
+        registry.register("crl_reloads", "CRL reloads by listener and result", crl_reloads.clone());
         let tpm_operations = Family::<TpmOpResult, Counter>::default();
         registry.register("tpm_operations", "TPM operations by kind and result", tpm_operations.clone());
         let tpm_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
@@ -171,6 +180,7 @@ impl Metrics {
             tpm_duration,
             policy_bundle,
             policy_reloads,
+            crl_reloads,
             requests,
             request_duration,
             upstream_duration,

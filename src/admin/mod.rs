@@ -29,6 +29,8 @@ pub struct AdminState {
     policy: Arc<crate::policy::PolicyState>,
     audit: Arc<crate::audit::Audit>,
     tpm: Option<Arc<crate::tpm::Tpm>>,
+    /// The listeners' revocation lists.
+    crls: Vec<Arc<crate::tls::crl::CrlSet>>,
     draining: AtomicBool,
 }
 
@@ -39,8 +41,9 @@ impl AdminState {
         policy: Arc<crate::policy::PolicyState>,
         audit: Arc<crate::audit::Audit>,
         tpm: Option<Arc<crate::tpm::Tpm>>,
+        crls: Vec<Arc<crate::tls::crl::CrlSet>>,
     ) -> Self {
-        Self { metrics, upstreams, policy, audit, tpm, draining: AtomicBool::new(false) }
+        Self { metrics, upstreams, policy, audit, tpm, crls, draining: AtomicBool::new(false) }
     }
 
     pub fn set_draining(&self) {
@@ -82,6 +85,11 @@ impl AdminState {
         }
         // A refused reload leaves the previous bundle serving: reported, not gating.
         body.push_str(&self.policy.status_line());
+        for c in self.crls.iter().filter(|c| !c.is_empty()) {
+            let (ok, line) = c.status();
+            ready &= ok;
+            body.push_str(&line);
+        }
         (ready, body)
     }
 

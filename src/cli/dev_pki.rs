@@ -116,6 +116,33 @@ impl<'a> Leaf<'a> {
     }
 }
 
+/// A CRL of `ca` revoking `revoked` (for key compromise), PEM.
+fn crl(
+    ca: &Ca,
+    number: u64,
+    revoked: Vec<SerialNumber>,
+    this_update: OffsetDateTime,
+    next_update: OffsetDateTime,
+) -> Result<String, DevPkiError> {
+    let params = CertificateRevocationListParams {
+        this_update,
+        next_update,
+        crl_number: SerialNumber::from(number),
+        issuing_distribution_point: None,
+        revoked_certs: revoked
+            .into_iter()
+            .map(|serial_number| RevokedCertParams {
+                serial_number,
+                revocation_time: this_update,
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    Ok(params.signed_by(&ca.issuer)?.pem()?)
+}
+
 fn issue(ca: &Ca, leaf: &Leaf<'_>) -> Result<(String, String, SerialNumber), DevPkiError> {
     let key = KeyPair::generate()?;
     let (cert, sn) = certify(ca, leaf, &key)?;
@@ -260,7 +287,7 @@ pub fn generate_with(out: &Path, ports: Ports, tpm: Option<&DevTpm>) -> Result<(
 
     // Police clients.
     let clients = out.join("clients");
-    let (c, k, _) = issue(&police_ca, &Leaf::client("officer-0001", "border-verifier"))?;
+    let (c, k, officer_serial) = issue(&police_ca, &Leaf::client("officer-0001", "border-verifier"))?;
     write_pair(&clients, "officer", &c, &k)?;
     let (c, k, _) = issue(&police_ca, &Leaf::client("analyst-0001", "analyst"))?;
     write_pair(&clients, "analyst", &c, &k)?;
@@ -283,22 +310,24 @@ pub fn generate_with(out: &Path, ports: Ports, tpm: Option<&DevTpm>) -> Result<(
     let (c, k, _) = issue(&police_ca, &wrong)?;
     write_pair(&clients, "wrong-eku", &c, &k)?;
 
+    // The police CA's CRL in force; the next one (the officer revoked too) and an expired one,
+    // for practising rotation (the CRL reload tests use them); the Ministry CA's (empty), for
+    // the callback listener.
     let now = OffsetDateTime::now_utc();
-    let crl = CertificateRevocationListParams {
-        this_update: now - Duration::minutes(5),
-        next_update: now + Duration::days(30),
-        crl_number: SerialNumber::from(1u64),
-        issuing_distribution_point: None,
-        revoked_certs: vec![RevokedCertParams {
-            serial_number: revoked_serial,
-            revocation_time: now - Duration::minutes(5),
-            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-            invalidity_date: None,
-        }],
-        key_identifier_method: rcgen::KeyIdMethod::Sha256,
-    }
-    .signed_by(&police_ca.issuer)?;
-    write(&out.join("ca/police-ca.crl.pem"), &crl.pem()?, false)?;
+    let days = Duration::days;
+    let police_crl = |number: u64, revoked: Vec<SerialNumber>, next_update: time::Duration| {
+        crl(&police_ca, number, revoked, now - Duration::minutes(5), now + next_update)
+    };
+    write(&out.join("ca/police-ca.crl.pem"), &police_crl(1, vec![revoked_serial.clone()], days(30))?, false)?;
+    let next = police_crl(2, vec![revoked_serial.clone(), officer_serial], days(30))?;
+    write(&out.join("ca/police-ca.next.crl.pem"), &next, false)?;
+    let expired = crl(&police_ca, 3, vec![revoked_serial], now - days(31), now - days(1))?;
+    write(&out.join("ca/police-ca.expired.crl.pem"), &expired, false)?;
+    write(
+        &out.join("ca/ministry-ca.crl.pem"),
+        &crl(&ministry_ca, 1, vec![], now - Duration::minutes(5), now + days(30))?,
+        false,
+    )?;
 
     // The security officer's key that signs policy bundles (`spocgw policy sign`).
     let officer = KeyPair::generate()?;
@@ -346,6 +375,7 @@ listen = "127.0.0.1:{callback}"
 cert = "gateway/callback-side.pem"
 key = "gateway/callback-side.key"
 client_ca = "ca/ministry-ca.pem"
+crls = ["ca/ministry-ca.crl.pem"]
 
 [admin]
 listen = "127.0.0.1:{admin}"

@@ -136,6 +136,10 @@ pub struct ListenerConfig {
     /// CRLs (PEM) checked for every client certificate.
     #[serde(default)]
     pub crls: Vec<PathBuf>,
+    /// What a CRL past its nextUpdate does: `refuse` (every client refused, not ready) or
+    /// `alarm` (still used; `/readyz` says it expired).
+    #[serde(default = "defaults::crl_expired")]
+    pub crl_expired: crate::tls::crl::ExpiredCrl,
     /// Also accept TLS 1.2 (ECDHE with AEAD suites only). TLS 1.3 only when false.
     #[serde(default)]
     pub tls12: bool,
@@ -249,6 +253,9 @@ impl Default for Limits {
 /// Defaults, chosen for a gateway in front of a national service: short handshakes (a slow
 /// handshake is an attack or a broken peer), bodies sized for two to six fingerprint images.
 pub mod defaults {
+    pub fn crl_expired() -> crate::tls::crl::ExpiredCrl {
+        crate::tls::crl::ExpiredCrl::Refuse
+    }
     pub fn handshake_timeout_ms() -> u64 {
         5_000
     }

@@ -25,6 +25,7 @@ use crate::config::{ConfigError, GatewayConfig, ListenerConfig};
 use crate::keys::{KeyRef, KeyStore};
 use crate::policy::PolicyState;
 use crate::tls;
+use crate::tls::crl::CrlSet;
 use crate::tpm::Tpm;
 use crate::xml::xsd::Schema;
 pub use fault::Refusal;
@@ -58,15 +59,51 @@ fn spec(
     table: &str,
     audit: &Arc<Audit>,
     key: Arc<dyn SigningKey>,
-) -> Result<ListenerSpec, ConfigError> {
-    Ok(ListenerSpec {
+) -> Result<(ListenerSpec, Arc<CrlSet>), ConfigError> {
+    let (tls, crls) = tls::server_config_with_crls(name, l, key).map_err(|e| ConfigError::new(file, table, e))?;
+    let spec = ListenerSpec {
         refusals: Some(Arc::new(refusals::HandshakeRefusals::new(name, audit.clone()))),
         name,
-        tls: tls::server_config(l, key).map_err(|e| ConfigError::new(file, table, e))?,
+        tls,
         handshake_timeout: l.handshake_timeout(),
         max_connections: l.max_connections,
         header_timeout: l.request_timeout(),
-    })
+    };
+    Ok((spec, crls))
+}
+
+/// How often the listeners' CRL files are checked for changes.
+const CRL_CHECK: Duration = Duration::from_secs(2);
+
+/// Reloads a listener's CRLs whenever their files change: a set that loads is in force from
+/// the next handshake on; one that does not leaves the previous set and says why (log, audit
+/// record, metric, `/readyz`), and is not tried again until the files change again.
+async fn watch_crls(crls: Arc<CrlSet>, metrics: Arc<Metrics>, audit: Arc<Audit>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(CRL_CHECK) => {}
+        }
+        let Some(result) = crls.reload_if_changed() else { continue };
+        let listener = crls.listener();
+        let mut r = crate::audit::Record::now("crl_reload");
+        r.listener = Some(listener.to_owned());
+        let outcome = match &result {
+            Ok(()) => {
+                tracing::info!(listener, "CRLs reloaded");
+                r.detail = Some("new revocation lists in force".into());
+                "ok"
+            }
+            Err(e) => {
+                tracing::error!(listener, error = %e, "CRL reload refused; the previous lists stay in force");
+                r.detail = Some(format!("refused, previous lists in force: {e}"));
+                "refused"
+            }
+        };
+        r.code = Some(outcome.to_owned());
+        audit.append(&r);
+        metrics.crl_reloads.get_or_create(&admin::metrics::ListenerResult { listener, result: outcome }).inc();
+    }
 }
 
 impl Gateway {
@@ -87,9 +124,14 @@ impl Gateway {
         let audit = Audit::start_with(&cfg.audit, keys.checkpoint, keys.pseudonym)
             .map_err(|e| ConfigError::new(file, "audit", e))?;
         audit.attach_metrics(metrics.audit.clone());
-        let police_spec = spec("police", &cfg.police, file, "police", &audit, keys.police)?;
+        let (police_spec, police_crls) = spec("police", &cfg.police, file, "police", &audit, keys.police)?;
+        let mut crl_sets = vec![police_crls];
         let callback_spec = match (&cfg.callback, keys.callback) {
-            (Some(c), Some(k)) => Some(spec("callback", c, file, "callback", &audit, k)?),
+            (Some(c), Some(k)) => {
+                let (s, crls) = spec("callback", c, file, "callback", &audit, k)?;
+                crl_sets.push(crls);
+                Some(s)
+            }
             _ => None,
         };
         let ministry = Upstream::with_key(&cfg.upstream.ministry, keys.ministry)
@@ -181,6 +223,7 @@ impl Gateway {
             policy.clone(),
             audit.clone(),
             keys_tpm.clone(),
+            crl_sets.clone(),
         ));
         tracing::info!(listener = "admin", addr = %admin_addr, "listening");
         let mut background = vec![tokio::spawn(admin::serve(admin_tcp, admin.clone(), stopped.clone()))];
@@ -193,6 +236,9 @@ impl Gateway {
         }
         if let Some(t) = keys_tpm {
             background.push(tokio::spawn(watch_tpm(t, stopped.clone())));
+        }
+        for crls in crl_sets.into_iter().filter(|c| !c.is_empty()) {
+            background.push(tokio::spawn(watch_crls(crls, metrics.clone(), audit.clone(), stopped.clone())));
         }
         Ok(Self {
             police_addr,

@@ -6,6 +6,7 @@
 //! One crypto provider (aws-lc-rs) serves the whole process, restricted to ECDHE key exchange
 //! and AEAD suites; TLS 1.3 only unless a listener or upstream enables TLS 1.2.
 
+pub mod crl;
 mod identity;
 mod stream;
 pub mod verifier;
@@ -14,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
 use rustls::sign::{CertifiedKey, SigningKey, SingleCertAndKey};
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 use rustls_pki_types::pem::PemObject;
@@ -138,13 +138,20 @@ fn certified(cert: &Path, key: Arc<dyn SigningKey>) -> Result<Arc<CertifiedKey>,
 
 /// The rustls configuration of a mutual-TLS listener.
 pub fn server_config(l: &ListenerConfig, key: Arc<dyn SigningKey>) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with_crls("listener", l, key).map(|(c, _)| c)
+}
+
+/// The rustls configuration of a mutual-TLS listener, and its revocation lists (which the
+/// caller reloads while the listener serves: [`crl::CrlSet::reload_if_changed`]).
+pub fn server_config_with_crls(
+    listener: &'static str,
+    l: &ListenerConfig,
+    key: Arc<dyn SigningKey>,
+) -> Result<(Arc<ServerConfig>, Arc<crl::CrlSet>), TlsError> {
     let provider = provider();
     let roots = root_store(&l.client_ca)?;
-    let inner = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .with_crls(load_crls(&l.crls)?)
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let verifier = Arc::new(RequireClientAuthEku::new(inner));
+    let crls = Arc::new(crl::CrlSet::load(listener, &l.crls, roots, l.crl_expired)?);
+    let verifier = Arc::new(RequireClientAuthEku::new(crls.clone()));
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(l.tls12))
         .map_err(|e| TlsError::Verifier(e.to_string()))?
@@ -154,7 +161,7 @@ pub fn server_config(l: &ListenerConfig, key: Arc<dyn SigningKey>) -> Result<Arc
     // Tickets would let a revoked client resume without its certificate being checked again.
     cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     cfg.send_tls13_tickets = 0;
-    Ok(Arc::new(cfg))
+    Ok((Arc::new(cfg), crls))
 }
 
 /// The rustls configuration for talking to an upstream: its certificate must chain to the

@@ -454,6 +454,7 @@ mod tests {
             key: KeyRef::File(dir.join("gateway/police-side.key")),
             client_ca: dir.join("ca/police-ca.pem"),
             crls: vec![dir.join("ca/police-ca.crl.pem")],
+            crl_expired: crate::tls::crl::ExpiredCrl::Refuse,
             tls12,
             handshake_timeout_ms: 5000,
             max_connections: 16,
