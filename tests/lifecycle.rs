@@ -110,3 +110,20 @@ async fn a_slow_or_broken_body_is_answered_and_recorded() {
     assert!(log.contains("\"code\":\"cancelled\"") && log.contains("request body read failed"), "{log}");
     assert_eq!(metric(&w.metrics(), "spocgw_requests_in_flight"), 0.0);
 }
+
+/// A peer that stays down is logged when it goes down and when it is back, not every probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stays_down_is_logged_once() {
+    let mut w = World::new();
+    w.start_ministry();
+    w.start_gateway(); // the police callback receiver is not started
+    std::thread::sleep(Duration::from_secs(5));
+    let down =
+        |log: &str| log.lines().filter(|l| l.contains("upstream unreachable") && l.contains("police_callback")).count();
+    assert_eq!(down(&w.gateway_log()), 1, "{}", w.gateway_log());
+    w.start_receiver();
+    wait_until("the receiver's return was not logged", || {
+        w.gateway_log().lines().any(|l| l.contains("upstream reachable") && l.contains("police_callback"))
+    });
+    assert_eq!(down(&w.gateway_log()), 1);
+}

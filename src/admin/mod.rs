@@ -6,6 +6,7 @@ pub mod metrics;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
@@ -118,9 +119,18 @@ impl AdminState {
 /// Serves the admin endpoints until `stop` turns true.
 pub async fn serve(tcp: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
     loop {
-        let (stream, _) = tokio::select! {
+        let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            a = tcp.accept() => match a { Ok(x) => x, Err(_) => continue },
+            a = tcp.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(listener = "admin", error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let state = state.clone();
         tokio::spawn(async move {

@@ -449,12 +449,22 @@ async fn watch_upstream(
     mut stop: watch::Receiver<bool>,
 ) {
     let gauge = metrics.upstream_up.get_or_create(&admin::metrics::UpstreamLabels { upstream: name }).clone();
+    // The change of state is logged, not the state: a peer down for an hour is one line, not
+    // one every 2 s.
+    let mut was_up: Option<bool> = None;
     loop {
         if upstream.health() != Health::Up {
-            match upstream.probe().await {
-                Ok(()) => tracing::info!(upstream = name, "upstream reachable"),
-                Err(e) => tracing::warn!(upstream = name, error = %e, "upstream unreachable"),
+            let probed = upstream.probe().await;
+            let up = probed.is_ok();
+            if was_up != Some(up) {
+                match probed {
+                    Ok(()) => tracing::info!(upstream = name, "upstream reachable"),
+                    Err(e) => tracing::warn!(upstream = name, error = %e, "upstream unreachable"),
+                }
             }
+            was_up = Some(up);
+        } else {
+            was_up = Some(true);
         }
         gauge.set(i64::from(upstream.health() == Health::Up));
         tokio::select! {
