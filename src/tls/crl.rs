@@ -9,11 +9,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, Error, RootCertStore, SignatureScheme};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::{DistinguishedName, RootCertStore};
 use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
@@ -137,6 +135,16 @@ impl CrlSet {
         self.listener
     }
 
+    /// The verifier of the lists in force now (for one handshake).
+    pub fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        self.verifier.load().verifier.clone()
+    }
+
+    /// The CA names a client is told its certificate must chain to.
+    pub fn root_hints(&self) -> &[DistinguishedName] {
+        &self.hints
+    }
+
     /// True for a listener configured without CRLs.
     pub fn is_empty(&self) -> bool {
         self.paths.is_empty()
@@ -185,50 +193,4 @@ fn build(
     }
     let verifier = builder.build().map_err(|e| TlsError::Verifier(e.to_string()))?;
     Ok(Loaded { verifier, digest, next_update, lists })
-}
-
-/// The set verifies as the verifier of the lists in force at the moment of the handshake.
-impl ClientCertVerifier for CrlSet {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &self.hints
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, Error> {
-        self.verifier.load().verifier.verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.verifier.load().verifier.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.verifier.load().verifier.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.verifier.load().verifier.supported_verify_schemes()
-    }
 }

@@ -12,6 +12,8 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use super::crl::CrlSet;
+
 tokio::task_local! {
     /// The end-entity certificate verification refused in the handshake this task runs: the
     /// verifier sees it, the connection does not keep it when verification fails.
@@ -33,15 +35,16 @@ fn note_refused(der: &[u8]) {
     let _ = REFUSED.try_with(|c| *c.borrow_mut() = Some(der.to_vec()));
 }
 
-/// Wraps a verifier and adds the explicit clientAuth EKU requirement.
+/// Verifies with the revocation lists in force at the handshake (webpki's chain, validity and
+/// CRL checks) and adds the explicit clientAuth EKU requirement.
 #[derive(Debug)]
 pub struct RequireClientAuthEku {
-    inner: Arc<dyn ClientCertVerifier>,
+    crls: Arc<CrlSet>,
 }
 
 impl RequireClientAuthEku {
-    pub fn new(inner: Arc<dyn ClientCertVerifier>) -> Self {
-        Self { inner }
+    pub fn new(crls: Arc<CrlSet>) -> Self {
+        Self { crls }
     }
 }
 
@@ -61,7 +64,7 @@ impl ClientCertVerifier for RequireClientAuthEku {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        self.crls.root_hints()
     }
 
     fn verify_client_cert(
@@ -70,8 +73,11 @@ impl ClientCertVerifier for RequireClientAuthEku {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        let verified =
-            self.inner.verify_client_cert(end_entity, intermediates, now).inspect_err(|_| note_refused(end_entity))?;
+        let verified = self
+            .crls
+            .current()
+            .verify_client_cert(end_entity, intermediates, now)
+            .inspect_err(|_| note_refused(end_entity))?;
         if !has_client_auth_eku(end_entity) {
             note_refused(end_entity);
             return Err(Error::InvalidCertificate(CertificateError::InvalidPurpose));
@@ -85,7 +91,7 @@ impl ClientCertVerifier for RequireClientAuthEku {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.crls.current().verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -94,10 +100,10 @@ impl ClientCertVerifier for RequireClientAuthEku {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.crls.current().verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.crls.current().supported_verify_schemes()
     }
 }
