@@ -127,3 +127,34 @@ async fn a_peer_that_stays_down_is_logged_once() {
     });
     assert_eq!(down(&w.gateway_log()), 1);
 }
+
+/// The in-flight cap counts requests being processed, not bodies still arriving: clients that
+/// trickle bodies do not take the slots other terminals need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_do_not_take_the_in_flight_slots() {
+    let mut w = World::new();
+    w.append("gateway.toml", "\n[limits]\nmax_in_flight = 4\n");
+    w.start_ministry();
+    w.start_gateway();
+    w.wait_ready();
+    let body = slow_request(0);
+    let head = format!(
+        "POST /bio/v1 HTTP/1.1\r\nHost: localhost\r\nContent-Type: {XML11}\r\nSOAPAction: \"CheckIdentityRequest\"\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut trickling = Vec::new();
+    for _ in 0..8 {
+        let mut s = w.raw_client("analyst").await;
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&body.as_bytes()[..10]).await.unwrap();
+        trickling.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let r = post(&w.client("officer", false), "/bio/v1", XML11, Some("CheckIdentityRequest"), slow_request(0))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", text(&r));
+    }
+    drop(trickling);
+}

@@ -209,24 +209,28 @@ impl Pipeline {
             started: Instant::now(),
         };
         let mut u = Underway { pipeline: self, x, counted: false, ended: false };
-        let outcome = match self.in_flight.try_acquire() {
-            Err(_) => Outcome::Refused(Refusal::Overloaded, "in-flight cap reached".into()),
-            Ok(_permit) => {
-                self.metrics.in_flight.inc();
-                u.counted = true;
-                let o = self.run(&mut u.x, req).await;
-                self.metrics.in_flight.dec();
-                u.counted = false;
-                o
-            }
-        };
+        let outcome = self.run(&mut u.x, &mut u.counted, req).await;
+        if u.counted {
+            self.metrics.in_flight.dec();
+            u.counted = false;
+        }
         u.ended = true;
         let gone = matches!(outcome, Outcome::Abandoned(_));
         let response = self.finish(&mut u.x, outcome);
         if gone { Err(ClientGone) } else { Ok(response) }
     }
 
-    async fn run(&self, x: &mut Exchange<'_>, req: Request<Incoming>) -> Outcome {
+    /// Admits a request whose body has arrived, under the in-flight cap (`counted` says it is
+    /// in the gauge): the cap counts requests the gateway is processing, not bodies a slow
+    /// client is still sending, so a client trickling bodies cannot take every slot.
+    fn admit(&self, counted: &mut bool) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let permit = self.in_flight.try_acquire().ok()?;
+        self.metrics.in_flight.inc();
+        *counted = true;
+        Some(permit)
+    }
+
+    async fn run(&self, x: &mut Exchange<'_>, counted: &mut bool, req: Request<Incoming>) -> Outcome {
         // Route by listener and path.
         let Some(route) = self.routes.lookup(x.listener, req.uri().path()) else {
             x.version = media_type(&req).ok().map(|m| m.version);
@@ -257,12 +261,15 @@ impl Pipeline {
         };
         if self.bare {
             let content_type = req.headers().get(CONTENT_TYPE).cloned();
-            return self.run_bare(x, route, req, content_type, action).await;
+            return self.run_bare(x, counted, route, req, content_type, action).await;
         }
         // Body, within the route's limit and the listener's deadline.
         let body = match self.read_body(route, req).await {
             Ok(b) => b,
             Err(refused) => return refused,
+        };
+        let Some(_permit) = self.admit(counted) else {
+            return Outcome::Refused(Refusal::Overloaded, "in-flight cap reached".into());
         };
         // Firewall, envelope and schema, in one pass.
         let expect = Expect::Soap { operations: &route.requests, fault_ok: false, headers: &route.request_headers };
@@ -379,6 +386,7 @@ impl Pipeline {
     async fn run_bare(
         &self,
         x: &mut Exchange<'_>,
+        counted: &mut bool,
         route: &Route,
         req: Request<Incoming>,
         content_type: Option<HeaderValue>,
@@ -387,6 +395,9 @@ impl Pipeline {
         let body = match self.read_body(route, req).await {
             Ok(b) => b,
             Err(refused) => return refused,
+        };
+        let Some(_permit) = self.admit(counted) else {
+            return Outcome::Refused(Refusal::Overloaded, "in-flight cap reached".into());
         };
         let ct = content_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("text/xml; charset=utf-8");
         let headers = soap_headers(ct, action.as_deref(), Some(&x.incident));
