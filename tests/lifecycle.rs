@@ -158,3 +158,24 @@ async fn slow_bodies_do_not_take_the_in_flight_slots() {
     }
     drop(trickling);
 }
+
+/// An HTTP/2 connection with no request for `request_timeout_ms` is closed, however it keeps
+/// answering PINGs; one with a request in flight is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed() {
+    let mut w = World::new();
+    w.edit("gateway.toml", "[police]\n", "[police]\nrequest_timeout_ms = 1000\n");
+    w.start_ministry();
+    w.start_gateway();
+    w.wait_ready();
+    let open = r#"spocgw_connections_open{listener="police"}"#;
+    let c = w.client("officer", true);
+    // A request longer than the idle time is not cut.
+    let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), slow_request(1800)).await.unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(metric(&w.metrics(), open), 1.0);
+    wait_until("the idle HTTP/2 connection stays open", || metric(&w.metrics(), open) == 0.0);
+    // The client opens a new one and is served.
+    let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), slow_request(0)).await.unwrap();
+    assert_eq!(r.status, 200);
+}

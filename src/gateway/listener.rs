@@ -151,6 +151,7 @@ where
             // The request future is boxed: hyper keeps room for one in every connection, and an
             // idle connection should not carry the pipeline's whole state machine.
             let traffic = Arc::new(Traffic::default());
+            traffic.last_request_ms.store(now_ms(), Ordering::Relaxed);
             let t = traffic.clone();
             let svc = service_fn(move |req| {
                 let handler = handler.clone();
@@ -180,10 +181,15 @@ where
                 }
                 // Built inside their boxes: a connection held in this task would take room in
                 // every connection's task, whatever its protocol.
+                // An HTTP/2 connection with no request for `request_timeout_ms` is closed (GOAWAY),
+                // PINGs or not: an idle one holds a connection slot for nothing.
                 Some(true) => {
+                    let idle_after = spec.header_timeout;
                     let h2 = Box::pin(async move {
                         let conn = http2_builder().serve_connection(TokioIo::new(tls), svc);
-                        until_stopped(conn, &mut stop, |c| c.graceful_shutdown()).await.map_err(BoxError::from)
+                        until_stopped(conn, &mut stop, idle_for(&traffic, idle_after), |c| c.graceful_shutdown())
+                            .await
+                            .map_err(BoxError::from)
                     });
                     h2.await
                 }
@@ -201,7 +207,7 @@ where
                             .max_concurrent_streams(H2_MAX_STREAMS)
                             .keep_alive_interval(Some(H2_KEEP_ALIVE));
                         let conn = builder.serve_connection(TokioIo::new(tls), svc).into_owned();
-                        until_stopped(conn, &mut stop, |c| c.graceful_shutdown()).await
+                        until_stopped(conn, &mut stop, std::future::pending(), |c| c.graceful_shutdown()).await
                     });
                     sniffed.await
                 }
@@ -224,10 +230,12 @@ where
     Open(open_rx)
 }
 
-/// Runs a connection; when the listener stops, asks it to finish its requests and close.
+/// Runs a connection; when the listener stops, or `idle` resolves, asks it to finish its
+/// requests and close.
 async fn until_stopped<C, T, E>(
     conn: C,
     stop: &mut watch::Receiver<bool>,
+    idle: impl Future<Output = ()>,
     graceful: impl FnOnce(Pin<&mut C>),
 ) -> Result<T, E>
 where
@@ -237,8 +245,27 @@ where
     tokio::select! {
         r = conn.as_mut() => return r,
         _ = stopped(stop) => graceful(conn.as_mut()),
+        _ = idle => graceful(conn.as_mut()),
     }
     conn.await
+}
+
+/// Resolves once a connection has had no request in flight for `after`.
+async fn idle_for(traffic: &Traffic, after: Duration) {
+    let check = (after / 4).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(check).await;
+        let quiet = now_ms().saturating_sub(traffic.last_request_ms.load(Ordering::Relaxed));
+        if traffic.in_flight.load(Ordering::Relaxed) == 0 && quiet >= after.as_millis() as u64 {
+            return;
+        }
+    }
+}
+
+/// Milliseconds on a process-wide monotonic clock.
+fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
 }
 
 /// Resolves when the listener stops (or whoever stops it is gone).
@@ -268,6 +295,8 @@ struct Traffic {
     blocked: AtomicBool,
     /// Requests from the handler's call until hyper has written their answer.
     in_flight: AtomicUsize,
+    /// When a request last started or ended ([`now_ms`]).
+    last_request_ms: AtomicU64,
 }
 
 impl Traffic {
@@ -288,6 +317,7 @@ struct InFlight(Arc<Traffic>);
 impl InFlight {
     fn new(t: &Arc<Traffic>) -> InFlight {
         t.in_flight.fetch_add(1, Ordering::Relaxed);
+        t.last_request_ms.store(now_ms(), Ordering::Relaxed);
         InFlight(t.clone())
     }
 }
@@ -295,6 +325,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.reads_at_answer.store(self.0.reads.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.0.last_request_ms.store(now_ms(), Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
