@@ -84,6 +84,18 @@ async fn a_burst_over_the_rate_gets_429_with_retry_after() {
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 5, "{statuses:?}");
     let secs: u64 = retry.expect("Retry-After").to_str().unwrap().parse().unwrap();
     assert!((1..=2).contains(&secs), "{secs}");
+    // Refused requests count against the rate too: a caller the policy denies, or whose
+    // messages are invalid, is held to it as well.
+    let vf = messages::envelope(SoapVersion::V11, &bio("IDENTITY_DOUBT").verify_fingerprint());
+    let officer_denied = w.client("second-line", false);
+    let mut denied = Vec::new();
+    for i in 0..8 {
+        let body = if i % 2 == 0 { vf.clone() } else { "<not xml".to_owned() };
+        let r = post(&officer_denied, "/bio/v1", XML11, Some("VerifyFingerprintRequest"), body).await.unwrap();
+        denied.push(fault_code(&r).unwrap_or_default());
+    }
+    assert_eq!(denied.iter().filter(|c| *c == "RateLimited").count(), 5, "{denied:?}");
+    assert_eq!(denied[..3], ["PolicyDenied", "XmlMalformed", "PolicyDenied"], "{denied:?}");
     // Another certificate has its own allowance.
     let r = post(&w.client("officer", false), "/bio/v1", XML11, Some("CheckIdentityRequest"), ci("DOCUMENT_DOUBT"))
         .await

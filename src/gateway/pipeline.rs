@@ -271,6 +271,12 @@ impl Pipeline {
         let Some(_permit) = self.admit(counted) else {
             return Outcome::Refused(Refusal::Overloaded, "in-flight cap reached".into());
         };
+        // The caller's rate on this route counts every request it sends, before any work is
+        // spent on it: invalid and denied ones too (each would cost validation and a record).
+        if let Err(wait) = self.policy.check_rate(route.name, &x.peer.fingerprint) {
+            x.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+            return Outcome::Refused(Refusal::RateLimited, format!("over the rate of {}", route.name));
+        }
         // Firewall, envelope and schema, in one pass.
         let expect = Expect::Soap { operations: &route.requests, fault_ok: false, headers: &route.request_headers };
         let validated = match validate(&self.schema, &route.limits, &body, expect) {
@@ -292,8 +298,7 @@ impl Pipeline {
                 "SOAPAction/action does not name the Body's operation".into(),
             );
         }
-        // Decide: policy, then the caller's rate on this route. The bundle is taken once: the
-        // reply's minimisation follows the same one.
+        // Decide. The bundle is taken once: the reply's minimisation follows the same one.
         let bundle = x.bundle.insert(self.policy.current());
         let caller = x.caller.insert(Caller::from_peer(x.peer));
         let now = unix_now();
@@ -305,10 +310,6 @@ impl Pipeline {
             let by =
                 if policies.is_empty() { "no policy permits".to_owned() } else { format!("forbidden by {policies}") };
             return Outcome::Refused(Refusal::PolicyDenied, format!("{by}{why}"));
-        }
-        if let Err(wait) = self.policy.check_rate(route.name, &x.peer.fingerprint) {
-            x.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
-            return Outcome::Refused(Refusal::RateLimited, format!("over the rate of {}", route.name));
         }
         // A callback consumes the messageID it answers: one the gateway never forwarded, or
         // one already answered, is answered here.
