@@ -19,6 +19,13 @@ fn slow_request(ms: u32) -> String {
     messages::envelope(SoapVersion::V11, &b.check_identity())
 }
 
+/// The head of an HTTP/1.1 CheckIdentity request whose body is `len` bytes.
+fn request_head(len: usize) -> String {
+    format!(
+        "POST /bio/v1 HTTP/1.1\r\nHost: localhost\r\nContent-Type: {XML11}\r\nSOAPAction: \"CheckIdentityRequest\"\r\nContent-Length: {len}\r\n\r\n"
+    )
+}
+
 /// Audit records of `event` with `code` (any code when None).
 fn records(w: &World, event: &str, code: Option<&str>) -> usize {
     spocgw::audit::segments(&w.path("audit"))
@@ -85,10 +92,7 @@ async fn a_slow_or_broken_body_is_answered_and_recorded() {
     w.start_gateway();
     w.wait_ready();
     let body = slow_request(0);
-    let head = format!(
-        "POST /bio/v1 HTTP/1.1\r\nHost: localhost\r\nContent-Type: {XML11}\r\nSOAPAction: \"CheckIdentityRequest\"\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+    let head = request_head(body.len());
     let mut s = w.raw_client("officer").await;
     s.write_all(head.as_bytes()).await.unwrap();
     s.write_all(&body.as_bytes()[..100]).await.unwrap();
@@ -138,10 +142,7 @@ async fn slow_bodies_do_not_take_the_in_flight_slots() {
     w.start_gateway();
     w.wait_ready();
     let body = slow_request(0);
-    let head = format!(
-        "POST /bio/v1 HTTP/1.1\r\nHost: localhost\r\nContent-Type: {XML11}\r\nSOAPAction: \"CheckIdentityRequest\"\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+    let head = request_head(body.len());
     let mut trickling = Vec::new();
     for _ in 0..8 {
         let mut s = w.raw_client("analyst").await;

@@ -96,7 +96,7 @@ impl Run<'_> {
         let streamed =
             matches!(self.stack.last(), Some(Frame::Element(ElementFrame { state: ContentState::Base64(_), .. })));
         if !streamed && !blank() {
-            super::screen(s, offset)?;
+            super::firewall::screen(s, offset)?;
         }
         match self.stack.last_mut() {
             None => {
@@ -127,7 +127,7 @@ impl Run<'_> {
                         }
                         check.feed(s);
                         if check.is_bad() {
-                            super::screen(s, offset)?;
+                            super::firewall::screen(s, offset)?;
                         }
                     }
                     ContentState::Text => {

@@ -157,6 +157,38 @@ fn char_ref(number: &[u8]) -> Option<char> {
     char::from_u32(u32::from_str_radix(text, radix).ok()?)
 }
 
+/// Refuses a piece of the message holding a character XML 1.0 does not allow. Every byte of a
+/// message is in some event: tags, comments and the declaration are screened here, text where
+/// it is read (base64 text by the base64 check, whose alphabet leaves such characters out, and
+/// screened only when that check fails, to tell the two refusals apart).
+pub(super) fn screen(part: &[u8], offset: usize) -> Result<(), XmlRefusal> {
+    match crate::xml::chars::first_illegal(part) {
+        None => Ok(()),
+        Some(at) => {
+            Err(XmlRefusal::Malformed { offset: offset + at, reason: "a character XML 1.0 does not allow".into() })
+        }
+    }
+}
+
+/// What a quick-xml error says, in words that hold nothing of the message (its messages can
+/// quote names and references from it).
+pub(super) fn malformed(e: &quick_xml::Error) -> &'static str {
+    use quick_xml::errors::{Error, IllFormedError};
+    match e {
+        Error::Syntax(_) => "syntax error",
+        Error::IllFormed(IllFormedError::MismatchedEndTag { .. } | IllFormedError::UnmatchedEndTag(_)) => {
+            "an end tag does not match its start tag"
+        }
+        Error::IllFormed(IllFormedError::MissingEndTag(_)) => "an element is not closed",
+        Error::IllFormed(IllFormedError::DoubleHyphenInComment) => "'--' inside a comment",
+        Error::IllFormed(_) => "not well-formed",
+        Error::InvalidAttr(_) => "malformed attribute",
+        Error::Escape(_) => "invalid reference",
+        Error::Namespace(_) => "namespace error",
+        Error::Encoding(_) | Error::Io(_) => "invalid encoding",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
