@@ -71,6 +71,21 @@ async fn small_log(w: &World, dir: &std::path::Path) {
         audit.append_durable(&r).await.unwrap();
     }
     audit.checkpoint_now().await.unwrap();
+    drop(audit);
+    released(dir);
+}
+
+/// Waits until the log's writer has finished (its last checkpoint written) and let the log go:
+/// dropping an `Audit` stops its thread without waiting for it.
+fn released(dir: &std::path::Path) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if std::fs::File::open(dir.join("writer.lock")).is_ok_and(|f| f.try_lock().is_ok()) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the audit writer did not let {} go", dir.display());
 }
 
 fn lines(dir: &std::path::Path) -> Vec<String> {

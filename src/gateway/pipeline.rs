@@ -72,8 +72,6 @@ struct Exchange<'a> {
     caller: Option<Caller>,
     /// The policy decision: allowed, deciding policy IDs, bundle digest (short).
     decision: Option<(bool, String, String)>,
-    /// The policy bundle the decision came from, taken once: minimisation uses the same one.
-    bundle: Option<Arc<Bundle>>,
     /// A callback's messageID, claimed (taken out of the forwarded set) until it is delivered;
     /// put back if it is not.
     claimed: Option<(String, Instant)>,
@@ -113,21 +111,29 @@ enum Outcome {
 /// A request under way. If its future is dropped before it ends (the client closed the
 /// connection or reset its HTTP/2 stream while the request was upstream), the drop still ends
 /// it: an outcome record `cancelled` (after a request record, so every forwarded request has
-/// its outcome), a log line, the metrics, and the in-flight gauge given back.
+/// its outcome), a log line and the metrics ([`Admitted`] gives the in-flight slot back).
 struct Underway<'p, 'a> {
     pipeline: &'p Pipeline,
     x: Exchange<'a>,
-    /// Counted in `spocgw_requests_in_flight`.
-    counted: bool,
     /// Accounted for (record, log line, metrics) by [`Pipeline::finish`].
     ended: bool,
 }
 
+/// A request admitted under the in-flight cap: its slot and its place in
+/// `spocgw_requests_in_flight`, both given back when it is dropped, however the request ends.
+struct Admitted<'p> {
+    _permit: tokio::sync::SemaphorePermit<'p>,
+    gauge: &'p prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
 impl Drop for Underway<'_, '_> {
     fn drop(&mut self) {
-        if self.counted {
-            self.pipeline.metrics.in_flight.dec();
-        }
         if !self.ended {
             self.pipeline.account(&mut self.x, "cancelled", 0, "the client went away before the answer", false);
         }
@@ -198,7 +204,6 @@ impl Pipeline {
             upstream_status: None,
             caller: None,
             decision: None,
-            bundle: None,
             claimed: None,
             retry_after: None,
             removed: Vec::new(),
@@ -208,29 +213,24 @@ impl Pipeline {
             request_record: RequestRecord::Missing,
             started: Instant::now(),
         };
-        let mut u = Underway { pipeline: self, x, counted: false, ended: false };
-        let outcome = self.run(&mut u.x, &mut u.counted, req).await;
-        if u.counted {
-            self.metrics.in_flight.dec();
-            u.counted = false;
-        }
+        let mut u = Underway { pipeline: self, x, ended: false };
+        let outcome = self.run(&mut u.x, req).await;
         u.ended = true;
         let gone = matches!(outcome, Outcome::Abandoned(_));
         let response = self.finish(&mut u.x, outcome);
         if gone { Err(ClientGone) } else { Ok(response) }
     }
 
-    /// Admits a request whose body has arrived, under the in-flight cap (`counted` says it is
-    /// in the gauge): the cap counts requests the gateway is processing, not bodies a slow
-    /// client is still sending, so a client trickling bodies cannot take every slot.
-    fn admit(&self, counted: &mut bool) -> Option<tokio::sync::SemaphorePermit<'_>> {
+    /// Admits a request whose body has arrived, under the in-flight cap: the cap counts
+    /// requests the gateway is processing, not bodies a slow client is still sending, so a
+    /// client trickling bodies cannot take every slot.
+    fn admit(&self) -> Option<Admitted<'_>> {
         let permit = self.in_flight.try_acquire().ok()?;
         self.metrics.in_flight.inc();
-        *counted = true;
-        Some(permit)
+        Some(Admitted { _permit: permit, gauge: &self.metrics.in_flight })
     }
 
-    async fn run(&self, x: &mut Exchange<'_>, counted: &mut bool, req: Request<Incoming>) -> Outcome {
+    async fn run(&self, x: &mut Exchange<'_>, req: Request<Incoming>) -> Outcome {
         // Route by listener and path.
         let Some(route) = self.routes.lookup(x.listener, req.uri().path()) else {
             x.version = media_type(&req).ok().map(|m| m.version);
@@ -261,14 +261,14 @@ impl Pipeline {
         };
         if self.bare {
             let content_type = req.headers().get(CONTENT_TYPE).cloned();
-            return self.run_bare(x, counted, route, req, content_type, action).await;
+            return self.run_bare(x, route, req, content_type, action).await;
         }
         // Body, within the route's limit and the listener's deadline.
         let body = match self.read_body(route, req).await {
             Ok(b) => b,
             Err(refused) => return refused,
         };
-        let Some(_permit) = self.admit(counted) else {
+        let Some(_admitted) = self.admit() else {
             return Outcome::Refused(Refusal::Overloaded, "in-flight cap reached".into());
         };
         // The caller's rate on this route counts every request it sends, before any work is
@@ -299,7 +299,7 @@ impl Pipeline {
             );
         }
         // Decide. The bundle is taken once: the reply's minimisation follows the same one.
-        let bundle = x.bundle.insert(self.policy.current());
+        let bundle = self.policy.current();
         let caller = x.caller.insert(Caller::from_peer(x.peer));
         let now = unix_now();
         let d = bundle.decide(caller, operation, route.name, &x.facts, now);
@@ -336,7 +336,6 @@ impl Pipeline {
             SoapVersion::V12 => (SoapMediaType::forwarded(media.version, action), None),
         };
         let headers = soap_headers(&ct, soap_action.as_deref(), Some(&x.incident));
-        let bundle = x.bundle.clone().unwrap_or_else(|| self.policy.current());
         self.forward(x, route, &bundle, headers, body).await
     }
 
@@ -387,7 +386,6 @@ impl Pipeline {
     async fn run_bare(
         &self,
         x: &mut Exchange<'_>,
-        counted: &mut bool,
         route: &Route,
         req: Request<Incoming>,
         content_type: Option<HeaderValue>,
@@ -397,7 +395,7 @@ impl Pipeline {
             Ok(b) => b,
             Err(refused) => return refused,
         };
-        let Some(_permit) = self.admit(counted) else {
+        let Some(_admitted) = self.admit() else {
             return Outcome::Refused(Refusal::Overloaded, "in-flight cap reached".into());
         };
         let ct = content_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("text/xml; charset=utf-8");
@@ -489,8 +487,8 @@ impl Pipeline {
                 }
                 // The reply's Content-Type is the gateway's too, for the version it checked.
                 let mut reply = reply;
-                let ct = SoapMediaType::forwarded(v.version.unwrap_or(SoapVersion::V11), None);
-                reply.content_type = HeaderValue::from_str(&ct).ok();
+                let version = v.version.unwrap_or(SoapVersion::V11);
+                reply.content_type = Some(HeaderValue::from_static(version.content_type()));
                 Outcome::Forwarded(self.minimise(x, reply, bundle, fields, &v))
             }
             Err(e) => {
@@ -619,13 +617,16 @@ impl Pipeline {
                 "callback for a messageID the gateway did not forward".to_owned(),
             ),
             Outcome::Refused(r, detail) => (self.refusal_response(x, r), r.code(), detail),
-            Outcome::Abandoned(detail) => (Response::new(Full::default()), "cancelled", detail),
+            Outcome::Abandoned(detail) => {
+                // Nobody reads this response: status 0 on record says none was given.
+                self.account(x, "cancelled", 0, &detail, false);
+                return Response::new(Full::default());
+            }
         };
         if let Ok(v) = HeaderValue::from_str(&x.incident) {
             response.headers_mut().insert(X_REQUEST_ID, v);
         }
-        let status = if code == "cancelled" { 0 } else { response.status().as_u16() };
-        self.account(x, code, status, &detail, delivered);
+        self.account(x, code, response.status().as_u16(), &detail, delivered);
         response
     }
 
@@ -730,10 +731,7 @@ fn callback_unknown(version: SoapVersion) -> super::upstream::Reply {
             "<SendCertificatesResponse xmlns=\"{ns}\"><result>failure_messageID_unknown</result></SendCertificatesResponse>"
         ),
     );
-    let ct = match version {
-        SoapVersion::V11 => "text/xml; charset=utf-8",
-        SoapVersion::V12 => "application/soap+xml; charset=utf-8",
-    };
+    let ct = version.content_type();
     super::upstream::Reply {
         retry_after: None,
         request_id: None,

@@ -123,7 +123,7 @@ impl HandshakeRefusals {
         let mut reasons: Vec<(&str, u64)> = w.reasons.into_iter().collect();
         reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         let mut networks: Vec<(IpNetwork, u64)> = w.networks.into_iter().collect();
-        networks.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.to_string().cmp(&b.0.to_string())));
+        networks.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.0.cmp(&b.0.0)));
         let other: u64 = w.untracked + networks.iter().skip(NETWORKS_LISTED).map(|n| n.1).sum::<u64>();
         let mut r = Record::now("handshake_refusals");
         r.listener = Some(self.listener.to_owned());

@@ -261,11 +261,10 @@ fn parameter_value(s: &str) -> Result<(String, &str), MediaTypeError> {
 impl SoapMediaType {
     /// The Content-Type the gateway forwards: written from what it checked, never copied.
     /// `action` is the SOAP 1.2 action the caller gave (checked to name the operation).
-    pub fn forwarded(version: SoapVersion, action: Option<&str>) -> String {
+    pub fn forwarded(version: SoapVersion, action: Option<&str>) -> std::borrow::Cow<'static, str> {
         match (version, action) {
-            (SoapVersion::V11, _) => "text/xml; charset=utf-8".to_owned(),
-            (SoapVersion::V12, None) => "application/soap+xml; charset=utf-8".to_owned(),
-            (SoapVersion::V12, Some(a)) => format!("application/soap+xml; charset=utf-8; action=\"{a}\""),
+            (SoapVersion::V12, Some(a)) => format!("{}; action=\"{a}\"", version.content_type()).into(),
+            _ => version.content_type().into(),
         }
     }
 }

@@ -19,10 +19,7 @@ pub fn envelope(version: SoapVersion, operation_xml: &str) -> String {
 
 /// The content type of a SOAP message of `version` for `action`.
 pub fn content_type(version: SoapVersion, action: &str) -> String {
-    match version {
-        SoapVersion::V11 => "text/xml; charset=utf-8".to_owned(),
-        SoapVersion::V12 => format!("application/soap+xml; charset=utf-8; action=\"{action}\""),
-    }
+    crate::gateway::routes::SoapMediaType::forwarded(version, Some(action)).into_owned()
 }
 
 /// A synthetic fingerprint image of `len` bytes in `format`: the format's leading bytes (as

@@ -271,12 +271,7 @@ impl Ministry {
             let mut resp =
                 Response::new(SimBody::whole(String::from_utf8_lossy(&tokio::fs::read(file).await?).into_owned()));
             *resp.status_mut() = StatusCode::from_u16(self.behaviour.reply_status).unwrap_or(StatusCode::OK);
-            let ct = if version == SoapVersion::V12 {
-                "application/soap+xml; charset=utf-8"
-            } else {
-                "text/xml; charset=utf-8"
-            };
-            resp.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static(ct));
+            resp.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static(version.content_type()));
             return Ok(resp);
         }
         let facts = read_facts(&body);
@@ -307,10 +302,7 @@ impl Ministry {
                 (StatusCode::INTERNAL_SERVER_ERROR, xml::soap_fault(version, &fault).0)
             }
         };
-        let ct = match version {
-            SoapVersion::V11 => "text/xml; charset=utf-8",
-            SoapVersion::V12 => "application/soap+xml; charset=utf-8",
-        };
+        let ct = version.content_type();
         let (status, body) = match misbehaviour {
             None => (status, SimBody::whole(text)),
             Some(Misbehaviour::Delay(ms)) => {

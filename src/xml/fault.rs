@@ -42,7 +42,7 @@ pub fn soap_fault(version: SoapVersion, f: &FaultText<'_>) -> (String, &'static 
 <faultcode>soap:{who}</faultcode><faultstring>{reason}</faultstring><detail>{detail}</detail>\
 </soap:Fault></soap:Body></soap:Envelope>\n"
                 ),
-                "text/xml; charset=utf-8",
+                version.content_type(),
             )
         }
         SoapVersion::V12 => {
@@ -53,7 +53,7 @@ pub fn soap_fault(version: SoapVersion, f: &FaultText<'_>) -> (String, &'static 
 <env:Code><env:Value>env:{who}</env:Value></env:Code><env:Reason><env:Text xml:lang=\"en\">{reason}</env:Text></env:Reason>\
 <env:Detail>{detail}</env:Detail></env:Fault></env:Body></env:Envelope>\n"
                 ),
-                "application/soap+xml; charset=utf-8",
+                version.content_type(),
             )
         }
     }

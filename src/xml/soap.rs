@@ -10,6 +10,14 @@ pub enum SoapVersion {
 }
 
 impl SoapVersion {
+    /// The media type a message of this version travels as, in UTF-8 (what the gateway sends).
+    pub fn content_type(self) -> &'static str {
+        match self {
+            SoapVersion::V11 => "text/xml; charset=utf-8",
+            SoapVersion::V12 => "application/soap+xml; charset=utf-8",
+        }
+    }
+
     pub fn namespace(self) -> &'static str {
         match self {
             SoapVersion::V11 => SOAP11_NS,

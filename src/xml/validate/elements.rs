@@ -92,25 +92,26 @@ impl Run<'_> {
     }
 
     pub(super) fn text(&mut self, offset: usize, s: &[u8]) -> Result<(), XmlRefusal> {
-        let blank = || is_blank(s);
+        // base64 text (the bulk of a message) is neither blank-checked nor screened here: its
+        // own check does both.
         let streamed =
             matches!(self.stack.last(), Some(Frame::Element(ElementFrame { state: ContentState::Base64(_), .. })));
-        if !streamed && !blank() {
+        let blank = !streamed && is_blank(s);
+        if !streamed && !blank {
             super::firewall::screen(s, offset)?;
         }
         match self.stack.last_mut() {
             None => {
-                if !blank() {
+                if !blank {
                     return Err(XmlRefusal::Malformed { offset, reason: "text outside the root element".into() });
                 }
             }
             Some(Frame::Envelope { .. } | Frame::Header | Frame::Body { .. }) => {
-                if !blank() {
+                if !blank {
                     return Self::invalid(offset, "text directly inside the SOAP Envelope, Header or Body");
                 }
             }
             Some(Frame::Fault(_)) => {
-                let blank = blank();
                 return self.fault_text(offset, utf8(self.doc, s), blank);
             }
             Some(Frame::Skip | Frame::DroppedEntry(_)) => {
@@ -140,7 +141,7 @@ impl Run<'_> {
                         if f.text_len > self.limits.max_text_bytes {
                             return Err(XmlRefusal::Threat { offset, breach: Breach::TextBytes });
                         }
-                        if !blank() {
+                        if !blank {
                             let name = &self.schema.decls[f.decl].local;
                             return Self::invalid(offset, format!("element {name} may not contain text"));
                         }
