@@ -97,7 +97,8 @@ async fn provisioned_keys_serve_and_the_ministry_sees_the_tpm_key() {
     // Provisioning again changes nothing; status shows every key present.
     let cfg = w.path("gateway.toml");
     let cfg = cfg.to_str().unwrap();
-    let out = spocgw(&["tpm", "provision", "--config", cfg]);
+    let policy_key = w.path("release/pcr-policy.pub.pem");
+    let out = spocgw(&["tpm", "provision", "--config", cfg, "--policy-key", policy_key.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("already provisioned"));
     let out = spocgw(&["tpm", "status", "--config", cfg]);
@@ -160,6 +161,93 @@ fn a_changed_pcr_refuses_the_unseal_and_serve_exits_2() {
     w.procs.clear();
 }
 
+/// Signs a SHA-256 digest with the resident checkpoint key as the gateway does (its library).
+fn gateway_signs(w: &World) -> Result<Vec<u8>, spocgw::tpm::TpmError> {
+    let cfg = spocgw::cli::tpm::read_tpm_table(&w.path("gateway.toml")).unwrap();
+    let tpm = spocgw::tpm::Tpm::start(&cfg)?;
+    let manifest = spocgw::tpm::provision::Manifest::load(&cfg.dir)?;
+    let signed = manifest.authorize(&cfg, &tpm).and_then(|_| tpm.sign(0x8100_0011, [0x5a; 32]));
+    tpm.disconnect();
+    signed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resident_keys_sign_only_in_a_boot_state_a_signed_policy_approves() {
+    let Some(tpm) = Swtpm::start() else { return };
+    let mut w = World::with_tpm(&tpm, "16");
+    // Anyone who reaches the TPM, with its empty password: refused for both resident keys.
+    let msg = w.path("msg");
+    std::fs::write(&msg, b"a checkpoint an insider would like signed").unwrap();
+    for handle in ["0x81000010", "0x81000011"] {
+        let sig = w.path(&format!("sig-{handle}"));
+        let out = tpm.tool(&[
+            "tpm2_sign",
+            "-c",
+            handle,
+            "-g",
+            "sha256",
+            "-s",
+            "ecdsa",
+            "-o",
+            sig.to_str().unwrap(),
+            msg.to_str().unwrap(),
+        ]);
+        assert!(!out.status.success(), "tpm2_sign with the password session signed with {handle}");
+    }
+    // The gateway's policy session signs.
+    assert!(gateway_signs(&w).is_ok());
+    let cfg = w.path("gateway.toml");
+    let cfg = cfg.to_str().unwrap();
+    let status = spocgw(&["tpm", "status", "--config", cfg]);
+    let text = format!("{}{}", String::from_utf8_lossy(&status.stdout), String::from_utf8_lossy(&status.stderr));
+    assert!(text.contains("this boot state is approved"), "{text}");
+
+    // Another boot state: no signature, no unseal, `tpm status` says so.
+    let out = tpm.tool(&["tpm2_pcrextend", &format!("16:sha256={}", "cd".repeat(32))]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    match gateway_signs(&w) {
+        Err(spocgw::tpm::TpmError::PcrMismatch { name, .. }) => assert_eq!(name, "audit-checkpoint"),
+        other => panic!("signed in a boot state no policy approves: {:?}", other.map(|_| ())),
+    }
+    let status = spocgw(&["tpm", "status", "--config", cfg]);
+    let text = format!("{}{}", String::from_utf8_lossy(&status.stdout), String::from_utf8_lossy(&status.stderr));
+    assert!(!status.status.success() && text.contains("NOT approved"), "{text}");
+
+    // A release signs the new state: the same keys work again, without provisioning anew.
+    let key = w.path("release/pcr-policy.key.pem");
+    let out = spocgw(&["tpm", "authorize", "--config", cfg, "--signing-key", key.to_str().unwrap(), "--current"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(gateway_signs(&w).is_ok());
+    // A policy signed by another key is refused, however right its PCR values.
+    let other = rcgen::KeyPair::generate().unwrap();
+    let other_file = w.path("other.key.pem");
+    std::fs::write(&other_file, other.serialize_pem()).unwrap();
+    let out =
+        spocgw(&["tpm", "authorize", "--config", cfg, "--signing-key", other_file.to_str().unwrap(), "--current"]);
+    assert!(out.status.success());
+    match gateway_signs(&w) {
+        Err(e) => assert!(e.to_string().contains("not signed by the policy key"), "{e}"),
+        Ok(_) => panic!("a policy signed by another key opened the keys"),
+    }
+    let out = spocgw(&["tpm", "authorize", "--config", cfg, "--signing-key", key.to_str().unwrap(), "--current"]);
+    assert!(out.status.success());
+    w.start_ministry();
+    w.start_receiver();
+    w.start_gateway();
+    w.wait_ready();
+    let officer = w.client("officer", false);
+    let r = post(
+        &officer,
+        "/bio/v1",
+        SOAP11,
+        Some("VerifyFingerprintRequest"),
+        verify_body(&uuid::Uuid::new_v4().to_string()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", common::text(&r));
+}
+
 #[test]
 fn a_quote_verifies_with_tpm2_checkquote_and_a_wrong_nonce_fails() {
     let Some(tpm) = Swtpm::start() else { return };
@@ -169,7 +257,16 @@ fn a_quote_verifies_with_tpm2_checkquote_and_a_wrong_nonce_fails() {
     let dir = tempfile::tempdir().unwrap();
     let prov = dir.path().join("tpm");
     let (tcti, prov_s) = (tpm.tcti(), prov.to_str().unwrap().to_owned());
-    let out = spocgw(&["tpm", "provision", "--tcti", &tcti, "--dir", &prov_s, "--pcrs", "0,16"]);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let (key_file, pub_file) = (dir.path().join("policy.key.pem"), dir.path().join("policy.pub.pem"));
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    std::fs::write(&pub_file, key.public_key_pem()).unwrap();
+    let target = ["--tcti", &tcti, "--dir", &prov_s, "--pcrs", "0,16"];
+    let out = spocgw(
+        &[&["tpm", "authorize", "--current", "--signing-key", key_file.to_str().unwrap()], &target[..]].concat(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = spocgw(&[&["tpm", "provision", "--policy-key", pub_file.to_str().unwrap()], &target[..]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let q = dir.path().join("q");
     let nonce = "5eed0f1a2b3c4d5e6f708192a3b4c5d6";

@@ -213,11 +213,24 @@ fn provision_tpm(
     leaves: [&Leaf<'_>; 3],
 ) -> Result<(), DevPkiError> {
     use crate::tpm::provision::{self, CALLBACK_SERVER, MINISTRY_CLIENT, POLICE_SERVER};
-    let cfg =
-        crate::tpm::TpmConfig { tcti: t.tcti.clone(), dir: out.join("tpm"), pcrs: t.pcrs.clone(), timeout_ms: 5_000 };
+    let cfg = crate::tpm::TpmConfig::new(t.tcti.clone(), out.join("tpm"), t.pcrs.clone());
     cfg.check().map_err(DevPkiError::Tpm)?;
     let tpm = crate::tpm::Tpm::start(&cfg).map_err(|e| DevPkiError::Tpm(e.to_string()))?;
-    let manifest = match provision::provision(&cfg, &tpm, true).map_err(|e| DevPkiError::Tpm(e.to_string()))? {
+    // The release's policy key, which a vendor keeps offline; here it signs the swtpm's
+    // current PCR values, as a release signs the values its image measures to.
+    let policy_key = rcgen::KeyPair::generate()?;
+    write(&out.join("release/pcr-policy.key.pem"), &policy_key.serialize_pem(), true)?;
+    write(&out.join("release/pcr-policy.pub.pem"), &policy_key.public_key_pem(), false)?;
+    let tpm_err = |e: crate::tpm::TpmError| DevPkiError::Tpm(e.to_string());
+    let current = tpm.pcr_values(t.pcrs.clone()).map_err(tpm_err)?;
+    let (pcrs, values): (Vec<u8>, Vec<[u8; 32]>) =
+        current.into_iter().filter_map(|(p, v)| Some((p, <[u8; 32]>::try_from(v).ok()?))).unzip();
+    crate::tpm::SignedPolicy::sign(&out.join("release/pcr-policy.key.pem"), &pcrs, &values, "development")
+        .and_then(|p| p.save(&cfg.signed_policy_path()))
+        .map_err(tpm_err)?;
+    let manifest = match provision::provision(&cfg, &tpm, true, policy_key.public_key_raw())
+        .map_err(|e| DevPkiError::Tpm(e.to_string()))?
+    {
         provision::Outcome::Created(m) | provision::Outcome::AlreadyProvisioned(m) => m,
     };
     let [police_leaf, ministry_leaf, callback_leaf] = leaves;

@@ -1,4 +1,5 @@
-//! `spocgw tpm provision | status | quote`: the appliance's keys in the TPM, and attestation.
+//! `spocgw tpm provision | authorize | status | quote`: the appliance's keys in the TPM, the
+//! signed PCR policy they are bound to, and attestation.
 //! The TPM and the provisioning directory come from the `[tpm]` table of gateway.toml (only
 //! that table is read, so provisioning works before the certificates exist), or from flags.
 
@@ -29,13 +30,40 @@ pub struct TpmTarget {
 
 #[derive(Debug, Subcommand)]
 pub enum TpmCommand {
-    /// Create the appliance keys in the TPM, seal the server and pseudonymisation keys to the
-    /// PCR policy, write CSRs. Does nothing if already provisioned; --force replaces the keys.
+    /// Create the appliance keys in the TPM, seal the server and pseudonymisation keys, bind
+    /// them all to PCR policies signed by the policy key, write CSRs. The signed policy
+    /// (`tpm authorize`) must approve the current boot state. Does nothing if already
+    /// provisioned; --force replaces the keys.
     Provision {
         #[command(flatten)]
         target: TpmTarget,
+        /// The policy key's public key (PEM): the release key whose signed PCR policies open
+        /// the keys; its private part stays off the appliance
+        #[arg(long)]
+        policy_key: PathBuf,
         #[arg(long)]
         force: bool,
+    },
+    /// Sign a PCR policy with the policy key (done where the release is built): the PCR values
+    /// an image measures to (--values) or this TPM's current ones (--current, with a TPM).
+    Authorize {
+        #[command(flatten)]
+        target: TpmTarget,
+        /// The policy key (PKCS#8 P-256 PEM)
+        #[arg(long)]
+        signing_key: PathBuf,
+        /// Sign the PCR values the TPM holds now (the configured --pcrs)
+        #[arg(long, conflicts_with = "values")]
+        current: bool,
+        /// A JSON object of expected values, {"0": "<64 hex>", "7": "..."}
+        #[arg(long, required_unless_present = "current")]
+        values: Option<PathBuf>,
+        /// Where to write the signed policy (default: the configured signed_policy)
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Which release this policy is for (kept in the file)
+        #[arg(long, default_value = "")]
+        comment: String,
     },
     /// Show the keys, their handles and the PCR policy, checked against the TPM.
     Status {
@@ -59,7 +87,7 @@ impl TpmTarget {
     fn resolve(&self) -> Result<TpmConfig, String> {
         let mut cfg = match &self.config {
             Some(file) => read_tpm_table(file)?,
-            None => TpmConfig { tcti: String::new(), dir: PathBuf::new(), pcrs: vec![0, 2, 4, 7], timeout_ms: 5_000 },
+            None => TpmConfig::new(String::new(), PathBuf::new(), vec![0, 2, 4, 7]),
         };
         if let Some(t) = &self.tcti {
             cfg.tcti = t.clone();
@@ -91,7 +119,17 @@ pub fn read_tpm_table(file: &Path) -> Result<TpmConfig, String> {
 }
 
 pub fn run(cmd: TpmCommand) -> ExitCode {
+    if let TpmCommand::Authorize { target, signing_key, current, values, out, comment } = &cmd {
+        return match run_authorize(target, signing_key, *current, values.as_deref(), out.as_deref(), comment) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("spocgw tpm authorize: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let (target, name) = match &cmd {
+        TpmCommand::Authorize { target, .. } => (target, "authorize"),
         TpmCommand::Provision { target, .. } => (target, "provision"),
         TpmCommand::Status { target } => (target, "status"),
         TpmCommand::Quote { target, .. } => (target, "quote"),
@@ -111,7 +149,10 @@ pub fn run(cmd: TpmCommand) -> ExitCode {
         }
     };
     let result = match cmd {
-        TpmCommand::Provision { force, .. } => run_provision(&cfg, &tpm, force),
+        TpmCommand::Provision { force, policy_key, .. } => crate::tpm::policy::read_public_key(&policy_key)
+            .map_err(|e| e.to_string())
+            .and_then(|key| run_provision(&cfg, &tpm, force, &key)),
+        TpmCommand::Authorize { .. } => Ok(false),
         TpmCommand::Status { .. } => match provision::status(&cfg, &tpm) {
             Ok((ok, text)) => {
                 print!("{text}");
@@ -132,8 +173,8 @@ pub fn run(cmd: TpmCommand) -> ExitCode {
 }
 
 /// Provisions and prints what was made (used by `tpm provision` and the demo).
-pub fn run_provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool) -> Result<bool, String> {
-    match provision::provision(cfg, tpm, force).map_err(|e| e.to_string())? {
+pub fn run_provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool, policy_key: &[u8]) -> Result<bool, String> {
+    match provision::provision(cfg, tpm, force, policy_key).map_err(|e| e.to_string())? {
         Outcome::AlreadyProvisioned(m) => {
             println!(
                 "already provisioned ({}/{} of {}); the TPM holds its keys; nothing changed \
@@ -146,9 +187,11 @@ pub fn run_provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool) -> Result<boo
         Outcome::Created(m) => {
             println!("provisioned the TPM at {}; record in {}/{}", cfg.tcti, cfg.dir.display(), provision::MANIFEST);
             for (name, e) in &m.keys {
-                let place = e.handle.clone().map(|h| format!("in the TPM at {h}")).unwrap_or_else(|| {
-                    format!("sealed to PCRs {:?} in {}", m.pcrs, e.sealed.as_deref().unwrap_or("?"))
-                });
+                let place = e
+                    .handle
+                    .clone()
+                    .map(|h| format!("in the TPM at {h}"))
+                    .unwrap_or_else(|| format!("sealed in {}", e.sealed.as_deref().unwrap_or("?")));
                 let csr = e.csr.as_deref().map(|c| format!("; CSR {c}")).unwrap_or_default();
                 println!("  {name}: {place}{csr}");
             }
@@ -157,6 +200,49 @@ pub fn run_provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool) -> Result<boo
         }
     }
     Ok(true)
+}
+
+/// `tpm authorize`: signs the PCR values and writes the policy.
+fn run_authorize(
+    target: &TpmTarget,
+    signing_key: &Path,
+    current: bool,
+    values: Option<&Path>,
+    out: Option<&Path>,
+    comment: &str,
+) -> Result<(), String> {
+    let (pcrs, digests, out) = if current {
+        let cfg = target.resolve()?;
+        let tpm = Tpm::start(&cfg).map_err(|e| e.to_string())?;
+        let read = tpm.pcr_values(cfg.pcrs.clone()).map_err(|e| e.to_string())?;
+        let (pcrs, digests) = read
+            .into_iter()
+            .map(|(p, v)| <[u8; 32]>::try_from(v).map(|v| (p, v)).map_err(|_| "a PCR value is not SHA-256".to_owned()))
+            .collect::<Result<(Vec<u8>, Vec<[u8; 32]>), _>>()?;
+        (pcrs, digests, out.map(Path::to_path_buf).unwrap_or_else(|| cfg.signed_policy_path()))
+    } else {
+        let file = values.ok_or("--values or --current")?;
+        let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let map: std::collections::BTreeMap<u8, String> =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+        let mut digests = Vec::new();
+        for (pcr, v) in &map {
+            let d = provision::unhex(v)
+                .and_then(|d| <[u8; 32]>::try_from(d).ok())
+                .filter(|_| *pcr <= 23)
+                .ok_or_else(|| format!("{}: PCR {pcr}: 32 bytes of hex expected", file.display()))?;
+            digests.push(d);
+        }
+        let out = match out {
+            Some(o) => o.to_path_buf(),
+            None => target.resolve()?.signed_policy_path(),
+        };
+        (map.keys().copied().collect(), digests, out)
+    };
+    let signed = crate::tpm::SignedPolicy::sign(signing_key, &pcrs, &digests, comment).map_err(|e| e.to_string())?;
+    signed.save(&out).map_err(|e| e.to_string())?;
+    println!("signed PCR policy for PCRs {pcrs:?} written to {}", out.display());
+    Ok(())
 }
 
 fn run_quote(cfg: &TpmConfig, tpm: &Arc<Tpm>, nonce: &str, out: &Path) -> Result<bool, String> {

@@ -236,7 +236,9 @@ impl KeyStore {
             None => None,
             Some(c) => {
                 let manifest = Manifest::load(&c.dir)?;
-                Some((Tpm::start(c)?, c.clone(), manifest))
+                let tpm = Tpm::start(c)?;
+                manifest.authorize(c, &tpm)?;
+                Some((tpm, c.clone(), manifest))
             }
         };
         Ok(Self { tpm, unsealed: Mutex::new(HashMap::new()) })
@@ -257,7 +259,7 @@ impl KeyStore {
         }
         let (tpm, cfg, manifest) = self.tpm_parts(name)?;
         let blob = manifest.sealed_blob(&cfg.dir, name)?;
-        let secret = tpm.unseal(name, &blob, &manifest.pcrs)?;
+        let secret = tpm.unseal(name, &blob)?;
         if let Ok(mut m) = self.unsealed.lock() {
             m.insert(name.to_owned(), secret.clone());
         }
@@ -294,10 +296,9 @@ impl KeyStore {
                                 .as_ref()
                                 .to_vec(),
                         );
-                        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec()));
-                        crate::tls::provider()
-                            .key_provider
-                            .load_private_key(der)
+                        // Borrowed, not copied: the only encoded copy is the zeroizing one.
+                        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.as_slice()));
+                        rustls::crypto::aws_lc_rs::sign::any_ecdsa_type(&der)
                             .map_err(|e| KeyError::Invalid(e.to_string()))
                     }
                     kind => Err(KeyError::WrongKind { name: name.clone(), kind: kind.into(), purpose: "for TLS" }),

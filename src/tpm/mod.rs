@@ -6,6 +6,7 @@
 //! When the TPM stops answering (a TCTI error, a dead swtpm, a reset), the owner drops the
 //! context; the next job connects again, so the gateway recovers when the TPM returns.
 
+pub mod policy;
 pub mod provision;
 mod session;
 pub mod swtpm;
@@ -14,7 +15,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -32,6 +33,7 @@ use zeroize::Zeroizing;
 
 use crate::admin::metrics::{Metrics, TpmOp, TpmOpResult};
 
+pub use policy::{Authorization, SignedPolicy};
 pub use session::{SealedBlob, ecdsa_der, point_of};
 
 /// `[tpm]` in gateway.toml.
@@ -49,6 +51,10 @@ pub struct TpmConfig {
     /// How long a TPM command may take before the caller gives up.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// The signed PCR policy the keys are used under (`spocgw tpm authorize` writes it); a
+    /// new image release ships a new one. Default: `pcr-policy.json` in `dir`.
+    #[serde(default)]
+    pub signed_policy: Option<PathBuf>,
 }
 
 fn default_pcrs() -> Vec<u8> {
@@ -59,6 +65,20 @@ fn default_timeout_ms() -> u64 {
 }
 
 impl TpmConfig {
+    /// A configuration with the defaults for everything but the TPM and the directory.
+    pub fn new(tcti: String, dir: PathBuf, pcrs: Vec<u8>) -> TpmConfig {
+        TpmConfig { tcti, dir, pcrs, timeout_ms: default_timeout_ms(), signed_policy: None }
+    }
+
+    /// Where the signed PCR policy is read.
+    pub fn signed_policy_path(&self) -> PathBuf {
+        match &self.signed_policy {
+            Some(p) if p.is_absolute() => p.clone(),
+            Some(p) => self.dir.join(p),
+            None => self.dir.join(policy::POLICY_FILE),
+        }
+    }
+
     pub fn check(&self) -> Result<(), String> {
         TctiNameConf::from_str(&self.tcti).map_err(|e| format!("tcti {:?}: {e}", self.tcti))?;
         if self.pcrs.len() > 8 {
@@ -83,8 +103,9 @@ pub enum TpmError {
     #[error("TPM {op} failed: {reason}")]
     Command { op: &'static str, reason: String },
     #[error(
-        "the TPM refused to unseal {name}: the PCR values no longer match the policy it was sealed to \
-         (PCRs {pcrs:?}); the appliance's boot state changed: re-provision only after checking why"
+        "the TPM refused to use {name}: the PCR values no longer match the signed PCR policy \
+         (PCRs {pcrs:?}); the appliance's boot state changed: install a policy signed for this \
+         state (`spocgw tpm authorize`) only after checking why"
     )]
     PcrMismatch { name: String, pcrs: Vec<u8> },
     #[error("{0}")]
@@ -95,6 +116,8 @@ pub enum TpmError {
 pub struct Conn {
     pub ctx: Context,
     resolved: Vec<(u32, ObjectHandle)>,
+    /// The policy key, loaded, and the ticket of the approved policy.
+    policy: Option<policy::Loaded>,
 }
 
 impl Conn {
@@ -119,10 +142,13 @@ impl Conn {
         Ok(h)
     }
 
-    /// Forgets resolved handles (after provisioning changed them).
+    /// Forgets resolved handles (after provisioning changed them) and the loaded policy key.
     pub fn forget(&mut self) {
         for (_, mut h) in std::mem::take(&mut self.resolved) {
             let _ = self.ctx.tr_close(&mut h);
+        }
+        if let Some(l) = self.policy.take() {
+            l.flush(&mut self.ctx);
         }
     }
 }
@@ -137,6 +163,7 @@ pub struct Tpm {
     healthy: AtomicBool,
     signatures: AtomicU64,
     metrics: OnceLock<Arc<Metrics>>,
+    authorization: RwLock<Option<Arc<Authorization>>>,
 }
 
 /// Whether an error leaves the connection usable (the TPM answered, and said no).
@@ -184,6 +211,7 @@ impl Tpm {
             healthy: AtomicBool::new(true),
             signatures: AtomicU64::new(0),
             metrics: OnceLock::new(),
+            authorization: RwLock::new(None),
         }))
     }
 
@@ -220,7 +248,7 @@ impl Tpm {
                     .and_then(Context::new)
                     .map_err(|e| TpmError::Connect { tcti: tcti.clone(), reason: e.to_string() });
                 match made {
-                    Ok(ctx) => *slot = Some(Conn { ctx, resolved: Vec::new() }),
+                    Ok(ctx) => *slot = Some(Conn { ctx, resolved: Vec::new(), policy: None }),
                     Err(e) => {
                         let _ = rtx.send(Err(e));
                         return;
@@ -266,24 +294,60 @@ impl Tpm {
         result
     }
 
+    /// Closes the connection to the TPM now (a swtpm serves one connection at a time); the
+    /// next operation connects again.
+    pub fn disconnect(&self) {
+        let (rtx, rrx) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |slot: &mut Option<Conn>| {
+            if let Some(mut c) = slot.take() {
+                c.forget();
+            }
+            let _ = rtx.send(());
+        });
+        if self.tx.send(job).is_ok() {
+            let _ = rrx.recv_timeout(self.timeout);
+        }
+    }
+
     /// A cheap command that proves the TPM answers (for `/readyz`).
     pub fn probe(&self) -> Result<(), TpmError> {
         self.call("probe", |c| c.ctx.get_random(8).map(|_| ()).map_err(|e| cmd("GetRandom", &e)))
     }
 
-    /// ECDSA P-256 signature (DER) of a SHA-256 digest with a persistent key.
+    /// Uses `auth` for every later sign and unseal (a checked signed PCR policy).
+    pub fn authorize(&self, auth: Authorization) {
+        if let Ok(mut a) = self.authorization.write() {
+            *a = Some(Arc::new(auth));
+        }
+    }
+
+    /// The signed PCR policy in use.
+    pub fn authorization(&self) -> Result<Arc<Authorization>, TpmError> {
+        self.authorization
+            .read()
+            .ok()
+            .and_then(|a| a.clone())
+            .ok_or_else(|| TpmError::Provisioning("no signed PCR policy is loaded: the keys cannot be used".into()))
+    }
+
+    /// ECDSA P-256 signature (DER) of a SHA-256 digest with a persistent key, in a policy
+    /// session that satisfies the signed PCR policy.
     pub fn sign(&self, handle: u32, digest: [u8; 32]) -> Result<Vec<u8>, TpmError> {
+        let auth = self.authorization()?;
         let r = self.call("sign", move |c| {
             let key = c.persistent(handle).map_err(|e| cmd("sign", &e))?;
             let digest = Digest::try_from(digest.to_vec()).map_err(|e| cmd("sign", &e))?;
             let scheme = SignatureScheme::EcDsa { hash_scheme: HashScheme::new(HashingAlgorithm::Sha256) };
+            let name = provision::RESIDENT.iter().find(|(_, h)| *h == handle).map_or("a resident key", |(n, _)| *n);
+            let session = policy::authorized_session(c, &auth, name)?;
             let sig = c
                 .ctx
-                .execute_with_session(Some(AuthSession::Password), |ctx| {
+                .execute_with_session(Some(session), |ctx| {
                     ctx.sign(KeyHandle::from(key), digest, scheme, null_ticket()?)
                 })
-                .map_err(|e| cmd("sign", &e))?;
-            ecdsa_der(&sig).ok_or_else(|| TpmError::Command { op: "sign", reason: "not an ECDSA signature".into() })
+                .map_err(|e| cmd("sign", &e));
+            let _ = c.ctx.flush_context(tss_esapi::handles::SessionHandle::from(session).into());
+            ecdsa_der(&sig?).ok_or_else(|| TpmError::Command { op: "sign", reason: "not an ECDSA signature".into() })
         });
         if r.is_ok() {
             self.signatures.fetch_add(1, Ordering::Relaxed);
@@ -296,10 +360,11 @@ impl Tpm {
         self.call("read_public", move |c| read_point(c, handle))
     }
 
-    /// Unseals a blob under the storage primary with a PCR policy session.
-    pub fn unseal(&self, name: &str, blob: &SealedBlob, pcrs: &[u8]) -> Result<Zeroizing<Vec<u8>>, TpmError> {
-        let (name, blob, pcrs) = (name.to_owned(), blob.clone(), pcrs.to_vec());
-        self.call("unseal", move |c| session::unseal(c, &name, &blob, &pcrs))
+    /// Unseals a blob under the storage primary in a session satisfying the signed PCR policy.
+    pub fn unseal(&self, name: &str, blob: &SealedBlob) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+        let auth = self.authorization()?;
+        let (name, blob) = (name.to_owned(), blob.clone());
+        self.call("unseal", move |c| session::unseal(c, &name, &blob, &auth))
     }
 
     /// A quote over `pcrs` with the attestation key, qualified by `nonce`.

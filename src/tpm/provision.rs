@@ -3,13 +3,18 @@
 //!
 //! | name | kind | where |
 //! |---|---|---|
-//! | `ministry-client` | ECDSA P-256 signing key, non-exportable | persistent handle 0x81000010 |
-//! | `audit-checkpoint` | ECDSA P-256 signing key, non-exportable | persistent handle 0x81000011 |
+//! | `ministry-client` | ECDSA P-256 signing key, non-exportable, policy only | persistent handle 0x81000010 |
+//! | `audit-checkpoint` | ECDSA P-256 signing key, non-exportable, policy only | persistent handle 0x81000011 |
 //! | `attestation` | restricted ECDSA P-256 signing key (quotes) | persistent handle 0x81000012 |
-//! | `police-server`, `callback-server` | P-256 private scalar, sealed to the PCR policy | `sealed/NAME.json` |
-//! | `audit-pseudonym` | 32 random bytes, sealed to the PCR policy | `sealed/NAME.json` |
+//! | `police-server`, `callback-server` | P-256 private scalar, sealed | `sealed/NAME.json` |
+//! | `audit-pseudonym` | 32 random bytes, sealed | `sealed/NAME.json` |
 //!
 //! All under the storage primary (ECC P-256, AES-128-CFB) at persistent handle 0x81000001.
+//! "Policy only" and "sealed" mean: no password use (`userWithAuth` clear), and the object's
+//! authorisation policy is PolicyAuthorize by the policy key recorded here, so it works only in
+//! a boot state a signed PCR policy approves (see [`super::policy`]). The attestation key
+//! quotes in any state: a verifier must be able to see a wrong one; being restricted, it signs
+//! nothing but the TPM's own attestations.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -29,12 +34,12 @@ use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
 use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{
-    EccPoint, EccScheme, HashScheme, KeyDerivationFunctionScheme, Public, PublicBuilder, PublicEccParametersBuilder,
-    SymmetricDefinitionObject,
+    Digest, EccPoint, EccScheme, HashScheme, KeyDerivationFunctionScheme, Public, PublicBuilder,
+    PublicEccParametersBuilder, SymmetricDefinitionObject,
 };
 use zeroize::Zeroizing;
 
-use super::{Conn, SealedBlob, Tpm, TpmConfig, TpmError, cmd, session};
+use super::{Authorization, Conn, SealedBlob, SignedPolicy, Tpm, TpmConfig, TpmError, cmd, session};
 
 pub const PRIMARY_HANDLE: u32 = 0x8100_0001;
 pub const MINISTRY_CLIENT: &str = "ministry-client";
@@ -51,6 +56,8 @@ pub const RESIDENT: [(&str, u32); 3] =
 pub const SEALED: [&str; 3] = [POLICE_SERVER, CALLBACK_SERVER, AUDIT_PSEUDONYM];
 
 pub const MANIFEST: &str = "keys.json";
+/// The provisioning record's format: 2 since keys are bound to a signed PCR policy.
+const MANIFEST_VERSION: u32 = 2;
 
 /// `keys.json`: what provisioning made, where it is, and the policy the sealed keys need.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,8 +67,12 @@ pub struct Manifest {
     pub created: String,
     pub primary_handle: String,
     pub pcr_bank: String,
+    /// PCRs quoted for attestation.
     pub pcrs: Vec<u8>,
-    /// The PolicyPCR digest the sealed objects require, hex.
+    /// The policy key (uncompressed P-256 point, hex): its signed PCR policies open the keys.
+    pub policy_key: String,
+    /// The authorisation policy every bound key and sealed object requires
+    /// (PolicyAuthorize by the policy key), hex.
     pub policy_digest: String,
     pub keys: BTreeMap<String, KeyEntry>,
 }
@@ -111,7 +122,39 @@ impl Manifest {
         let text = fs::read_to_string(&path).map_err(|e| {
             TpmError::Provisioning(format!("{}: {e} (run `spocgw tpm provision` first)", path.display()))
         })?;
-        serde_json::from_str(&text).map_err(|e| TpmError::Provisioning(format!("{}: {e}", path.display())))
+        let m: Manifest = serde_json::from_str(&text).map_err(|e| {
+            TpmError::Provisioning(format!(
+                "{}: {e} (a record from before keys were bound to a signed PCR policy? \
+                 `spocgw tpm provision --force --policy-key ...` provisions anew)",
+                path.display()
+            ))
+        })?;
+        if m.version != MANIFEST_VERSION {
+            return Err(TpmError::Provisioning(format!(
+                "{}: version {} (this spocgw reads version {MANIFEST_VERSION}; provision anew)",
+                path.display(),
+                m.version
+            )));
+        }
+        Ok(m)
+    }
+
+    /// The recorded policy key's point.
+    pub fn policy_key(&self) -> Result<Vec<u8>, TpmError> {
+        unhex(&self.policy_key)
+            .filter(|p| p.len() == 65)
+            .ok_or_else(|| TpmError::Provisioning(format!("{MANIFEST}: policy_key is not a P-256 point")))
+    }
+
+    /// Reads the signed PCR policy named by `cfg`, checks it against the recorded policy key
+    /// and hands it to `tpm` for every later use of the keys.
+    pub fn authorize(&self, cfg: &TpmConfig, tpm: &Tpm) -> Result<Arc<Authorization>, TpmError> {
+        let path = cfg.signed_policy_path();
+        let auth = SignedPolicy::load(&path)?
+            .check(&self.policy_key()?)
+            .map_err(|e| TpmError::Provisioning(format!("{}: {e}", path.display())))?;
+        tpm.authorize(auth);
+        tpm.authorization()
     }
 
     pub fn entry(&self, name: &str) -> Result<&KeyEntry, TpmError> {
@@ -137,7 +180,7 @@ fn perr(msg: impl Into<String>) -> TpmError {
     TpmError::Provisioning(msg.into())
 }
 
-fn write_file(path: &Path, contents: &[u8]) -> Result<(), TpmError> {
+pub(crate) fn write_file(path: &Path, contents: &[u8]) -> Result<(), TpmError> {
     if let Some(d) = path.parent() {
         fs::create_dir_all(d).map_err(|e| perr(format!("{}: {e}", d.display())))?;
     }
@@ -181,13 +224,16 @@ fn storage_primary_template() -> Result<Public, TpmError> {
         .map_err(|e| cmd("CreatePrimary", &e))
 }
 
-/// An ECDSA P-256 / SHA-256 signing key; `restricted` for the attestation key.
-fn signing_template(restricted: bool) -> Result<Public, TpmError> {
+/// An ECDSA P-256 / SHA-256 signing key: the attestation key (restricted, usable with the
+/// empty password) without `policy`, a key usable only under `policy` with it.
+fn signing_template(policy: Option<&Digest>) -> Result<Public, TpmError> {
+    let restricted = policy.is_none();
     let attrs = ObjectAttributesBuilder::new()
         .with_fixed_tpm(true)
         .with_fixed_parent(true)
         .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
+        .with_user_with_auth(restricted)
+        .with_admin_with_policy(!restricted)
         .with_no_da(true)
         .with_sign_encrypt(true)
         .with_decrypt(false)
@@ -208,6 +254,7 @@ fn signing_template(restricted: bool) -> Result<Public, TpmError> {
         .with_public_algorithm(PublicAlgorithm::Ecc)
         .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
         .with_object_attributes(attrs)
+        .with_auth_policy(policy.cloned().unwrap_or_default())
         .with_ecc_parameters(params)
         .with_ecc_unique_identifier(EccPoint::default())
         .build()
@@ -273,10 +320,35 @@ fn csr_params(name: &str) -> Result<rcgen::CertificateParams, TpmError> {
 /// Creates every key, seals the secrets and writes `keys.json`, the sealed blobs, public keys and
 /// CSRs into `cfg.dir`. Without `force`, an existing provisioning that the TPM still holds is
 /// left as it is (and reported), and any other key in the way is an error.
-pub fn provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool) -> Result<Outcome, TpmError> {
+///
+/// The keys are bound to `policy_key` (a P-256 point): the signed PCR policy `cfg` names must
+/// be signed by it and approve the current PCR values, or nothing is made.
+pub fn provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool, policy_key: &[u8]) -> Result<Outcome, TpmError> {
     let dir = cfg.dir.clone();
+    let path = cfg.signed_policy_path();
+    let auth = SignedPolicy::load(&path)?.check(policy_key).map_err(|e| perr(format!("{}: {e}", path.display())))?;
+    let current: Vec<[u8; 32]> = tpm
+        .pcr_values(auth.policy.pcrs.clone())?
+        .into_iter()
+        .map(|(_, v)| <[u8; 32]>::try_from(v).map_err(|_| perr("the TPM returned a PCR value that is not SHA-256")))
+        .collect::<Result<_, _>>()?;
+    if !auth.matches(&current) {
+        return Err(perr(format!(
+            "{}: the signed PCR policy does not approve this TPM's current PCR values (PCRs {:?}); \
+             keys bound to it would be unusable here",
+            path.display(),
+            auth.policy.pcrs
+        )));
+    }
+    tpm.authorize(auth);
     if dir.join(MANIFEST).exists() && !force {
         let m = Manifest::load(&dir)?;
+        if m.policy_key()? != policy_key {
+            return Err(perr(format!(
+                "{}/{MANIFEST} records another policy key; `spocgw tpm provision --force` provisions anew",
+                dir.display()
+            )));
+        }
         for (name, handle) in RESIDENT {
             let want = m.entry(name)?.public_point();
             let have = tpm.public_point(handle)?;
@@ -321,7 +393,7 @@ pub fn provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool) -> Result<Outcome
     aws_lc_rs::rand::fill(&mut pseudonym).map_err(|_| perr("no randomness"))?;
     secrets.push((AUDIT_PSEUDONYM.to_owned(), pseudonym));
 
-    let pcrs = cfg.pcrs.clone();
+    let policy_point = policy_key.to_vec();
     let made = tpm.call("provision", move |c| {
         c.forget();
         for h in std::iter::once(PRIMARY_HANDLE).chain(RESIDENT.iter().map(|(_, h)| *h)) {
@@ -336,12 +408,15 @@ pub fn provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool) -> Result<Outcome
             .map_err(|e| cmd("CreatePrimary", &e))?
             .key_handle;
         let result = (|| {
+            let (key, key_name) = super::policy::load_policy_key(c, &policy_point)?;
+            let _ = c.ctx.flush_context(key.into());
+            let policy = Digest::try_from(super::policy::authorize_digest(key_name.value()).to_vec())
+                .map_err(|e| cmd("Create", &e))?;
             let mut points = Vec::new();
             for (name, handle) in RESIDENT {
-                let template = signing_template(name == ATTESTATION)?;
+                let template = signing_template((name != ATTESTATION).then_some(&policy))?;
                 points.push((name.to_owned(), create_resident(c, primary, template, handle)?));
             }
-            let policy = session::pcr_policy_digest(c, &pcrs)?;
             let mut sealed = Vec::new();
             for (name, secret) in &secrets {
                 sealed.push((name.clone(), session::seal(c, primary, policy.clone(), secret)?));
@@ -390,11 +465,12 @@ pub fn provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool) -> Result<Outcome
         write_csr(&dir, &mut keys, name, &csr.pem().map_err(|e| perr(e.to_string()))?)?;
     }
     let manifest = Manifest {
-        version: 1,
+        version: MANIFEST_VERSION,
         created: crate::audit::record::now_rfc3339_micros(),
         primary_handle: format!("{PRIMARY_HANDLE:#010x}"),
         pcr_bank: "sha256".into(),
         pcrs: cfg.pcrs.clone(),
+        policy_key: hex(policy_key),
         policy_digest: hex(&made.policy_digest),
         keys,
     };
@@ -452,9 +528,38 @@ pub fn status(cfg: &TpmConfig, tpm: &Tpm) -> Result<(bool, String), TpmError> {
         }
         out.push('\n');
     }
-    let values = tpm.pcr_values(m.pcrs.clone())?;
-    out.push_str(&format!("PCR policy: sha256 bank, PCRs {:?}, policy digest {}\n", m.pcrs, m.policy_digest));
-    for (pcr, v) in values {
+    let key = m.policy_key()?;
+    out.push_str(&format!(
+        "keys bound to: PolicyAuthorize by policy key sha256 {} (policy digest {})\n",
+        &crate::tls::sha256_hex(&key)[..16],
+        m.policy_digest
+    ));
+    let path = cfg.signed_policy_path();
+    let pcrs = match m.authorize(cfg, tpm) {
+        Ok(auth) => {
+            let current: Vec<[u8; 32]> = tpm
+                .pcr_values(auth.policy.pcrs.clone())?
+                .into_iter()
+                .filter_map(|(_, v)| <[u8; 32]>::try_from(v).ok())
+                .collect();
+            let approved = auth.matches(&current);
+            ok &= approved;
+            out.push_str(&format!(
+                "signed PCR policy {}: PCRs {:?}{}; this boot state is {}\n",
+                path.display(),
+                auth.policy.pcrs,
+                if auth.policy.comment.is_empty() { String::new() } else { format!(" ({})", auth.policy.comment) },
+                if approved { "approved" } else { "NOT approved: the keys cannot be used" }
+            ));
+            auth.policy.pcrs.clone()
+        }
+        Err(e) => {
+            ok = false;
+            out.push_str(&format!("signed PCR policy: UNUSABLE: {e}\n"));
+            m.pcrs.clone()
+        }
+    };
+    for (pcr, v) in tpm.pcr_values(pcrs)? {
         out.push_str(&format!("  PCR {pcr:>2} = {}\n", hex(&v)));
     }
     Ok((ok, out))

@@ -1,23 +1,21 @@
-//! PCR-policy sealing and unsealing, and the conversions between TPM structures and the DER
+//! Sealing and unsealing under the signed PCR policy, and the conversions between TPM structures and the DER
 //! forms TLS and X.509 use.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 use tss_esapi::attributes::ObjectAttributesBuilder;
-use tss_esapi::constants::SessionType;
 use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
 use tss_esapi::handles::{KeyHandle, ObjectHandle, SessionHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
-use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
+use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{
     Digest, KeyedHashScheme, Private, Public, PublicBuilder, PublicKeyedHashParameters, SensitiveData, Signature,
-    SymmetricDefinition,
 };
 use tss_esapi::traits::UnMarshall;
 use zeroize::Zeroizing;
 
-use super::{Conn, TpmError, cmd, pcr_selection};
+use super::{Authorization, Conn, TpmError, cmd};
 
 /// A sealed object as stored in the provisioning directory: useless without this TPM (its
 /// storage primary) in the measured state of the policy.
@@ -39,32 +37,6 @@ impl SealedBlob {
         let private = Private::try_from(private).map_err(|_| bad("private"))?;
         Ok((public, private))
     }
-}
-
-fn flush_session(c: &mut Conn, s: Option<AuthSession>) {
-    if let Some(s) = s {
-        let _ = c.ctx.flush_context(SessionHandle::from(s).into());
-    }
-}
-
-fn policy_session(c: &mut Conn, kind: SessionType) -> Result<Option<AuthSession>, TpmError> {
-    c.ctx
-        .start_auth_session(None, None, None, kind, SymmetricDefinition::AES_128_CFB, HashingAlgorithm::Sha256)
-        .map_err(|e| cmd("StartAuthSession", &e))
-}
-
-/// The policy digest of "these PCRs have their current values" (a trial session).
-pub(crate) fn pcr_policy_digest(c: &mut Conn, pcrs: &[u8]) -> Result<Digest, TpmError> {
-    let session = policy_session(c, SessionType::Trial)?;
-    let result = (|| {
-        let s = session.ok_or_else(|| TpmError::Provisioning("no trial session".into()))?;
-        let ps = PolicySession::try_from(s).map_err(|e| cmd("PolicyPCR", &e))?;
-        let sel = pcr_selection(pcrs).map_err(|e| cmd("PolicyPCR", &e))?;
-        c.ctx.policy_pcr(ps, Digest::default(), sel).map_err(|e| cmd("PolicyPCR", &e))?;
-        c.ctx.policy_get_digest(ps).map_err(|e| cmd("PolicyGetDigest", &e))
-    })();
-    flush_session(c, session);
-    result
 }
 
 /// Seals `secret` (at most 128 bytes) under `parent` to `policy`.
@@ -99,27 +71,22 @@ pub(crate) fn seal(c: &mut Conn, parent: KeyHandle, policy: Digest, secret: &[u8
     })
 }
 
-/// Loads a sealed blob, satisfies its PCR policy and unseals it; flushes everything it loaded.
-pub(crate) fn unseal(c: &mut Conn, name: &str, blob: &SealedBlob, pcrs: &[u8]) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+/// Loads a sealed blob, satisfies the signed PCR policy and unseals it; flushes everything it
+/// loaded.
+pub(crate) fn unseal(
+    c: &mut Conn,
+    name: &str,
+    blob: &SealedBlob,
+    auth: &Authorization,
+) -> Result<Zeroizing<Vec<u8>>, TpmError> {
     let (public, private) = blob.parts()?;
     let primary = c.persistent(super::provision::PRIMARY_HANDLE).map_err(|e| cmd("unseal", &e))?;
     let loaded = c
         .ctx
         .execute_with_session(Some(AuthSession::Password), |ctx| ctx.load(KeyHandle::from(primary), private, public))
         .map_err(|e| cmd("Load", &e))?;
-    let session = match policy_session(c, SessionType::Policy) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = c.ctx.flush_context(ObjectHandle::from(loaded));
-            return Err(e);
-        }
-    };
-    let result = (|| {
-        let s = session.ok_or_else(|| TpmError::Provisioning("no policy session".into()))?;
-        let ps = PolicySession::try_from(s).map_err(|e| cmd("PolicyPCR", &e))?;
-        let sel = pcr_selection(pcrs).map_err(|e| cmd("PolicyPCR", &e))?;
-        c.ctx.policy_pcr(ps, Digest::default(), sel).map_err(|e| cmd("PolicyPCR", &e))?;
-        c.ctx.execute_with_session(Some(s), |ctx| ctx.unseal(ObjectHandle::from(loaded))).map_err(|e| {
+    let result = super::policy::authorized_session(c, auth, name).and_then(|s| {
+        let r = c.ctx.execute_with_session(Some(s), |ctx| ctx.unseal(ObjectHandle::from(loaded))).map_err(|e| {
             if let tss_esapi::Error::Tss2Error(rc) = &e
                 && matches!(
                     rc.kind(),
@@ -128,12 +95,13 @@ pub(crate) fn unseal(c: &mut Conn, name: &str, blob: &SealedBlob, pcrs: &[u8]) -
                     )
                 )
             {
-                return TpmError::PcrMismatch { name: name.to_owned(), pcrs: pcrs.to_vec() };
+                return TpmError::PcrMismatch { name: name.to_owned(), pcrs: auth.policy.pcrs.clone() };
             }
             cmd("Unseal", &e)
-        })
-    })();
-    flush_session(c, session);
+        });
+        let _ = c.ctx.flush_context(SessionHandle::from(s).into());
+        r
+    });
     let _ = c.ctx.flush_context(ObjectHandle::from(loaded));
     result.map(|d| Zeroizing::new(d.value().to_vec()))
 }
