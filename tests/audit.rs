@@ -644,3 +644,111 @@ async fn a_leader_gathers_the_records_of_requests_about_to_run_into_one_batch() 
     let (ok, out) = verify(&w, d.path());
     assert!(ok, "{out}");
 }
+
+fn verify_with(w: &World, dir: &std::path::Path, extra: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["audit", "verify"])
+        .arg(dir)
+        .arg("--key")
+        .arg(w.path("gateway/audit-checkpoint.pub.pem"))
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_first_segment_behind_a_forged_anchor_fails_verification() {
+    use spocgw::audit::merkle;
+    let w = World::new();
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = audit_config(&w, d.path());
+    cfg.segment_max_bytes = 4096;
+    let audit = Audit::start(&cfg).unwrap();
+    for i in 0..60 {
+        let mut r = Record::now("request");
+        r.incident_id = Some(format!("incident-{i}"));
+        audit.append_durable(&r).await.unwrap();
+    }
+    audit.checkpoint_now().await.unwrap();
+    drop(audit);
+    released(d.path());
+    assert!(verify(&w, d.path()).0);
+    // The insider removes the first segment and writes the anchor retention would have
+    // written, peaks computed from the removed records.
+    let first = d.path().join("segment-000001.jsonl");
+    let mut tree = merkle::CompactTree::default();
+    for line in std::fs::read_to_string(&first).unwrap().lines().filter(|l| !l.is_empty() && !l.starts_with('\0')) {
+        tree.push(merkle::leaf_hash(line.trim_end_matches('\0').as_bytes()));
+    }
+    std::fs::remove_file(&first).unwrap();
+    let mut anchor = spocgw::audit::Anchor {
+        tree_size: tree.size(),
+        peaks: tree.peaks().iter().map(|(h, x)| (*h, merkle::hex(x))).collect(),
+        time: "2026-01-01T00:00:00.000000Z".into(),
+        pruned_through: "segment-000001.jsonl".into(),
+        checkpoint: None,
+    };
+    std::fs::write(d.path().join("anchor.json"), serde_json::to_vec(&anchor).unwrap()).unwrap();
+    let (ok, out) = verify(&w, d.path());
+    assert!(!ok, "a self-made anchor passed: {out}");
+    assert!(out.contains("carries no signed checkpoint"), "{out}");
+    // Nor does a real checkpoint of another size make it pass.
+    let cps = std::fs::read_to_string(d.path().join("checkpoints.jsonl")).unwrap();
+    anchor.checkpoint = Some(serde_json::from_str(cps.lines().last().unwrap()).unwrap());
+    std::fs::write(d.path().join("anchor.json"), serde_json::to_vec(&anchor).unwrap()).unwrap();
+    let (ok, out) = verify(&w, d.path());
+    assert!(!ok && out.contains("not the tree its signed checkpoint covers"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_checkpoint_proves_truncation_and_rewritten_history() {
+    let w = World::new();
+    let d = tempfile::tempdir().unwrap();
+    small_log(&w, d.path()).await;
+    let kept = w.path("kept-checkpoint.json");
+    let cps = std::fs::read_to_string(d.path().join("checkpoints.jsonl")).unwrap();
+    std::fs::write(&kept, cps.lines().last().unwrap()).unwrap();
+    let kept_s = kept.to_str().unwrap();
+    // The log grows: still consistent with what the auditor kept.
+    let audit = Audit::start(&audit_config(&w, d.path())).unwrap();
+    audit.append_durable(&Record::now("request")).await.unwrap();
+    audit.checkpoint_now().await.unwrap();
+    drop(audit);
+    released(d.path());
+    let (ok, out) = verify_with(&w, d.path(), &["--expect", kept_s]);
+    assert!(ok && out.contains("consistent with the kept checkpoint"), "{out}");
+
+    // Dropping the last 7 records and the checkpoints that cover them: the signatures and the
+    // tree of what is left still verify; the kept checkpoint does not.
+    let mut l = lines(d.path());
+    l.retain(|x| !x.trim_matches('\0').is_empty());
+    let keep = l.len() - 7;
+    write_lines(d.path(), &l[..keep]);
+    let cps: Vec<String> = std::fs::read_to_string(d.path().join("checkpoints.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|c| serde_json::from_str::<spocgw::audit::Checkpoint>(c).unwrap().tree_size <= keep as u64)
+        .map(str::to_owned)
+        .collect();
+    std::fs::write(d.path().join("checkpoints.jsonl"), cps.join("\n") + "\n").unwrap();
+    assert!(verify(&w, d.path()).0, "the plain check cannot see a clean truncation (README says so)");
+    let (ok, out) = verify_with(&w, d.path(), &["--expect", kept_s]);
+    assert!(!ok && out.contains("records were removed"), "{out}");
+
+    // A history rewritten by someone holding the checkpoint key (another log, same key and
+    // origin, as long as the kept one): every signature verifies, the proof does not.
+    let other = tempfile::tempdir().unwrap();
+    small_log(&w, other.path()).await;
+    let audit = Audit::start(&audit_config(&w, other.path())).unwrap();
+    for _ in 0..3 {
+        audit.append_durable(&Record::now("request")).await.unwrap();
+    }
+    audit.checkpoint_now().await.unwrap();
+    drop(audit);
+    released(other.path());
+    assert!(verify(&w, other.path()).0);
+    let (ok, out) = verify_with(&w, other.path(), &["--expect", kept_s]);
+    assert!(!ok && out.contains("history was rewritten"), "{out}");
+}

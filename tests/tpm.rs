@@ -350,3 +350,54 @@ fn require_tpm_refuses_file_keys() {
     assert!(err.contains("police.key") && err.contains("require_tpm = true refuses the file key"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_log_fails_verification_against_the_tpm_counter() {
+    let Some(tpm) = Swtpm::start() else { return };
+    let mut w = World::with_tpm(&tpm, "16");
+    w.start_ministry();
+    w.start_receiver();
+    w.start_gateway();
+    w.wait_ready();
+    let officer = w.client("officer", false);
+    for _ in 0..5 {
+        let body = verify_body(&uuid::Uuid::new_v4().to_string());
+        let r = post(&officer, "/bio/v1", SOAP11, Some("VerifyFingerprintRequest"), body).await.unwrap();
+        assert_eq!(r.status, 200);
+    }
+    w.procs[2].signal("TERM");
+    assert!(w.procs[2].wait_exit(Duration::from_secs(15)).is_some_and(|s| s.success()));
+    let audit = w.path("audit");
+    let (cfg, key) = (w.path("gateway.toml"), w.path("tpm/audit-checkpoint.pub.pem"));
+    let run = |extra: &[&str]| {
+        let out =
+            spocgw(&[&["audit", "verify", audit.to_str().unwrap(), "--key", key.to_str().unwrap()], extra].concat());
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let tpm_mode = ["--tpm", "--config", cfg.to_str().unwrap()];
+    let (ok, out) = run(&tpm_mode);
+    assert!(ok && out.contains("the newest checkpoint is the last one the TPM counted"), "{out}");
+
+    // Drop the last 7 records and every checkpoint that covers them.
+    let seg = spocgw::audit::segments(&audit).unwrap().pop().unwrap();
+    let text = std::fs::read_to_string(&seg).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim_matches('\0').is_empty()).collect();
+    let total = spocgw::audit::verify::read_log(&audit).unwrap().records.len();
+    std::fs::write(&seg, lines[..lines.len() - 7].join("\n") + "\n").unwrap();
+    let cps = audit.join("checkpoints.jsonl");
+    let kept: Vec<String> = std::fs::read_to_string(&cps)
+        .unwrap()
+        .lines()
+        .filter(|c| serde_json::from_str::<spocgw::audit::Checkpoint>(c).unwrap().tree_size <= (total - 7) as u64)
+        .map(str::to_owned)
+        .collect();
+    assert!(!kept.is_empty());
+    std::fs::write(&cps, kept.join("\n") + "\n").unwrap();
+    let (ok, out) = run(&[]);
+    assert!(ok, "the signature-only check passes a clean truncation (README says so): {out}");
+    let (ok, out) = run(&tpm_mode);
+    assert!(!ok && out.contains("missing from the disk (truncated)"), "{out}");
+}

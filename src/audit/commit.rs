@@ -279,7 +279,7 @@ impl Core {
             let head = (written.is_ok() && cp.due(size, finishing || asked)).then(|| w.tree.root());
             drop(w);
             if let Some((dir, active, retention)) = prune {
-                prune_old(&dir, active, retention);
+                prune_old(&dir, active, retention, &cp);
             }
             let result = match head {
                 None => written,
@@ -370,8 +370,8 @@ impl Core {
     }
 }
 
-fn prune_old(dir: &Path, active: u32, retention: Duration) {
-    if let Err(e) = writer::prune(dir, active, retention) {
+fn prune_old(dir: &Path, active: u32, retention: Duration, cp: &writer::Checkpointer) {
+    if let Err(e) = writer::prune(dir, active, retention, cp) {
         tracing::error!(error = %e, "audit retention: pruning failed; nothing was removed");
     }
 }

@@ -82,18 +82,91 @@ impl CompactTree {
     }
 }
 
-/// The inclusion proof (audit path) of leaf `index` in the tree of `leaves`.
-pub fn inclusion_proof(leaves: &[Hash], index: usize) -> Vec<Hash> {
-    fn mth(leaves: &[Hash]) -> Hash {
-        match leaves.len() {
-            0 => empty_root(),
-            1 => leaves[0],
-            n => {
-                let k = split(n);
-                node_hash(&mth(&leaves[..k]), &mth(&leaves[k..]))
-            }
+/// The Merkle tree hash of `leaves` (RFC 9162 section 2.1.1).
+fn mth(leaves: &[Hash]) -> Hash {
+    match leaves.len() {
+        0 => empty_root(),
+        1 => leaves[0],
+        n => {
+            let k = split(n);
+            node_hash(&mth(&leaves[..k]), &mth(&leaves[k..]))
         }
     }
+}
+
+/// The consistency proof from the tree of the first `m` leaves to the tree of all `leaves`
+/// (RFC 9162 section 2.1.4.1); empty when `m` is 0 or all of them.
+pub fn consistency_proof(leaves: &[Hash], m: usize) -> Vec<Hash> {
+    fn sub(m: usize, leaves: &[Hash], whole: bool, out: &mut Vec<Hash>) {
+        let n = leaves.len();
+        if m == n {
+            if !whole {
+                out.push(mth(leaves));
+            }
+            return;
+        }
+        let k = split(n);
+        if m <= k {
+            sub(m, &leaves[..k], whole, out);
+            out.push(mth(&leaves[k..]));
+        } else {
+            sub(m - k, &leaves[k..], false, out);
+            out.push(mth(&leaves[..k]));
+        }
+    }
+    let mut out = Vec::new();
+    if m > 0 && m < leaves.len() {
+        sub(m, leaves, true, &mut out);
+    }
+    out
+}
+
+/// Whether `proof` shows that the tree of size `first` with root `first_root` is a prefix of
+/// the tree of size `second` with root `second_root` (RFC 9162 section 2.1.4.2).
+pub fn verify_consistency(first: u64, second: u64, first_root: &Hash, second_root: &Hash, proof: &[Hash]) -> bool {
+    if first > second {
+        return false;
+    }
+    if first == second {
+        return proof.is_empty() && first_root == second_root;
+    }
+    if first == 0 {
+        return proof.is_empty();
+    }
+    let mut path: Vec<Hash> = Vec::with_capacity(proof.len() + 1);
+    if first.is_power_of_two() {
+        path.push(*first_root);
+    }
+    path.extend_from_slice(proof);
+    let Some((start, rest)) = path.split_first() else { return false };
+    let (mut fn_, mut sn) = (first - 1, second - 1);
+    while fn_ & 1 == 1 {
+        fn_ >>= 1;
+        sn >>= 1;
+    }
+    let (mut fr, mut sr) = (*start, *start);
+    for c in rest {
+        if sn == 0 {
+            return false;
+        }
+        if fn_ & 1 == 1 || fn_ == sn {
+            fr = node_hash(c, &fr);
+            sr = node_hash(c, &sr);
+            while fn_ & 1 == 0 && fn_ != 0 {
+                fn_ >>= 1;
+                sn >>= 1;
+            }
+        } else {
+            sr = node_hash(&sr, c);
+        }
+        fn_ >>= 1;
+        sn >>= 1;
+    }
+    fr == *first_root && sr == *second_root && sn == 0
+}
+
+/// The inclusion proof (audit path) of leaf `index` in the tree of `leaves`.
+pub fn inclusion_proof(leaves: &[Hash], index: usize) -> Vec<Hash> {
     fn path(m: usize, leaves: &[Hash], out: &mut Vec<Hash>) {
         let n = leaves.len();
         if n <= 1 {
@@ -191,6 +264,23 @@ mod tests {
         }
         for size in [1usize, 2, 3, 7, 8, 13, 64, 70] {
             let root = reference_root(&leaves[..size]);
+            for m in 0..=size {
+                let proof = consistency_proof(&leaves[..size], m);
+                let old = reference_root(&leaves[..m]);
+                assert!(verify_consistency(m as u64, size as u64, &old, &root, &proof), "{m} -> {size}");
+                // Another old root, or a proof with a flipped bit, does not verify.
+                let mut other = old;
+                other[0] ^= 1;
+                if m > 0 {
+                    assert!(!verify_consistency(m as u64, size as u64, &other, &root, &proof), "{m} -> {size}");
+                }
+                if let Some(p) = proof.clone().first_mut() {
+                    let mut bad = proof.clone();
+                    p[0] ^= 1;
+                    bad[0] = *p;
+                    assert!(!verify_consistency(m as u64, size as u64, &old, &root, &bad), "{m} -> {size}");
+                }
+            }
             for i in 0..size {
                 let proof = inclusion_proof(&leaves[..size], i);
                 assert_eq!(root_from_proof(leaves[i], i as u64, size as u64, &proof), Some(root), "{i}/{size}");

@@ -123,12 +123,25 @@ pub struct Checkpoint {
     pub time: String,
     pub key_id: String,
     pub signature: String,
+    /// The TPM's monotonic checkpoint counter after this checkpoint was counted (signed with
+    /// it): `audit verify --tpm` compares the newest with the TPM's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm_counter: Option<u64>,
 }
 
 impl Checkpoint {
-    /// The bytes the signature covers.
-    pub fn signed_bytes(origin: &str, tree_size: u64, root_hash: &str, time: &str) -> Vec<u8> {
-        format!("spocgw-audit-checkpoint-v1\n{origin}\n{tree_size}\n{root_hash}\n{time}\n").into_bytes()
+    /// The bytes the signature covers (v2 when the checkpoint carries a TPM counter).
+    pub fn signed_bytes(origin: &str, tree_size: u64, root_hash: &str, time: &str, counter: Option<u64>) -> Vec<u8> {
+        match counter {
+            None => format!("spocgw-audit-checkpoint-v1\n{origin}\n{tree_size}\n{root_hash}\n{time}\n").into_bytes(),
+            Some(c) => format!("spocgw-audit-checkpoint-v2\n{origin}\n{tree_size}\n{root_hash}\n{time}\ncounter {c}\n")
+                .into_bytes(),
+        }
+    }
+
+    /// The bytes this checkpoint's signature covers.
+    pub fn message(&self) -> Vec<u8> {
+        Checkpoint::signed_bytes(&self.origin, self.tree_size, &self.root_hash, &self.time, self.tpm_counter)
     }
 }
 
@@ -143,6 +156,10 @@ pub struct Anchor {
     /// When the pruning happened, and up to which segment.
     pub time: String,
     pub pruned_through: String,
+    /// The checkpoint of the tree at `tree_size`, signed when the anchor was written: without
+    /// it (or with one that does not match the peaks) the anchor is not trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
 }
 
 impl Anchor {
@@ -169,6 +186,11 @@ pub trait CheckpointSigner: Send {
     fn public_key(&self) -> Vec<u8>;
     /// An ASN.1 DER ECDSA P-256/SHA-256 signature of `message`.
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String>;
+    /// Advances a monotonic checkpoint counter kept outside the disk (the TPM's) and returns
+    /// its new value; `None` where there is none.
+    fn count(&self) -> Result<Option<u64>, String> {
+        Ok(None)
+    }
 }
 
 /// A PKCS#8 P-256 key from a file (development).

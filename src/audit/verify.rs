@@ -73,7 +73,7 @@ pub fn public_point(path: &Path) -> Result<Vec<u8>, String> {
 
 pub fn check_signature(cp: &Checkpoint, point: &[u8]) -> bool {
     let Ok(sig) = B64.decode(&cp.signature) else { return false };
-    let msg = Checkpoint::signed_bytes(&cp.origin, cp.tree_size, &cp.root_hash, &cp.time);
+    let msg = cp.message();
     UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, point).verify(&msg, &sig).is_ok()
 }
 
@@ -94,7 +94,7 @@ pub fn verify(dir: &Path, key: &Path) -> Result<Summary, String> {
     // can no longer be recomputed and are only signature-checked.
     let anchor = super::read_anchor(dir)?;
     let mut tree = match &anchor {
-        Some(a) => a.tree().ok_or("anchor.json: its peaks do not fit its tree size")?,
+        Some(a) => anchored_tree(a, &point, key)?,
         None => CompactTree::default(),
     };
     let base = tree.size();
@@ -168,12 +168,88 @@ pub fn verify(dir: &Path, key: &Path) -> Result<Summary, String> {
             return Err(format!("checkpoint {i}: tree size goes backwards"));
         }
     }
+    // The TPM counter, where checkpoints carry it, only goes up.
+    let counters: Vec<(usize, u64)> =
+        log.checkpoints.iter().enumerate().filter_map(|(i, c)| c.tpm_counter.map(|n| (i, n))).collect();
+    if let Some(w) = counters.windows(2).find(|w| w[1].1 <= w[0].1) {
+        return Err(format!(
+            "checkpoint {}: the TPM counter goes from {} to {} (not increasing)",
+            w[1].0, w[0].1, w[1].1
+        ));
+    }
     Ok(Summary {
         records: tree.size(),
         checkpoints: log.checkpoints.len(),
         root: merkle::hex(&tree.root()),
         last_checkpoint: log.checkpoints.last().cloned(),
     })
+}
+
+/// The tree a pruned log resumes from: the anchor's peaks, trusted only because a checkpoint
+/// signed by `point` for exactly that size and root comes with them.
+fn anchored_tree(a: &super::Anchor, point: &[u8], key: &Path) -> Result<CompactTree, String> {
+    let tree = a.tree().ok_or("anchor.json: its peaks do not fit its tree size")?;
+    let cp = a.checkpoint.as_ref().ok_or(
+        "anchor.json carries no signed checkpoint: the start of the log cannot be trusted (segments removed by hand?)",
+    )?;
+    if !check_signature(cp, point) {
+        return Err(format!("anchor.json: its checkpoint's signature does not verify under {}", key.display()));
+    }
+    if cp.tree_size != tree.size() || cp.root_hash != merkle::hex(&tree.root()) {
+        return Err(format!(
+            "anchor.json: its peaks ({} records) are not the tree its signed checkpoint covers ({} records): altered",
+            tree.size(),
+            cp.tree_size
+        ));
+    }
+    Ok(tree)
+}
+
+/// How a log stands against a checkpoint an auditor kept.
+#[derive(Debug)]
+pub struct Consistency {
+    pub from: u64,
+    pub to: u64,
+    pub proof_len: usize,
+}
+
+/// Proves that the log (already verified) extends `kept`, a checkpoint signed by `key` that an
+/// auditor kept: an RFC 9162 consistency proof from its tree to the log's newest checkpoint,
+/// built from the records and checked as a remote verifier would.
+pub fn consistent_with(dir: &Path, key: &Path, kept: &Checkpoint) -> Result<Consistency, String> {
+    let point = public_point(key)?;
+    if !check_signature(kept, &point) {
+        return Err(format!("the kept checkpoint's signature does not verify under {}", key.display()));
+    }
+    if super::read_anchor(dir)?.is_some_and(|a| a.tree_size > 0) {
+        return Err("the log was pruned by retention: prove consistency before pruning, or from the anchor's checkpoint                     with a log that still holds every record"
+            .into());
+    }
+    let log = read_log(dir)?;
+    let newest = log.checkpoints.iter().max_by_key(|c| c.tree_size).ok_or("the log has no checkpoint")?;
+    if newest.origin != kept.origin {
+        return Err(format!("the kept checkpoint is of log {:?}, this one is {:?}", kept.origin, newest.origin));
+    }
+    if kept.tree_size > newest.tree_size || kept.tree_size > log.records.len() as u64 {
+        return Err(format!(
+            "the kept checkpoint signs {} records but this log's newest checkpoint covers {}: records were removed",
+            kept.tree_size, newest.tree_size
+        ));
+    }
+    let leaves: Vec<Hash> =
+        log.records.iter().take(newest.tree_size as usize).map(|(_, b, _)| merkle::leaf_hash(b)).collect();
+    let proof = merkle::consistency_proof(&leaves, kept.tree_size as usize);
+    let (old, new) = match (merkle::unhex(&kept.root_hash), merkle::unhex(&newest.root_hash)) {
+        (Some(o), Some(n)) => (o, n),
+        _ => return Err("a checkpoint's root is not a hex hash".into()),
+    };
+    if !merkle::verify_consistency(kept.tree_size, newest.tree_size, &old, &new, &proof) {
+        return Err(format!(
+            "this log does not extend the kept checkpoint of {} records: its history was rewritten",
+            kept.tree_size
+        ));
+    }
+    Ok(Consistency { from: kept.tree_size, to: newest.tree_size, proof_len: proof.len() })
 }
 
 /// An inclusion proof for one record against a checkpoint, self-contained for an external

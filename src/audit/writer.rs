@@ -329,7 +329,7 @@ impl Writer {
 /// Removes whole closed segments (those before segment `active`) whose newest record is older
 /// than `retention`, oldest first, after writing the anchor (tree state at the new start)
 /// durably. Runs beside the writer: it reads closed segments only.
-pub(super) fn prune(dir: &Path, active: u32, retention: Duration) -> Result<(), String> {
+pub(super) fn prune(dir: &Path, active: u32, retention: Duration, cp: &Checkpointer) -> Result<(), String> {
     let cutoff = time::OffsetDateTime::now_utc() - retention;
     let cutoff = format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
@@ -367,6 +367,7 @@ pub(super) fn prune(dir: &Path, active: u32, retention: Duration) -> Result<(), 
         peaks: tree.peaks().iter().map(|(h, x)| (*h, merkle::hex(x))).collect(),
         time: record::now_rfc3339_micros(),
         pruned_through: last.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned(),
+        checkpoint: Some(cp.sign_anchor(&tree)?),
     };
     let tmp = dir.join("anchor.json.tmp");
     let bytes = serde_json::to_vec(&anchor).map_err(|e| e.to_string())?;
@@ -434,20 +435,10 @@ impl Checkpointer {
 
     /// Signs and writes the checkpoint of a tree of `size` durable records with `root`.
     pub(super) fn write(&mut self, size: u64, root: &Hash) -> Result<(), CheckpointFailure> {
-        let root = merkle::hex(root);
-        let time = record::now_rfc3339_micros();
-        let msg = Checkpoint::signed_bytes(&self.origin, size, &root, &time);
         // Counted as an attempt even if the signer fails: the next one comes an interval later.
         self.last_time = Instant::now();
-        let sig = self.key.sign(&msg).map_err(CheckpointFailure::Signer)?;
-        let cp = Checkpoint {
-            origin: self.origin.clone(),
-            tree_size: size,
-            root_hash: root,
-            time,
-            key_id: self.key_id.clone(),
-            signature: B64.encode(&sig),
-        };
+        let counter = self.key.count().map_err(CheckpointFailure::Signer)?;
+        let cp = self.sign(size, root, counter)?;
         let mut line = serde_json::to_vec(&cp).map_err(|e| CheckpointFailure::Write(e.to_string()))?;
         line.push(b'\n');
         append_whole(&mut self.file, &line, self.whole, &mut self.dirty)
@@ -455,6 +446,31 @@ impl Checkpointer {
         self.whole += line.len() as u64;
         self.last_size = size;
         Ok(())
+    }
+}
+
+impl Checkpointer {
+    /// A signed checkpoint of a tree of `size` with `root`, not written anywhere.
+    fn sign(&self, size: u64, root: &Hash, counter: Option<u64>) -> Result<Checkpoint, CheckpointFailure> {
+        let root = merkle::hex(root);
+        let time = record::now_rfc3339_micros();
+        let msg = Checkpoint::signed_bytes(&self.origin, size, &root, &time, counter);
+        let sig = self.key.sign(&msg).map_err(CheckpointFailure::Signer)?;
+        Ok(Checkpoint {
+            origin: self.origin.clone(),
+            tree_size: size,
+            root_hash: root,
+            time,
+            key_id: self.key_id.clone(),
+            signature: B64.encode(&sig),
+            tpm_counter: counter,
+        })
+    }
+
+    /// The checkpoint a retention anchor carries: the tree where the log now starts, signed
+    /// (without the counter, which only the newest checkpoints advance).
+    pub(super) fn sign_anchor(&self, tree: &CompactTree) -> Result<Checkpoint, String> {
+        self.sign(tree.size(), &tree.root(), None).map_err(|e| e.to_string())
     }
 }
 

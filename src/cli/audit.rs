@@ -19,6 +19,20 @@ pub enum AuditCommand {
         /// independent check pass a copy kept away from the appliance.
         #[arg(long)]
         key: Option<PathBuf>,
+        /// Also compare the newest checkpoint with the TPM's audit counter (the TPM of
+        /// --config's [tpm] table, or --tcti): detects checkpoints removed from the disk
+        #[arg(long)]
+        tpm: bool,
+        /// gateway.toml whose [tpm] table names the TPM (with --tpm)
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The TPM (with --tpm), e.g. device:/dev/tpmrm0
+        #[arg(long)]
+        tcti: Option<String>,
+        /// A checkpoint kept away from the appliance (one line of checkpoints.jsonl): prove with
+        /// an RFC 9162 consistency proof that this log extends it
+        #[arg(long)]
+        expect: Option<PathBuf>,
     },
     /// Search the log.
     Query {
@@ -94,7 +108,7 @@ fn record_access(dir: &Path, what: String) -> Result<(), ExitCode> {
 
 pub fn run(cmd: AuditCommand) -> ExitCode {
     match cmd {
-        AuditCommand::Verify { dir, key } => {
+        AuditCommand::Verify { dir, key, tpm, config, tcti, expect } => {
             let key = key.unwrap_or_else(|| {
                 eprintln!(
                     "note: using the checkpoint key stored beside the log ({}); pass --key for an independent check",
@@ -102,7 +116,22 @@ pub fn run(cmd: AuditCommand) -> ExitCode {
                 );
                 dir.join(crate::audit::PUBLIC_KEY_FILE)
             });
-            verify_cmd(&dir, &key)
+            let anchor = match (tpm, config, tcti) {
+                (false, _, _) => None,
+                (true, _, Some(t)) => Some(crate::tpm::TpmConfig::new(t, PathBuf::new(), Vec::new())),
+                (true, Some(c), None) => match super::tpm::read_tpm_table(&c) {
+                    Ok(cfg) => Some(cfg),
+                    Err(e) => {
+                        eprintln!("spocgw audit verify: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                (true, None, None) => {
+                    eprintln!("spocgw audit verify: --tpm needs --config gateway.toml or --tcti");
+                    return ExitCode::from(2);
+                }
+            };
+            verify_cmd(&dir, &key, anchor.as_ref(), expect.as_deref())
         }
         AuditCommand::Query {
             dir,
@@ -226,11 +255,23 @@ pub fn run(cmd: AuditCommand) -> ExitCode {
     }
 }
 
-fn verify_cmd(dir: &Path, key: &Path) -> ExitCode {
+fn verify_cmd(dir: &Path, key: &Path, tpm: Option<&crate::tpm::TpmConfig>, expect: Option<&Path>) -> ExitCode {
     use std::io::Write;
     // Written with writeln so a closed pipe (`| head`) is not a panic.
     let mut out = std::io::stdout();
-    match verify::verify(dir, key) {
+    let verified = verify::verify(dir, key)
+        .and_then(|s| match tpm {
+            Some(cfg) => against_tpm(dir, key, cfg, s),
+            None => Ok(s),
+        })
+        .and_then(|s| match expect {
+            Some(file) => against_kept(dir, key, file).map(|line| {
+                let _ = writeln!(out, "{line}");
+                s
+            }),
+            None => Ok(s),
+        });
+    match verified {
         Ok(s) => {
             let _ = writeln!(
                 out,
@@ -250,6 +291,59 @@ fn verify_cmd(dir: &Path, key: &Path) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `--tpm`: the newest checkpoint must carry the counter value the TPM holds. A gateway that
+/// is running may be between counting and writing a checkpoint: asked again, a few times.
+fn against_tpm(
+    dir: &Path,
+    key: &Path,
+    cfg: &crate::tpm::TpmConfig,
+    mut s: verify::Summary,
+) -> Result<verify::Summary, String> {
+    let tpm = crate::tpm::Tpm::start(cfg).map_err(|e| e.to_string())?;
+    for attempt in 0.. {
+        let counted = tpm.checkpoint_counter().map_err(|e| e.to_string())?;
+        let logged = s.last_checkpoint.as_ref().and_then(|c| c.tpm_counter);
+        match logged {
+            None => return Err("--tpm: the newest checkpoint carries no TPM counter (not written by a gateway with a TPM checkpoint key)".into()),
+            Some(n) if n == counted => {
+                println!("TPM audit counter {counted}: the newest checkpoint is the last one the TPM counted");
+                return Ok(s);
+            }
+            Some(n) if n > counted => {
+                return Err(format!(
+                    "--tpm: the newest checkpoint claims counter {n} but the TPM's is {counted}: not this TPM's log, or the TPM was cleared"
+                ));
+            }
+            Some(n) if attempt >= 3 => {
+                return Err(format!(
+                    "--tpm: the TPM counted checkpoints up to {counted} but the log's newest is {n}: {} checkpoint(s), \
+                     and the records after tree size {}, are missing from the disk (truncated)",
+                    counted - n,
+                    s.last_checkpoint.as_ref().map_or(0, |c| c.tree_size)
+                ));
+            }
+            Some(_) => {
+                std::thread::sleep(std::time::Duration::from_millis(1500));
+                s = verify::verify(dir, key)?;
+            }
+        }
+    }
+    Err("unreachable".into())
+}
+
+/// `--expect`: the log extends the kept checkpoint.
+fn against_kept(dir: &Path, key: &Path, file: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let line = text.lines().rfind(|l| !l.trim().is_empty()).ok_or_else(|| format!("{}: empty", file.display()))?;
+    let kept: crate::audit::Checkpoint =
+        serde_json::from_str(line).map_err(|e| format!("{}: not a checkpoint: {e}", file.display()))?;
+    let c = verify::consistent_with(dir, key, &kept)?;
+    Ok(format!(
+        "consistent with the kept checkpoint: the log's {} records extend its {} (RFC 9162 proof of {} hashes)",
+        c.to, c.from, c.proof_len
+    ))
 }
 
 enum Format {

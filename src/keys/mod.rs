@@ -206,6 +206,24 @@ impl CheckpointSigner for TpmKey {
     }
 }
 
+/// The TPM's checkpoint signer: the resident `audit-checkpoint` key, and the TPM's audit
+/// counter advanced once per checkpoint.
+struct TpmCheckpointSigner(TpmKey);
+
+impl CheckpointSigner for TpmCheckpointSigner {
+    fn public_key(&self) -> Vec<u8> {
+        self.0.point.clone()
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        CheckpointSigner::sign(&self.0, message)
+    }
+
+    fn count(&self) -> Result<Option<u64>, String> {
+        self.0.tpm.count_checkpoint().map(Some).map_err(|e| e.to_string())
+    }
+}
+
 impl rcgen::PublicKeyData for TpmKey {
     fn der_bytes(&self) -> &[u8] {
         &self.point
@@ -340,7 +358,7 @@ impl KeyStore {
                         purpose: "to sign checkpoints",
                     });
                 }
-                Ok(Box::new(self.resident(tpm, name, entry)?))
+                Ok(Box::new(TpmCheckpointSigner(self.resident(tpm, name, entry)?)))
             }
         }
     }

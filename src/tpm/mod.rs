@@ -6,6 +6,7 @@
 //! When the TPM stops answering (a TCTI error, a dead swtpm, a reset), the owner drops the
 //! context; the next job connects again, so the gateway recovers when the TPM returns.
 
+mod counter;
 pub mod policy;
 pub mod provision;
 mod session;
@@ -33,6 +34,7 @@ use zeroize::Zeroizing;
 
 use crate::admin::metrics::{Metrics, TpmOp, TpmOpResult};
 
+pub use counter::AUDIT_COUNTER;
 pub use policy::{Authorization, SignedPolicy};
 pub use session::{SealedBlob, ecdsa_der, point_of};
 
@@ -353,6 +355,17 @@ impl Tpm {
             self.signatures.fetch_add(1, Ordering::Relaxed);
         }
         r
+    }
+
+    /// Advances the audit checkpoint counter (under the signed PCR policy); its new value.
+    pub fn count_checkpoint(&self) -> Result<u64, TpmError> {
+        let auth = self.authorization()?;
+        self.call("nv_increment", move |c| counter::increment(c, &auth))
+    }
+
+    /// The audit checkpoint counter's value.
+    pub fn checkpoint_counter(&self) -> Result<u64, TpmError> {
+        self.call("nv_read", counter::read)
     }
 
     /// The uncompressed P-256 point of a persistent key (None when the handle is empty).

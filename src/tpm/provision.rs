@@ -74,6 +74,8 @@ pub struct Manifest {
     /// The authorisation policy every bound key and sealed object requires
     /// (PolicyAuthorize by the policy key), hex.
     pub policy_digest: String,
+    /// The NV counter index audit checkpoints advance, hex.
+    pub audit_counter: String,
     pub keys: BTreeMap<String, KeyEntry>,
 }
 
@@ -394,6 +396,7 @@ pub fn provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool, policy_key: &[u8]
     secrets.push((AUDIT_PSEUDONYM.to_owned(), pseudonym));
 
     let policy_point = policy_key.to_vec();
+    let auth = tpm.authorization()?;
     let made = tpm.call("provision", move |c| {
         c.forget();
         for h in std::iter::once(PRIMARY_HANDLE).chain(RESIDENT.iter().map(|(_, h)| *h)) {
@@ -422,6 +425,7 @@ pub fn provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool, policy_key: &[u8]
                 sealed.push((name.clone(), session::seal(c, primary, policy.clone(), secret)?));
             }
             persist(c, primary.into(), PRIMARY_HANDLE)?;
+            super::counter::define(c, &policy, &auth)?;
             Ok(Made { points, sealed, policy_digest: policy.value().to_vec() })
         })();
         let _ = c.ctx.flush_context(primary.into());
@@ -472,6 +476,7 @@ pub fn provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool, policy_key: &[u8]
         pcrs: cfg.pcrs.clone(),
         policy_key: hex(policy_key),
         policy_digest: hex(&made.policy_digest),
+        audit_counter: format!("{:#010x}", super::AUDIT_COUNTER),
         keys,
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| perr(e.to_string()))?;
