@@ -104,9 +104,9 @@ EOF
 
 $B sim ministry --config "$P/ministry.toml" 2>"$W/ministry.log" & PIDS+=($!); MIN_PID=$!
 $B serve --config "$P/gateway.toml" 2>"$W/full.log" & PIDS+=($!); FULL_PID=$!
-$B serve --config "$P/gateway-bare.toml" 2>"$W/bare.log" & PIDS+=($!); BARE_PID=$!
+$B bench serve --config "$P/gateway-bare.toml" 2>"$W/bare.log" & PIDS+=($!); BARE_PID=$!
 $B serve --config "$P/gateway-mem.toml" 2>"$W/fullmem.log" & PIDS+=($!); FULLMEM_PID=$!
-$B serve --config "$P/gateway-bareaudit.toml" 2>"$W/bareaudit.log" & PIDS+=($!); BAREAUDIT_PID=$!
+$B bench serve --config "$P/gateway-bareaudit.toml" 2>"$W/bareaudit.log" & PIDS+=($!); BAREAUDIT_PID=$!
 nginx -p "$PWD/$W/nginx" -c "$PWD/$W/nginx/nginx.conf"
 for a in "$GA" "$BA" "$FA" "$AA"; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$a/readyz" >/dev/null && break; sleep 0.1; done

@@ -468,8 +468,13 @@ async fn bare_proxy_forwards_unchecked_and_audits_only_with_bare_proxy_audit() {
             assert!(err.contains("bare_proxy_audit needs bare_proxy = true"), "{err}");
         }
         std::fs::write(&cfg, format!("bare_proxy = true\nbare_proxy_audit = {audited}\n{original}")).unwrap();
+        // A production `serve` refuses the benchmark modes; only `bench serve` runs them.
+        let out = Command::new(BIN).args(["serve", "--config"]).arg(&cfg).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("bare_proxy: a benchmark mode") && err.contains("spocgw bench serve"), "{err}");
         w.start_ministry();
-        w.start_gateway();
+        w.start_gateway_with(&["bench", "serve"]);
         w.wait_ready();
         // (the gateway's own records: its start, its keys)
         let before = metric(&w.metrics(), "spocgw_audit_records_written_total");

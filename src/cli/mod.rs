@@ -33,6 +33,12 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Benchmarks: `bench serve --config FILE` serves like `serve` and also runs the benchmark
+    /// modes (`bare_proxy`), which `serve` refuses.
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCommand,
+    },
     /// Run the whole system end to end on a fresh development PKI and print the scenarios.
     Demo {
         /// Keep the PKI, configurations and logs in this directory.
@@ -95,6 +101,15 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Serve gateway.toml, benchmark modes allowed
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum SimCommand {
     /// The simulated Ministry National SPOC (mutual TLS).
     Ministry {
@@ -111,7 +126,8 @@ pub enum SimCommand {
 /// Runs a command and maps its result to the contract's exit codes.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Serve { config } => serve::run(&config),
+        Command::Serve { config } => serve::run(&config, false),
+        Command::Bench { cmd: BenchCommand::Serve { config } } => serve::run(&config, true),
         Command::Tpm { cmd } => tpm::run(cmd),
         Command::Demo { keep } => demo::run(keep.as_deref()),
         Command::DevPki {

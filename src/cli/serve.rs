@@ -1,4 +1,5 @@
-//! `spocgw serve --config FILE`.
+//! `spocgw serve --config FILE`, and `spocgw bench serve --config FILE`, the only way to run
+//! the benchmark modes (`bare_proxy`).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -6,7 +7,7 @@ use std::process::ExitCode;
 use crate::config::GatewayConfig;
 use crate::gateway::Gateway;
 
-pub fn run(file: &Path) -> ExitCode {
+pub fn run(file: &Path, bench: bool) -> ExitCode {
     let _log = super::init_logging();
     let cfg = match GatewayConfig::load(file) {
         Ok(c) => c,
@@ -15,6 +16,14 @@ pub fn run(file: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cfg.bare_proxy && !bench {
+        eprintln!(
+            "spocgw serve: {}: bare_proxy: a benchmark mode (requests forwarded without validation, policy or \
+             audit) that only `spocgw bench serve` runs",
+            file.display()
+        );
+        return ExitCode::from(2);
+    }
     let rt = match super::runtime() {
         Ok(rt) => rt,
         Err(e) => {

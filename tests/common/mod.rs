@@ -214,8 +214,14 @@ impl World {
 
     /// Starts the gateway and waits until it listens (not until the upstream is up).
     pub fn start_gateway(&mut self) -> usize {
+        self.start_gateway_with(&["serve"])
+    }
+
+    /// Starts the gateway with another command (`bench serve`).
+    pub fn start_gateway_with(&mut self, command: &[&str]) -> usize {
         let cfg = self.path("gateway.toml");
-        let p = Proc::start(&["serve", "--config", cfg.to_str().unwrap()], self.path("gateway.log"));
+        let args = [command, &["--config", cfg.to_str().unwrap()]].concat();
+        let p = Proc::start(&args, self.path("gateway.log"));
         self.procs.push(p);
         wait_port(self.gateway_port);
         wait_port(self.admin_port);
