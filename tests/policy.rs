@@ -289,6 +289,71 @@ fn signed_bundles_are_required_when_configured() {
     assert!(err.contains("changed after it was signed"), "{err}");
 }
 
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+fn readyz_says(w: &World, needle: &str) -> bool {
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if admin_get(w.admin_port, "/readyz").1.contains(needle) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn an_older_signed_bundle_is_refused_as_a_rollback_also_after_a_restart() {
+    let mut w = World::new();
+    w.edit(
+        "gateway.toml",
+        "dir = \"policies\"",
+        "dir = \"policies\"\nrequire_signed = true\nsigners = [\"officers/policy-officer.pub.pem\"]\nreload_interval_ms = 200",
+    );
+    let key = w.path("officers/policy-officer.key");
+    let bundle = w.path("policies");
+    let sign = |extra: &[&str]| {
+        let out =
+            Command::new(BIN).args(["policy", "sign", "--key"]).arg(&key).args(extra).arg(&bundle).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(sign(&[]).contains("serial 1"));
+    let old = w.path("policies-serial-1");
+    copy_dir(&w.path("policies"), &old);
+    w.start_gateway();
+    assert!(readyz_says(&w, "serial 1"));
+
+    // A newer bundle loads; the older one, put back with its valid signature, does not.
+    w.edit("policies/routes.toml", "[minimise]", "# serial 2\n[minimise]");
+    assert!(sign(&[]).contains("serial 2"));
+    assert!(readyz_says(&w, "policy: ok"), "{}", admin_get(w.admin_port, "/readyz").1);
+    assert!(readyz_says(&w, "serial 2"));
+    copy_dir(&old, &w.path("policies"));
+    assert!(readyz_says(&w, "rollback refused"), "{}", admin_get(w.admin_port, "/readyz").1);
+    // Another bundle under a serial already used: refused too.
+    w.edit("policies/routes.toml", "[minimise]", "# other\n[minimise]");
+    sign(&["--serial", "2"]);
+    assert!(readyz_says(&w, "already loaded with other contents"), "{}", admin_get(w.admin_port, "/readyz").1);
+
+    // After a restart the recorded serial still stands.
+    w.procs.clear();
+    copy_dir(&old, &w.path("policies"));
+    let (code, err) = serve_once(&w);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("serial 1 is older") && err.contains("rollback refused"), "{err}");
+}
+
 #[test]
 fn officer_tools_check_test_and_explain() {
     let w = World::new();

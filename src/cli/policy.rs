@@ -44,6 +44,10 @@ pub enum PolicyCommand {
     Sign {
         #[arg(long)]
         key: PathBuf,
+        /// The bundle's serial: gateways refuse a bundle with a lower serial than one they
+        /// loaded. Default: one more than the signature it replaces, or 1
+        #[arg(long)]
+        serial: Option<u64>,
         dir: PathBuf,
     },
 }
@@ -60,9 +64,9 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
             &route,
             field.as_deref(),
         ),
-        PolicyCommand::Sign { key, dir } => match signature::sign(&dir, &key) {
-            Ok(digest) => {
-                println!("signed {} (digest {digest})", dir.display());
+        PolicyCommand::Sign { key, serial, dir } => match signature::sign(&dir, &key, serial) {
+            Ok((serial, digest)) => {
+                println!("signed {} as serial {serial} (digest {digest})", dir.display());
                 ExitCode::SUCCESS
             }
             Err(e) => {

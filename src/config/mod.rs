@@ -368,6 +368,12 @@ impl GatewayConfig {
         for (i, signer) in cfg.policy.signers.iter_mut().enumerate() {
             resolve_file(signer, base, file, &format!("policy.signers[{i}]"))?;
         }
+        // The newest signed bundle's serial is kept with the gateway's other state.
+        match cfg.policy.serial_file.as_mut() {
+            Some(f) if f.is_relative() => *f = base.join(&*f),
+            Some(_) => {}
+            None => cfg.policy.serial_file = Some(cfg.audit.dir.join(crate::policy::SERIAL_FILE)),
+        }
         if cfg.policy.require_signed && cfg.policy.signers.is_empty() {
             return Err(ConfigError::new(
                 file,
