@@ -669,3 +669,69 @@ async fn requests_beyond_the_upstream_pool_wait_for_a_connection() {
     let after = at_once(1).await;
     assert_eq!(after[0].0, 200, "{after:?}");
 }
+
+/// The Ministry down under load: without a breaker every request tried to connect (77,152
+/// attempts in 10 s). With it, a few attempts open it, the rest are refused at once, and a
+/// trial closes it when the Ministry is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_ministry_trips_the_breaker_and_a_trial_closes_it_when_it_returns() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let mut w = World::new();
+    w.edit(
+        "gateway.toml",
+        "key = \"gateway/ministry-side.key\"",
+        "key = \"gateway/ministry-side.key\"\nbreaker_failures = 3\nbreaker_open_ms = 1000",
+    );
+    // A "Ministry" that accepts TCP and hangs up at once: every handshake fails. It counts.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", w.ministry_port)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let (accepted, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+    let counter = {
+        let (accepted, stop) = (accepted.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                        drop(s);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        })
+    };
+    w.start_gateway();
+    let c = w.client("officer", false);
+    let ci = messages::envelope(SoapVersion::V11, &bio().check_identity());
+    let started = Instant::now();
+    for _ in 0..60 {
+        let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), ci.clone()).await.unwrap();
+        assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (502, Some("UpstreamUnavailable")), "{}", text(&r));
+    }
+    let elapsed = started.elapsed();
+    let tries = accepted.load(Ordering::Relaxed);
+    // 3 to open it, then at most one trial a second and the background probe every 2 s.
+    let bound = 3 + 2 * (elapsed.as_secs() as usize + 1);
+    assert!(tries <= bound, "{tries} connection attempts for 60 requests in {elapsed:?}");
+    let m = w.metrics();
+    assert!(metric(&m, "spocgw_upstream_breaker_state{upstream=\"ministry\"}") >= 1.0, "{m}");
+    assert!(metric(&m, "spocgw_upstream_errors_total{upstream=\"ministry\",kind=\"breaker_open\"}") >= 40.0, "{m}");
+    assert!(w.gateway_log().contains("circuit breaker open"));
+
+    // The Ministry comes back: a trial (or the probe) closes the breaker and requests pass.
+    stop.store(true, Ordering::Relaxed);
+    counter.join().unwrap();
+    w.start_ministry();
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), ci.clone()).await.unwrap();
+        if r.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < end, "the breaker did not close: {}", text(&r));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(metric(&w.metrics(), "spocgw_upstream_breaker_state{upstream=\"ministry\"}"), 0.0);
+    assert!(w.gateway_log().contains("circuit breaker closed"));
+}

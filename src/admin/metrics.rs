@@ -90,6 +90,7 @@ pub struct Metrics {
     pub connections_parked: Family<ListenerLabels, Gauge>,
     pub upstream_errors: Family<UpstreamError, Counter>,
     pub upstream_up: Family<UpstreamLabels, Gauge>,
+    pub upstream_breaker_state: Family<UpstreamLabels, Gauge>,
     pub upstream_connections_opened: Family<UpstreamLabels, Counter>,
     pub in_flight: Gauge,
     pub policy_bundle: Family<BundleLabels, Gauge>,
@@ -148,6 +149,12 @@ impl Metrics {
         registry.register("upstream_errors", "Failed upstream exchanges by kind", upstream_errors.clone());
         let upstream_up = Family::<UpstreamLabels, Gauge>::default();
         registry.register("upstream_up", "1 when the upstream was reachable at the last attempt", upstream_up.clone());
+        let upstream_breaker_state = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "upstream_breaker_state",
+            "The upstream's circuit breaker: 0 closed, 1 open (refusing at once), 2 half-open (one trial out)",
+            upstream_breaker_state.clone(),
+        );
         let upstream_connections_opened = Family::<UpstreamLabels, Counter>::default();
         registry.register(
             "upstream_connections_opened",
@@ -190,6 +197,7 @@ impl Metrics {
             connections_parked,
             upstream_errors,
             upstream_up,
+            upstream_breaker_state,
             upstream_connections_opened,
             in_flight,
         }

@@ -208,6 +208,13 @@ pub struct UpstreamConfig {
     pub pool_max_idle: usize,
     #[serde(default = "defaults::pool_idle_timeout_ms")]
     pub pool_idle_timeout_ms: u64,
+    /// Attempts in a row that cannot reach the upstream before the circuit breaker opens
+    /// (requests refused at once); 0 turns it off.
+    #[serde(default = "defaults::breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before one trial request may go.
+    #[serde(default = "defaults::breaker_open_ms")]
+    pub breaker_open_ms: u64,
 }
 
 /// Request body limits per route, in bytes; a body over its limit is refused (413) as soon as
@@ -282,6 +289,12 @@ pub mod defaults {
     }
     pub fn pool_idle_timeout_ms() -> u64 {
         90_000
+    }
+    pub fn breaker_failures() -> u32 {
+        5
+    }
+    pub fn breaker_open_ms() -> u64 {
+        2_000
     }
     /// Six fingerprints of up to 50 KB each, base64-encoded, plus the envelope.
     pub fn bio_max_body() -> usize {
@@ -536,6 +549,8 @@ impl UpstreamConfig {
             pool_max_connections: defaults::pool_max_connections(),
             pool_max_idle: defaults::pool_max_idle(),
             pool_idle_timeout_ms: defaults::pool_idle_timeout_ms(),
+            breaker_failures: defaults::breaker_failures(),
+            breaker_open_ms: defaults::breaker_open_ms(),
         }
     }
 }

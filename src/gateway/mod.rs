@@ -2,6 +2,7 @@
 //! [`GatewayConfig`] and stopped with a graceful drain.
 
 pub mod body;
+pub mod breaker;
 pub mod fault;
 pub mod listener;
 pub mod pipeline;
@@ -232,6 +233,12 @@ impl Gateway {
             let opened =
                 metrics.upstream_connections_opened.get_or_create(&admin::metrics::UpstreamLabels { upstream: name });
             u.count_connections(opened.clone());
+            u.show_breaker(
+                metrics
+                    .upstream_breaker_state
+                    .get_or_create(&admin::metrics::UpstreamLabels { upstream: name })
+                    .clone(),
+            );
             background.push(tokio::spawn(watch_upstream(name, u, metrics.clone(), stopped.clone())));
         }
         if let Some(t) = keys_tpm {

@@ -23,6 +23,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::body::{BodyError, read_limited};
+use super::breaker::{Admit, Breaker, BreakerState};
 use crate::config::UpstreamConfig;
 use crate::tls::{self, TlsError};
 
@@ -44,6 +45,8 @@ pub enum UpstreamError {
     TooLarge(usize),
     #[error("all {0} connections busy for {1:?}")]
     Busy(usize, Duration),
+    #[error("circuit breaker open: the upstream was unreachable {0} times in a row; refused without trying")]
+    BreakerOpen(u32),
 }
 
 impl UpstreamError {
@@ -57,6 +60,7 @@ impl UpstreamError {
             UpstreamError::Exchange(_) => "exchange",
             UpstreamError::TooLarge(_) => "too_large",
             UpstreamError::Busy(..) => "busy",
+            UpstreamError::BreakerOpen(_) => "breaker_open",
         }
     }
 
@@ -67,7 +71,7 @@ impl UpstreamError {
 
     /// True when the upstream could not be reached at all (as opposed to answering badly).
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, UpstreamError::Connect(_) | UpstreamError::Handshake(_))
+        matches!(self, UpstreamError::Connect(_) | UpstreamError::Handshake(_) | UpstreamError::BreakerOpen(_))
     }
 }
 
@@ -106,6 +110,8 @@ struct Inner {
     max_response_bytes: usize,
     pool: Pool,
     health: AtomicU8,
+    breaker: Breaker,
+    breaker_failures: u32,
 }
 
 /// Idle HTTP/1.1 connections (one request at a time each) and at most one shared HTTP/2
@@ -190,6 +196,8 @@ impl Upstream {
                     opened: OnceLock::new(),
                 },
                 health: AtomicU8::new(Health::Unknown as u8),
+                breaker: Breaker::new(cfg.breaker_failures, Duration::from_millis(cfg.breaker_open_ms)),
+                breaker_failures: cfg.breaker_failures,
             }),
         })
     }
@@ -197,6 +205,15 @@ impl Upstream {
     /// Counts the connections opened from now on into `counter` (the gateway's metrics).
     pub fn count_connections(&self, counter: Counter) {
         let _ = self.inner.pool.opened.set(counter);
+    }
+
+    /// Shows the circuit breaker's state in `gauge` from now on.
+    pub fn show_breaker(&self, gauge: prometheus_client::metrics::gauge::Gauge) {
+        self.inner.breaker.attach(gauge);
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.inner.breaker.state()
     }
 
     pub fn health(&self) -> Health {
@@ -241,8 +258,27 @@ impl Upstream {
     }
 
     /// POSTs `body` to `path` with exactly `headers` (the caller has filtered them) and reads
-    /// the whole reply within the deadlines and the size limit.
+    /// the whole reply within the deadlines and the size limit; refused at once while the
+    /// circuit breaker is open.
     pub async fn post(&self, path: &str, headers: HeaderMap, body: Bytes) -> Result<Reply, UpstreamError> {
+        let breaker = &self.inner.breaker;
+        let admit = breaker.admit();
+        if admit == Admit::Refuse {
+            return Err(UpstreamError::BreakerOpen(self.inner.breaker_failures));
+        }
+        // A trial whose request is dropped (its client went away) lets the next one try.
+        let trial = Trial { breaker, armed: admit == Admit::Trial };
+        let result = self.exchange(path, headers, body).await;
+        match &result {
+            Err(e) if e.is_unreachable() => breaker.unreachable(),
+            Err(UpstreamError::Busy(..)) => {}
+            _ => breaker.reached(),
+        }
+        drop(trial);
+        result
+    }
+
+    async fn exchange(&self, path: &str, headers: HeaderMap, body: Bytes) -> Result<Reply, UpstreamError> {
         let pool = &self.inner.pool;
         // A shared HTTP/2 connection carries any number of exchanges; an HTTP/1.1 exchange
         // first takes a slot (held until it is done).
@@ -376,7 +412,24 @@ impl Upstream {
     pub async fn probe(&self) -> Result<(), UpstreamError> {
         let result = self.inner.connector.connect().await.map(drop);
         self.set_health(if result.is_ok() { Health::Up } else { Health::Down });
+        if result.is_ok() {
+            self.inner.breaker.reached();
+        }
         result
+    }
+}
+
+/// The half-open trial a request carries: dropped unresolved, it lets the next request try.
+struct Trial<'a> {
+    breaker: &'a Breaker,
+    armed: bool,
+}
+
+impl Drop for Trial<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.breaker.trial_abandoned();
+        }
     }
 }
 
