@@ -735,3 +735,45 @@ async fn a_down_ministry_trips_the_breaker_and_a_trial_closes_it_when_it_returns
     assert_eq!(metric(&w.metrics(), "spocgw_upstream_breaker_state{upstream=\"ministry\"}"), 0.0);
     assert!(w.gateway_log().contains("circuit breaker closed"));
 }
+
+/// Upstream key pinning: a certificate that chains to the Ministry CA but carries another key
+/// is refused; the pinned key passes. A malformed pin stops `serve`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_upstream_accepts_only_its_pinned_key() {
+    use x509_parser::prelude::FromDer;
+    let mut w = World::new();
+    let pem = std::fs::read_to_string(w.path("ministry/server.pem")).unwrap();
+    let der = rustls_pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+        .map(|c: rustls_pki_types::CertificateDer<'static>| c.to_vec())
+        .unwrap();
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der).unwrap();
+    let right = spocgw::tls::sha256_hex(cert.public_key().raw);
+    let wrong = "ab".repeat(32);
+    let key_line = "key = \"gateway/ministry-side.key\"";
+    w.edit("gateway.toml", key_line, &format!("{key_line}\nspki_sha256 = [\"{wrong}\"]"));
+    w.start_ministry();
+    w.start_gateway();
+    let c = w.client("officer", false);
+    let ci = messages::envelope(SoapVersion::V11, &bio().check_identity());
+    let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), ci.clone()).await.unwrap();
+    assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (502, Some("UpstreamUnavailable")), "{}", text(&r));
+    assert!(w.gateway_log().contains("not one of the pinned keys"), "{}", w.gateway_log());
+    w.procs.pop();
+
+    w.edit(
+        "gateway.toml",
+        &format!("spki_sha256 = [\"{wrong}\"]"),
+        &format!("spki_sha256 = [\"{wrong}\", \"{right}\"]"),
+    );
+    w.start_gateway();
+    let c = w.client("officer", false);
+    let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), ci).await.unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r));
+    w.procs.pop();
+
+    w.edit("gateway.toml", &format!("spki_sha256 = [\"{wrong}\", \"{right}\"]"), "spki_sha256 = [\"sha256//abc\"]");
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(w.path("gateway.toml")).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("upstream.ministry.spki_sha256"), "{err}");
+}

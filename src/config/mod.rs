@@ -182,6 +182,10 @@ pub struct UpstreamConfig {
     pub key: crate::keys::KeyRef,
     /// Name checked against the server certificate; the URL's host when absent.
     pub server_name: Option<String>,
+    /// SHA-256 (hex) of the SubjectPublicKeyInfo the upstream's certificate must carry, one of
+    /// these, on top of chaining to `ca` (key pinning; several for a key rollover).
+    #[serde(default)]
+    pub spki_sha256: Vec<String>,
     #[serde(default)]
     pub tls12: bool,
     /// Offer HTTP/2 by ALPN (HTTP/1.1 keep-alive otherwise).
@@ -513,6 +517,8 @@ impl UpstreamConfig {
         if self.pool_max_connections == 0 {
             return Err(ConfigError::new(file, format!("{table}.pool_max_connections"), "must be at least 1"));
         }
+        crate::tls::pinned::parse_pins(&self.spki_sha256)
+            .map_err(|p| ConfigError::new(file, format!("{table}.spki_sha256"), p))?;
         Ok(())
     }
 
@@ -539,6 +545,7 @@ impl UpstreamConfig {
             cert: cert.to_path_buf(),
             key: key.into(),
             server_name: None,
+            spki_sha256: Vec::new(),
             tls12: false,
             http2: false,
             connect_timeout_ms: defaults::connect_timeout_ms(),

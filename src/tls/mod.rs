@@ -8,6 +8,7 @@
 
 pub mod crl;
 mod identity;
+pub mod pinned;
 mod stream;
 pub mod verifier;
 
@@ -165,12 +166,15 @@ pub fn server_config_with_crls(
 }
 
 /// The rustls configuration for talking to an upstream: its certificate must chain to the
-/// configured CA; ours comes from the configured key pair.
+/// configured CA (and carry a pinned key, when `spki_sha256` names some); ours comes from the
+/// configured key pair.
 pub fn client_config(u: &UpstreamConfig, key: Arc<dyn SigningKey>) -> Result<Arc<ClientConfig>, TlsError> {
+    let pins = pinned::parse_pins(&u.spki_sha256).map_err(TlsError::Verifier)?;
     let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(versions(u.tls12))
         .map_err(|e| TlsError::Verifier(e.to_string()))?
-        .with_root_certificates(root_store(&u.ca)?)
+        .dangerous()
+        .with_custom_certificate_verifier(pinned::PinnedServer::new(root_store(&u.ca)?, pins)?)
         .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified(&u.cert, key)?)));
     cfg.alpn_protocols =
         if u.http2 { vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()] } else { vec![ALPN_HTTP11.to_vec()] };
