@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -179,4 +180,74 @@ async fn an_idle_http2_connection_is_closed() {
     // The client opens a new one and is served.
     let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), slow_request(0)).await.unwrap();
     assert_eq!(r.status, 200);
+}
+
+/// Early refusals on the wire: a 600 KB body declared by Content-Length on `/bio/v1` (limit
+/// 512 KiB), sent by Python's http.client and by curl over HTTP/1.1 and HTTP/2. Each client
+/// must read the 413 (and the 415 of a wrong media type), not a reset. Before: Python 86/100,
+/// curl HTTP/1.1 18/20, curl HTTP/2 0/20.
+#[test]
+fn early_refusals_reach_python_and_curl_over_http1_and_http2() {
+    if !have_tool("python3") || !have_tool("curl") {
+        return;
+    }
+    let mut w = World::new();
+    w.start_gateway();
+    let body = w.path("big.xml");
+    std::fs::write(&body, vec![b'x'; 600_000]).unwrap();
+    let (ca, cert, key) = (w.path("ca/police-ca.pem"), w.path("clients/officer.pem"), w.path("clients/officer.key"));
+    let url = format!("https://127.0.0.1:{}/bio/v1", w.gateway_port);
+    let script = format!(
+        r#"
+import http.client, ssl
+ctx = ssl.create_default_context(cafile={ca:?})
+ctx.load_cert_chain({cert:?}, {key:?})
+body = open({body:?}, "rb").read()
+for _ in range(30):
+    c = http.client.HTTPSConnection("127.0.0.1", {port}, context=ctx)
+    try:
+        c.request("POST", "/bio/v1", body=body, headers={{"Content-Type": "text/xml; charset=utf-8", "SOAPAction": "VerifyFingerprintRequest"}})
+        print(c.getresponse().status)
+    except Exception as e:
+        print(type(e).__name__)
+    c.close()
+"#,
+        ca = ca.to_str().unwrap(),
+        cert = cert.to_str().unwrap(),
+        key = key.to_str().unwrap(),
+        body = body.to_str().unwrap(),
+        port = w.gateway_port
+    );
+    let out = Command::new("python3").args(["-c", &script]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().filter(|l| *l == "413").count(),
+        30,
+        "python http.client: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for (proto, content_type, want) in [
+        ("--http1.1", "text/xml; charset=utf-8", "413"),
+        ("--http2", "text/xml; charset=utf-8", "413"),
+        ("--http2", "application/json", "415"),
+        ("--http1.1", "application/json", "415"),
+    ] {
+        let mut got = Vec::new();
+        for _ in 0..10 {
+            let out = Command::new("curl")
+                .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", proto, "--cacert", ca.to_str().unwrap()])
+                .args(["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()])
+                .args(["-H", &format!("Content-Type: {content_type}"), "-H", "SOAPAction: VerifyFingerprintRequest"])
+                .args(["--data-binary", &format!("@{}", body.to_str().unwrap()), &url])
+                .output()
+                .unwrap();
+            got.push(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        assert!(got.iter().all(|g| g == want), "curl {proto} {content_type}: {got:?}");
+    }
 }

@@ -13,8 +13,9 @@ pub enum BodyError {
     Read(String),
 }
 
-/// Reads `body` to its end, refusing it once more than `limit` bytes have arrived.
-pub async fn read_limited(mut body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+/// Reads `body` to its end, refusing it once more than `limit` bytes have arrived (the rest
+/// stays unread in `body`).
+pub async fn read_limited(body: &mut Incoming, limit: usize) -> Result<Bytes, BodyError> {
     let hint = body.size_hint();
     if hint.lower() > limit as u64 {
         return Err(BodyError::TooLarge);
@@ -35,4 +36,32 @@ pub async fn read_limited(mut body: Incoming, limit: usize) -> Result<Bytes, Bod
         }
     }
     Ok(buf.freeze())
+}
+
+/// How much of a refused body is read and discarded after the response, at most, and for how
+/// long: enough for a client that sends a body somewhat over a limit to finish and read the
+/// refusal; a client sending more, or slower, has its connection closed.
+pub const LINGER_BYTES: usize = 4 * 1024 * 1024;
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and discards what is left of `body` in the background, within [`LINGER_BYTES`] and
+/// [`LINGER`], then lets it go. Holding the body until then also means HTTP/2 resets the
+/// stream only after the response is complete, with NO_ERROR. An HTTP/1.1 body the client
+/// holds back for `100 Continue` (`expect_continue`, never asked for) is let go at once.
+pub fn linger(mut body: Incoming, expect_continue: bool) {
+    if expect_continue {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut seen = 0usize;
+        let _ = tokio::time::timeout(LINGER, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, |d| d.len());
+                if seen > LINGER_BYTES {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -171,13 +172,20 @@ const CALLBACK_FOLLOWS: [&str; 2] = ["ok_reception_ack", "ok_request_forwarded"]
 
 /// The request's Content-Type, parsed; a second Content-Type header is refused like a
 /// repeated parameter.
-fn media_type(req: &Request<Incoming>) -> Result<SoapMediaType, MediaTypeError> {
-    let mut values = req.headers().get_all(CONTENT_TYPE).iter();
+fn media_type(req: &Parts) -> Result<SoapMediaType, MediaTypeError> {
+    let mut values = req.headers.get_all(CONTENT_TYPE).iter();
     let value = values.next().and_then(|v| v.to_str().ok()).ok_or(MediaTypeError::NotSoap)?;
     if values.next().is_some() {
         return Err(MediaTypeError::Repeated);
     }
     parse_content_type(value)
+}
+
+/// Whether an HTTP/1.1 client waits for `100 Continue` before sending its body: then a body
+/// never asked for is not there to linger over.
+fn expects_continue(req: &Parts) -> bool {
+    req.version == http::Version::HTTP_11
+        && req.headers.get(http::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 fn no_upstream() -> Outcome {
@@ -214,8 +222,15 @@ impl Pipeline {
             started: Instant::now(),
         };
         let mut u = Underway { pipeline: self, x, ended: false };
-        let outcome = self.run(&mut u.x, req).await;
+        let (parts, mut body) = req.into_parts();
+        let outcome = self.run(&mut u.x, &parts, &mut body).await;
         u.ended = true;
+        // A body not read to its end (refused early, or over its limit) is read and discarded
+        // for a bounded while after the response goes out, so that the client reads the
+        // response instead of a reset (RFC 9112 9.6; RFC 9113 8.1 for HTTP/2).
+        if !hyper::body::Body::is_end_stream(&body) {
+            super::body::linger(body, expects_continue(&parts));
+        }
         let gone = matches!(outcome, Outcome::Abandoned(_));
         let response = self.finish(&mut u.x, outcome);
         if gone { Err(ClientGone) } else { Ok(response) }
@@ -230,27 +245,27 @@ impl Pipeline {
         Some(Admitted { _permit: permit, gauge: &self.metrics.in_flight })
     }
 
-    async fn run(&self, x: &mut Exchange<'_>, req: Request<Incoming>) -> Outcome {
+    async fn run(&self, x: &mut Exchange<'_>, req: &Parts, body: &mut Incoming) -> Outcome {
         // Route by listener and path.
-        let Some(route) = self.routes.lookup(x.listener, req.uri().path()) else {
-            x.version = media_type(&req).ok().map(|m| m.version);
+        let Some(route) = self.routes.lookup(x.listener, req.uri.path()) else {
+            x.version = media_type(req).ok().map(|m| m.version);
             // (The path is the caller's; only its length goes to the log.)
-            let detail = format!("no route for a path of {} bytes", req.uri().path().len());
+            let detail = format!("no route for a path of {} bytes", req.uri.path().len());
             return Outcome::Refused(Refusal::UnknownOperation, detail);
         };
         x.route = route.name;
-        if req.method() != Method::POST {
-            return Outcome::Refused(Refusal::UnknownOperation, format!("method {}", req.method()));
+        if req.method != Method::POST {
+            return Outcome::Refused(Refusal::UnknownOperation, format!("method {}", req.method));
         }
         // Media type: SOAP 1.1 or 1.2, UTF-8, each parameter once.
-        let media = match media_type(&req) {
+        let media = match media_type(req) {
             Ok(m) => m,
             Err(e) => return Outcome::Refused(Refusal::UnsupportedMediaType, e.to_string()),
         };
         x.version = Some(media.version);
         let action = match media.version {
             SoapVersion::V11 => {
-                let mut values = req.headers().get_all(SOAPACTION).iter();
+                let mut values = req.headers.get_all(SOAPACTION).iter();
                 let first = values.next().and_then(|v| v.to_str().ok()).map(str::to_owned);
                 if values.next().is_some() {
                     return Outcome::Refused(Refusal::SchemaViolation, "more than one SOAPAction header".into());
@@ -260,11 +275,11 @@ impl Pipeline {
             SoapVersion::V12 => media.action.clone(),
         };
         if self.bare {
-            let content_type = req.headers().get(CONTENT_TYPE).cloned();
-            return self.run_bare(x, route, req, content_type, action).await;
+            let content_type = req.headers.get(CONTENT_TYPE).cloned();
+            return self.run_bare(x, route, body, content_type, action).await;
         }
         // Body, within the route's limit and the listener's deadline.
-        let body = match self.read_body(route, req).await {
+        let body = match self.read_body(route, body).await {
             Ok(b) => b,
             Err(refused) => return refused,
         };
@@ -357,8 +372,8 @@ impl Pipeline {
     }
 
     /// The body, within the route's limit (else the refusal) and the listener's deadline.
-    async fn read_body(&self, route: &Route, req: Request<Incoming>) -> Result<Bytes, Outcome> {
-        match tokio::time::timeout(self.request_timeout, read_limited(req.into_body(), route.max_body)).await {
+    async fn read_body(&self, route: &Route, body: &mut Incoming) -> Result<Bytes, Outcome> {
+        match tokio::time::timeout(self.request_timeout, read_limited(body, route.max_body)).await {
             Err(_) => Err(Outcome::Refused(
                 Refusal::RequestTimeout,
                 format!("body not received within {} ms", self.request_timeout.as_millis()),
@@ -387,11 +402,11 @@ impl Pipeline {
         &self,
         x: &mut Exchange<'_>,
         route: &Route,
-        req: Request<Incoming>,
+        body: &mut Incoming,
         content_type: Option<HeaderValue>,
         action: Option<String>,
     ) -> Outcome {
-        let body = match self.read_body(route, req).await {
+        let body = match self.read_body(route, body).await {
             Ok(b) => b,
             Err(refused) => return refused,
         };

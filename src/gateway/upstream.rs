@@ -433,8 +433,8 @@ impl Drop for Trial<'_> {
     }
 }
 
-async fn read_reply(body: Incoming, limit: usize, deadline: Duration) -> Result<Bytes, UpstreamError> {
-    match tokio::time::timeout(deadline, read_limited(body, limit)).await {
+async fn read_reply(mut body: Incoming, limit: usize, deadline: Duration) -> Result<Bytes, UpstreamError> {
+    match tokio::time::timeout(deadline, read_limited(&mut body, limit)).await {
         Err(_) => Err(UpstreamError::BodyTimeout(deadline)),
         Ok(Err(BodyError::TooLarge)) => Err(UpstreamError::TooLarge(limit)),
         Ok(Err(BodyError::Read(e))) => Err(UpstreamError::Exchange(e)),

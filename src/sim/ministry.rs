@@ -257,7 +257,7 @@ impl Ministry {
             format!("{name}: {}\n", values.join(" | "))
         };
         let headers = header("content-type") + &header("soapaction");
-        let body = read_limited(req.into_body(), 16 * 1024 * 1024)
+        let body = read_limited(&mut req.into_body(), 16 * 1024 * 1024)
             .await
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         if let Some(dir) = &self.behaviour.record_dir {

@@ -53,7 +53,7 @@ impl Receiver {
     }
 
     pub async fn answer(self, req: Request<Incoming>) -> Result<Response<SimBody>, std::io::Error> {
-        let body = read_limited(req.into_body(), 1024 * 1024)
+        let body = read_limited(&mut req.into_body(), 1024 * 1024)
             .await
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         let (status, result) = match validate(&self.schema, &Limits::default(), &body, Expect::Any) {
