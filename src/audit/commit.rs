@@ -187,9 +187,26 @@ impl Core {
     /// Leads: gathers, then writes the queued records as one batch and makes them durable, on
     /// the caller's thread (it blocks for the write and the fsync). If records that are waited
     /// on came meanwhile, a task of its own leads their batch, so the caller's request goes on.
+    ///
+    /// A leader's future can be dropped while it gathers (its request's HTTP/2 stream was reset,
+    /// its client went away): then it hands the lead on, as a task of its own, so that the
+    /// batch is written and `leading` does not stay set with nobody leading.
     pub(super) async fn lead(self: &Arc<Self>) {
+        let mut leading = Leading(Some(self.clone()));
         self.gather().await;
+        leading.0 = None;
         self.write_queued();
+    }
+
+    /// Takes over from a leader dropped before it wrote.
+    fn hand_off(self: &Arc<Self>) {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let core = self.clone();
+            rt.spawn(async move { core.lead().await });
+        } else {
+            lock(&self.queue).leading = false;
+            self.unattended();
+        }
     }
 
     fn write_queued(self: &Arc<Self>) {
@@ -370,6 +387,17 @@ impl Core {
     }
 }
 
+/// The lead while a leader gathers: dropped before it writes, it hands the lead on.
+struct Leading(Option<Arc<Core>>);
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        if let Some(core) = self.0.take() {
+            core.hand_off();
+        }
+    }
+}
+
 fn prune_old(dir: &Path, active: u32, retention: Duration, cp: &writer::Checkpointer) {
     if let Err(e) = writer::prune(dir, active, retention, cp) {
         tracing::error!(error = %e, "audit retention: pruning failed; nothing was removed");
@@ -383,6 +411,37 @@ mod tests {
 
     fn job() -> Job {
         Job::new(&Record::now("outcome"), None)
+    }
+
+    /// A leader whose request is dropped while it gathers (an HTTP/2 stream reset) used to
+    /// leave `leading` set with nobody leading: its batch waited for the duties thread, and so
+    /// did every later durable record. Now the lead is handed on.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_leader_dropped_while_it_gathers_hands_the_lead_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = tmp.path().join("cp.key");
+        let ps = tmp.path().join("ps.key");
+        std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+        std::fs::write(&ps, "ab".repeat(32)).unwrap();
+        let cfg: AuditConfig = toml::from_str(&format!(
+            "dir = {:?}\ncheckpoint_key = {key:?}\npseudonym_key = {ps:?}",
+            tmp.path().join("log")
+        ))
+        .unwrap();
+        let audit = Audit::start(&cfg).unwrap();
+        for round in 0..3 {
+            let (tx, rx) = oneshot::channel();
+            assert!(audit.core.submit(Job::new(&Record::now("request"), Some(tx))).unwrap(), "round {round}: no lead");
+            // The leader is polled once (it yields to gather) and dropped, as a reset stream's
+            // future is.
+            tokio::select! {
+                biased;
+                _ = audit.core.lead() => panic!("the leader finished without gathering"),
+                _ = std::future::ready(()) => {}
+            }
+            assert!(rx.await.unwrap().is_ok());
+            assert!(!lock(&audit.core.queue).leading, "round {round}: the lead was lost");
+        }
     }
 
     /// The duties thread leaves records younger than the delay to the leader on its way.
