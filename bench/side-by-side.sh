@@ -47,6 +47,8 @@ $B dev-pki --out "$W/pki" --gateway-port "$GP" --callback-port "$GC" --admin-por
 P=$(cd "$W/pki" && pwd)
 # One terminal sends every request: lift the per-certificate rates.
 sed -i -E 's/^(per_second|burst) *=.*/\1 = 100000000/' "$P/policies/routes.toml"
+# ...and its per-source and per-certificate connection shares (the RSS row opens 1,000 + 1,000).
+sed -i -E 's#^crls = \["ca/police-ca.crl.pem"\]$#&\nmax_connections_per_source = 8192\nmax_connections_per_client = 8192#' "$P/gateway.toml"
 # variant FILE PORT CALLBACK_PORT ADMIN_PORT AUDIT_DIR [TOP-LEVEL LINE...]: gateway.toml with
 # the same certificates on ports and an audit directory of its own
 variant() { local file=$1 gp=$2 gc=$3 ga=$4 dir=$5; shift 5

@@ -251,3 +251,118 @@ for _ in range(30):
         assert!(got.iter().all(|g| g == want), "curl {proto} {content_type}: {got:?}");
     }
 }
+
+/// A flood of connections from one source that never handshake: before, they held every
+/// connection slot for the handshake timeout and every terminal was refused. Now one source
+/// holds at most its share, and a terminal elsewhere is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_is_served_while_one_source_floods_the_listener() {
+    let mut w = World::new();
+    w.edit(
+        "gateway.toml",
+        "crls = [\"ca/police-ca.crl.pem\"]",
+        "crls = [\"ca/police-ca.crl.pem\"]\nmax_connections = 64\nmax_connections_per_source = 16",
+    );
+    w.start_ministry();
+    w.start_receiver();
+    w.start_gateway();
+    w.wait_ready();
+    // 200 connections from 127.0.0.2 that say nothing.
+    let mut flood = Vec::new();
+    for _ in 0..200 {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        if let Ok(c) = s.connect(([127, 0, 0, 1], w.gateway_port).into()).await {
+            flood.push(c);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = w.client("officer", false);
+    let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), slow_request(0)).await.unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let m = w.metrics();
+    assert!(metric(&m, r#"spocgw_connections_refused_total{listener="police",reason="source_cap"}"#) >= 150.0, "{m}");
+    drop(flood);
+}
+
+/// One terminal keeping many requests in process cannot take every in-flight slot: another
+/// terminal is served, and the first one's refusals are recorded within a bound, the rest
+/// summarised in a `request_refusals` record, not one record each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_terminal_over_its_share_does_not_stop_another_and_its_refusals_are_summarised() {
+    let mut w = World::new();
+    w.edit("gateway.toml", "[audit]", "[limits]\nmax_in_flight = 16\nmax_in_flight_per_client = 4\n\n[audit]");
+    w.start_ministry();
+    w.start_receiver();
+    w.start_gateway();
+    w.wait_ready();
+    let flooder = w.client("officer", true);
+    let mut tasks = Vec::new();
+    for _ in 0..300 {
+        let c = flooder.clone();
+        tasks.push(tokio::spawn(async move {
+            post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), slow_request(1500))
+                .await
+                .map(|r| r.status.as_u16())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let other = w.client("second-line", false);
+    let r = post(&other, "/bio/v1", XML11, Some("CheckIdentityRequest"), slow_request(0)).await.unwrap();
+    assert_eq!(r.status, 200, "another terminal was refused: {}", text(&r));
+    let mut statuses = std::collections::BTreeMap::new();
+    for t in tasks {
+        *statuses.entry(t.await.unwrap().unwrap_or(0)).or_insert(0) += 1;
+    }
+    assert!(statuses.get(&200).copied().unwrap_or(0) >= 4, "{statuses:?}");
+    let refused = statuses.get(&503).copied().unwrap_or(0);
+    assert!(refused >= 200, "{statuses:?}");
+    w.procs[2].signal("TERM");
+    assert!(w.procs[2].wait_exit(Duration::from_secs(15)).is_some_and(|s| s.success()));
+    let one_by_one = records(&w, "outcome", Some("Overloaded"));
+    assert!(one_by_one <= 100, "{one_by_one} Overloaded records for {refused} refusals");
+    let summary: Vec<String> = spocgw::audit::segments(&w.path("audit"))
+        .unwrap()
+        .iter()
+        .flat_map(|p| std::fs::read_to_string(p).unwrap().lines().map(str::to_owned).collect::<Vec<_>>())
+        .filter(|l| l.contains("\"event\":\"request_refusals\""))
+        .collect();
+    assert_eq!(summary.len(), 1, "{summary:?}");
+    let counted = refused - one_by_one;
+    assert!(summary[0].contains(&format!("code Overloaded x{counted}")), "{counted}: {}", summary[0]);
+    assert!(summary[0].contains("officer"), "{}", summary[0]);
+}
+
+/// One client certificate holds at most `max_connections_per_client` connections: the next
+/// one is closed after its handshake (and counted), other certificates are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_certificate_holds_at_most_its_connections() {
+    let mut w = World::new();
+    w.edit(
+        "gateway.toml",
+        "crls = [\"ca/police-ca.crl.pem\"]",
+        "crls = [\"ca/police-ca.crl.pem\"]\nmax_connections_per_client = 2",
+    );
+    w.start_ministry();
+    w.start_receiver();
+    w.start_gateway();
+    w.wait_ready();
+    let mut held = vec![w.raw_client("officer").await, w.raw_client("officer").await];
+    let body = slow_request(0);
+    // A third connection of the same certificate: closed, no answer.
+    let mut third = w.raw_client("officer").await;
+    let _ = third.write_all(format!("{}{body}", request_head(body.len())).as_bytes()).await;
+    let mut buf = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await.expect("not closed").unwrap_or(0);
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
+    // Another certificate is served; the held ones still serve.
+    let r = post(&w.client("second-line", false), "/bio/v1", XML11, Some("CheckIdentityRequest"), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    held[0].write_all(format!("{}{body}", request_head(body.len())).as_bytes()).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), held[0].read(&mut buf)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    let m = w.metrics();
+    assert_eq!(metric(&m, r#"spocgw_connections_refused_total{listener="police",reason="client_cap"}"#), 1.0, "{m}");
+}

@@ -148,6 +148,12 @@ pub struct ListenerConfig {
     /// Open connections at most; further ones are closed at once.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
+    /// Connections one source address may hold at once (handshaking or open).
+    #[serde(default = "defaults::max_connections_per_source")]
+    pub max_connections_per_source: usize,
+    /// Connections one client certificate may hold at once.
+    #[serde(default = "defaults::max_connections_per_client")]
+    pub max_connections_per_client: usize,
     /// Time allowed for a request's headers, and then for its whole body.
     #[serde(default = "defaults::request_timeout_ms")]
     pub request_timeout_ms: u64,
@@ -250,6 +256,9 @@ pub struct Limits {
     /// Requests being processed at once; more are shed with 503 Overloaded.
     #[serde(default = "defaults::max_in_flight")]
     pub max_in_flight: usize,
+    /// Requests one client certificate may have in process at once (within `max_in_flight`).
+    #[serde(default = "defaults::max_in_flight_per_client")]
+    pub max_in_flight_per_client: usize,
     /// On SIGTERM, how long in-flight requests get to finish.
     #[serde(default = "defaults::drain_timeout_ms")]
     pub drain_timeout_ms: u64,
@@ -257,7 +266,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_in_flight: defaults::max_in_flight(), drain_timeout_ms: defaults::drain_timeout_ms() }
+        Self {
+            max_in_flight: defaults::max_in_flight(),
+            max_in_flight_per_client: defaults::max_in_flight_per_client(),
+            drain_timeout_ms: defaults::drain_timeout_ms(),
+        }
     }
 }
 
@@ -272,6 +285,15 @@ pub mod defaults {
     }
     pub fn max_connections() -> usize {
         4_096
+    }
+    pub fn max_connections_per_source() -> usize {
+        512
+    }
+    pub fn max_connections_per_client() -> usize {
+        256
+    }
+    pub fn max_in_flight_per_client() -> usize {
+        128
     }
     pub fn request_timeout_ms() -> u64 {
         30_000

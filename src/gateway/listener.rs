@@ -10,6 +10,7 @@
 //! code that runs in production.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -28,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
+use super::admission::PerKey;
 use crate::admin::metrics::{ListenerLabels, ListenerReason, Metrics};
 use crate::tls::verifier::with_refused_certificate;
 use crate::tls::{PeerCache, PeerIdentity, ServerTls, handshake_failure_reason};
@@ -43,6 +45,10 @@ pub struct ListenerSpec {
     pub tls: Arc<ServerConfig>,
     pub handshake_timeout: Duration,
     pub max_connections: usize,
+    /// Connections one source address may hold (handshaking or open).
+    pub max_per_source: usize,
+    /// Connections one client certificate may hold.
+    pub max_per_client: usize,
     /// Deadline for a request's headers (HTTP/1.1) once a connection is idle or reading.
     pub header_timeout: Duration,
     /// Where refused handshakes are recorded (the gateway's listeners; not the simulators).
@@ -71,8 +77,23 @@ where
 {
     let (open, open_rx) = mpsc::channel::<()>(1);
     let permits = Arc::new(Semaphore::new(spec.max_connections));
+    let sources = Arc::new(PerKey::<IpAddr>::new(spec.max_per_source));
+    let clients = Arc::new(PerKey::<String>::new(spec.max_per_client));
     let peers = Arc::new(PeerCache::default());
     let name = spec.name;
+    // A refusal at a cap: counted (and summarised on record), never a log line or a record each.
+    let at_cap = {
+        let (metrics, refusals) = (metrics.clone(), spec.refusals.clone());
+        move |addr: std::net::SocketAddr, reason: &'static str, presented: Option<&[u8]>| {
+            if let Some(m) = &metrics {
+                m.connections_refused.get_or_create(&ListenerReason { listener: name, reason }).inc();
+            }
+            match &refusals {
+                Some(r) => r.refused(addr, reason, presented),
+                None => tracing::debug!(listener = name, peer_addr = %addr, reason, "connection refused"),
+            }
+        }
+    };
     // Each window of refused handshakes ends in its summary record.
     let summaries = spec.refusals.clone().map(|r| {
         tokio::spawn(async move {
@@ -101,11 +122,19 @@ where
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            if let Some(m) = &metrics {
-                m.connections_refused.get_or_create(&ListenerReason { listener: name, reason: "connection_cap" }).inc();
-            }
-            tracing::warn!(listener = name, peer_addr = %addr, "connection cap reached; connection closed");
+            at_cap(addr, "connection_cap", None);
             continue;
+        };
+        let Some(source) = sources.take(&addr.ip()) else {
+            at_cap(addr, "source_cap", None);
+            continue;
+        };
+        // Under pressure (a quarter of the slots left) a handshake gets a short budget: slots
+        // held by connections that never finish theirs come back quickly.
+        let budget = if permits.available_permits() < spec.max_connections / 4 {
+            spec.handshake_timeout.min(PRESSED_HANDSHAKE)
+        } else {
+            spec.handshake_timeout
         };
         let _ = stream.set_nodelay(true);
         let open = open.clone();
@@ -114,8 +143,10 @@ where
         let handler = handler.clone();
         let spec = spec.clone();
         let peers = peers.clone();
+        let (clients, at_cap) = (clients.clone(), at_cap.clone());
         tokio::spawn(async move {
             let _permit = permit;
+            let _source = source;
             let _open = open;
             let refused = |reason: &'static str, presented: Option<&[u8]>| {
                 if let Some(m) = &metrics {
@@ -130,8 +161,7 @@ where
             // on: this task and the HTTP/1.1 driver hold a pointer, not room for it each.
             let config = spec.tls.clone();
             let accept = Box::pin(async move { ServerTls::accept(stream, config).await.map(Box::new) });
-            let (accepted, presented) =
-                with_refused_certificate(tokio::time::timeout(spec.handshake_timeout, accept)).await;
+            let (accepted, presented) = with_refused_certificate(tokio::time::timeout(budget, accept)).await;
             let tls = match accepted {
                 Err(_) => return refused("timeout", presented.as_deref()),
                 Ok(Err(e)) => return refused(handshake_failure_reason(&e), presented.as_deref()),
@@ -141,6 +171,9 @@ where
             let peer: Arc<PeerIdentity> = match der.map(|c| peers.identity(c)) {
                 Some(Ok(p)) => p,
                 _ => return refused("bad_certificate", der.map(|c| c.as_ref())),
+            };
+            let Some(_client) = clients.take(&peer.fingerprint) else {
+                return at_cap(addr, "client_cap", der.map(|c| c.as_ref()));
             };
             tracing::debug!(listener = name, peer_subject = %peer.subject, peer_fingerprint = %peer.fingerprint, "connection");
             let open =
@@ -551,6 +584,8 @@ async fn close(tls: &mut ServerTls) {
 /// HTTP/2 streams at once per connection, and the interval of its keep-alive pings (both the
 /// ALPN-chosen and the sniffed HTTP/2 connections).
 const H2_MAX_STREAMS: u32 = 256;
+/// The handshake budget when a quarter of a listener's connection slots are left.
+const PRESSED_HANDSHAKE: Duration = Duration::from_secs(1);
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 fn http1_builder(spec: &ListenerSpec) -> http1::Builder {

@@ -1,6 +1,7 @@
 //! The gateway: listeners, routes, the request pipeline and the upstream pools, started from a
 //! [`GatewayConfig`] and stopped with a graceful drain.
 
+pub mod admission;
 pub mod body;
 pub mod breaker;
 pub mod fault;
@@ -46,6 +47,7 @@ pub struct Gateway {
     background: Vec<JoinHandle<()>>,
     admin: Arc<AdminState>,
     audit: Arc<Audit>,
+    load_refusals: Arc<refusals::RequestRefusals>,
     drain_timeout: Duration,
 }
 
@@ -68,6 +70,8 @@ fn spec(
         tls,
         handshake_timeout: l.handshake_timeout(),
         max_connections: l.max_connections,
+        max_per_source: l.max_connections_per_source,
+        max_per_client: l.max_connections_per_client,
         header_timeout: l.request_timeout(),
     };
     Ok((spec, crls))
@@ -174,6 +178,7 @@ impl Gateway {
         };
         let admin_addr = addr(&admin_tcp, "admin.listen")?;
 
+        let load_refusals = Arc::new(refusals::RequestRefusals::new(audit.clone()));
         let pipeline = Arc::new(Pipeline {
             routes,
             schema,
@@ -183,6 +188,8 @@ impl Gateway {
             police_callback: police_callback.clone(),
             metrics: metrics.clone(),
             in_flight: Semaphore::new(cfg.limits.max_in_flight),
+            in_flight_per_client: admission::PerKey::new(cfg.limits.max_in_flight_per_client),
+            load_refusals: load_refusals.clone(),
             request_timeout: cfg.police.request_timeout(),
             bare: cfg.bare_proxy,
             bare_audit: cfg.bare_proxy_audit,
@@ -229,6 +236,17 @@ impl Gateway {
         tracing::info!(listener = "admin", addr = %admin_addr, "listening");
         let mut background = vec![tokio::spawn(admin::serve(admin_tcp, admin.clone(), stopped.clone()))];
         background.push(tokio::spawn(watch_policy(policy.clone(), metrics.clone(), audit.clone(), stopped.clone())));
+        background.push(tokio::spawn({
+            let r = load_refusals.clone();
+            async move {
+                let mut tick =
+                    tokio::time::interval_at(tokio::time::Instant::now() + refusals::WINDOW, refusals::WINDOW);
+                loop {
+                    tick.tick().await;
+                    r.end_window();
+                }
+            }
+        }));
         for (name, u) in upstreams {
             let opened =
                 metrics.upstream_connections_opened.get_or_create(&admin::metrics::UpstreamLabels { upstream: name });
@@ -256,6 +274,7 @@ impl Gateway {
             background,
             admin,
             audit,
+            load_refusals,
             drain_timeout: Duration::from_millis(cfg.limits.drain_timeout_ms),
         })
     }
@@ -283,6 +302,7 @@ impl Gateway {
         for b in self.background {
             b.abort();
         }
+        self.load_refusals.end_window();
         if let Err(e) = self.audit.checkpoint_now().await {
             tracing::error!(error = %e, "final audit checkpoint failed");
         }

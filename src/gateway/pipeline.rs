@@ -50,6 +50,10 @@ pub struct Pipeline {
     pub police_callback: Option<Upstream>,
     pub metrics: Arc<Metrics>,
     pub in_flight: Semaphore,
+    /// Requests in process per client certificate, bounded within `in_flight`.
+    pub in_flight_per_client: super::admission::PerKey<String>,
+    /// Requests refused for load, recorded within bounds and summarised.
+    pub load_refusals: Arc<super::refusals::RequestRefusals>,
     pub request_timeout: std::time::Duration,
     /// Benchmark floor only (`bare_proxy = true`): route, body limit and forward, nothing else.
     pub bare: bool,
@@ -124,6 +128,7 @@ struct Underway<'p, 'a> {
 /// `spocgw_requests_in_flight`, both given back when it is dropped, however the request ends.
 struct Admitted<'p> {
     _permit: tokio::sync::SemaphorePermit<'p>,
+    _client: super::admission::Slot<String>,
     gauge: &'p prometheus_client::metrics::gauge::Gauge,
 }
 
@@ -239,10 +244,13 @@ impl Pipeline {
     /// Admits a request whose body has arrived, under the in-flight cap: the cap counts
     /// requests the gateway is processing, not bodies a slow client is still sending, so a
     /// client trickling bodies cannot take every slot.
-    fn admit(&self) -> Option<Admitted<'_>> {
-        let permit = self.in_flight.try_acquire().ok()?;
+    /// One client certificate has at most its share of the slots.
+    /// The error names the cap that was reached.
+    fn admit(&self, peer: &PeerIdentity) -> Result<Admitted<'_>, &'static str> {
+        let permit = self.in_flight.try_acquire().map_err(|_| "the gateway's in-flight cap reached")?;
+        let client = self.in_flight_per_client.take(&peer.fingerprint).ok_or("the client's in-flight cap reached")?;
         self.metrics.in_flight.inc();
-        Some(Admitted { _permit: permit, gauge: &self.metrics.in_flight })
+        Ok(Admitted { _permit: permit, _client: client, gauge: &self.metrics.in_flight })
     }
 
     async fn run(&self, x: &mut Exchange<'_>, req: &Parts, body: &mut Incoming) -> Outcome {
@@ -283,8 +291,9 @@ impl Pipeline {
             Ok(b) => b,
             Err(refused) => return refused,
         };
-        let Some(_admitted) = self.admit() else {
-            return Outcome::Refused(Refusal::Overloaded, "in-flight cap reached".into());
+        let _admitted = match self.admit(x.peer) {
+            Ok(a) => a,
+            Err(cap) => return Outcome::Refused(Refusal::Overloaded, cap.into()),
         };
         // The caller's rate on this route counts every request it sends, before any work is
         // spent on it: invalid and denied ones too (each would cost validation and a record).
@@ -410,8 +419,9 @@ impl Pipeline {
             Ok(b) => b,
             Err(refused) => return refused,
         };
-        let Some(_admitted) = self.admit() else {
-            return Outcome::Refused(Refusal::Overloaded, "in-flight cap reached".into());
+        let _admitted = match self.admit(x.peer) {
+            Ok(a) => a,
+            Err(cap) => return Outcome::Refused(Refusal::Overloaded, cap.into()),
         };
         let ct = content_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("text/xml; charset=utf-8");
         let headers = soap_headers(ct, action.as_deref(), Some(&x.incident));
@@ -656,8 +666,17 @@ impl Pipeline {
             self.policy.forwarded.restore(&id, at);
         }
         if !self.bare || self.bare_audit {
-            let record = self.outcome_record(x, code, status);
-            self.audit.append(&record);
+            // Refused for load before any record of its own: recorded within the window's
+            // bound, else summarised, so that a client kept over a cap cannot fill the disk.
+            if matches!(x.request_record, RequestRecord::Missing)
+                && [Refusal::Overloaded.code(), Refusal::RateLimited.code()].contains(&code)
+            {
+                let record = self.outcome_record(x, code, status);
+                self.load_refusals.refused(x.listener.name(), code, x.peer, || record);
+            } else {
+                let record = self.outcome_record(x, code, status);
+                self.audit.append(&record);
+            }
         }
         let elapsed = x.started.elapsed();
         let listener = x.listener.name();

@@ -138,6 +138,81 @@ impl HandshakeRefusals {
     }
 }
 
+/// Requests refused for load, not content (`Overloaded`: an in-flight cap; `RateLimited`),
+/// before they had a request record: the first [`RECORDS_PER_WINDOW`] of a window are recorded
+/// one by one, the rest counted per code and per client certificate, and each window with
+/// counts ends in one `request_refusals` summary record. A client kept over a cap writes a
+/// bounded number of records, not one per refusal.
+pub struct RequestRefusals {
+    audit: Arc<Audit>,
+    window: Mutex<RequestWindow>,
+}
+
+#[derive(Default)]
+struct RequestWindow {
+    recorded: u32,
+    codes: HashMap<(&'static str, &'static str), u64>,
+    /// Client fingerprint -> (subject, count).
+    clients: HashMap<String, (String, u64)>,
+    untracked: u64,
+}
+
+impl RequestRefusals {
+    pub fn new(audit: Arc<Audit>) -> Self {
+        Self { audit, window: Mutex::new(RequestWindow::default()) }
+    }
+
+    /// A request refused for load: its record (built by `record` only if it is written) goes
+    /// on the log while the window allows, else it is counted.
+    pub fn refused(
+        &self,
+        listener: &'static str,
+        code: &'static str,
+        peer: &PeerIdentity,
+        record: impl FnOnce() -> Record,
+    ) {
+        let Ok(mut w) = self.window.lock() else { return };
+        if w.recorded < RECORDS_PER_WINDOW {
+            w.recorded += 1;
+            drop(w);
+            self.audit.append(&record());
+            return;
+        }
+        *w.codes.entry((listener, code)).or_default() += 1;
+        if w.clients.len() < NETWORKS_TRACKED || w.clients.contains_key(&peer.fingerprint) {
+            w.clients.entry(peer.fingerprint.clone()).or_insert_with(|| (peer.subject.clone(), 0)).1 += 1;
+        } else {
+            w.untracked += 1;
+        }
+    }
+
+    /// Ends the window: one summary record of what was counted, if anything was.
+    pub fn end_window(&self) {
+        let Ok(mut w) = self.window.lock() else { return };
+        let w = std::mem::take(&mut *w);
+        let total: u64 = w.codes.values().sum();
+        if total == 0 {
+            return;
+        }
+        let mut codes: Vec<((&str, &str), u64)> = w.codes.into_iter().collect();
+        codes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut clients: Vec<(String, (String, u64))> = w.clients.into_iter().collect();
+        clients.sort_by(|a, b| b.1.1.cmp(&a.1.1).then(a.0.cmp(&b.0)));
+        let other: u64 = w.untracked + clients.iter().skip(NETWORKS_LISTED).map(|c| c.1.1).sum::<u64>();
+        let mut r = Record::now("request_refusals");
+        r.data = codes.iter().map(|((listener, code), n)| format!("listener {listener} code {code} x{n}")).collect();
+        r.data.extend(
+            clients.iter().take(NETWORKS_LISTED).map(|(fp, (subject, n))| format!("client {fp} ({subject}) x{n}")),
+        );
+        if other > 0 {
+            r.data.push(format!("client other x{other}"));
+        }
+        r.detail = Some(format!("{total} requests refused for load and summarised in this window"));
+        self.audit.append(&r);
+        tracing::warn!(refused = total, "requests refused for load (summarised)");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::IpNetwork;

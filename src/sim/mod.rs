@@ -45,6 +45,8 @@ async fn bind(
             .map_err(|e| ConfigError::new(file, "server", e))?,
         handshake_timeout: server.handshake_timeout(),
         max_connections: server.max_connections,
+        max_per_source: server.max_connections_per_source,
+        max_per_client: server.max_connections_per_client,
         header_timeout: server.request_timeout(),
         refusals: None,
     };

@@ -458,6 +458,8 @@ mod tests {
             tls12,
             handshake_timeout_ms: 5000,
             max_connections: 16,
+            max_connections_per_source: 16,
+            max_connections_per_client: 16,
             request_timeout_ms: 5000,
         };
         super::super::server_config(&l, super::super::file_key(&l.key).unwrap()).unwrap()
