@@ -347,7 +347,7 @@ async fn one_certificate_holds_at_most_its_connections() {
     w.start_receiver();
     w.start_gateway();
     w.wait_ready();
-    let mut held = vec![w.raw_client("officer").await, w.raw_client("officer").await];
+    let mut held = [w.raw_client("officer").await, w.raw_client("officer").await];
     let body = slow_request(0);
     // A third connection of the same certificate: closed, no answer.
     let mut third = w.raw_client("officer").await;
