@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use spocgw::sim::messages::{self, BioRequest};
 use spocgw::xml::SoapVersion;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const XML11: &str = "text/xml; charset=utf-8";
 
@@ -54,10 +55,29 @@ async fn a_client_revoked_while_the_gateway_serves_is_refused_within_seconds() {
     assert!(served(&w, "officer").await);
     assert!(!served(&w, "revoked").await, "the previous lists were dropped");
 
+    // A connection the officer keeps open, served before the lists change.
+    let mut kept = w.raw_client("officer").await;
+    let request = format!(
+        "POST /bio/v1 HTTP/1.1\r\nHost: localhost\r\nContent-Type: {XML11}\r\nSOAPAction: CheckIdentityRequest\r\nContent-Length: {}\r\n\r\n{}",
+        ci().len(),
+        ci()
+    );
+    kept.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = kept.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    // (the rest of the answer, if it came in pieces)
+    let _ = tokio::time::timeout(Duration::from_millis(200), kept.read(&mut buf)).await;
+
     // The next CRL revokes the officer too: refused on its next handshake, no restart.
     std::fs::copy(w.path("ca/police-ca.next.crl.pem"), w.path("ca/police-ca.crl.pem")).unwrap();
     let took = wait_for("the officer is still served", async || !served(&w, "officer").await).await;
     eprintln!("revocation in force after {took:?}");
+    // ...and on the connection it kept open: its next request is not answered, the
+    // connection ends.
+    let _ = kept.write_all(request.as_bytes()).await;
+    let n = tokio::time::timeout(Duration::from_secs(5), kept.read(&mut buf)).await.expect("no end").unwrap_or(0);
+    assert_eq!(n, 0, "a revoked certificate's open connection was served: {}", String::from_utf8_lossy(&buf[..n]));
     assert!(served(&w, "analyst").await, "a client the CRL does not name is refused");
     let (status, body) = readyz(&w);
     assert_eq!(status, 200, "{body}");
@@ -66,6 +86,10 @@ async fn a_client_revoked_while_the_gateway_serves_is_refused_within_seconds() {
     assert_eq!(metric(&m, r#"spocgw_crl_reloads_total{listener="police",result="ok"}"#), 1.0, "{m}");
     assert_eq!(metric(&m, r#"spocgw_crl_reloads_total{listener="police",result="refused"}"#), 1.0, "{m}");
     assert!(metric(&m, r#"spocgw_tls_handshake_failures_total{listener="police",reason="revoked"}"#) >= 1.0);
+    assert_eq!(
+        metric(&m, r#"spocgw_tls_handshake_failures_total{listener="police",reason="revoked_in_session"}"#),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

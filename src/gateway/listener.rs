@@ -53,6 +53,9 @@ pub struct ListenerSpec {
     pub header_timeout: Duration,
     /// Where refused handshakes are recorded (the gateway's listeners; not the simulators).
     pub refusals: Option<Arc<super::refusals::HandshakeRefusals>>,
+    /// The listener's revocation lists: when new ones come into force, an open connection's
+    /// certificate is checked again before its next request.
+    pub crls: Option<Arc<crate::tls::crl::CrlSet>>,
 }
 
 /// The connections a listener still has open, once it stopped accepting: [`drain`] waits for
@@ -186,11 +189,55 @@ where
             let traffic = Arc::new(Traffic::default());
             traffic.last_request_ms.store(now_ms(), Ordering::Relaxed);
             let t = traffic.clone();
+            // The chain and the lists it was verified under, for a check when they change.
+            let recheck = spec.crls.clone().filter(|c| !c.is_empty()).map(|crls| {
+                let chain: Vec<_> = tls
+                    .connection()
+                    .peer_certificates()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|c| c.clone().into_owned())
+                    .collect();
+                (crls.clone(), Arc::new(chain), Arc::new(AtomicU64::new(crls.generation())))
+            });
+            let revoked = {
+                let (metrics, refusals) = (metrics.clone(), spec.refusals.clone());
+                move |chain: &[rustls::pki_types::CertificateDer<'static>]| {
+                    if let Some(m) = &metrics {
+                        m.handshake_failures
+                            .get_or_create(&ListenerReason { listener: name, reason: "revoked_in_session" })
+                            .inc();
+                    }
+                    if let Some(r) = &refusals {
+                        r.refused(addr, "revoked_in_session", chain.first().map(|c| c.as_ref()));
+                    }
+                }
+            };
             let svc = service_fn(move |req| {
                 let handler = handler.clone();
                 let peer = peer.clone();
                 let in_flight = InFlight::new(&t);
+                // New lists since this connection's certificate was last checked: check it
+                // again; one no longer valid ends the connection, unanswered.
+                let refused = recheck.as_ref().is_some_and(|(crls, chain, seen)| {
+                    let now = crls.generation();
+                    if seen.load(Ordering::Relaxed) == now {
+                        return false;
+                    }
+                    if crls.still_valid(chain) {
+                        seen.store(now, Ordering::Relaxed);
+                        return false;
+                    }
+                    revoked(chain);
+                    true
+                });
                 Box::pin(async move {
+                    if refused {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::PermissionDenied,
+                            "the client certificate is no longer valid under the revocation lists in force",
+                        ));
+                    }
                     let response = handler(peer, req).await?;
                     // Counted until hyper has written the whole body and drops it.
                     Ok(response.map(|body| Counted { body, _in_flight: in_flight }))

@@ -73,6 +73,7 @@ fn spec(
         max_per_source: l.max_connections_per_source,
         max_per_client: l.max_connections_per_client,
         header_timeout: l.request_timeout(),
+        crls: Some(crls.clone()),
     };
     Ok((spec, crls))
 }

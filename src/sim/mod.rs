@@ -49,6 +49,7 @@ async fn bind(
         max_per_client: server.max_connections_per_client,
         header_timeout: server.request_timeout(),
         refusals: None,
+        crls: None,
     };
     let tcp = TcpListener::bind(server.listen)
         .await

@@ -35,6 +35,9 @@ pub struct CrlSet {
     verifier: ArcSwap<Loaded>,
     /// Why the files on disk, with this digest, were not taken.
     failed: Mutex<Option<(String, String)>>,
+    /// Bumped each time new lists come into force: connections verified under an older set
+    /// check their certificate again before their next request.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// One loaded set.
@@ -78,6 +81,7 @@ impl CrlSet {
             expired,
             verifier: ArcSwap::from_pointee(loaded),
             failed: Mutex::new(None),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -101,6 +105,7 @@ impl CrlSet {
         match built {
             Ok(loaded) => {
                 self.verifier.store(Arc::new(loaded));
+                self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
                 *failed = None;
                 Some(Ok(()))
             }
@@ -138,6 +143,18 @@ impl CrlSet {
     /// The verifier of the lists in force now (for one handshake).
     pub fn current(&self) -> Arc<dyn ClientCertVerifier> {
         self.verifier.load().verifier.clone()
+    }
+
+    /// Which set of lists is in force (a new number each time new lists come into force).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether a client certificate chain verified at its handshake still passes under the
+    /// lists in force now (revoked since, or every client under an expired list: no).
+    pub fn still_valid(&self, chain: &[rustls::pki_types::CertificateDer<'static>]) -> bool {
+        let Some((end_entity, intermediates)) = chain.split_first() else { return false };
+        self.current().verify_client_cert(end_entity, intermediates, rustls::pki_types::UnixTime::now()).is_ok()
     }
 
     /// The CA names a client is told its certificate must chain to.
