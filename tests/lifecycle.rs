@@ -114,6 +114,18 @@ async fn a_slow_or_broken_body_is_answered_and_recorded() {
     assert!(log.contains("\"code\":\"RequestTimeout\"") && log.contains("\"status\":408"), "{log}");
     assert!(log.contains("\"code\":\"cancelled\"") && log.contains("request body read failed"), "{log}");
     assert_eq!(metric(&w.metrics(), "spocgw_requests_in_flight"), 0.0);
+
+    // Headers that stop arriving: the connection is closed at the deadline, and counted.
+    let mut s = w.raw_client("officer").await;
+    s.write_all(b"POST /bio/v1 HTTP/1.1\r\nHost: localhost\r\n").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("not closed").unwrap_or(0);
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
+    let m = w.metrics();
+    assert_eq!(
+        metric(&m, r#"spocgw_connections_refused_total{listener="police",reason="header_timeout"}"#),
+        1.0,
+        "{m}"
+    );
 }
 
 /// A peer that stays down is logged when it goes down and when it is back, not every probe.

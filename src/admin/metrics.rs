@@ -134,7 +134,7 @@ impl Metrics {
         let connections_refused = Family::<ListenerReason, Counter>::default();
         registry.register(
             "connections_refused",
-            "Connections closed before the handshake",
+            "Connections closed unserved, by reason: a cap (connection, source, client) or headers not received in time",
             connections_refused.clone(),
         );
         let connections_open = Family::<ListenerLabels, Gauge>::default();

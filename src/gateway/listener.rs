@@ -293,6 +293,12 @@ where
                 }
             };
             if let Err(e) = ended {
+                // A client that did not send a request's headers within the deadline: closed
+                // without an answer, as nginx does; counted, and summarised on record (a
+                // slow-header flood writes no record or log line per connection).
+                if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
+                    at_cap(addr, "header_timeout", None);
+                }
                 tracing::debug!(listener = name, error = %e, "connection ended with an error");
             }
             if let Some(g) = &open {
