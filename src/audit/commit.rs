@@ -413,22 +413,27 @@ mod tests {
         Job::new(&Record::now("outcome"), None)
     }
 
+    /// A log in `dir/log` with fresh keys and the settings in `extra`.
+    fn log_in(dir: &std::path::Path, extra: &str) -> std::sync::Arc<Audit> {
+        let key = dir.join("cp.key");
+        let ps = dir.join("ps.key");
+        std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+        std::fs::write(&ps, "ab".repeat(32)).unwrap();
+        let cfg: AuditConfig = toml::from_str(&format!(
+            "dir = {:?}\ncheckpoint_key = {key:?}\npseudonym_key = {ps:?}\n{extra}",
+            dir.join("log")
+        ))
+        .unwrap();
+        Audit::start(&cfg).unwrap()
+    }
+
     /// A leader whose request is dropped while it gathers (an HTTP/2 stream reset) used to
     /// leave `leading` set with nobody leading: its batch waited for the duties thread, and so
     /// did every later durable record. Now the lead is handed on.
     #[tokio::test(flavor = "current_thread")]
     async fn a_leader_dropped_while_it_gathers_hands_the_lead_on() {
         let tmp = tempfile::tempdir().unwrap();
-        let key = tmp.path().join("cp.key");
-        let ps = tmp.path().join("ps.key");
-        std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
-        std::fs::write(&ps, "ab".repeat(32)).unwrap();
-        let cfg: AuditConfig = toml::from_str(&format!(
-            "dir = {:?}\ncheckpoint_key = {key:?}\npseudonym_key = {ps:?}",
-            tmp.path().join("log")
-        ))
-        .unwrap();
-        let audit = Audit::start(&cfg).unwrap();
+        let audit = log_in(tmp.path(), "");
         for round in 0..3 {
             let (tx, rx) = oneshot::channel();
             assert!(audit.core.submit(Job::new(&Record::now("request"), Some(tx))).unwrap(), "round {round}: no lead");
@@ -463,17 +468,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn records_nobody_waits_on_go_with_a_leader_or_after_the_delay() {
         let tmp = tempfile::tempdir().unwrap();
-        let key = tmp.path().join("cp.key");
-        let ps = tmp.path().join("ps.key");
-        std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
-        std::fs::write(&ps, "ab".repeat(32)).unwrap();
-        let cfg: AuditConfig = toml::from_str(&format!(
-            "dir = {:?}\ncheckpoint_key = {key:?}\npseudonym_key = {ps:?}\ncheckpoint_every = 1000000\n\
-             checkpoint_interval_ms = 3600000",
-            tmp.path().join("log")
-        ))
-        .unwrap();
-        let audit = Audit::start(&cfg).unwrap();
+        let audit = log_in(tmp.path(), "checkpoint_every = 1000000\ncheckpoint_interval_ms = 3600000");
         let written = Written::default();
         audit.attach_metrics(written.clone());
 

@@ -24,12 +24,10 @@ use tss_esapi::constants::SessionType;
 use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
 use tss_esapi::handles::{KeyHandle, ObjectHandle, SessionHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
-use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    Digest, EccParameter, EccPoint, EccScheme, EccSignature, HashScheme, KeyDerivationFunctionScheme, Name, Nonce,
-    Public, PublicBuilder, PublicEccParametersBuilder, Signature, SymmetricDefinition, SymmetricDefinitionObject,
+    Digest, EccParameter, EccPoint, EccSignature, Name, Nonce, Public, PublicBuilder, Signature, SymmetricDefinition,
     VerifiedTicket,
 };
 use tss_esapi::tss2_esys::TPMT_TK_VERIFIED;
@@ -135,16 +133,7 @@ pub fn policy_key_public(point: &[u8]) -> Result<Public, TpmError> {
         .with_decrypt(false)
         .build()
         .map_err(bad)?;
-    let params = PublicEccParametersBuilder::new()
-        .with_symmetric(SymmetricDefinitionObject::Null)
-        .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)))
-        .with_curve(EccCurve::NistP256)
-        .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
-        .with_is_signing_key(true)
-        .with_is_decryption_key(false)
-        .with_restricted(false)
-        .build()
-        .map_err(bad)?;
+    let params = super::provision::ecdsa_params(false).map_err(bad)?;
     let x = EccParameter::try_from(point[1..33].to_vec()).map_err(bad)?;
     let y = EccParameter::try_from(point[33..65].to_vec()).map_err(bad)?;
     PublicBuilder::new()

@@ -226,6 +226,19 @@ fn storage_primary_template() -> Result<Public, TpmError> {
         .map_err(|e| cmd("CreatePrimary", &e))
 }
 
+/// The parameters of an ECDSA P-256 / SHA-256 signing key.
+pub(crate) fn ecdsa_params(restricted: bool) -> tss_esapi::Result<tss_esapi::structures::PublicEccParameters> {
+    PublicEccParametersBuilder::new()
+        .with_symmetric(SymmetricDefinitionObject::Null)
+        .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)))
+        .with_curve(EccCurve::NistP256)
+        .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
+        .with_is_signing_key(true)
+        .with_is_decryption_key(false)
+        .with_restricted(restricted)
+        .build()
+}
+
 /// An ECDSA P-256 / SHA-256 signing key: the attestation key (restricted, usable with the
 /// empty password) without `policy`, a key usable only under `policy` with it.
 fn signing_template(policy: Option<&Digest>) -> Result<Public, TpmError> {
@@ -242,16 +255,7 @@ fn signing_template(policy: Option<&Digest>) -> Result<Public, TpmError> {
         .with_restricted(restricted)
         .build()
         .map_err(|e| cmd("Create", &e))?;
-    let params = PublicEccParametersBuilder::new()
-        .with_symmetric(SymmetricDefinitionObject::Null)
-        .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)))
-        .with_curve(EccCurve::NistP256)
-        .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
-        .with_is_signing_key(true)
-        .with_is_decryption_key(false)
-        .with_restricted(restricted)
-        .build()
-        .map_err(|e| cmd("Create", &e))?;
+    let params = ecdsa_params(restricted).map_err(|e| cmd("Create", &e))?;
     PublicBuilder::new()
         .with_public_algorithm(PublicAlgorithm::Ecc)
         .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
