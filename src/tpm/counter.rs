@@ -11,7 +11,7 @@
 
 use tss_esapi::attributes::NvIndexAttributesBuilder;
 use tss_esapi::constants::NvIndexType;
-use tss_esapi::handles::{NvIndexHandle, NvIndexTpmHandle, SessionHandle, TpmHandle};
+use tss_esapi::handles::{NvIndexHandle, NvIndexTpmHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::resource_handles::{NvAuth, Provision};
 use tss_esapi::interface_types::session_handles::AuthSession;
@@ -69,15 +69,11 @@ pub(crate) fn define(c: &mut Conn, policy: &Digest, auth: &Authorization) -> Res
 /// Advances the counter under the signed PCR policy; its new value.
 pub(crate) fn increment(c: &mut Conn, auth: &Authorization) -> Result<u64, TpmError> {
     let h = nv_handle(c, AUDIT_COUNTER)?;
-    let result = super::policy::authorized_session(c, auth, "the audit counter").and_then(|s| {
-        let r = c
-            .ctx
-            .execute_with_session(Some(s), |ctx| ctx.nv_increment(NvAuth::NvIndex(h), h))
-            .map_err(|e| cmd("NV_Increment", &e));
-        let _ = c.ctx.flush_context(SessionHandle::from(s).into());
-        r
-    });
-    let result = result.and_then(|()| read_open(c, h));
+    let result =
+        super::policy::with_authorized(c, auth, "the audit counter", "NV_Increment", |ctx| {
+            ctx.nv_increment(NvAuth::NvIndex(h), h)
+        })
+        .and_then(|()| read_open(c, h));
     close(c, h);
     result
 }

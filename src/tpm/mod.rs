@@ -118,8 +118,10 @@ pub enum TpmError {
 pub struct Conn {
     pub ctx: Context,
     resolved: Vec<(u32, ObjectHandle)>,
-    /// The policy key, loaded, and the ticket of the approved policy.
+    /// The policy key's name and the ticket of the approved policy.
     policy: Option<policy::Loaded>,
+    /// The policy session the keys are used in, kept between uses.
+    session: Option<AuthSession>,
 }
 
 impl Conn {
@@ -149,8 +151,9 @@ impl Conn {
         for (_, mut h) in std::mem::take(&mut self.resolved) {
             let _ = self.ctx.tr_close(&mut h);
         }
-        if let Some(l) = self.policy.take() {
-            l.flush(&mut self.ctx);
+        self.policy = None;
+        if let Some(s) = self.session.take() {
+            let _ = self.ctx.flush_context(tss_esapi::handles::SessionHandle::from(s).into());
         }
     }
 }
@@ -250,7 +253,7 @@ impl Tpm {
                     .and_then(Context::new)
                     .map_err(|e| TpmError::Connect { tcti: tcti.clone(), reason: e.to_string() });
                 match made {
-                    Ok(ctx) => *slot = Some(Conn { ctx, resolved: Vec::new(), policy: None }),
+                    Ok(ctx) => *slot = Some(Conn { ctx, resolved: Vec::new(), policy: None, session: None }),
                     Err(e) => {
                         let _ = rtx.send(Err(e));
                         return;
@@ -341,15 +344,10 @@ impl Tpm {
             let digest = Digest::try_from(digest.to_vec()).map_err(|e| cmd("sign", &e))?;
             let scheme = SignatureScheme::EcDsa { hash_scheme: HashScheme::new(HashingAlgorithm::Sha256) };
             let name = provision::RESIDENT.iter().find(|(_, h)| *h == handle).map_or("a resident key", |(n, _)| *n);
-            let session = policy::authorized_session(c, &auth, name)?;
-            let sig = c
-                .ctx
-                .execute_with_session(Some(session), |ctx| {
-                    ctx.sign(KeyHandle::from(key), digest, scheme, null_ticket()?)
-                })
-                .map_err(|e| cmd("sign", &e));
-            let _ = c.ctx.flush_context(tss_esapi::handles::SessionHandle::from(session).into());
-            ecdsa_der(&sig?).ok_or_else(|| TpmError::Command { op: "sign", reason: "not an ECDSA signature".into() })
+            let sig = policy::with_authorized(c, &auth, name, "sign", |ctx| {
+                ctx.sign(KeyHandle::from(key), digest, scheme, null_ticket()?)
+            })?;
+            ecdsa_der(&sig).ok_or_else(|| TpmError::Command { op: "sign", reason: "not an ECDSA signature".into() })
         });
         if r.is_ok() {
             self.signatures.fetch_add(1, Ordering::Relaxed);

@@ -250,23 +250,18 @@ impl Authorization {
     }
 }
 
-/// What a connection keeps of the policy key: its handle, name and the ticket for one
-/// approved policy (tickets do not expire while the owner hierarchy's proof stays).
+/// What a connection keeps of the policy key: its name and the ticket for one approved policy
+/// (a ticket stays valid while the owner hierarchy's proof does; the key itself is flushed at
+/// once, so that no transient object slot stays taken: a TPM without a resource manager has
+/// three).
 pub(crate) struct Loaded {
-    key: KeyHandle,
     name: Name,
     approved: [u8; 32],
     ticket: TPMT_TK_VERIFIED,
 }
 
-impl Loaded {
-    pub(crate) fn flush(self, c: &mut tss_esapi::Context) {
-        let _ = c.flush_context(ObjectHandle::from(self.key));
-    }
-}
-
 /// Loads the policy key's public part (owner hierarchy: a null-hierarchy key's tickets are
-/// refused by PolicyAuthorize) and returns its handle and name.
+/// refused by PolicyAuthorize) and returns its handle and name; the caller flushes it.
 pub(crate) fn load_policy_key(c: &mut Conn, point: &[u8]) -> Result<(KeyHandle, Name), TpmError> {
     let public = policy_key_public(point)?;
     let key = c
@@ -283,14 +278,9 @@ pub(crate) fn load_policy_key(c: &mut Conn, point: &[u8]) -> Result<(KeyHandle, 
 }
 
 fn ticket(c: &mut Conn, auth: &Authorization) -> Result<(Name, VerifiedTicket), TpmError> {
-    if let Some(l) = c.policy.take() {
-        if l.approved == auth.approved {
-            let t = VerifiedTicket::try_from(l.ticket).map_err(|e| cmd("PolicyAuthorize", &e))?;
-            let name = l.name.clone();
-            c.policy = Some(l);
-            return Ok((name, t));
-        }
-        l.flush(&mut c.ctx);
+    if let Some(l) = c.policy.as_ref().filter(|l| l.approved == auth.approved) {
+        let t = VerifiedTicket::try_from(l.ticket).map_err(|e| cmd("PolicyAuthorize", &e))?;
+        return Ok((l.name.clone(), t));
     }
     let (key, name) = load_policy_key(c, &auth.policy_key)?;
     let verified = (|| {
@@ -305,37 +295,67 @@ fn ticket(c: &mut Conn, auth: &Authorization) -> Result<(Name, VerifiedTicket), 
         );
         // The TPM hashes nothing: it verifies the signature over aHash = SHA-256(approvedPolicy).
         let a_hash = Digest::try_from(sha256(&[&auth.approved]).to_vec()).map_err(bad)?;
-        c.ctx.execute_without_session(|ctx| ctx.verify_signature(key, a_hash, signature)).map_err(bad)
+        let t = c.ctx.execute_without_session(|ctx| ctx.verify_signature(key, a_hash, signature)).map_err(bad)?;
+        TPMT_TK_VERIFIED::try_from(t).map_err(bad)
     })();
-    match verified {
-        Ok(t) => {
-            let raw = TPMT_TK_VERIFIED::try_from(t).map_err(|e| cmd("VerifySignature", &e))?;
-            c.policy = Some(Loaded { key, name: name.clone(), approved: auth.approved, ticket: raw });
-            Ok((name, VerifiedTicket::try_from(raw).map_err(|e| cmd("VerifySignature", &e))?))
-        }
-        Err(e) => {
-            let _ = c.ctx.flush_context(ObjectHandle::from(key));
-            Err(e)
-        }
+    let _ = c.ctx.flush_context(ObjectHandle::from(key));
+    let raw = verified?;
+    c.policy = Some(Loaded { name: name.clone(), approved: auth.approved, ticket: raw });
+    Ok((name, VerifiedTicket::try_from(raw).map_err(|e| cmd("VerifySignature", &e))?))
+}
+
+/// Runs `f` (one TPM command) in a session satisfying the signed PCR policy. The session stays
+/// for the next use (the ESAPI starts sessions with `continueSession`); after a failure, whose
+/// effect on the session is not known, it is flushed.
+pub(crate) fn with_authorized<R>(
+    c: &mut Conn,
+    auth: &Authorization,
+    name: &str,
+    op: &'static str,
+    f: impl FnOnce(&mut tss_esapi::Context) -> tss_esapi::Result<R>,
+) -> Result<R, TpmError> {
+    let session = authorized_session(c, auth, name)?;
+    let r = c.ctx.execute_with_session(Some(session), f);
+    if r.is_ok() {
+        c.session = Some(session);
+    } else {
+        let _ = c.ctx.flush_context(SessionHandle::from(session).into());
     }
+    r.map_err(|e| match &e {
+        // The state moved between the policy session and the command.
+        tss_esapi::Error::Tss2Error(rc)
+            if matches!(
+                rc.kind(),
+                Some(Tss2ResponseCodeKind::PolicyFail | Tss2ResponseCodeKind::Pcr | Tss2ResponseCodeKind::PcrChanged)
+            ) =>
+        {
+            TpmError::PcrMismatch { name: name.to_owned(), pcrs: auth.policy.pcrs.clone() }
+        }
+        _ => cmd(op, &e),
+    })
 }
 
 /// A policy session that satisfies the signed PCR policy in the current boot state, for the
-/// object `name` (the name is only for the error). The caller flushes it.
-pub(crate) fn authorized_session(c: &mut Conn, auth: &Authorization, name: &str) -> Result<AuthSession, TpmError> {
+/// object `name` (the name is only for the error).
+fn authorized_session(c: &mut Conn, auth: &Authorization, name: &str) -> Result<AuthSession, TpmError> {
     let (key_name, ticket) = ticket(c, auth)?;
-    let session = c
-        .ctx
-        .start_auth_session(
-            None,
-            None,
-            None,
-            SessionType::Policy,
-            SymmetricDefinition::AES_128_CFB,
-            HashingAlgorithm::Sha256,
-        )
-        .map_err(|e| cmd("StartAuthSession", &e))?
-        .ok_or_else(|| perr("no policy session"))?;
+    // A policy session used for an authorisation with continueSession set is reset by the TPM
+    // (its policy digest back to zero), so one session per connection serves every use.
+    let session = match c.session.take() {
+        Some(s) => s,
+        None => c
+            .ctx
+            .start_auth_session(
+                None,
+                None,
+                None,
+                SessionType::Policy,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
+            .map_err(|e| cmd("StartAuthSession", &e))?
+            .ok_or_else(|| perr("no policy session"))?,
+    };
     let result = (|| {
         let ps = PolicySession::try_from(session).map_err(|e| cmd("PolicyPCR", &e))?;
         let sel = pcr_selection(&auth.policy.pcrs).map_err(|e| cmd("PolicyPCR", &e))?;

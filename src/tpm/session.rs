@@ -5,8 +5,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 use tss_esapi::attributes::ObjectAttributesBuilder;
-use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
-use tss_esapi::handles::{KeyHandle, ObjectHandle, SessionHandle};
+use tss_esapi::handles::{KeyHandle, ObjectHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{
@@ -85,23 +84,7 @@ pub(crate) fn unseal(
         .ctx
         .execute_with_session(Some(AuthSession::Password), |ctx| ctx.load(KeyHandle::from(primary), private, public))
         .map_err(|e| cmd("Load", &e))?;
-    let result = super::policy::authorized_session(c, auth, name).and_then(|s| {
-        let r = c.ctx.execute_with_session(Some(s), |ctx| ctx.unseal(ObjectHandle::from(loaded))).map_err(|e| {
-            if let tss_esapi::Error::Tss2Error(rc) = &e
-                && matches!(
-                    rc.kind(),
-                    Some(
-                        Tss2ResponseCodeKind::PolicyFail | Tss2ResponseCodeKind::Pcr | Tss2ResponseCodeKind::PcrChanged
-                    )
-                )
-            {
-                return TpmError::PcrMismatch { name: name.to_owned(), pcrs: auth.policy.pcrs.clone() };
-            }
-            cmd("Unseal", &e)
-        });
-        let _ = c.ctx.flush_context(SessionHandle::from(s).into());
-        r
-    });
+    let result = super::policy::with_authorized(c, auth, name, "Unseal", |ctx| ctx.unseal(ObjectHandle::from(loaded)));
     let _ = c.ctx.flush_context(ObjectHandle::from(loaded));
     result.map(|d| Zeroizing::new(d.value().to_vec()))
 }
