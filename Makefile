@@ -9,7 +9,7 @@ TOOLS := curl:curl openssl:openssl xmllint:libxml2-utils pkg-config:pkg-config s
 # pkg-config module:package pairs the build links against (tss-esapi)
 LIBS := tss2-esys:libtss2-dev tss2-tctildr:libtss2-dev
 
-.PHONY: all deps bench-deps demo test lint check fmt clean bench bench-xsd bench-sbs fuzz
+.PHONY: all deps soap-venv bench-deps demo test lint check fmt clean bench bench-xsd bench-sbs fuzz
 
 all: check
 
@@ -32,6 +32,14 @@ deps:
 	  fi; \
 	fi
 
+# The generated-SOAP-client tests drive python zeep from a pinned virtualenv (PyPI).
+SOAP_VENV := target/soap-venv
+soap-venv: $(SOAP_VENV)/.installed
+$(SOAP_VENV)/.installed: tests/soap-client/requirements.txt
+	python3 -m venv $(SOAP_VENV)
+	$(SOAP_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/soap-client/requirements.txt
+	touch $@
+
 # The side-by-side benchmark also needs nginx (not needed by the tests).
 bench-deps: deps
 	@missing=""; \
@@ -44,7 +52,7 @@ bench-deps: deps
 demo: deps
 	$(CARGO) run --quiet --locked -- demo
 
-test: deps
+test: deps soap-venv
 	$(CARGO) test --locked
 
 lint: deps

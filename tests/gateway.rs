@@ -26,19 +26,19 @@ async fn officer_reaches_every_operation_over_http1_and_http2() {
         ("/bio/v1", "CheckIdentityRequest", b.check_identity(), "<DocumentStatus>VALID</DocumentStatus>"),
         (
             "/spoc/csn369791",
-            "RequestCertificate",
+            "RequestCertificateRequest",
             messages::request_certificate("SYNC-1"),
             "<result>ok_cert_available</result>",
         ),
         (
             "/spoc/csn369791",
-            "RequestCertificate",
+            "RequestCertificateRequest",
             messages::request_certificate("ASYNC-1"),
             "<result>ok_reception_ack</result>",
         ),
         (
             "/spoc/csn369791",
-            "GetCACertificates",
+            "GetCACertificatesRequest",
             messages::get_ca_certificates("G-1"),
             "<result>ok_cert_available</result>",
         ),
@@ -258,8 +258,11 @@ async fn malformed_unknown_and_mistyped_requests_get_contract_faults() {
     assert!(t.contains("<IncidentID>"), "{t}");
     assert!(t.contains(&format!("<MessageID>{}</MessageID>", b.message_id)), "{t}");
     assert!(!t.contains("SOAPAction/action"), "internal detail leaked: {t}");
+    // No SOAPAction, or an empty one as SOAP stacks send it: the Body decides.
     let r = post(&c, "/bio/v1", XML11, None, ci.clone()).await.unwrap();
-    assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (400, Some("SchemaViolation")));
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let r = post(&c, "/bio/v1", XML11, Some("\"\""), ci.clone()).await.unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r));
 
     let r = post(&c, "/bio/v1", XML11, Some("CheckIdentityRequest"), ci.replace("</Requester>", "")).await.unwrap();
     assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (400, Some("XmlMalformed")));

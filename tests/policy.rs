@@ -41,13 +41,14 @@ async fn decisions_follow_the_policy_and_are_logged_with_their_reasons() {
     assert_eq!(r.status, 403);
     // CSN traffic is the document verifier's alone.
     let rc = messages::envelope(SoapVersion::V11, &messages::request_certificate("SYNC-7"));
-    let r = post(&w.client("officer", false), "/spoc/csn369791", XML11, Some("RequestCertificate"), rc.clone())
+    let r = post(&w.client("officer", false), "/spoc/csn369791", XML11, Some("RequestCertificateRequest"), rc.clone())
         .await
         .unwrap();
     assert_eq!(r.status, 403);
-    let r = post(&w.client("document-verifier", false), "/spoc/csn369791", XML11, Some("RequestCertificate"), rc)
-        .await
-        .unwrap();
+    let r =
+        post(&w.client("document-verifier", false), "/spoc/csn369791", XML11, Some("RequestCertificateRequest"), rc)
+            .await
+            .unwrap();
     assert_eq!(r.status, 200);
 
     let log = w.gateway_log();
@@ -129,18 +130,19 @@ async fn callbacks_are_forwarded_only_for_messages_the_gateway_forwarded() {
     let w = World::full();
     let ministry = w.callback_client("ministry/client.pem", "ministry/client.key");
     let unknown = messages::envelope(SoapVersion::V11, &messages::send_certificates("NEVER-SENT-1"));
-    let r = post(&ministry, "/spoc/csn369791", XML11, Some("SendCertificates"), unknown).await.unwrap();
+    let r = post(&ministry, "/spoc/csn369791", XML11, Some("SendCertificatesRequest"), unknown).await.unwrap();
     assert_eq!(r.status, 200);
     assert!(text(&r).contains("<result>failure_messageID_unknown</result>"), "{}", text(&r));
     std::thread::sleep(Duration::from_millis(100)); // the receiver writes its log every 20 ms
     assert!(!std::fs::read_to_string(w.path("receiver.log")).unwrap().contains("NEVER-SENT-1"), "forwarded anyway");
 
-    // A RequestCertificate forwarded by the gateway: its callback passes (the simulated
+    // A RequestCertificateRequest forwarded by the gateway: its callback passes (the simulated
     // Ministry calls back by itself after ~300 ms).
     let rc = messages::envelope(SoapVersion::V11, &messages::request_certificate("ASYNC-42"));
-    let r = post(&w.client("document-verifier", false), "/spoc/csn369791", XML11, Some("RequestCertificate"), rc)
-        .await
-        .unwrap();
+    let r =
+        post(&w.client("document-verifier", false), "/spoc/csn369791", XML11, Some("RequestCertificateRequest"), rc)
+            .await
+            .unwrap();
     assert!(text(&r).contains("ok_reception_ack"));
     let end = Instant::now() + Duration::from_secs(10);
     while !log_contains(&w.path("receiver.log"), "ASYNC-42") && Instant::now() < end {
@@ -151,7 +153,7 @@ async fn callbacks_are_forwarded_only_for_messages_the_gateway_forwarded() {
     let again = messages::envelope(SoapVersion::V11, &messages::send_certificates("ASYNC-42"));
     let police_on_callback = w.callback_client("clients/officer.pem", "clients/officer.key");
     assert!(
-        post(&police_on_callback, "/spoc/csn369791", XML11, Some("SendCertificates"), again).await.is_err(),
+        post(&police_on_callback, "/spoc/csn369791", XML11, Some("SendCertificatesRequest"), again).await.is_err(),
         "police cert accepted on the callback listener"
     );
 }
@@ -365,10 +367,10 @@ fn officer_tools_check_test_and_explain() {
     let dir = dir.to_str().unwrap();
     let (code, out) = policy(&["check", dir]);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("8 policies valid") && out.contains("21 tests passed"), "{out}");
+    assert!(out.contains("8 policies valid") && out.contains("23 tests passed"), "{out}");
     let (code, out) = policy(&["test", dir]);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("21 passed, 0 failed"), "{out}");
+    assert!(out.contains("23 passed, 0 failed"), "{out}");
 
     let (code, out) = policy(&[
         "explain",
@@ -417,7 +419,7 @@ fn officer_tools_check_test_and_explain() {
     w.edit("policies/tests/default.toml", "expect = \"deny\"\npolicies = []", "expect = \"allow\"\npolicies = []");
     let (code, out) = policy(&["test", dir]);
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("FAIL") && out.contains("20 passed, 1 failed"), "{out}");
+    assert!(out.contains("FAIL") && out.contains("22 passed, 1 failed"), "{out}");
 }
 
 #[test]
@@ -427,17 +429,87 @@ fn sighup_reloads_the_bundle() {
     w.start_ministry();
     let gw = w.start_gateway();
     w.wait_ready();
-    let before = readyz(&w);
+    // (Only the policy line: the CRL lines count down the seconds to the next update.)
+    let policy_line = |w: &World| readyz(w).lines().find(|l| l.starts_with("policy:")).unwrap_or_default().to_owned();
+    let before = policy_line(&w);
     assert!(before.contains("policy: ok"), "{before}");
     w.edit("policies/routes.toml", "[minimise]", "# reviewed by the security officer\n[minimise]");
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(readyz(&w), before, "reloaded without a signal");
+    assert_eq!(policy_line(&w), before, "reloaded without a signal");
     w.procs[gw].signal("HUP");
     let end = Instant::now() + Duration::from_secs(10);
-    while readyz(&w) == before && Instant::now() < end {
+    while policy_line(&w) == before && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let after = readyz(&w);
+    let after = policy_line(&w);
     assert!(after.contains("policy: ok") && after != before, "{before} -> {after}");
     assert!(w.gateway_log().contains("policy bundle reloaded"));
+}
+
+/// CSN 36 9791 as deployed SPOCs send it: the element names of their WSDL, `SOAPAction: ""`
+/// or the WSDL's operation name, CVCs that are BER-TLV objects, and a National SPOC's
+/// unsolicited notification of new certificates (no messageID) delivered to the police side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csn_messages_pass_as_deployed_spocs_send_them() {
+    use base64::Engine as _;
+    let w = World::full();
+    let dv = w.client("document-verifier", false);
+    let post_csn = |action: Option<&'static str>, element: String| {
+        let dv = dv.clone();
+        async move {
+            post(&dv, "/spoc/csn369791", XML11, action, messages::envelope(SoapVersion::V11, &element)).await.unwrap()
+        }
+    };
+    for action in [Some("\"\""), None, Some("RequestCertificate"), Some("RequestCertificateRequest")] {
+        let r =
+            post_csn(action, messages::request_certificate(&format!("RC-{}", action.unwrap_or("none").len()))).await;
+        assert_eq!(r.status, 200, "{action:?}: {}", text(&r));
+        assert!(text(&r).contains("<result>ok_reception_ack</result>"), "{}", text(&r));
+    }
+    let r = post_csn(Some("GetCACertificates"), messages::request_certificate("RC-X")).await;
+    assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (400, Some("SchemaViolation")));
+    let r = post_csn(Some("\"\""), messages::get_ca_certificates("CA-1")).await;
+    assert!(text(&r).contains("<result>ok_cert_available</result>"), "{}", text(&r));
+
+    // An authenticated request (tag 67) passes; an X.509 certificate or a TLV whose length
+    // does not match its data, under a CVC's name, does not.
+    let b64 = |v: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(v);
+    let with_request = |data: String| {
+        let rc = messages::request_certificate("RC-TLV");
+        let start = rc.find("<certificateRequest>").unwrap() + "<certificateRequest>".len();
+        let end = rc.find("</certificateRequest>").unwrap();
+        format!("{}{data}{}", &rc[..start], &rc[end..])
+    };
+    let r = post_csn(Some("\"\""), with_request(b64(messages::synthetic_cvc(&[0x67], 1, 200)))).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let mut x509 = vec![0x30, 0x82, 0x01, 0x00];
+    x509.extend(vec![0u8; 256]);
+    let mut short = messages::synthetic_cvc(&[0x7F, 0x21], 2, 200);
+    short.pop();
+    for bad in [x509, short] {
+        let r = post_csn(Some("\"\""), with_request(b64(bad))).await;
+        assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (400, Some("ContentMismatch")), "{}", text(&r));
+    }
+    // The names this gateway once invented are gone.
+    let old = messages::get_ca_certificates("OLD-1").replace("GetCACertificatesRequest", "GetCACertificates");
+    let r = post_csn(Some("\"\""), old).await;
+    assert_eq!((r.status.as_u16(), fault_code(&r).as_deref()), (404, Some("UnknownOperation")), "{}", text(&r));
+
+    // The National SPOC's unsolicited notification: no messageID, delivered and audited.
+    let ministry = w.callback_client("ministry/client.pem", "ministry/client.key");
+    let note = messages::envelope(SoapVersion::V11, &messages::new_certificates_notification());
+    let r = post(&ministry, "/spoc/csn369791", XML11, Some("\"\""), note.clone()).await.unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert!(text(&r).contains("<result>ok_received_correctly</result>"), "{}", text(&r));
+    let end = Instant::now() + Duration::from_secs(5);
+    while !log_contains(&w.path("receiver.log"), "new_cert_available_notification") && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(log_contains(&w.path("receiver.log"), "new_cert_available_notification"), "not delivered");
+    // Without a messageID, any other status is no callback of anything: answered here.
+    let stray = note.replace("new_cert_available_notification", "ok_cert_available");
+    let r = post(&ministry, "/spoc/csn369791", XML11, Some("\"\""), stray).await.unwrap();
+    assert!(text(&r).contains("<result>failure_messageID_unknown</result>"), "{}", text(&r));
+    let log = w.gateway_log();
+    assert!(log.contains("\"operation\":\"SendCertificatesRequest\""), "{log}");
 }

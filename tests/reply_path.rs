@@ -396,7 +396,7 @@ async fn callbacks_cannot_be_replayed_and_faulted_requests_are_not_remembered() 
     let ministry = w.callback_client("ministry/client.pem", "ministry/client.key");
     let dv = w.client("document-verifier", false);
     let rc = messages::envelope(SoapVersion::V11, &messages::request_certificate("ASYNC-77"));
-    let r = post(&dv, "/spoc/csn369791", XML11, Some("RequestCertificate"), rc).await.unwrap();
+    let r = post(&dv, "/spoc/csn369791", XML11, Some("RequestCertificateRequest"), rc).await.unwrap();
     assert!(text(&r).contains("ok_reception_ack"), "{}", text(&r));
     let end = Instant::now() + Duration::from_secs(10);
     while !log_contains(&w.path("receiver.log"), "ASYNC-77") && Instant::now() < end {
@@ -404,15 +404,15 @@ async fn callbacks_cannot_be_replayed_and_faulted_requests_are_not_remembered() 
     }
     assert!(log_contains(&w.path("receiver.log"), "ASYNC-77"), "callback not delivered");
     let replay = messages::envelope(SoapVersion::V11, &messages::send_certificates("ASYNC-77"));
-    let r = post(&ministry, "/spoc/csn369791", XML11, Some("SendCertificates"), replay).await.unwrap();
+    let r = post(&ministry, "/spoc/csn369791", XML11, Some("SendCertificatesRequest"), replay).await.unwrap();
     assert!(text(&r).contains("failure_messageID_unknown"), "replay accepted: {}", text(&r));
 
     // A synchronous answer and a Fault expect no callback.
     for id in ["SYNC-78", "SIM-STATUS-500"] {
         let rc = messages::envelope(SoapVersion::V11, &messages::request_certificate(id));
-        let _ = post(&dv, "/spoc/csn369791", XML11, Some("RequestCertificate"), rc).await.unwrap();
+        let _ = post(&dv, "/spoc/csn369791", XML11, Some("RequestCertificateRequest"), rc).await.unwrap();
         let cb = messages::envelope(SoapVersion::V11, &messages::send_certificates(id));
-        let r = post(&ministry, "/spoc/csn369791", XML11, Some("SendCertificates"), cb).await.unwrap();
+        let r = post(&ministry, "/spoc/csn369791", XML11, Some("SendCertificatesRequest"), cb).await.unwrap();
         assert!(text(&r).contains("failure_messageID_unknown"), "{id}: {}", text(&r));
     }
 }

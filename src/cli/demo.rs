@@ -333,7 +333,7 @@ async fn scenarios(
     let r = post(
         &second_line,
         "/bio/v1",
-        "GetCACertificates",
+        "GetCACertificatesRequest",
         messages::envelope(v11, &messages::get_ca_certificates("M-1")),
     )
     .await;
@@ -345,16 +345,12 @@ async fn scenarios(
     row("revoked certificate", "handshake refused", observed);
 
     let message_id = format!("DEMO-{}", uuid::Uuid::new_v4());
-    let r = post(
-        &dv,
-        "/spoc/csn369791",
-        "RequestCertificate",
-        messages::envelope(v11, &messages::request_certificate(&message_id)),
-    )
-    .await;
+    // As deployed SPOC clients send it: `SOAPAction: ""`, the Body decides.
+    let r = post(&dv, "/spoc/csn369791", "\"\"", messages::envelope(v11, &messages::request_certificate(&message_id)))
+        .await;
     note(&r);
     row(
-        "CSN RequestCertificate, asynchronous",
+        "CSN RequestCertificateRequest, asynchronous",
         "200 ok_reception_ack",
         describe(&r, "<result>ok_reception_ack</result>"),
     );
@@ -364,7 +360,7 @@ async fn scenarios(
     }
     let delivered = received.received().contains(&message_id);
     row(
-        "its SendCertificates callback delivered",
+        "its SendCertificatesRequest callback delivered",
         "delivered to police",
         if delivered { "delivered to police".into() } else { "not delivered".into() },
     );
@@ -375,10 +371,26 @@ async fn scenarios(
         &dir.join("ministry/client.pem"),
         &dir.join("ministry/client.key"),
     ))?;
+    let notified = |r: &sim::receiver::Receiver| r.received().iter().filter(|id| id.is_empty()).count();
+    let before = notified(received);
+    let r =
+        post(&ministry, "/spoc/csn369791", "\"\"", messages::envelope(v11, &messages::new_certificates_notification()))
+            .await;
+    note(&r);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while notified(received) == before && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let observed = match (describe(&r, "<result>ok_received_correctly</result>"), notified(received) > before) {
+        (d, true) => format!("{d}, delivered"),
+        (d, false) => format!("{d}, not delivered"),
+    };
+    row("unsolicited new_cert_available_notification", "200 ok_received_correctly, delivered", observed);
+
     let r = post(
         &ministry,
         "/spoc/csn369791",
-        "SendCertificates",
+        "\"\"",
         messages::envelope(v11, &messages::send_certificates("NEVER-FORWARDED-1")),
     )
     .await;

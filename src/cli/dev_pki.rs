@@ -367,6 +367,15 @@ pub fn generate_with(out: &Path, ports: Ports, tpm: Option<&DevTpm>) -> Result<(
     write(&out.join("ministry.toml"), &ministry_toml(ports), false)?;
     write(&out.join("receiver.toml"), &receiver_toml(ports), false)?;
     write_samples(&out.join("samples"))?;
+    // The WSDLs next to the samples, with the schemas they import beside them and the
+    // gateway's address: what an integrator generates a client from.
+    let base = format!("https://127.0.0.1:{}", ports.gateway);
+    for (_, name, text) in crate::gateway::wsdl::SHIPPED {
+        write(&out.join("wsdl").join(name), &crate::gateway::wsdl::render(text, &base, str::to_owned), false)?;
+    }
+    for (name, text) in crate::xml::xsd::EMBEDDED {
+        write(&out.join("wsdl").join(name), text, false)?;
+    }
     fs::create_dir_all(out.join("audit")).map_err(|source| DevPkiError::Io { path: out.join("audit"), source })?;
     Ok(())
 }
@@ -450,7 +459,7 @@ cert = "ministry/server.pem"
 key = "ministry/server.key"
 client_ca = "ca/ministry-ca.pem"
 
-# SendCertificates callbacks go to the gateway's callback listener.
+# SendCertificatesRequest callbacks go to the gateway's callback listener.
 [callback]
 url = "https://127.0.0.1:{callback}"
 ca = "ca/ministry-ca.pem"

@@ -271,7 +271,7 @@ fn explain(
     let context = serde_json::json!({
         "purpose": facts.purpose, "caseReference": facts.case_reference,
         "borderCrossingPoint": facts.border_crossing_point, "issuingState": facts.issuing_state,
-        "officerId": facts.officer_id, "authority": facts.authority, "callerId": facts.caller_id,
+        "officerId": facts.officer_id, "authority": facts.authority, "callerId": facts.caller_id, "status": facts.result,
         "chipFingerprints": facts.chip_fingerprints, "liveFingerprints": facts.live_fingerprints,
         "formats": facts.formats, "hour": hour, "weekday": weekday,
     });

@@ -127,6 +127,10 @@ pub struct Upstreams {
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub listen: SocketAddr,
+    /// The URL clients reach this listener at (behind a balancer or a name): the service
+    /// address in the WSDLs it serves. Default `https://LISTEN`.
+    #[serde(default)]
+    pub public_url: Option<String>,
     /// Server certificate chain (PEM), leaf first.
     pub cert: PathBuf,
     /// Server private key: a PEM file (PKCS#8 or SEC1), or `tpm:NAME` (sealed by the TPM).
@@ -160,6 +164,11 @@ pub struct ListenerConfig {
 }
 
 impl ListenerConfig {
+    /// [`Self::public_url`], or the listen address.
+    pub fn public_url(&self) -> String {
+        self.public_url.clone().unwrap_or_else(|| format!("https://{}", self.listen))
+    }
+
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
     }

@@ -10,6 +10,7 @@ pub mod pipeline;
 pub mod refusals;
 pub mod routes;
 pub mod upstream;
+pub mod wsdl;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -180,6 +181,16 @@ impl Gateway {
         let admin_addr = addr(&admin_tcp, "admin.listen")?;
 
         let load_refusals = Arc::new(refusals::RequestRefusals::new(audit.clone()));
+        // The schemas the WSDLs import: the ones the gateway validates with.
+        let schema_files: Vec<(String, String)> = match &cfg.xml.schemas {
+            Some(dir) => std::fs::read_dir(dir)
+                .map_err(|e| ConfigError::new(file, "xml.schemas", e))?
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "xsd"))
+                .filter_map(|e| Some((e.file_name().to_str()?.to_owned(), std::fs::read_to_string(e.path()).ok()?)))
+                .collect(),
+            None => crate::xml::xsd::EMBEDDED.iter().map(|(n, t)| ((*n).to_owned(), (*t).to_owned())).collect(),
+        };
         let pipeline = Arc::new(Pipeline {
             routes,
             schema,
@@ -191,6 +202,7 @@ impl Gateway {
             in_flight: Semaphore::new(cfg.limits.max_in_flight),
             in_flight_per_client: admission::PerKey::new(cfg.limits.max_in_flight_per_client),
             load_refusals: load_refusals.clone(),
+            documents: wsdl::Documents::new(&cfg.police.public_url(), schema_files),
             request_timeout: cfg.police.request_timeout(),
             bare: cfg.bare_proxy,
             bare_audit: cfg.bare_proxy_audit,

@@ -54,6 +54,8 @@ pub struct Pipeline {
     pub in_flight_per_client: super::admission::PerKey<String>,
     /// Requests refused for load, recorded within bounds and summarised.
     pub load_refusals: Arc<super::refusals::RequestRefusals>,
+    /// The WSDLs and schemas served on the police listener.
+    pub documents: super::wsdl::Documents,
     pub request_timeout: std::time::Duration,
     /// Benchmark floor only (`bare_proxy = true`): route, body limit and forward, nothing else.
     pub bare: bool,
@@ -82,6 +84,8 @@ struct Exchange<'a> {
     claimed: Option<(String, Instant)>,
     /// Seconds to wait, for a RateLimited refusal.
     retry_after: Option<u64>,
+    /// For a schema violation: the element at fault and the kind of rule (the fault says so).
+    hint: Option<(String, &'static str)>,
     /// Reply fields removed by data minimisation.
     removed: Vec<String>,
     request_sha256: Option<String>,
@@ -108,6 +112,8 @@ enum Outcome {
     Forwarded(super::upstream::Reply),
     /// The gateway answers itself (a callback it cannot correlate).
     Answered(super::upstream::Reply),
+    /// A service description (WSDL or schema) the gateway serves.
+    Document(Bytes),
     Refused(Refusal, String),
     /// Nobody is left to answer: the client's body broke off.
     Abandoned(String),
@@ -170,7 +176,10 @@ fn incident_id() -> String {
     }
 }
 
-/// CSN 36 9791 results of a RequestCertificate that announce a SendCertificates callback: the
+/// The `statusInfo` of a SPOC's unsolicited notification that new certificates are available.
+const NEW_CERTIFICATES: &str = "new_cert_available_notification";
+
+/// CSN 36 9791 results of a RequestCertificateRequest that announce a SendCertificatesRequest callback: the
 /// request was received (or passed on) and is answered later. A synchronous answer
 /// (`ok_cert_available`), a failure or a SOAP Fault expects no callback, so none is accepted.
 const CALLBACK_FOLLOWS: [&str; 2] = ["ok_reception_ack", "ok_request_forwarded"];
@@ -219,6 +228,7 @@ impl Pipeline {
             decision: None,
             claimed: None,
             retry_after: None,
+            hint: None,
             removed: Vec::new(),
             request_sha256: None,
             response_sha256: None,
@@ -262,6 +272,13 @@ impl Pipeline {
             return Outcome::Refused(Refusal::UnknownOperation, detail);
         };
         x.route = route.name;
+        if req.method == Method::GET
+            && x.listener == ListenerKind::Police
+            && let Some(doc) = self.documents.get(route.path, req.uri.query())
+        {
+            x.operation = "ServiceDescription";
+            return Outcome::Document(doc);
+        }
         if req.method != Method::POST {
             return Outcome::Refused(Refusal::UnknownOperation, format!("method {}", req.method));
         }
@@ -305,7 +322,10 @@ impl Pipeline {
         let expect = Expect::Soap { operations: &route.requests, fault_ok: false, headers: &route.request_headers };
         let validated = match validate(&self.schema, &route.limits, &body, expect) {
             Ok(v) => v,
-            Err(e) => return refuse_xml(&e, &body),
+            Err(e) => {
+                x.hint = e.hint().map(|(field, rule)| (field.to_owned(), rule));
+                return refuse_xml(&e, &body);
+            }
         };
         x.message_id = validated.facts.message_id.clone();
         if validated.version != Some(media.version) {
@@ -316,7 +336,10 @@ impl Pipeline {
         };
         x.operation = operation;
         x.facts = validated.facts;
-        if !action.as_deref().is_some_and(|a| action_agrees(a, route.namespace, operation)) {
+        // An empty or absent SOAPAction (1.1) or `action` (1.2) leaves the Body to decide, as
+        // SOAP stacks commonly send `SOAPAction: ""`; one that names another operation is refused.
+        let named = action.as_deref().map(|a| a.trim().trim_matches('"')).filter(|a| !a.is_empty());
+        if named.is_some_and(|a| !action_agrees(a, route.namespace, operation)) {
             return Outcome::Refused(
                 Refusal::SchemaViolation,
                 "SOAPAction/action does not name the Body's operation".into(),
@@ -336,8 +359,10 @@ impl Pipeline {
             return Outcome::Refused(Refusal::PolicyDenied, format!("{by}{why}"));
         }
         // A callback consumes the messageID it answers: one the gateway never forwarded, or
-        // one already answered, is answered here.
-        if operation == "SendCertificates" {
+        // one already answered, is answered here. A SPOC's unsolicited notification of new
+        // certificates carries no messageID: it is no callback, and passes as policy allows.
+        let unsolicited = x.facts.message_id.is_none() && x.facts.result.as_deref() == Some(NEW_CERTIFICATES);
+        if operation == "SendCertificatesRequest" && !unsolicited {
             let claimed =
                 x.facts.message_id.as_deref().and_then(|id| Some((id.to_owned(), self.policy.forwarded.claim(id)?)));
             if claimed.is_none() {
@@ -354,10 +379,12 @@ impl Pipeline {
         if let Some(refused) = self.audit_request(x, route, &body).await {
             return refused;
         }
-        let action = action.as_deref().map(|a| a.trim().trim_matches('"'));
+        // SOAP 1.1 over HTTP always carries a SOAPAction: `""` when the client named none.
         let (ct, soap_action) = match media.version {
-            SoapVersion::V11 => (SoapMediaType::forwarded(media.version, None), action.map(|a| format!("\"{a}\""))),
-            SoapVersion::V12 => (SoapMediaType::forwarded(media.version, action), None),
+            SoapVersion::V11 => {
+                (SoapMediaType::forwarded(media.version, None), Some(format!("\"{}\"", named.unwrap_or_default())))
+            }
+            SoapVersion::V12 => (SoapMediaType::forwarded(media.version, named), None),
         };
         let headers = soap_headers(&ct, soap_action.as_deref(), Some(&x.incident));
         self.forward(x, route, &bundle, headers, body).await
@@ -503,7 +530,7 @@ impl Pipeline {
             }
             Ok(v) => {
                 // Only a request the Ministry took on for an answer later is waited for.
-                if x.operation == "RequestCertificate"
+                if x.operation == "RequestCertificateRequest"
                     && v.operation != "Fault"
                     && v.facts.result.as_deref().is_some_and(|r| CALLBACK_FOLLOWS.contains(&r))
                     && let Some(id) = &x.facts.message_id
@@ -642,6 +669,11 @@ impl Pipeline {
                 "callback for a messageID the gateway did not forward".to_owned(),
             ),
             Outcome::Refused(r, detail) => (self.refusal_response(x, r), r.code(), detail),
+            Outcome::Document(doc) => {
+                let mut resp = Response::new(Full::new(doc));
+                resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/xml; charset=utf-8"));
+                (resp, "ok", String::new())
+            }
             Outcome::Abandoned(detail) => {
                 // Nobody reads this response: status 0 on record says none was given.
                 self.account(x, "cancelled", 0, &detail, false);
@@ -719,6 +751,7 @@ impl Pipeline {
             sender: r.is_sender(),
             incident_id: &x.incident,
             message_id: x.message_id.as_deref(),
+            hint: x.hint.as_ref().map(|(f, r)| (f.as_str(), *r)),
         };
         let (body, ct) = match x.version {
             Some(v) => xml::soap_fault(v, &text),
@@ -756,7 +789,7 @@ fn passed_back(reply: super::upstream::Reply) -> Response<Full<Bytes>> {
     resp
 }
 
-/// The gateway's own answer to a SendCertificates it cannot correlate (CSN 36 9791).
+/// The gateway's own answer to a SendCertificatesRequest it cannot correlate (CSN 36 9791).
 fn callback_unknown(version: SoapVersion) -> super::upstream::Reply {
     let ns = super::routes::CSN_NS;
     let body = crate::sim::messages::envelope(

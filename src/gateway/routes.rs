@@ -100,7 +100,7 @@ impl RouteTable {
                     listener: ListenerKind::Police,
                     path: "/spoc/csn369791",
                     namespace: CSN_NS,
-                    operations: &["RequestCertificate", "GetCACertificates", "GeneralMessage"],
+                    operations: &["RequestCertificateRequest", "GetCACertificatesRequest", "GeneralMessage"],
                     upstream: UpstreamKind::Ministry,
                     max_body: limits.csn_max_body_bytes,
                     limits: Limits::default(),
@@ -114,7 +114,7 @@ impl RouteTable {
                     listener: ListenerKind::Callback,
                     path: "/spoc/csn369791",
                     namespace: CSN_NS,
-                    operations: &["SendCertificates"],
+                    operations: &["SendCertificatesRequest"],
                     upstream: UpstreamKind::PoliceCallback,
                     max_body: limits.callback_max_body_bytes,
                     limits: Limits::default(),
@@ -269,16 +269,19 @@ impl SoapMediaType {
     }
 }
 
-/// True when a SOAPAction (or SOAP 1.2 `action`) names the operation: the operation's local
-/// name, or its namespace followed by `/` or `#` and the local name. Quotes are ignored.
+/// True when a SOAPAction (or SOAP 1.2 `action`) names the operation: the Body element's local
+/// name or the WSDL operation's (the element's without `Request`, as deployed CSN 36 9791 WSDLs
+/// write `soapAction="RequestCertificate"`), alone or after the namespace and `/` or `#`. Quotes
+/// are ignored. An empty action names nothing: the caller lets the Body decide.
 pub fn action_agrees(action: &str, namespace: &str, operation: &str) -> bool {
     let a = action.trim().trim_matches('"');
-    if a == operation {
+    let named = |op: &str| op == operation || operation.strip_suffix("Request") == Some(op);
+    if named(a) {
         return true;
     }
     a.strip_prefix(namespace)
         .and_then(|rest| rest.strip_prefix('/').or_else(|| rest.strip_prefix('#')))
-        .is_some_and(|op| op == operation)
+        .is_some_and(named)
 }
 
 #[cfg(test)]
@@ -328,7 +331,11 @@ mod tests {
 
     #[test]
     fn actions() {
-        assert!(action_agrees("\"RequestCertificate\"", CSN_NS, "RequestCertificate"));
+        assert!(action_agrees("\"RequestCertificateRequest\"", CSN_NS, "RequestCertificateRequest"));
+        assert!(action_agrees("RequestCertificate", CSN_NS, "RequestCertificateRequest"));
+        assert!(action_agrees("\"GeneralMessage\"", CSN_NS, "GeneralMessage"));
+        assert!(!action_agrees("GetCACertificates", CSN_NS, "RequestCertificateRequest"));
+        assert!(!action_agrees("Request", CSN_NS, "RequestCertificateRequest"));
         assert!(action_agrees("urn:spocgw:bio:1/CheckIdentityRequest", BIO_NS, "CheckIdentityRequest"));
         assert!(action_agrees("urn:spocgw:bio:1#CheckIdentityRequest", BIO_NS, "CheckIdentityRequest"));
         assert!(!action_agrees("VerifyFingerprintRequest", BIO_NS, "CheckIdentityRequest"));

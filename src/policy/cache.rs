@@ -25,7 +25,7 @@ enum Use {
 }
 
 /// Every context attribute the gateway builds (see `Bundle::context_pairs`).
-const CONTEXT: [&str; 12] = [
+const CONTEXT: [&str; 13] = [
     "chipFingerprints",
     "liveFingerprints",
     "formats",
@@ -38,6 +38,7 @@ const CONTEXT: [&str; 12] = [
     "officerId",
     "authority",
     "callerId",
+    "status",
 ];
 
 pub struct DecisionCache {
@@ -175,6 +176,7 @@ fn push_value(k: &mut String, f: &MessageFacts, hour: i64, weekday: i64, name: &
         "officerId" => text(k, &f.officer_id),
         "authority" => text(k, &f.authority),
         "callerId" => text(k, &f.caller_id),
+        "status" => text(k, &f.result),
         _ => false,
     }
 }

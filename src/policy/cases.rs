@@ -68,6 +68,8 @@ pub struct Facts {
     pub officer_id: Option<String>,
     pub authority: Option<String>,
     pub caller_id: Option<String>,
+    /// A CSN 36 9791 `statusInfo` or `result`.
+    pub status: Option<String>,
     #[serde(default)]
     pub chip_fingerprints: u32,
     #[serde(default)]
@@ -86,6 +88,7 @@ impl Facts {
             officer_id: self.officer_id.clone(),
             authority: self.authority.clone(),
             caller_id: self.caller_id.clone(),
+            result: self.status.clone(),
             chip_fingerprints: self.chip_fingerprints,
             live_fingerprints: self.live_fingerprints,
             formats: self.formats.iter().filter_map(|f| crate::xml::content::known_format(f)).collect(),

@@ -1,5 +1,5 @@
-//! CSN 36 9791 callback correlation: the messageIDs of the RequestCertificate messages the
-//! gateway forwarded, remembered for a while (bounded, expiring). A SendCertificates callback
+//! CSN 36 9791 callback correlation: the messageIDs of the RequestCertificateRequest messages the
+//! gateway forwarded, remembered for a while (bounded, expiring). A SendCertificatesRequest callback
 //! whose messageID is not among them is answered `failure_messageID_unknown` and not forwarded.
 //! The store lives outside the policy bundle, so it survives a reload.
 

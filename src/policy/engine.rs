@@ -121,6 +121,7 @@ impl Bundle {
             ("officerId", &facts.officer_id),
             ("authority", &facts.authority),
             ("callerId", &facts.caller_id),
+            ("status", &facts.result),
         ] {
             if let Some(v) = value {
                 pairs.push((key.to_owned(), RestrictedExpression::new_string(v.clone())));

@@ -42,6 +42,26 @@ pub fn synthetic_image(format: &str, seed: u32, len: usize) -> Vec<u8> {
     out
 }
 
+/// A synthetic card-verifiable certificate (`tag` 7F21) or request (`tag` 67 for an
+/// authenticated one): a body `7F4E` of `body` filler bytes and a 64-byte signature `5F37`,
+/// BER lengths throughout. Well formed as a TLV, meaningless as a certificate.
+pub fn synthetic_cvc(tag: &[u8], seed: u32, body: usize) -> Vec<u8> {
+    fn tlv(tag: &[u8], content: &[u8]) -> Vec<u8> {
+        let mut v = tag.to_vec();
+        match content.len() {
+            n @ 0..=0x7F => v.push(n as u8),
+            n @ 0x80..=0xFF => v.extend([0x81, n as u8]),
+            n => v.extend([0x82, (n >> 8) as u8, n as u8]),
+        }
+        v.extend_from_slice(content);
+        v
+    }
+    let filler = synthetic_image("", seed, body + 64);
+    let mut content = tlv(&[0x7F, 0x4E], &filler[..body]);
+    content.extend(tlv(&[0x5F, 0x37], &filler[body..]));
+    tlv(tag, &content)
+}
+
 /// One fingerprint in a request.
 #[derive(Debug, Clone)]
 pub struct Finger {
@@ -121,19 +141,19 @@ impl BioRequest {
     }
 }
 
-/// A CSN 36 9791 `RequestCertificate` element.
+/// A CSN 36 9791 `RequestCertificateRequest` element.
 pub fn request_certificate(message_id: &str) -> String {
     format!(
-        "<RequestCertificate xmlns=\"{CSN_NS}\"><callerID>CZ</callerID><messageID>{}</messageID><certificateRequest>{}</certificateRequest></RequestCertificate>",
+        "<RequestCertificateRequest xmlns=\"{CSN_NS}\"><callerID>CZ</callerID><messageID>{}</messageID><certificateRequest>{}</certificateRequest></RequestCertificateRequest>",
         escape(message_id),
-        B64.encode(synthetic_image("CVC", 3, 220))
+        B64.encode(synthetic_cvc(&[0x7F, 0x21], 3, 160))
     )
 }
 
-/// A CSN 36 9791 `GetCACertificates` element.
+/// A CSN 36 9791 `GetCACertificatesRequest` element.
 pub fn get_ca_certificates(message_id: &str) -> String {
     format!(
-        "<GetCACertificates xmlns=\"{CSN_NS}\"><callerID>CZ</callerID><messageID>{}</messageID></GetCACertificates>",
+        "<GetCACertificatesRequest xmlns=\"{CSN_NS}\"><callerID>CZ</callerID><messageID>{}</messageID></GetCACertificatesRequest>",
         escape(message_id)
     )
 }
@@ -147,11 +167,20 @@ pub fn general_message(message_id: &str, subject: &str) -> String {
     )
 }
 
-/// A CSN 36 9791 `SendCertificates` element (the Ministry's callback).
+/// A CSN 36 9791 `SendCertificatesRequest` element (the Ministry's callback).
 pub fn send_certificates(message_id: &str) -> String {
     format!(
-        "<SendCertificates xmlns=\"{CSN_NS}\"><callerID>CZ</callerID><messageID>{}</messageID><certificateSequence><certificate>{}</certificate></certificateSequence><statusInfo>ok_cert_available</statusInfo></SendCertificates>",
+        "<SendCertificatesRequest xmlns=\"{CSN_NS}\"><callerID>CZ</callerID><messageID>{}</messageID><certificateSequence><certificate>{}</certificate></certificateSequence><statusInfo>ok_cert_available</statusInfo></SendCertificatesRequest>",
         escape(message_id),
-        B64.encode(synthetic_image("CVC", 5, 300))
+        B64.encode(synthetic_cvc(&[0x7F, 0x21], 5, 220))
+    )
+}
+
+/// A SPOC's unsolicited `SendCertificatesRequest`: new certificates are available; no
+/// messageID (it answers nothing).
+pub fn new_certificates_notification() -> String {
+    format!(
+        "<SendCertificatesRequest xmlns=\"{CSN_NS}\"><callerID>CZ</callerID><certificateSequence><certificate>{}</certificate></certificateSequence><statusInfo>new_cert_available_notification</statusInfo></SendCertificatesRequest>",
+        B64.encode(synthetic_cvc(&[0x7F, 0x21], 7, 220))
     )
 }

@@ -8,10 +8,10 @@
 //! - `CheckIdentityRequest`: `DocumentStatus` by the document number's first letter: `L` LOST,
 //!   `S` STOLEN, `R` REVOKED, `U` UNKNOWN (no Holder); otherwise VALID with a synthetic Holder
 //!   (including an Address).
-//! - `RequestCertificate`: `ok_reception_ack`, then after `callback_delay_ms` a
-//!   `SendCertificates` callback to the gateway; synchronous (`ok_cert_available` with the
+//! - `RequestCertificateRequest`: `ok_reception_ack`, then after `callback_delay_ms` a
+//!   `SendCertificatesRequest` callback to the gateway; synchronous (`ok_cert_available` with the
 //!   certificate) when `request_certificate = "sync"` or the messageID starts with `SYNC-`.
-//! - `GetCACertificates`: `ok_cert_available` with two certificates. `GeneralMessage`: `ok`.
+//! - `GetCACertificatesRequest`: `ok_cert_available` with two certificates. `GeneralMessage`: `ok`.
 //! - Misbehaviour, for every request (`[behaviour] fault`) or for one request whose
 //!   `CaseReference`, `subject` or `messageID` is `SIM-DELAY-<ms>`, `SIM-RESET`,
 //!   `SIM-STATUS-<code>`, `SIM-MALFORMED`, `SIM-NOTSOAP` or `SIM-INVALID` (schema-invalid reply).
@@ -49,7 +49,7 @@ use crate::xml::{self, SoapVersion};
 #[serde(deny_unknown_fields)]
 pub struct MinistryConfig {
     pub server: ListenerConfig,
-    /// Where `SendCertificates` callbacks go (the gateway's callback listener).
+    /// Where `SendCertificatesRequest` callbacks go (the gateway's callback listener).
     pub callback: Option<UpstreamConfig>,
     #[serde(default)]
     pub behaviour: Behaviour,
@@ -191,10 +191,15 @@ fn read_facts(body: &[u8]) -> Facts {
     let mut reader = quick_xml::Reader::from_reader(body);
     let mut current = String::new();
     let mut print: Option<(bool, String, String)> = None;
+    // Only the Body's facts: a client's WS-Addressing header carries a MessageID of its own.
+    let mut in_body = false;
     loop {
         match reader.read_event() {
             Ok(Event::Start(e)) => {
                 let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+                if name == "Body" {
+                    in_body = true;
+                }
                 match name.as_str() {
                     "ChipFingerprint" => print = Some((true, String::new(), String::new())),
                     "LiveFingerprint" => print = Some((false, String::new(), String::new())),
@@ -204,6 +209,9 @@ fn read_facts(body: &[u8]) -> Facts {
             }
             Ok(Event::Text(t)) => {
                 let text = String::from_utf8_lossy(&t.into_inner()).trim().to_owned();
+                if !in_body {
+                    continue;
+                }
                 if text.starts_with("SIM-") || text.starts_with("sim-") {
                     facts.trigger = Some(text.clone());
                 }
@@ -218,6 +226,9 @@ fn read_facts(body: &[u8]) -> Facts {
             }
             Ok(Event::End(e)) => {
                 let name = e.local_name();
+                if name.as_ref() == b"Body" {
+                    in_body = false;
+                }
                 if (name.as_ref() == b"ChipFingerprint" || name.as_ref() == b"LiveFingerprint")
                     && let Some(p) = print.take()
                 {
@@ -293,6 +304,7 @@ impl Ministry {
             Some(x) => (StatusCode::OK, messages::envelope(version, &x)),
             None => {
                 let fault = xml::FaultText {
+                    hint: None,
                     code: "NotUnderstood",
                     reason: "the simulated SPOC does not know this message",
                     sender: true,
@@ -368,12 +380,12 @@ impl Ministry {
                     "<CheckIdentityResponse xmlns=\"{BIO_NS}\"><MessageID>{mid}</MessageID><Timestamp>{ts}</Timestamp><DocumentStatus>{status}</DocumentStatus>{holder}</CheckIdentityResponse>"
                 ))
             }
-            (CSN_NS, "RequestCertificate") => {
+            (CSN_NS, "RequestCertificateRequest") => {
                 let sync = self.behaviour.request_certificate == "sync" || f.message_id.starts_with("SYNC-");
                 if sync {
                     Some(format!(
                         "<RequestCertificateResponse xmlns=\"{CSN_NS}\"><certificateSequence><certificate>{}</certificate></certificateSequence><result>ok_cert_available</result></RequestCertificateResponse>",
-                        B64.encode(messages::synthetic_image("CVC", 11, 300))
+                        B64.encode(messages::synthetic_cvc(&[0x7F, 0x21], 11, 220))
                     ))
                 } else {
                     self.schedule_callback(f.message_id.clone());
@@ -382,10 +394,10 @@ impl Ministry {
                     ))
                 }
             }
-            (CSN_NS, "GetCACertificates") => Some(format!(
+            (CSN_NS, "GetCACertificatesRequest") => Some(format!(
                 "<GetCACertificatesResponse xmlns=\"{CSN_NS}\"><certificateSequence><certificate>{}</certificate><certificate>{}</certificate></certificateSequence><result>ok_cert_available</result></GetCACertificatesResponse>",
-                B64.encode(messages::synthetic_image("CVC", 21, 300)),
-                B64.encode(messages::synthetic_image("CVC", 22, 300))
+                B64.encode(messages::synthetic_cvc(&[0x7F, 0x21], 21, 220)),
+                B64.encode(messages::synthetic_cvc(&[0x7F, 0x21], 22, 220))
             )),
             (CSN_NS, "GeneralMessage") => {
                 Some(format!("<GeneralMessageResponse xmlns=\"{CSN_NS}\"><result>ok</result></GeneralMessageResponse>"))
@@ -396,17 +408,20 @@ impl Ministry {
 
     fn schedule_callback(self: Arc<Self>, message_id: String) {
         let Some(cb) = self.callback.clone() else {
-            tracing::warn!("RequestCertificate acknowledged, but no [callback] is configured");
+            tracing::warn!("RequestCertificateRequest acknowledged, but no [callback] is configured");
             return;
         };
         let delay = Duration::from_millis(self.behaviour.callback_delay_ms);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let body = messages::envelope(SoapVersion::V11, &messages::send_certificates(&message_id));
-            let headers = soap_headers("text/xml; charset=utf-8", Some("SendCertificates"), None);
+            // As deployed SPOCs send it: an empty SOAPAction, the Body decides.
+            let headers = soap_headers("text/xml; charset=utf-8", Some("\"\""), None);
             match cb.post("/spoc/csn369791", headers, Bytes::from(body)).await {
-                Ok(r) => tracing::info!(message_id, status = r.status.as_u16(), "SendCertificates callback delivered"),
-                Err(e) => tracing::warn!(message_id, error = %e, "SendCertificates callback failed"),
+                Ok(r) => {
+                    tracing::info!(message_id, status = r.status.as_u16(), "SendCertificatesRequest callback delivered")
+                }
+                Err(e) => tracing::warn!(message_id, error = %e, "SendCertificatesRequest callback failed"),
             }
         });
     }
@@ -449,5 +464,16 @@ impl Body for SimBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.declared)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_facts;
+
+    #[test]
+    fn the_message_id_is_the_bodys_not_a_ws_addressing_one() {
+        let body = br#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Header><wsa:MessageID xmlns:wsa="http://www.w3.org/2005/08/addressing">urn:uuid:header</wsa:MessageID></s:Header><s:Body><CheckIdentityRequest xmlns="urn:spocgw:bio:1"><MessageID>6f1c1c4e-3f0a-4d53-9a43-2b5c1e0f9a01</MessageID></CheckIdentityRequest></s:Body></s:Envelope>"#;
+        assert_eq!(read_facts(body).message_id, "6f1c1c4e-3f0a-4d53-9a43-2b5c1e0f9a01");
     }
 }

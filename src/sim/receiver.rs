@@ -1,5 +1,5 @@
 //! The police side's callback receiver, for the demo and tests: a mutual-TLS server that
-//! accepts `SendCertificates` forwarded by the gateway, answers `ok_received_correctly`, and
+//! accepts `SendCertificatesRequest` forwarded by the gateway, answers `ok_received_correctly`, and
 //! remembers which messageIDs it received.
 
 use std::path::Path;
@@ -57,9 +57,10 @@ impl Receiver {
             .await
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         let (status, result) = match validate(&self.schema, &Limits::default(), &body, Expect::Any) {
-            Ok(v) if v.namespace == CSN_NS && v.operation == "SendCertificates" => {
+            Ok(v) if v.namespace == CSN_NS && v.operation == "SendCertificatesRequest" => {
                 let id = v.facts.message_id.unwrap_or_default();
-                tracing::info!(message_id = %id, "callback received");
+                let status = v.facts.result.unwrap_or_default();
+                tracing::info!(message_id = %id, status = %status, "callback received");
                 if let Ok(mut v) = self.received.lock() {
                     v.push(id);
                 }

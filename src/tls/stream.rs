@@ -450,6 +450,7 @@ mod tests {
     fn server_config(dir: &Path, tls12: bool) -> Arc<ServerConfig> {
         let l = ListenerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
+            public_url: None,
             cert: dir.join("gateway/police-side.pem"),
             key: KeyRef::File(dir.join("gateway/police-side.key")),
             client_ca: dir.join("ca/police-ca.pem"),

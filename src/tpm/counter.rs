@@ -69,11 +69,10 @@ pub(crate) fn define(c: &mut Conn, policy: &Digest, auth: &Authorization) -> Res
 /// Advances the counter under the signed PCR policy; its new value.
 pub(crate) fn increment(c: &mut Conn, auth: &Authorization) -> Result<u64, TpmError> {
     let h = nv_handle(c, AUDIT_COUNTER)?;
-    let result =
-        super::policy::with_authorized(c, auth, "the audit counter", "NV_Increment", |ctx| {
-            ctx.nv_increment(NvAuth::NvIndex(h), h)
-        })
-        .and_then(|()| read_open(c, h));
+    let result = super::policy::with_authorized(c, auth, "the audit counter", "NV_Increment", |ctx| {
+        ctx.nv_increment(NvAuth::NvIndex(h), h)
+    })
+    .and_then(|()| read_open(c, h));
     close(c, h);
     result
 }

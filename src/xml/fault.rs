@@ -19,6 +19,8 @@ pub struct FaultText<'a> {
     pub sender: bool,
     pub incident_id: &'a str,
     pub message_id: Option<&'a str>,
+    /// For a schema violation: the element at fault and the kind of rule, never a value.
+    pub hint: Option<(&'a str, &'a str)>,
 }
 
 /// Renders the fault as a SOAP envelope of `version`; returns the body and its content type.
@@ -30,6 +32,9 @@ pub fn soap_fault(version: SoapVersion, f: &FaultText<'_>) -> (String, &'static 
     );
     if let Some(m) = f.message_id {
         detail.push_str(&format!("<MessageID>{}</MessageID>", escape(m)));
+    }
+    if let Some((field, rule)) = f.hint {
+        detail.push_str(&format!("<Field>{}</Field><Rule>{}</Rule>", escape(field), escape(rule)));
     }
     detail.push_str("</GatewayFault>");
     let reason = escape(f.reason);
@@ -75,6 +80,7 @@ mod tests {
     fn faults_are_soap_themselves() {
         for v in [SoapVersion::V11, SoapVersion::V12] {
             let f = FaultText {
+                hint: None,
                 code: "XmlMalformed",
                 reason: "the message is not well-formed XML",
                 sender: true,

@@ -187,7 +187,15 @@ impl<'a> Gen<'a> {
                     N::E(e) if e.local == "Format" => e.text().map(|t| t.trim().to_owned()),
                     _ => None,
                 });
-                let data = synthetic_image(format.as_deref().unwrap_or("CVC"), self.below(1000) as u32, len);
+                // A CV certificate or request field holds a BER-TLV CVC whose length matches.
+                let data = match st.name.as_str() {
+                    "CVCertificate" | "CVCRequest" => spocgw::sim::messages::synthetic_cvc(
+                        &[0x7F, 0x21],
+                        self.below(1000) as u32,
+                        len.clamp(64, 3000),
+                    ),
+                    _ => synthetic_image(format.as_deref().unwrap_or("CVC"), self.below(1000) as u32, len),
+                };
                 let b64 = base64::engine::general_purpose::STANDARD.encode(data);
                 if self.chance(20) {
                     // MIME-style line breaks: valid base64Binary

@@ -233,7 +233,7 @@ impl Run<'_> {
                         Builtin::Base64Binary => {
                             let mut check = Base64Check::default();
                             check.feed(normalized.as_bytes());
-                            self.sniff(offset, &d.local, &check)?;
+                            self.sniff(offset, &d.local, &check, Some(st))?;
                         }
                         _ => {}
                     }
@@ -258,14 +258,21 @@ impl Run<'_> {
                     st.check_length(len)
                         .map_err(|reason| XmlRefusal::Invalid { offset, reason: format!("{}: {reason}", d.local) })?;
                 }
-                self.sniff(offset, &d.local, &check)?;
+                self.sniff(offset, &d.local, &check, st)?;
             }
         }
         Ok(())
     }
 
-    /// Checks a binary field against the `Format` its container declared.
-    pub(super) fn sniff(&self, offset: usize, local: &str, check: &Base64Check) -> Result<(), XmlRefusal> {
+    /// Checks a binary field against the `Format` its container declared, and against what its
+    /// type says it holds (a card-verifiable certificate).
+    pub(super) fn sniff(
+        &self,
+        offset: usize,
+        local: &str,
+        check: &Base64Check,
+        st: Option<&crate::xml::xsd::simple::SimpleType>,
+    ) -> Result<(), XmlRefusal> {
         if let Some(Frame::Element(parent)) = self.stack.last()
             && let Some(format) = &parent.format
             && !format_matches(format, &check.prefix)
@@ -274,6 +281,10 @@ impl Run<'_> {
                 offset,
                 reason: format!("{local} is declared {format} but its data is not {format}"),
             });
+        }
+        if let (Some(st), Some(len)) = (st, check.finish()) {
+            super::cvc::check(&st.name, &check.prefix, len)
+                .map_err(|reason| XmlRefusal::ContentMismatch { offset, reason: format!("{local}: {reason}") })?;
         }
         Ok(())
     }

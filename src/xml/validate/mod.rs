@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 
+mod cvc;
 mod elements;
 mod fault;
 mod firewall;
@@ -49,6 +50,46 @@ pub enum XmlRefusal {
 }
 
 impl XmlRefusal {
+    /// What an integrator can act on, for a schema violation: the element at fault (its local
+    /// name) and the kind of rule it broke (`pattern`, `enumeration`, `length`, `range`,
+    /// `base64`, `missing`, `unexpected`, `duplicate`...). Never a value from the message.
+    pub fn hint(&self) -> Option<(&str, &'static str)> {
+        let XmlRefusal::Invalid { reason, .. } = self else { return None };
+        if let Some(rest) = reason.strip_prefix("element ") {
+            let (element, what) = rest.split_once(' ')?;
+            if let Some(expected) = what.strip_prefix("is incomplete; expected ") {
+                return Some((expected.split(' ').next()?, "missing"));
+            }
+            if let Some(missing) = what.strip_prefix("is missing ") {
+                return Some((missing, "missing"));
+            }
+            let rule = match what {
+                w if w.starts_with("is not allowed") => "unexpected",
+                w if w.starts_with("appears twice") => "duplicate",
+                _ => "content",
+            };
+            return Some((element, rule));
+        }
+        let (field, what) = reason.split_once(": ")?;
+        if !crate::xml::xsd::simple::is_ncname(field) {
+            return None;
+        }
+        let rule = [
+            ("pattern", "pattern"),
+            ("enumeration", "enumeration"),
+            ("length", "length"),
+            ("audit record", "length"),
+            ("range", "range"),
+            ("base64", "base64"),
+            ("whitespace", "whitespace"),
+            ("unique", "unique"),
+        ]
+        .iter()
+        .find(|(word, _)| what.contains(word))
+        .map_or("type", |(_, rule)| rule);
+        Some((field, rule))
+    }
+
     pub fn offset(&self) -> usize {
         match self {
             XmlRefusal::Malformed { offset, .. }
@@ -576,6 +617,27 @@ fn namespace<'a>(schema: &'a Schema, ns: &'a ResolveResult<'_>, offset: usize) -
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn schema_violations_name_the_field_and_the_rule_never_the_value() {
+        let hint = |reason: &str| {
+            XmlRefusal::Invalid { offset: 0, reason: reason.into() }.hint().map(|(f, r)| (f.to_owned(), r))
+        };
+        assert_eq!(
+            hint("Timestamp: does not match the pattern of ZonedDateTime"),
+            Some(("Timestamp".into(), "pattern"))
+        );
+        assert_eq!(
+            hint("Purpose: not one of the values Purpose allows (enumeration)"),
+            Some(("Purpose".into(), "enumeration"))
+        );
+        assert_eq!(hint("Data: length 9 is below the minimum of Image"), Some(("Data".into(), "length")));
+        assert_eq!(hint("element Requester is incomplete; expected OfficerID"), Some(("OfficerID".into(), "missing")));
+        assert_eq!(hint("element Holder is not allowed here"), Some(("Holder".into(), "unexpected")));
+        assert_eq!(hint("element Data appears twice"), Some(("Data".into(), "duplicate")));
+        assert_eq!(hint("no schema declares the element {urn:x}Y"), None);
+        assert!(XmlRefusal::Malformed { offset: 0, reason: "x".into() }.hint().is_none());
+    }
+
     use super::*;
 
     /// A slice of the message is taken from it as it is; any other bytes are checked.

@@ -586,7 +586,7 @@ mod tests {
     fn embedded_schemas_compile() {
         let s = Schema::embedded().unwrap();
         assert!(s.global("urn:spocgw:bio:1", "VerifyFingerprintRequest").is_some());
-        assert!(s.global("http://namespaces.unmz.cz/csn369791", "SendCertificates").is_some());
+        assert!(s.global("http://namespaces.unmz.cz/csn369791", "SendCertificatesRequest").is_some());
     }
 
     fn compile_err(body: &str) -> String {
