@@ -12,6 +12,7 @@ pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod encoding;
 pub mod gateway;
 pub mod json;
 pub mod keys;

@@ -170,7 +170,7 @@ async fn bad_client_certificates_are_refused_at_the_handshake_and_counted() {
     {
         // Each names the certificate that tried.
         let fingerprint =
-            spocgw::tls::sha256_hex(&spocgw::tls::load_certs(&w.path(&format!("clients/{who}.pem"))).unwrap()[0]);
+            spocgw::encoding::sha256_hex(&spocgw::tls::load_certs(&w.path(&format!("clients/{who}.pem"))).unwrap()[0]);
         assert!(
             log.lines().any(|l| l.contains("\"event\":\"handshake_refusal\",\"listener\":\"police\"")
                 && l.contains(&format!("\"code\":\"{reason}\""))
@@ -750,7 +750,7 @@ async fn a_pinned_upstream_accepts_only_its_pinned_key() {
         .map(|c: rustls_pki_types::CertificateDer<'static>| c.to_vec())
         .unwrap();
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der).unwrap();
-    let right = spocgw::tls::sha256_hex(cert.public_key().raw);
+    let right = spocgw::encoding::sha256_hex(cert.public_key().raw);
     let wrong = "ab".repeat(32);
     let key_line = "key = \"gateway/ministry-side.key\"";
     w.edit("gateway.toml", key_line, &format!("{key_line}\nspki_sha256 = [\"{wrong}\"]"));

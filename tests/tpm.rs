@@ -21,7 +21,7 @@ fn spki_sha256(pem_file: &std::path::Path) -> String {
     let pem = std::fs::read_to_string(pem_file).unwrap();
     let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     let der = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
-    spocgw::tls::sha256_hex(&der)
+    spocgw::encoding::sha256_hex(&der)
 }
 
 /// The officer's fingerprint verification goes through (the gateway's keys work).

@@ -225,18 +225,11 @@ pub fn root_from_proof(leaf: Hash, index: u64, size: u64, proof: &[Hash]) -> Opt
 }
 
 pub fn hex(h: &Hash) -> String {
-    crate::tls::hex(h)
+    crate::encoding::hex(h)
 }
 
 pub fn unhex(s: &str) -> Option<Hash> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut h = [0u8; 32];
-    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-        h[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
-    }
-    Some(h)
+    crate::encoding::unhex_array(s)
 }
 
 #[cfg(test)]

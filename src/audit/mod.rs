@@ -262,7 +262,7 @@ pub fn segments(dir: &Path) -> Result<Vec<PathBuf>, AuditError> {
 
 /// The key ID of a checkpoint key: the first 16 hex digits of SHA-256 over its public key.
 pub fn key_id(public_key: &[u8]) -> String {
-    crate::tls::sha256_hex(public_key)[..16].to_owned()
+    crate::encoding::sha256_hex(public_key)[..16].to_owned()
 }
 
 struct Job {
@@ -406,7 +406,7 @@ pub fn pseudonymise(key: &[u8], value: &str) -> String {
 }
 
 fn pseudonym_under(key: &hmac::Key, value: &str) -> String {
-    crate::tls::hex(hmac::sign(key, value.as_bytes()).as_ref())
+    crate::encoding::hex(hmac::sign(key, value.as_bytes()).as_ref())
 }
 
 pub fn load_signing_key(path: &Path) -> Result<EcdsaKeyPair, AuditError> {
@@ -422,10 +422,9 @@ pub fn load_signing_key(path: &Path) -> Result<EcdsaKeyPair, AuditError> {
 pub fn load_pseudonym_key(path: &Path) -> Result<Zeroizing<Vec<u8>>, AuditError> {
     let raw = Zeroizing::new(std::fs::read(path).map_err(|e| io_err(path, e))?);
     let text = String::from_utf8_lossy(&raw).trim().to_owned();
-    let bytes: Vec<u8> = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        (0..32).filter_map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()).collect()
-    } else {
-        raw.to_vec()
+    let bytes: Vec<u8> = match crate::encoding::unhex_array::<32>(&text) {
+        Some(key) => key.to_vec(),
+        None => raw.to_vec(),
     };
     if bytes.len() < 32 {
         return Err(AuditError::Key(format!("{}: the pseudonymisation key needs at least 32 bytes", path.display())));

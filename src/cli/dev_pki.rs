@@ -356,7 +356,7 @@ pub fn generate_with(out: &Path, ports: Ports, tpm: Option<&DevTpm>) -> Result<(
             path: out.join("gateway/audit-pseudonym.key"),
             source: std::io::Error::other("no randomness"),
         })?;
-        let hex = crate::tls::hex(&pseudonym);
+        let hex = crate::encoding::hex(&pseudonym);
         write(&out.join("gateway/audit-pseudonym.key"), &format!("{hex}\n"), true)?;
     }
     // The default policy bundle, to read, edit and reload.

@@ -366,7 +366,7 @@ fn key_event(cfg: &GatewayConfig) -> crate::audit::Record {
     let fingerprint = |p: &Path| {
         tls::load_certs(p)
             .ok()
-            .and_then(|c| c.first().map(|c| tls::sha256_hex(c.as_ref())))
+            .and_then(|c| c.first().map(|c| crate::encoding::sha256_hex(c.as_ref())))
             .unwrap_or_else(|| "unreadable".into())
     };
     let mut parts = vec![format!("police listener certificate {}", fingerprint(&cfg.police.cert))];

@@ -393,7 +393,7 @@ impl Pipeline {
     /// Audit: the request's record must be durable before anything is forwarded; the refusal
     /// when it cannot be.
     async fn audit_request(&self, x: &mut Exchange<'_>, route: &Route, body: &[u8]) -> Option<Outcome> {
-        x.request_sha256 = Some(crate::tls::sha256_hex(body));
+        x.request_sha256 = Some(crate::encoding::sha256_hex(body));
         x.recipient = Some(match route.upstream {
             UpstreamKind::Ministry => "ministry",
             UpstreamKind::PoliceCallback => "police_callback",
@@ -654,7 +654,7 @@ impl Pipeline {
             x.removed.extend(removed);
         }
         reply.body = minimise::without(&reply.body, &cuts);
-        x.response_sha256 = Some(crate::tls::sha256_hex(&reply.body));
+        x.response_sha256 = Some(crate::encoding::sha256_hex(&reply.body));
         reply
     }
 

@@ -102,7 +102,7 @@ impl HandshakeRefusals {
         // there; the fingerprint pins the exact certificate.
         let who = PeerIdentity::from_der(der).ok();
         r.client = Some(ClientCert {
-            fingerprint: crate::tls::sha256_hex(der),
+            fingerprint: crate::encoding::sha256_hex(der),
             subject: who.as_ref().map(|p| p.subject.clone()).unwrap_or_default(),
             issuer: who.as_ref().map(|p| p.issuer.clone()).unwrap_or_default(),
             serial: who.as_ref().map(|p| p.serial.clone()).unwrap_or_default(),

@@ -24,7 +24,7 @@ use zeroize::Zeroizing;
 
 use crate::audit::CheckpointSigner;
 use crate::config::ConfigError;
-use crate::tpm::provision::{self, Manifest};
+use crate::tpm::provision::{self, KeyKind, Manifest};
 use crate::tpm::{Tpm, TpmConfig, TpmError};
 
 /// A private key named in a configuration file: a PEM file, or `tpm:NAME`.
@@ -101,7 +101,7 @@ pub enum KeyError {
     #[error("{0} needs a [tpm] section in the configuration")]
     NoTpm(String),
     #[error("tpm:{name} is a {kind} key and cannot be used {purpose}")]
-    WrongKind { name: String, kind: String, purpose: &'static str },
+    WrongKind { name: String, kind: KeyKind, purpose: &'static str },
     #[error("{0}")]
     Invalid(String),
 }
@@ -134,7 +134,7 @@ impl TpmKey {
     /// Hashes `message` (SHA-256) and signs the digest in the TPM; DER signature. Blocks: on a
     /// multi-threaded runtime's worker the wait is announced with `block_in_place`.
     pub fn sign_message(&self, message: &[u8]) -> Result<Vec<u8>, TpmError> {
-        let digest = sha256(message);
+        let digest = crate::encoding::sha256(message);
         let on_worker = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         if on_worker {
@@ -143,12 +143,6 @@ impl TpmKey {
             self.tpm.sign(self.handle, digest)
         }
     }
-}
-
-fn sha256(message: &[u8]) -> [u8; 32] {
-    let mut digest = [0u8; 32];
-    digest.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message).as_ref());
-    digest
 }
 
 /// SubjectPublicKeyInfo DER of an uncompressed P-256 point.
@@ -195,14 +189,7 @@ impl CheckpointSigner for TpmKey {
     }
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
-        self.tpm
-            .sign(self.handle, {
-                let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message);
-                let mut digest = [0u8; 32];
-                digest.copy_from_slice(d.as_ref());
-                digest
-            })
-            .map_err(|e| e.to_string())
+        self.tpm.sign(self.handle, crate::encoding::sha256(message)).map_err(|e| e.to_string())
     }
 }
 
@@ -291,9 +278,9 @@ impl KeyStore {
             KeyRef::Tpm(name) => {
                 let (tpm, _, manifest) = self.tpm_parts(name)?;
                 let entry = manifest.entry(name)?;
-                match entry.kind.as_str() {
-                    "tpm" => Ok(Arc::new(self.resident(tpm, name, entry)?)),
-                    "sealed-ec" => {
+                match entry.kind {
+                    KeyKind::Resident => Ok(Arc::new(self.resident(tpm, name, entry)?)),
+                    KeyKind::SealedEc => {
                         let scalar = self.unseal(name)?;
                         let point = entry
                             .public_point()
@@ -319,7 +306,7 @@ impl KeyStore {
                         rustls::crypto::aws_lc_rs::sign::any_ecdsa_type(&der)
                             .map_err(|e| KeyError::Invalid(e.to_string()))
                     }
-                    kind => Err(KeyError::WrongKind { name: name.clone(), kind: kind.into(), purpose: "for TLS" }),
+                    kind => Err(KeyError::WrongKind { name: name.clone(), kind, purpose: "for TLS" }),
                 }
             }
         }
@@ -351,10 +338,10 @@ impl KeyStore {
             KeyRef::Tpm(name) => {
                 let (tpm, _, manifest) = self.tpm_parts(name)?;
                 let entry = manifest.entry(name)?;
-                if entry.kind != "tpm" {
+                if entry.kind != KeyKind::Resident {
                     return Err(KeyError::WrongKind {
                         name: name.clone(),
-                        kind: entry.kind.clone(),
+                        kind: entry.kind,
                         purpose: "to sign checkpoints",
                     });
                 }
@@ -371,9 +358,9 @@ impl KeyStore {
             }
             KeyRef::Tpm(name) => {
                 let (_, _, manifest) = self.tpm_parts(name)?;
-                let kind = &manifest.entry(name)?.kind;
-                if kind != "sealed-secret" {
-                    return Err(KeyError::WrongKind { name: name.clone(), kind: kind.clone(), purpose: "as a secret" });
+                let kind = manifest.entry(name)?.kind;
+                if kind != KeyKind::SealedSecret {
+                    return Err(KeyError::WrongKind { name: name.clone(), kind, purpose: "as a secret" });
                 }
                 self.unseal(name)
             }

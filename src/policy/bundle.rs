@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 use serde::Deserialize;
 
-use crate::tls::sha256_hex;
+use crate::encoding::sha256_hex;
 
 /// The files of a bundle, by their names relative to the bundle directory.
 pub const SCHEMA_FILE: &str = "spocgw.cedarschema";

@@ -181,7 +181,7 @@ fn files_digest(paths: &[PathBuf]) -> (String, bool) {
         }
         all.push(0);
     }
-    (super::sha256_hex(&all), readable)
+    (crate::encoding::sha256_hex(&all), readable)
 }
 
 /// Reads and checks the lists of `paths` and builds their verifier.

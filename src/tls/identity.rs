@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
+use crate::encoding::{hex, sha256_hex};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,22 +36,6 @@ pub struct PeerIdentity {
     /// Validity, seconds since the Unix epoch.
     pub not_before: i64,
     pub not_after: i64,
-}
-
-/// Lower-case hex of `bytes` (the one hex encoder of the crate: digests, keys, fingerprints).
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    s
-}
-
-/// SHA-256 of `data`, lower-case hex.
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
 }
 
 impl PeerIdentity {

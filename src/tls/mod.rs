@@ -21,7 +21,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
-pub use identity::{IdentityError, PeerCache, PeerIdentity, hex, sha256_hex};
+pub use identity::{IdentityError, PeerCache, PeerIdentity};
 pub use stream::ServerTls;
 pub use verifier::RequireClientAuthEku;
 

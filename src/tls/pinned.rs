@@ -37,13 +37,7 @@ pub fn parse_pins(pins: &[String]) -> Result<Vec<[u8; 32]>, String> {
     pins.iter()
         .map(|p| {
             let p = p.trim();
-            (p.len() == 64)
-                .then(|| {
-                    (0..32).map(|i| u8::from_str_radix(&p[2 * i..2 * i + 2], 16).ok()).collect::<Option<Vec<u8>>>()
-                })
-                .flatten()
-                .and_then(|v| <[u8; 32]>::try_from(v).ok())
-                .ok_or_else(|| format!("{p:?} is not a SHA-256 in hex (64 digits)"))
+            crate::encoding::unhex_array(p).ok_or_else(|| format!("{p:?} is not a SHA-256 in hex (64 digits)"))
         })
         .collect()
 }
@@ -72,11 +66,11 @@ impl ServerCertVerifier for PinnedServer {
         }
         let (_, cert) = X509Certificate::from_der(end_entity.as_ref())
             .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.public_key().raw);
-        if self.pins.iter().any(|p| p.as_slice() == digest.as_ref()) {
+        let digest = crate::encoding::Sha256::of(cert.public_key().raw);
+        if self.pins.contains(&digest.0) {
             return Ok(verified);
         }
-        let mismatch = PinMismatch(super::hex(digest.as_ref()));
+        let mismatch = PinMismatch(digest.to_string());
         tracing::warn!(error = %mismatch, "upstream certificate refused: not a pinned key");
         Err(Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(mismatch)))))
     }

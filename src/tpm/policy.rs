@@ -77,13 +77,7 @@ fn perr(msg: impl Into<String>) -> TpmError {
 }
 
 fn sha256(parts: &[&[u8]]) -> [u8; 32] {
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for p in parts {
-        ctx.update(p);
-    }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    out
+    crate::encoding::Sha256::of_parts(parts).0
 }
 
 /// The PCRs sorted and without repeats, as the TPM orders a selection.

@@ -79,11 +79,36 @@ pub struct Manifest {
     pub keys: BTreeMap<String, KeyEntry>,
 }
 
+/// What a provisioned key is, as `keys.json` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyKind {
+    /// A signing key resident in the TPM (`tpm`).
+    #[serde(rename = "tpm")]
+    Resident,
+    /// The restricted attestation key (quotes only).
+    Attestation,
+    /// A P-256 private scalar sealed by the TPM.
+    SealedEc,
+    /// Secret bytes sealed by the TPM.
+    SealedSecret,
+}
+
+impl std::fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeyKind::Resident => "tpm",
+            KeyKind::Attestation => "attestation",
+            KeyKind::SealedEc => "sealed-ec",
+            KeyKind::SealedSecret => "sealed-secret",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyEntry {
-    /// `tpm` (resident signing key), `attestation`, `sealed-ec` (P-256 scalar), `sealed-secret`.
-    pub kind: String,
+    pub kind: KeyKind,
     /// Persistent handle, for resident keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handle: Option<String>,
@@ -107,16 +132,7 @@ impl KeyEntry {
     }
 }
 
-pub fn hex(b: &[u8]) -> String {
-    crate::tls::hex(b)
-}
-
-pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
-}
+pub use crate::encoding::{hex, unhex};
 
 impl Manifest {
     pub fn load(dir: &Path) -> Result<Manifest, TpmError> {
@@ -444,7 +460,7 @@ pub fn provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool, policy_key: &[u8]
         keys.insert(
             name.clone(),
             KeyEntry {
-                kind: if name == ATTESTATION { "attestation" } else { "tpm" }.into(),
+                kind: if name == ATTESTATION { KeyKind::Attestation } else { KeyKind::Resident },
                 handle: Some(format!("{handle:#010x}")),
                 sealed: None,
                 public: Some(hex(point)),
@@ -457,8 +473,8 @@ pub fn provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool, policy_key: &[u8]
         let json = serde_json::to_vec_pretty(blob).map_err(|e| perr(e.to_string()))?;
         write_file(&dir.join(&file), &json)?;
         let public = server_keys.iter().find(|(n, _, _)| n == name).map(|(_, _, p)| hex(p));
-        let kind = if public.is_some() { "sealed-ec" } else { "sealed-secret" };
-        keys.insert(name.clone(), KeyEntry { kind: kind.into(), handle: None, sealed: Some(file), public, csr: None });
+        let kind = if public.is_some() { KeyKind::SealedEc } else { KeyKind::SealedSecret };
+        keys.insert(name.clone(), KeyEntry { kind, handle: None, sealed: Some(file), public, csr: None });
     }
     // CSRs: the Ministry-side key signs its own inside the TPM; the server keys sign theirs here,
     // before their only clear copy is dropped.
@@ -533,14 +549,14 @@ pub fn status(cfg: &TpmConfig, tpm: &Tpm) -> Result<(bool, String), TpmError> {
         };
         out.push_str(&line);
         if let Some(p) = e.public_point() {
-            out.push_str(&format!(", public key sha256 {}", &crate::tls::sha256_hex(&p)[..16]));
+            out.push_str(&format!(", public key sha256 {}", &crate::encoding::sha256_hex(&p)[..16]));
         }
         out.push('\n');
     }
     let key = m.policy_key()?;
     out.push_str(&format!(
         "keys bound to: PolicyAuthorize by policy key sha256 {} (policy digest {})\n",
-        &crate::tls::sha256_hex(&key)[..16],
+        &crate::encoding::sha256_hex(&key)[..16],
         m.policy_digest
     ));
     let path = cfg.signed_policy_path();
