@@ -734,7 +734,7 @@ async fn a_kept_checkpoint_proves_truncation_and_rewritten_history() {
         .map(str::to_owned)
         .collect();
     std::fs::write(d.path().join("checkpoints.jsonl"), cps.join("\n") + "\n").unwrap();
-    assert!(verify(&w, d.path()).0, "the plain check cannot see a clean truncation (README says so)");
+    assert!(verify(&w, d.path()).0, "the plain check cannot see a clean truncation (docs/audit.md says so)");
     let (ok, out) = verify_with(&w, d.path(), &["--expect", kept_s]);
     assert!(!ok && out.contains("records were removed"), "{out}");
 

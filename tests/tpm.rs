@@ -385,7 +385,7 @@ async fn a_truncated_log_fails_verification_against_the_tpm_counter() {
     assert!(!kept.is_empty());
     std::fs::write(&cps, kept.join("\n") + "\n").unwrap();
     let (ok, out) = run(&[]);
-    assert!(ok, "the signature-only check passes a clean truncation (README says so): {out}");
+    assert!(ok, "the signature-only check passes a clean truncation (docs/audit.md says so): {out}");
     let (ok, out) = run(&tpm_mode);
     assert!(!ok && out.contains("missing from the disk (truncated)"), "{out}");
 }

@@ -196,7 +196,7 @@ pub fn run_provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool, policy_key: &
                 println!("  {name}: {place}{csr}");
             }
             println!("next: have the CSRs certified (police CA: police-server; Ministry CA: ministry-client and");
-            println!("      callback-server), then name the keys tpm:NAME in gateway.toml (README: Key custody)");
+            println!("      callback-server), then name the keys tpm:NAME in gateway.toml (docs/tpm.md)");
         }
     }
     Ok(true)

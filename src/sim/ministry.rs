@@ -1,7 +1,7 @@
 //! The simulated National SPOC: a mutual-TLS server answering every operation of CONTRACT.md
 //! section 3 by fixed, documented rules, able to misbehave on demand.
 //!
-//! Rules (also in README.md):
+//! Rules (also in docs/operations.md):
 //! - `VerifyFingerprintRequest`: `MATCH` (score 0.97) when some live print has the same finger
 //!   position and the same image data as a chip print; `NO_MATCH` (0.03) when positions meet
 //!   but data differ; `INCONCLUSIVE` (0.50) when no position meets.
