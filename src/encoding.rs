@@ -1,8 +1,9 @@
 //! The encodings every stage uses, in one place and at the bottom of the module graph (this
-//! module imports nothing of the crate): lower-case hex for digests, keys and fingerprints, and
-//! SHA-256.
+//! module imports nothing of the crate): lower-case hex for digests, keys and fingerprints,
+//! SHA-256, a P-256 public key as SubjectPublicKeyInfo, and the time stamps of records.
 
 use std::fmt;
+use std::fmt::Write as _;
 
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
@@ -71,6 +72,64 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 /// SHA-256 of `data`, lower-case hex.
 pub fn sha256_hex(data: &[u8]) -> String {
     Sha256::of(data).to_string()
+}
+
+/// SubjectPublicKeyInfo DER of an uncompressed P-256 point.
+pub fn spki_der(point: &[u8]) -> Vec<u8> {
+    const PREFIX: [u8; 26] = [
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
+        0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+    let mut der = PREFIX.to_vec();
+    der.extend_from_slice(point);
+    der
+}
+
+/// PEM SubjectPublicKeyInfo of an uncompressed P-256 point.
+pub fn spki_pem(point: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(spki_der(point));
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or("")).collect();
+    format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", lines.join("\n"))
+}
+
+pub fn now_rfc3339_micros() -> String {
+    rfc3339_micros(std::time::SystemTime::now())
+}
+
+/// `t` as `2026-11-24T01:02:03.456789Z`. Every request stamps two records and a log line: the
+/// date and time of day are formatted once per second per thread, the microseconds each time.
+pub fn rfc3339_micros(t: std::time::SystemTime) -> String {
+    use std::cell::RefCell;
+    thread_local! {
+        /// The second last formatted, and its `YYYY-MM-DDTHH:MM:SS.` prefix.
+        static SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    }
+    let t = time::OffsetDateTime::from(t);
+    let unix = t.unix_timestamp();
+    let micros = t.nanosecond() / 1000;
+    SECOND.with_borrow_mut(|(second, prefix)| {
+        if *second != unix {
+            prefix.clear();
+            let _ = write!(
+                prefix,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            );
+            *second = unix;
+        }
+        let mut out = String::with_capacity(prefix.len() + 7);
+        out.push_str(prefix);
+        let digits = [100_000, 10_000, 1_000, 100, 10, 1].map(|d| b'0' + (micros / d % 10) as u8);
+        out.extend(digits.iter().map(|&b| char::from(b)));
+        out.push('Z');
+        out
+    })
 }
 
 #[cfg(test)]

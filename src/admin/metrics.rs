@@ -211,3 +211,13 @@ impl Metrics {
         out
     }
 }
+
+impl crate::tpm::Observer for Metrics {
+    fn operation(&self, op: &'static str, ok: bool, took: std::time::Duration) {
+        let result = if ok { "ok" } else { "failed" };
+        self.tpm_operations.get_or_create(&TpmOpResult { op, result }).inc();
+        if ok {
+            self.tpm_duration.get_or_create(&TpmOp { op }).observe(took.as_secs_f64());
+        }
+    }
+}

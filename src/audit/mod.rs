@@ -21,12 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::hmac;
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
-use rustls_pki_types::PrivateKeyDer;
-use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use zeroize::Zeroizing;
@@ -179,41 +173,7 @@ pub fn read_anchor(dir: &Path) -> Result<Option<Anchor>, String> {
     }
 }
 
-/// What signs checkpoints: a TPM-resident key (`keys::TpmKey`) or, in development, a file key
-/// ([`FileSigner`]).
-pub trait CheckpointSigner: Send {
-    /// The uncompressed P-256 public point.
-    fn public_key(&self) -> Vec<u8>;
-    /// An ASN.1 DER ECDSA P-256/SHA-256 signature of `message`.
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String>;
-    /// Advances a monotonic checkpoint counter kept outside the disk (the TPM's) and returns
-    /// its new value; `None` where there is none.
-    fn count(&self) -> Result<Option<u64>, String> {
-        Ok(None)
-    }
-}
-
-/// A PKCS#8 P-256 key from a file (development).
-pub struct FileSigner(EcdsaKeyPair);
-
-impl FileSigner {
-    pub fn load(path: &Path) -> Result<Self, AuditError> {
-        load_signing_key(path).map(FileSigner)
-    }
-}
-
-impl CheckpointSigner for FileSigner {
-    fn public_key(&self) -> Vec<u8> {
-        self.0.public_key().as_ref().to_vec()
-    }
-
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
-        self.0
-            .sign(&SystemRandom::new(), message)
-            .map(|s| s.as_ref().to_vec())
-            .map_err(|_| "checkpoint signing failed".into())
-    }
-}
+pub use crate::keys::{CheckpointSigner, FileSigner, spki_pem};
 
 /// Records other processes (the officer tools) leave for the writer: `DIR/spool/*.json`.
 pub const SPOOL_DIR: &str = "spool";
@@ -234,14 +194,6 @@ pub fn spool(dir: &Path, record: &Record) -> Result<PathBuf, String> {
 
 /// The checkpoint public key, as the gateway writes it beside the log.
 pub const PUBLIC_KEY_FILE: &str = "checkpoint.pub.pem";
-
-/// PEM SubjectPublicKeyInfo of an uncompressed P-256 point.
-pub fn spki_pem(point: &[u8]) -> String {
-    let der = crate::keys::spki_der(point);
-    let b64 = B64.encode(der);
-    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or("")).collect();
-    format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", lines.join("\n"))
-}
 
 pub fn segment_name(i: u32) -> String {
     format!("segment-{i:06}.jsonl")
@@ -407,29 +359,6 @@ pub fn pseudonymise(key: &[u8], value: &str) -> String {
 
 fn pseudonym_under(key: &hmac::Key, value: &str) -> String {
     crate::encoding::hex(hmac::sign(key, value.as_bytes()).as_ref())
-}
-
-pub fn load_signing_key(path: &Path) -> Result<EcdsaKeyPair, AuditError> {
-    let der =
-        match PrivateKeyDer::from_pem_file(path).map_err(|e| AuditError::Key(format!("{}: {e}", path.display())))? {
-            PrivateKeyDer::Pkcs8(k) => k,
-            _ => return Err(AuditError::Key(format!("{}: the checkpoint key must be PKCS#8", path.display()))),
-        };
-    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, der.secret_pkcs8_der())
-        .map_err(|_| AuditError::Key(format!("{}: not an ECDSA P-256 key", path.display())))
-}
-
-pub fn load_pseudonym_key(path: &Path) -> Result<Zeroizing<Vec<u8>>, AuditError> {
-    let raw = Zeroizing::new(std::fs::read(path).map_err(|e| io_err(path, e))?);
-    let text = String::from_utf8_lossy(&raw).trim().to_owned();
-    let bytes: Vec<u8> = match crate::encoding::unhex_array::<32>(&text) {
-        Some(key) => key.to_vec(),
-        None => raw.to_vec(),
-    };
-    if bytes.len() < 32 {
-        return Err(AuditError::Key(format!("{}: the pseudonymisation key needs at least 32 bytes", path.display())));
-    }
-    Ok(Zeroizing::new(bytes))
 }
 
 #[cfg(test)]

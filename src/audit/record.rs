@@ -3,8 +3,6 @@
 //! (justification, date and time, who consulted, the recipient, the type of data) is here;
 //! biometric data, names, dates of birth, addresses and plain document numbers never are.
 
-use std::fmt::Write as _;
-
 use serde::{Deserialize, Serialize};
 
 use crate::json;
@@ -230,44 +228,7 @@ impl Record {
     }
 }
 
-pub fn now_rfc3339_micros() -> String {
-    rfc3339_micros(std::time::SystemTime::now())
-}
-
-/// `t` as `2026-11-24T01:02:03.456789Z`. Every request stamps two records and a log line: the
-/// date and time of day are formatted once per second per thread, the microseconds each time.
-pub fn rfc3339_micros(t: std::time::SystemTime) -> String {
-    use std::cell::RefCell;
-    thread_local! {
-        /// The second last formatted, and its `YYYY-MM-DDTHH:MM:SS.` prefix.
-        static SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
-    }
-    let t = time::OffsetDateTime::from(t);
-    let unix = t.unix_timestamp();
-    let micros = t.nanosecond() / 1000;
-    SECOND.with_borrow_mut(|(second, prefix)| {
-        if *second != unix {
-            prefix.clear();
-            let _ = write!(
-                prefix,
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
-                t.year(),
-                u8::from(t.month()),
-                t.day(),
-                t.hour(),
-                t.minute(),
-                t.second()
-            );
-            *second = unix;
-        }
-        let mut out = String::with_capacity(prefix.len() + 7);
-        out.push_str(prefix);
-        let digits = [100_000, 10_000, 1_000, 100, 10, 1].map(|d| b'0' + (micros / d % 10) as u8);
-        out.extend(digits.iter().map(|&b| char::from(b)));
-        out.push('Z');
-        out
-    })
-}
+pub use crate::encoding::{now_rfc3339_micros, rfc3339_micros};
 
 #[cfg(test)]
 mod tests {

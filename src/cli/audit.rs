@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 use crate::audit::verify::{self, Proof};
-use crate::audit::{Record, load_pseudonym_key, pseudonymise};
+use crate::audit::{Record, pseudonymise};
+use crate::keys::load_pseudonym_key;
 
 // Parsed once per process: the size difference between variants does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -428,7 +429,7 @@ fn pseudonym_key_from(key: &str, config: Option<&std::path::Path>) -> Result<zer
         (crate::keys::KeyRef::Tpm(_), None) => {
             return Err(format!("{key} needs --config gateway.toml (its [tpm] table)"));
         }
-        (crate::keys::KeyRef::File(p), _) => return load_pseudonym_key(p).map_err(|e| e.to_string()),
+        (crate::keys::KeyRef::File(p), _) => return load_pseudonym_key(p),
     };
     let store = crate::keys::KeyStore::open(tpm.as_ref()).map_err(|e| e.to_string())?;
     store.secret(&r).map_err(|e| e.to_string())

@@ -261,7 +261,7 @@ fn run_quote(cfg: &TpmConfig, tpm: &Arc<Tpm>, nonce: &str, out: &Path) -> Result
         ("quote.msg", q.attest.clone()),
         ("quote.sig", q.signature.clone()),
         ("quote.pcrs", pcrs),
-        ("attestation.pub.pem", crate::audit::spki_pem(&point).into_bytes()),
+        ("attestation.pub.pem", crate::keys::spki_pem(&point).into_bytes()),
     ];
     for (name, bytes) in files {
         let p = out.join(name);

@@ -125,7 +125,7 @@ impl Gateway {
             .await
             .map_err(|e| ConfigError::new(file, "tpm", format!("key loading stopped: {e}")))??;
         if let Some(t) = &keys.tpm {
-            t.attach_metrics(metrics.clone());
+            t.observe(metrics.clone());
         }
         let keys_tpm = keys.tpm.clone();
         let audit = Audit::start_with(&cfg.audit, keys.checkpoint, keys.pseudonym)

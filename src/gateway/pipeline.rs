@@ -792,7 +792,7 @@ fn passed_back(reply: super::upstream::Reply) -> Response<Full<Bytes>> {
 /// The gateway's own answer to a SendCertificatesRequest it cannot correlate (CSN 36 9791).
 fn callback_unknown(version: SoapVersion) -> super::upstream::Reply {
     let ns = super::routes::CSN_NS;
-    let body = crate::sim::messages::envelope(
+    let body = crate::xml::soap::envelope(
         version,
         &format!(
             "<SendCertificatesResponse xmlns=\"{ns}\"><result>failure_messageID_unknown</result></SendCertificatesResponse>"

@@ -159,7 +159,7 @@ impl Sender {
 impl Upstream {
     /// Builds the client with the configuration's key read from its file (tools, tests).
     pub fn new(cfg: &UpstreamConfig) -> Result<Self, TlsError> {
-        Self::with_key(cfg, tls::file_key(&cfg.key)?)
+        Self::with_key(cfg, cfg.key.file_key()?)
     }
 
     /// Builds the client around `key` (a file key, or one the TPM holds); no connection is made

@@ -3,12 +3,14 @@
 //! provisioning record (DESIGN.md "Key custody"):
 //!
 //! - a TPM-resident key (`ministry-client`, `audit-checkpoint`) signs inside the TPM, through
-//!   [`TpmKey`], which is a rustls `SigningKey`, an audit `CheckpointSigner` and an rcgen
-//!   `SigningKey` (for CSRs);
+//!   [`TpmKey`] (a rustls and an rcgen `SigningKey`; `tpm::key`), or as the audit's
+//!   [`CheckpointSigner`] with the TPM's checkpoint counter;
 //! - a sealed key (`police-server`, `callback-server`, `audit-pseudonym`) is unsealed once at
 //!   start, under the PCR policy, into zeroizing memory.
 
-pub mod der;
+mod file;
+
+pub use file::{CheckpointSigner, FileSigner, load_pseudonym_key};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,13 +18,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
-use rustls::SignatureScheme;
-use rustls::sign::{Signer, SigningKey};
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, SubjectPublicKeyInfoDer};
+use rustls::sign::SigningKey;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::audit::CheckpointSigner;
 use crate::config::ConfigError;
 use crate::tpm::provision::{self, KeyKind, Manifest};
 use crate::tpm::{Tpm, TpmConfig, TpmError};
@@ -82,6 +82,20 @@ impl KeyRef {
         matches!(self, KeyRef::File(_))
     }
 
+    /// The signing key of a file key (simulators, tools, tests); a TPM key needs the gateway's
+    /// [`KeyStore`].
+    ///
+    /// # Errors
+    /// The file cannot be read as a key, or the key is in the TPM.
+    pub fn file_key(&self) -> Result<Arc<dyn SigningKey>, crate::tls::TlsError> {
+        match self {
+            KeyRef::File(path) => crate::tls::file_key(path),
+            KeyRef::Tpm(name) => {
+                Err(crate::tls::TlsError::KeyPair(format!("tpm:{name} needs the gateway's key store")))
+            }
+        }
+    }
+
     /// Where the key lives, for the `key_event` audit record and logs.
     pub fn custody(&self) -> String {
         match self {
@@ -106,92 +120,8 @@ pub enum KeyError {
     Invalid(String),
 }
 
-/// A P-256 key resident in the TPM.
-#[derive(Clone)]
-pub struct TpmKey {
-    tpm: Arc<Tpm>,
-    handle: u32,
-    point: Vec<u8>,
-    spki: Vec<u8>,
-}
-
-impl fmt::Debug for TpmKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TpmKey({:#010x})", self.handle)
-    }
-}
-
-impl TpmKey {
-    pub fn new(tpm: Arc<Tpm>, handle: u32, point: Vec<u8>) -> Self {
-        let spki = spki_der(&point);
-        Self { tpm, handle, point, spki }
-    }
-
-    pub fn point(&self) -> &[u8] {
-        &self.point
-    }
-
-    /// Hashes `message` (SHA-256) and signs the digest in the TPM; DER signature. Blocks: on a
-    /// multi-threaded runtime's worker the wait is announced with `block_in_place`.
-    pub fn sign_message(&self, message: &[u8]) -> Result<Vec<u8>, TpmError> {
-        let digest = crate::encoding::sha256(message);
-        let on_worker = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if on_worker {
-            tokio::task::block_in_place(|| self.tpm.sign(self.handle, digest))
-        } else {
-            self.tpm.sign(self.handle, digest)
-        }
-    }
-}
-
-/// SubjectPublicKeyInfo DER of an uncompressed P-256 point.
-pub fn spki_der(point: &[u8]) -> Vec<u8> {
-    const PREFIX: [u8; 26] = [
-        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
-        0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-    ];
-    let mut der = PREFIX.to_vec();
-    der.extend_from_slice(point);
-    der
-}
-
-impl SigningKey for TpmKey {
-    fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
-        offered.contains(&SignatureScheme::ECDSA_NISTP256_SHA256).then(|| Box::new(self.clone()) as Box<dyn Signer>)
-    }
-
-    fn public_key(&self) -> Option<SubjectPublicKeyInfoDer<'_>> {
-        Some(SubjectPublicKeyInfoDer::from(self.spki.as_slice()))
-    }
-
-    fn algorithm(&self) -> rustls::SignatureAlgorithm {
-        rustls::SignatureAlgorithm::ECDSA
-    }
-}
-
-impl Signer for TpmKey {
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
-        self.sign_message(message).map_err(|e| {
-            tracing::error!(error = %e, "TLS signature with the TPM key failed");
-            rustls::Error::General(format!("TPM signature failed: {e}"))
-        })
-    }
-
-    fn scheme(&self) -> SignatureScheme {
-        SignatureScheme::ECDSA_NISTP256_SHA256
-    }
-}
-
-impl CheckpointSigner for TpmKey {
-    fn public_key(&self) -> Vec<u8> {
-        self.point.clone()
-    }
-
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
-        self.tpm.sign(self.handle, crate::encoding::sha256(message)).map_err(|e| e.to_string())
-    }
-}
+pub use crate::encoding::{spki_der, spki_pem};
+pub use crate::tpm::TpmKey;
 
 /// The TPM's checkpoint signer: the resident `audit-checkpoint` key, and the TPM's audit
 /// counter advanced once per checkpoint.
@@ -199,31 +129,15 @@ struct TpmCheckpointSigner(TpmKey);
 
 impl CheckpointSigner for TpmCheckpointSigner {
     fn public_key(&self) -> Vec<u8> {
-        self.0.point.clone()
+        self.0.point().to_vec()
     }
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
-        CheckpointSigner::sign(&self.0, message)
+        self.0.sign_digest(crate::encoding::sha256(message)).map_err(|e| e.to_string())
     }
 
     fn count(&self) -> Result<Option<u64>, String> {
-        self.0.tpm.count_checkpoint().map(Some).map_err(|e| e.to_string())
-    }
-}
-
-impl rcgen::PublicKeyData for TpmKey {
-    fn der_bytes(&self) -> &[u8] {
-        &self.point
-    }
-
-    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        &rcgen::PKCS_ECDSA_P256_SHA256
-    }
-}
-
-impl rcgen::SigningKey for TpmKey {
-    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        self.sign_message(msg).map_err(|_| rcgen::Error::RingUnspecified)
+        self.0.tpm().count_checkpoint().map(Some).map_err(|e| e.to_string())
     }
 }
 
@@ -274,7 +188,7 @@ impl KeyStore {
     /// The key a TLS endpoint signs its handshakes with.
     pub fn tls_key(&self, r: &KeyRef) -> Result<Arc<dyn SigningKey>, KeyError> {
         match r {
-            KeyRef::File(path) => crate::tls::file_key(r).map_err(|e| KeyError::File(path.clone(), e.to_string())),
+            KeyRef::File(path) => crate::tls::file_key(path).map_err(|e| KeyError::File(path.clone(), e.to_string())),
             KeyRef::Tpm(name) => {
                 let (tpm, _, manifest) = self.tpm_parts(name)?;
                 let entry = manifest.entry(name)?;
@@ -332,9 +246,9 @@ impl KeyStore {
     /// The signer of audit checkpoints.
     pub fn checkpoint_signer(&self, r: &KeyRef) -> Result<Box<dyn CheckpointSigner>, KeyError> {
         match r {
-            KeyRef::File(path) => crate::audit::FileSigner::load(path)
+            KeyRef::File(path) => FileSigner::load(path)
                 .map(|s| Box::new(s) as Box<dyn CheckpointSigner>)
-                .map_err(|e| KeyError::File(path.clone(), e.to_string())),
+                .map_err(|e| KeyError::File(path.clone(), e)),
             KeyRef::Tpm(name) => {
                 let (tpm, _, manifest) = self.tpm_parts(name)?;
                 let entry = manifest.entry(name)?;
@@ -353,9 +267,7 @@ impl KeyStore {
     /// A symmetric secret (the pseudonymisation key).
     pub fn secret(&self, r: &KeyRef) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         match r {
-            KeyRef::File(path) => {
-                crate::audit::load_pseudonym_key(path).map_err(|e| KeyError::File(path.clone(), e.to_string()))
-            }
+            KeyRef::File(path) => load_pseudonym_key(path).map_err(|e| KeyError::File(path.clone(), e)),
             KeyRef::Tpm(name) => {
                 let (_, _, manifest) = self.tpm_parts(name)?;
                 let kind = manifest.entry(name)?.kind;

@@ -10,12 +10,7 @@ use crate::gateway::routes::{BIO_NS, CSN_NS};
 use crate::xml::SoapVersion;
 
 /// Wraps an operation element in a SOAP envelope of `version`.
-pub fn envelope(version: SoapVersion, operation_xml: &str) -> String {
-    format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<soap:Envelope xmlns:soap=\"{}\"><soap:Body>{operation_xml}</soap:Body></soap:Envelope>\n",
-        version.namespace()
-    )
-}
+pub use crate::xml::soap::envelope;
 
 /// The content type of a SOAP message of `version` for `action`.
 pub fn content_type(version: SoapVersion, action: &str) -> String {

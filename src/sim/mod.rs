@@ -40,7 +40,9 @@ async fn bind(
 ) -> Result<(TcpListener, ListenerSpec), ConfigError> {
     let spec = ListenerSpec {
         name,
-        tls: tls::file_key(&server.key)
+        tls: server
+            .key
+            .file_key()
             .and_then(|k| tls::server_config(server, k))
             .map_err(|e| ConfigError::new(file, "server", e))?,
         handshake_timeout: server.handshake_timeout(),

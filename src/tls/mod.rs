@@ -26,7 +26,6 @@ pub use stream::ServerTls;
 pub use verifier::RequireClientAuthEku;
 
 use crate::config::{ListenerConfig, UpstreamConfig};
-use crate::keys::KeyRef;
 
 /// Why a TLS configuration could not be built; each names the file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -118,14 +117,11 @@ pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
 
 /// The signing key of a PEM key file (development keys, simulators, tools).
-pub fn file_key(r: &KeyRef) -> Result<Arc<dyn SigningKey>, TlsError> {
-    match r {
-        KeyRef::File(path) => provider()
-            .key_provider
-            .load_private_key(load_key(path)?)
-            .map_err(|e| TlsError::Pem { path: path.clone(), reason: e.to_string() }),
-        KeyRef::Tpm(name) => Err(TlsError::KeyPair(format!("tpm:{name} needs the gateway's key store"))),
-    }
+pub fn file_key(path: &Path) -> Result<Arc<dyn SigningKey>, TlsError> {
+    provider()
+        .key_provider
+        .load_private_key(load_key(path)?)
+        .map_err(|e| TlsError::Pem { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 /// The certificate chain with its key, checked to belong together.

@@ -7,6 +7,8 @@
 //! context; the next job connects again, so the gateway recovers when the TPM returns.
 
 mod counter;
+mod der;
+mod key;
 pub mod policy;
 pub mod provision;
 mod session;
@@ -32,9 +34,8 @@ use tss_esapi::traits::Marshall;
 use tss_esapi::{Context, TctiNameConf};
 use zeroize::Zeroizing;
 
-use crate::admin::metrics::{Metrics, TpmOp, TpmOpResult};
-
 pub use counter::AUDIT_COUNTER;
+pub use key::TpmKey;
 pub use policy::{Authorization, SignedPolicy};
 pub use session::{SealedBlob, ecdsa_der, point_of};
 
@@ -160,6 +161,12 @@ impl Conn {
 
 type Job = Box<dyn FnOnce(&mut Option<Conn>) + Send>;
 
+/// Who is told of each TPM operation (the gateway's metrics): its name, whether it succeeded,
+/// how long it took.
+pub trait Observer: Send + Sync {
+    fn operation(&self, op: &'static str, ok: bool, took: Duration);
+}
+
 /// The handle every part of the gateway shares.
 pub struct Tpm {
     tx: Sender<Job>,
@@ -167,7 +174,7 @@ pub struct Tpm {
     timeout: Duration,
     healthy: AtomicBool,
     signatures: AtomicU64,
-    metrics: OnceLock<Arc<Metrics>>,
+    observer: OnceLock<Arc<dyn Observer>>,
     authorization: RwLock<Option<Arc<Authorization>>>,
 }
 
@@ -215,14 +222,14 @@ impl Tpm {
             timeout: Duration::from_millis(cfg.timeout_ms.max(1)),
             healthy: AtomicBool::new(true),
             signatures: AtomicU64::new(0),
-            metrics: OnceLock::new(),
+            observer: OnceLock::new(),
             authorization: RwLock::new(None),
         }))
     }
 
-    /// Counts and times every operation in the gateway's metrics from now on.
-    pub fn attach_metrics(&self, metrics: Arc<Metrics>) {
-        let _ = self.metrics.set(metrics);
+    /// Tells `observer` of every operation from now on (the gateway's metrics).
+    pub fn observe(&self, observer: Arc<dyn Observer>) {
+        let _ = self.observer.set(observer);
     }
 
     pub fn tcti(&self) -> &str {
@@ -289,12 +296,8 @@ impl Tpm {
             Err(_) => false,
         };
         self.healthy.store(ok, Ordering::Relaxed);
-        if let Some(m) = self.metrics.get() {
-            let outcome = if result.is_ok() { "ok" } else { "failed" };
-            m.tpm_operations.get_or_create(&TpmOpResult { op, result: outcome }).inc();
-            if result.is_ok() {
-                m.tpm_duration.get_or_create(&TpmOp { op }).observe(start.elapsed().as_secs_f64());
-            }
+        if let Some(o) = self.observer.get() {
+            o.operation(op, result.is_ok(), start.elapsed());
         }
         result
     }

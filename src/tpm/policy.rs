@@ -146,7 +146,7 @@ pub fn read_public_key(path: &Path) -> Result<Vec<u8>, TpmError> {
         .map_err(|e| perr(format!("{}: not a PEM public key: {e}", path.display())))?;
     let der: &[u8] = spki.as_ref();
     // SEQUENCE { SEQUENCE { ecPublicKey, prime256v1 }, BIT STRING 00 04 x y }: the point is the tail.
-    let prefix = crate::keys::spki_der(&[]);
+    let prefix = crate::encoding::spki_der(&[]);
     match der.strip_prefix(prefix.as_slice()) {
         Some(point) if point.len() == 65 && point[0] == 0x04 => Ok(point.to_vec()),
         _ => Err(perr(format!("{}: not an ECDSA P-256 public key", path.display()))),

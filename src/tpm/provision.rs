@@ -456,7 +456,7 @@ pub fn provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool, policy_key: &[u8]
     let mut keys = BTreeMap::new();
     for (name, point) in &made.points {
         let handle = RESIDENT.iter().find(|(n, _)| n == name).map(|(_, h)| *h).unwrap_or_default();
-        write_file(&dir.join(format!("{name}.pub.pem")), crate::audit::spki_pem(point).as_bytes())?;
+        write_file(&dir.join(format!("{name}.pub.pem")), crate::encoding::spki_pem(point).as_bytes())?;
         keys.insert(
             name.clone(),
             KeyEntry {
@@ -479,7 +479,7 @@ pub fn provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool, policy_key: &[u8]
     // CSRs: the Ministry-side key signs its own inside the TPM; the server keys sign theirs here,
     // before their only clear copy is dropped.
     let ministry = keys.get(MINISTRY_CLIENT).and_then(KeyEntry::public_point).ok_or_else(|| perr("no ministry key"))?;
-    let signer = crate::keys::TpmKey::new(tpm.clone(), RESIDENT[0].1, ministry);
+    let signer = super::TpmKey::new(tpm.clone(), RESIDENT[0].1, ministry);
     let csr = csr_params(MINISTRY_CLIENT)?.serialize_request(&signer).map_err(|e| perr(format!("CSR: {e}")))?;
     write_csr(&dir, &mut keys, MINISTRY_CLIENT, &csr.pem().map_err(|e| perr(e.to_string()))?)?;
     for (name, pkcs8, _) in &server_keys {
@@ -490,7 +490,7 @@ pub fn provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool, policy_key: &[u8]
     }
     let manifest = Manifest {
         version: MANIFEST_VERSION,
-        created: crate::audit::record::now_rfc3339_micros(),
+        created: crate::encoding::now_rfc3339_micros(),
         primary_handle: format!("{PRIMARY_HANDLE:#010x}"),
         pcr_bank: "sha256".into(),
         pcrs: cfg.pcrs.clone(),

@@ -92,7 +92,7 @@ pub(crate) fn unseal(
 /// A TPM ECDSA signature as DER `SEQUENCE { INTEGER r, INTEGER s }`.
 pub fn ecdsa_der(sig: &Signature) -> Option<Vec<u8>> {
     let Signature::EcDsa(e) = sig else { return None };
-    Some(crate::keys::der::ecdsa_sig(e.signature_r().value(), e.signature_s().value()))
+    Some(super::der::ecdsa_sig(e.signature_r().value(), e.signature_s().value()))
 }
 
 /// The uncompressed point (`04 || x || y`, 32 bytes each) of a P-256 public area.

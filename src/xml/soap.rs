@@ -1,4 +1,4 @@
-//! SOAP versions and their envelope namespaces.
+//! SOAP versions, their envelope namespaces, and the envelope around one Body element.
 
 pub const SOAP11_NS: &str = "http://schemas.xmlsoap.org/soap/envelope/";
 pub const SOAP12_NS: &str = "http://www.w3.org/2003/05/soap-envelope";
@@ -24,4 +24,13 @@ impl SoapVersion {
             SoapVersion::V12 => SOAP12_NS,
         }
     }
+}
+
+/// A SOAP envelope of `version` whose Body holds `operation_xml` (the gateway's own answers, the
+/// simulators and tools).
+pub fn envelope(version: SoapVersion, operation_xml: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<soap:Envelope xmlns:soap=\"{}\"><soap:Body>{operation_xml}</soap:Body></soap:Envelope>\n",
+        version.namespace()
+    )
 }

@@ -275,9 +275,8 @@ impl World {
             &self.path(&format!("clients/{who}.pem")),
             &self.path(&format!("clients/{who}.key")),
         );
-        let tls = tokio_rustls::TlsConnector::from(
-            spocgw::tls::client_config(&cfg, spocgw::tls::file_key(&cfg.key).unwrap()).unwrap(),
-        );
+        let tls =
+            tokio_rustls::TlsConnector::from(spocgw::tls::client_config(&cfg, cfg.key.file_key().unwrap()).unwrap());
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.gateway_port)).await.unwrap();
         tls.connect("localhost".try_into().unwrap(), tcp).await.unwrap()
     }
