@@ -19,32 +19,22 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::gateway::upstream::{Health, Upstream};
 use metrics::Metrics;
+
+/// One part `/readyz` reports on: its lines, and whether it lets the gateway be ready. The
+/// gateway builds the list; the admin listener knows nothing of the parts.
+pub type ReadyCheck = Box<dyn Fn() -> (bool, String) + Send + Sync>;
 
 /// What the admin endpoints report on.
 pub struct AdminState {
     metrics: Arc<Metrics>,
-    /// The first upstream gates readiness; the others are reported only.
-    upstreams: Vec<(&'static str, Upstream)>,
-    policy: Arc<crate::policy::PolicyState>,
-    audit: Arc<crate::audit::Audit>,
-    tpm: Option<Arc<crate::tpm::Tpm>>,
-    /// The listeners' revocation lists.
-    crls: Vec<Arc<crate::tls::crl::CrlSet>>,
+    checks: Vec<ReadyCheck>,
     draining: AtomicBool,
 }
 
 impl AdminState {
-    pub fn new(
-        metrics: Arc<Metrics>,
-        upstreams: Vec<(&'static str, Upstream)>,
-        policy: Arc<crate::policy::PolicyState>,
-        audit: Arc<crate::audit::Audit>,
-        tpm: Option<Arc<crate::tpm::Tpm>>,
-        crls: Vec<Arc<crate::tls::crl::CrlSet>>,
-    ) -> Self {
-        Self { metrics, upstreams, policy, audit, tpm, crls, draining: AtomicBool::new(false) }
+    pub fn new(metrics: Arc<Metrics>, checks: Vec<ReadyCheck>) -> Self {
+        Self { metrics, checks, draining: AtomicBool::new(false) }
     }
 
     pub fn set_draining(&self) {
@@ -59,37 +49,10 @@ impl AdminState {
             ready = false;
             body.push_str("gateway: draining\n");
         }
-        for (i, (name, u)) in self.upstreams.iter().enumerate() {
-            let word = match u.health() {
-                Health::Up => "ok",
-                Health::Down => "unreachable",
-                Health::Unknown => "unchecked",
-            };
-            if i == 0 && u.health() != Health::Up {
-                ready = false;
-            }
-            body.push_str(&format!("{name}: {word}\n"));
-        }
-        if self.audit.is_healthy() {
-            body.push_str("audit: ok\n");
-        } else {
-            ready = false;
-            body.push_str("audit: failing\n");
-        }
-        match &self.tpm {
-            Some(t) if t.is_healthy() => body.push_str("tpm: ok\n"),
-            Some(_) => {
-                ready = false;
-                body.push_str("tpm: unavailable\n");
-            }
-            None => body.push_str("tpm: none (file keys)\n"),
-        }
-        // A refused reload leaves the previous bundle serving: reported, not gating.
-        body.push_str(&self.policy.status_line());
-        for c in self.crls.iter().filter(|c| !c.is_empty()) {
-            let (ok, line) = c.status();
+        for check in &self.checks {
+            let (ok, lines) = check();
             ready &= ok;
-            body.push_str(&line);
+            body.push_str(&lines);
         }
         (ready, body)
     }

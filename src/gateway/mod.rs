@@ -240,11 +240,7 @@ impl Gateway {
         }
         let admin = Arc::new(AdminState::new(
             metrics.clone(),
-            upstreams.clone(),
-            policy.clone(),
-            audit.clone(),
-            keys_tpm.clone(),
-            crl_sets.clone(),
+            readiness(&upstreams, &audit, keys_tpm.as_ref(), &policy, &crl_sets),
         ));
         tracing::info!(listener = "admin", addr = %admin_addr, "listening");
         let mut background = vec![tokio::spawn(admin::serve(admin_tcp, admin.clone(), stopped.clone()))];
@@ -480,6 +476,47 @@ async fn watch_tpm(tpm: Arc<Tpm>, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
+}
+
+/// What `/readyz` checks, in the order it reports them: the upstreams (the Ministry gates
+/// readiness, the others are reported), the audit log, the TPM, the policy bundle (a refused
+/// reload leaves the previous one serving: reported, not gating), the revocation lists.
+fn readiness(
+    upstreams: &[(&'static str, Upstream)],
+    audit: &Arc<Audit>,
+    tpm: Option<&Arc<Tpm>>,
+    policy: &Arc<PolicyState>,
+    crls: &[Arc<CrlSet>],
+) -> Vec<admin::ReadyCheck> {
+    let mut checks: Vec<admin::ReadyCheck> = Vec::new();
+    for (i, (name, u)) in upstreams.iter().enumerate() {
+        let (name, u) = (*name, u.clone());
+        checks.push(Box::new(move || {
+            let word = match u.health() {
+                Health::Up => "ok",
+                Health::Down => "unreachable",
+                Health::Unknown => "unchecked",
+            };
+            (i != 0 || u.health() == Health::Up, format!("{name}: {word}\n"))
+        }));
+    }
+    let a = audit.clone();
+    checks.push(Box::new(move || {
+        if a.is_healthy() { (true, "audit: ok\n".into()) } else { (false, "audit: failing\n".into()) }
+    }));
+    let t = tpm.cloned();
+    checks.push(Box::new(move || match &t {
+        Some(t) if t.is_healthy() => (true, "tpm: ok\n".into()),
+        Some(_) => (false, "tpm: unavailable\n".into()),
+        None => (true, "tpm: none (file keys)\n".into()),
+    }));
+    let p = policy.clone();
+    checks.push(Box::new(move || (true, p.status_line())));
+    for c in crls.iter().filter(|c| !c.is_empty()) {
+        let c = c.clone();
+        checks.push(Box::new(move || c.status()));
+    }
+    checks
 }
 
 async fn watch_upstream(
