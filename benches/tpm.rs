@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use spocgw::cli::dev_pki::{self, DevTpm, Ports};
-use spocgw::config::{GatewayConfig, UpstreamConfig};
 use spocgw::gateway::Gateway;
+use spocgw::gateway::config::{GatewayConfig, UpstreamConfig};
 use spocgw::gateway::upstream::{Upstream, soap_headers};
 use spocgw::keys::{KeyRef, KeyStore};
 use spocgw::sim::messages::{self, BioRequest};

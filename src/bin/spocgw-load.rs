@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use spocgw::config::UpstreamConfig;
+use spocgw::gateway::config::UpstreamConfig;
 use spocgw::gateway::upstream::{Upstream, soap_headers};
 use spocgw::sim::messages::{self, BioRequest};
 use spocgw::xml::SoapVersion;

@@ -13,8 +13,8 @@ use anyhow::Context as _;
 use bytes::Bytes;
 
 use super::dev_pki::{self, Ports};
-use crate::config::{GatewayConfig, UpstreamConfig};
 use crate::gateway::Gateway;
+use crate::gateway::config::{GatewayConfig, UpstreamConfig};
 use crate::gateway::upstream::{Reply, Upstream, UpstreamError, soap_headers};
 use crate::sim::messages::{self, BioRequest};
 use crate::sim::{self, ministry::MinistryConfig, receiver::ReceiverConfig};

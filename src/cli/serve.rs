@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::GatewayConfig;
 use crate::gateway::Gateway;
+use crate::gateway::config::GatewayConfig;
 
 pub fn run(file: &Path, bench: bool) -> ExitCode {
     let _log = super::init_logging();

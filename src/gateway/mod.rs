@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod body;
 pub mod breaker;
+pub mod config;
 pub mod fault;
 pub mod listener;
 pub mod pipeline;
@@ -24,13 +25,14 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState, metrics::Metrics};
 use crate::audit::Audit;
-use crate::config::{ConfigError, GatewayConfig, ListenerConfig};
+use crate::config::ConfigError;
 use crate::keys::{KeyRef, KeyStore};
 use crate::policy::PolicyState;
 use crate::tls;
 use crate::tls::crl::CrlSet;
 use crate::tpm::Tpm;
 use crate::xml::xsd::Schema;
+use config::{GatewayConfig, ListenerConfig};
 pub use fault::Refusal;
 use listener::ListenerSpec;
 use pipeline::Pipeline;
@@ -64,7 +66,8 @@ fn spec(
     audit: &Arc<Audit>,
     key: Arc<dyn SigningKey>,
 ) -> Result<(ListenerSpec, Arc<CrlSet>), ConfigError> {
-    let (tls, crls) = tls::server_config_with_crls(name, l, key).map_err(|e| ConfigError::new(file, table, e))?;
+    let (tls, crls) =
+        tls::server_config_with_crls(name, &l.server_tls(), key).map_err(|e| ConfigError::new(file, table, e))?;
     let spec = ListenerSpec {
         refusals: Some(Arc::new(refusals::HandshakeRefusals::new(name, audit.clone()))),
         name,

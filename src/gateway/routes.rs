@@ -1,7 +1,7 @@
 //! The routes of CONTRACT.md section 3: which listener accepts which path, which operations
 //! (Body elements, by namespace and local name) each path carries, and where it forwards.
 
-use crate::config::{RouteLimits, XmlConfig, clark_name};
+use super::config::{RouteLimits, XmlConfig, clark_name};
 use crate::xml::SoapVersion;
 use crate::xml::firewall::Limits;
 

@@ -24,7 +24,7 @@ use tokio_rustls::client::TlsStream;
 
 use super::body::{BodyError, read_limited};
 use super::breaker::{Admit, Breaker, BreakerState};
-use crate::config::UpstreamConfig;
+use super::config::UpstreamConfig;
 use crate::tls::{self, TlsError};
 
 /// Why an exchange with the upstream failed.
@@ -170,7 +170,7 @@ impl Upstream {
         let name = cfg.server_name.clone().unwrap_or_else(|| host.clone());
         let server_name = ServerName::try_from(name.clone()).map_err(|_| TlsError::ServerName(name))?;
         let connector = TlsConnect {
-            tls: TlsConnector::from(tls::client_config(cfg, key)?),
+            tls: TlsConnector::from(tls::client_config(&cfg.client_tls(), key)?),
             server_name,
             host,
             port: base.port_u16().unwrap_or(443),

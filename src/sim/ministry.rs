@@ -35,8 +35,9 @@ use quick_xml::events::Event;
 use serde::Deserialize;
 
 use super::messages;
-use crate::config::{ConfigError, ListenerConfig, UpstreamConfig, read_toml};
+use crate::config::{ConfigError, read_toml};
 use crate::gateway::body::read_limited;
+use crate::gateway::config::{ListenerConfig, UpstreamConfig};
 use crate::gateway::routes::{BIO_NS, CSN_NS};
 use crate::gateway::upstream::{Upstream, soap_headers};
 use crate::xml::firewall::Limits;

@@ -13,7 +13,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{ConfigError, ListenerConfig};
+use crate::config::ConfigError;
+use crate::gateway::config::ListenerConfig;
 use crate::gateway::listener::{self, ListenerSpec};
 use crate::tls;
 
@@ -43,7 +44,7 @@ async fn bind(
         tls: server
             .key
             .file_key()
-            .and_then(|k| tls::server_config(server, k))
+            .and_then(|k| tls::server_config(&server.server_tls(), k))
             .map_err(|e| ConfigError::new(file, "server", e))?,
         handshake_timeout: server.handshake_timeout(),
         max_connections: server.max_connections,

@@ -12,8 +12,9 @@ use serde::Deserialize;
 
 use super::messages;
 use super::ministry::SimBody;
-use crate::config::{ConfigError, ListenerConfig, read_toml};
+use crate::config::{ConfigError, read_toml};
 use crate::gateway::body::read_limited;
+use crate::gateway::config::ListenerConfig;
 use crate::gateway::routes::CSN_NS;
 use crate::xml::SoapVersion;
 use crate::xml::firewall::Limits;

@@ -25,8 +25,6 @@ pub use identity::{IdentityError, PeerCache, PeerIdentity};
 pub use stream::ServerTls;
 pub use verifier::RequireClientAuthEku;
 
-use crate::config::{ListenerConfig, UpstreamConfig};
-
 /// Why a TLS configuration could not be built; each names the file at fault.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -134,7 +132,29 @@ fn certified(cert: &Path, key: Arc<dyn SigningKey>) -> Result<Arc<CertifiedKey>,
 }
 
 /// The rustls configuration of a mutual-TLS listener.
-pub fn server_config(l: &ListenerConfig, key: Arc<dyn SigningKey>) -> Result<Arc<ServerConfig>, TlsError> {
+/// What a listener's TLS needs: its certificate chain, the CA its clients chain to, the
+/// revocation lists and what an expired one does, whether TLS 1.2 is offered.
+#[derive(Debug, Clone)]
+pub struct ServerTlsConfig {
+    pub cert: PathBuf,
+    pub client_ca: PathBuf,
+    pub crls: Vec<PathBuf>,
+    pub crl_expired: crl::ExpiredCrl,
+    pub tls12: bool,
+}
+
+/// What an upstream's TLS needs: the CA its certificate chains to, SPKI pins, our certificate
+/// chain, TLS 1.2, whether HTTP/2 is offered.
+#[derive(Debug, Clone)]
+pub struct ClientTlsConfig {
+    pub ca: PathBuf,
+    pub spki_sha256: Vec<String>,
+    pub cert: PathBuf,
+    pub tls12: bool,
+    pub http2: bool,
+}
+
+pub fn server_config(l: &ServerTlsConfig, key: Arc<dyn SigningKey>) -> Result<Arc<ServerConfig>, TlsError> {
     server_config_with_crls("listener", l, key).map(|(c, _)| c)
 }
 
@@ -142,7 +162,7 @@ pub fn server_config(l: &ListenerConfig, key: Arc<dyn SigningKey>) -> Result<Arc
 /// caller reloads while the listener serves: [`crl::CrlSet::reload_if_changed`]).
 pub fn server_config_with_crls(
     listener: &'static str,
-    l: &ListenerConfig,
+    l: &ServerTlsConfig,
     key: Arc<dyn SigningKey>,
 ) -> Result<(Arc<ServerConfig>, Arc<crl::CrlSet>), TlsError> {
     let provider = provider();
@@ -164,7 +184,7 @@ pub fn server_config_with_crls(
 /// The rustls configuration for talking to an upstream: its certificate must chain to the
 /// configured CA (and carry a pinned key, when `spki_sha256` names some); ours comes from the
 /// configured key pair.
-pub fn client_config(u: &UpstreamConfig, key: Arc<dyn SigningKey>) -> Result<Arc<ClientConfig>, TlsError> {
+pub fn client_config(u: &ClientTlsConfig, key: Arc<dyn SigningKey>) -> Result<Arc<ClientConfig>, TlsError> {
     let pins = pinned::parse_pins(&u.spki_sha256).map_err(TlsError::Verifier)?;
     let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(versions(u.tls12))

@@ -431,7 +431,7 @@ mod tests {
     use tokio_rustls::TlsConnector;
 
     use super::*;
-    use crate::config::ListenerConfig;
+    use crate::gateway::config::ListenerConfig;
     use crate::keys::KeyRef;
 
     impl ServerTls {
@@ -463,7 +463,7 @@ mod tests {
             max_connections_per_client: 16,
             request_timeout_ms: 5000,
         };
-        super::super::server_config(&l, l.key.file_key().unwrap()).unwrap()
+        super::super::server_config(&l.server_tls(), l.key.file_key().unwrap()).unwrap()
     }
 
     /// A rustls client: `who` names the certificate under clients/ (none without), TLS 1.2

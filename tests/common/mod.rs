@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use spocgw::config::UpstreamConfig;
+use spocgw::gateway::config::UpstreamConfig;
 use spocgw::gateway::upstream::{Reply, Upstream, UpstreamError, soap_headers};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_spocgw");
@@ -275,8 +275,9 @@ impl World {
             &self.path(&format!("clients/{who}.pem")),
             &self.path(&format!("clients/{who}.key")),
         );
-        let tls =
-            tokio_rustls::TlsConnector::from(spocgw::tls::client_config(&cfg, cfg.key.file_key().unwrap()).unwrap());
+        let tls = tokio_rustls::TlsConnector::from(
+            spocgw::tls::client_config(&cfg.client_tls(), cfg.key.file_key().unwrap()).unwrap(),
+        );
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.gateway_port)).await.unwrap();
         tls.connect("localhost".try_into().unwrap(), tcp).await.unwrap()
     }
