@@ -9,7 +9,7 @@ TOOLS := curl:curl openssl:openssl xmllint:libxml2-utils pkg-config:pkg-config s
 # pkg-config module:package pairs the build links against (tss-esapi)
 LIBS := tss2-esys:libtss2-dev tss2-tctildr:libtss2-dev
 
-.PHONY: all deps soap-venv bench-deps demo test lint check fmt clean bench bench-xsd bench-sbs fuzz
+.PHONY: all deps deps-graph size-report soap-venv bench-deps demo test lint check fmt clean bench bench-xsd bench-sbs fuzz
 
 all: check
 
@@ -39,6 +39,14 @@ $(SOAP_VENV)/.installed: tests/soap-client/requirements.txt
 	python3 -m venv $(SOAP_VENV)
 	$(SOAP_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/soap-client/requirements.txt
 	touch $@
+
+# The import graph among src/'s top-level modules; fails on a cycle (CI runs it).
+deps-graph:
+	python3 tools/deps-graph.py src
+
+# Files over 600 lines and functions over 80 in src/ (STYLE.md's limits), listed.
+size-report:
+	python3 tools/size-report.py
 
 # The side-by-side benchmark also needs nginx (not needed by the tests).
 bench-deps: deps
