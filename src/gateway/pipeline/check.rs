@@ -1,0 +1,71 @@
+//! Check: firewall, envelope and schema in one pass; the operation the Body names, and the
+//! SOAPAction agreeing with it.
+
+use super::super::fault::Refusal;
+use super::super::routes::{Route, action_agrees};
+use super::{Exchange, Outcome, Pipeline};
+use crate::xml::SoapVersion;
+use crate::xml::validate::{Expect, HeaderOutline, XmlRefusal, line_col, validate};
+
+/// What the check learned that the later stages need.
+pub(super) struct Checked {
+    /// The Body's operation, as the route names it.
+    pub operation: &'static str,
+    /// The header entries the route does not let through, to cut before forwarding.
+    pub header: Option<HeaderOutline>,
+    /// The SOAPAction or `action` the client named (None: empty or absent).
+    pub action: Option<String>,
+}
+
+impl Pipeline {
+    pub(super) fn check(
+        &self,
+        x: &mut Exchange<'_>,
+        route: &Route,
+        version: SoapVersion,
+        action: Option<&str>,
+        body: &[u8],
+    ) -> Result<Checked, Outcome> {
+        let expect = Expect::Soap { operations: &route.requests, fault_ok: false, headers: &route.request_headers };
+        let validated = validate(&self.schema, &route.limits, body, expect).map_err(|e| {
+            x.hint = e.hint().map(|(field, rule)| (field.to_owned(), rule));
+            refuse_xml(&e, body)
+        })?;
+        x.message_id = validated.facts.message_id.clone();
+        if validated.version != Some(version) {
+            return Err(Outcome::Refused(
+                Refusal::SchemaViolation,
+                "envelope version differs from content type".into(),
+            ));
+        }
+        let Some(operation) = route.operation(&validated.namespace, &validated.operation) else {
+            return Err(Outcome::Refused(Refusal::UnknownOperation, "operation not on this route".into()));
+        };
+        x.operation = operation;
+        x.facts = validated.facts;
+        // An empty or absent SOAPAction (1.1) or `action` (1.2) leaves the Body to decide, as
+        // SOAP stacks commonly send `SOAPAction: ""`; one that names another operation is refused.
+        let named = action.map(|a| a.trim().trim_matches('"')).filter(|a| !a.is_empty());
+        if named.is_some_and(|a| !action_agrees(a, route.namespace, operation)) {
+            return Err(Outcome::Refused(
+                Refusal::SchemaViolation,
+                "SOAPAction/action does not name the Body's operation".into(),
+            ));
+        }
+        Ok(Checked { operation, header: validated.header, action: named.map(str::to_owned) })
+    }
+}
+
+/// Maps a validator refusal to the contract's code; the detail (which limit, which element,
+/// where) goes to the log only.
+pub(super) fn refuse_xml(e: &XmlRefusal, body: &[u8]) -> Outcome {
+    let refusal = match e {
+        XmlRefusal::Malformed { .. } => Refusal::XmlMalformed,
+        XmlRefusal::Threat { .. } => Refusal::XmlThreat,
+        XmlRefusal::Invalid { .. } => Refusal::SchemaViolation,
+        XmlRefusal::UnknownOperation { .. } => Refusal::UnknownOperation,
+        XmlRefusal::ContentMismatch { .. } => Refusal::ContentMismatch,
+    };
+    let (line, col) = line_col(body, e.offset());
+    Outcome::Refused(refusal, format!("{e} at {line}:{col}"))
+}
