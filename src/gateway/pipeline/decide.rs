@@ -28,7 +28,11 @@ impl Pipeline {
         let caller = x.caller.insert(Caller::from_peer(x.peer));
         let d = bundle.decide(caller, operation, route.name, &x.facts, super::unix_now());
         let policies = d.policies.join(",");
-        x.decision = Some((d.allowed, policies.clone(), bundle.digest[..16].to_owned()));
+        x.decision = Some(super::Decided {
+            allowed: d.allowed,
+            policies: policies.clone(),
+            bundle: bundle.digest[..16].to_owned(),
+        });
         if !d.allowed {
             let why = if d.errors.is_empty() { String::new() } else { format!("; errors: {}", d.errors.join("; ")) };
             let by =

@@ -83,8 +83,8 @@ struct Exchange<'a> {
     upstream_status: Option<u16>,
     /// The caller as policy sees it (built once, used for the decision and minimisation).
     caller: Option<Caller>,
-    /// The policy decision: allowed, deciding policy IDs, bundle digest (short).
-    decision: Option<(bool, String, String)>,
+    /// The policy decision, once made.
+    decision: Option<Decided>,
     /// A callback's messageID, claimed (taken out of the forwarded set) until it is delivered;
     /// put back if it is not.
     claimed: Option<(String, Instant)>,
@@ -100,6 +100,21 @@ struct Exchange<'a> {
     /// Where the request's audit record stands; the outcome's record depends on it.
     request_record: RequestRecord,
     started: Instant,
+}
+
+/// What the policy decided, as the record and the log line say it.
+struct Decided {
+    allowed: bool,
+    /// The deciding policies' IDs, comma-separated.
+    policies: String,
+    /// The bundle's digest, short.
+    bundle: String,
+}
+
+impl Decided {
+    fn word(&self) -> &'static str {
+        if self.allowed { "allow" } else { "deny" }
+    }
 }
 
 /// The request's audit record, as the outcome's record needs to know it.

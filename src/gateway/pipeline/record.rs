@@ -55,10 +55,10 @@ impl Pipeline {
         r.issuing_state = f.issuing_state.clone();
         r.document = f.document_number.as_ref().map(|d| self.audit.pseudonym(d));
         r.data = data;
-        if let Some((allowed, policies, bundle)) = &x.decision {
-            r.decision = Some(if *allowed { "allow" } else { "deny" }.to_owned());
-            r.policies = Some(policies.clone());
-            r.bundle = Some(bundle.clone());
+        if let Some(d) = &x.decision {
+            r.decision = Some(d.word().to_owned());
+            r.policies = Some(d.policies.clone());
+            r.bundle = Some(d.bundle.clone());
         }
         r.request_sha256 = x.request_sha256.clone();
         r

@@ -97,9 +97,9 @@ impl Pipeline {
             status,
             upstream_status = x.upstream_status.unwrap_or(0),
             latency_us = elapsed.as_micros() as u64,
-            decision = x.decision.as_ref().map(|d| if d.0 { "allow" } else { "deny" }).unwrap_or(""),
-            policies = x.decision.as_ref().map(|d| d.1.as_str()).unwrap_or(""),
-            bundle = x.decision.as_ref().map(|d| d.2.as_str()).unwrap_or(""),
+            decision = x.decision.as_ref().map_or("", Decided::word),
+            policies = x.decision.as_ref().map_or("", |d| d.policies.as_str()),
+            bundle = x.decision.as_ref().map_or("", |d| d.bundle.as_str()),
             removed = removed.as_str(),
             "request"
         );
