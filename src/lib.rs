@@ -17,6 +17,7 @@ pub mod gateway;
 pub mod json;
 pub mod keys;
 pub mod policy;
+pub mod reload;
 pub mod sim;
 pub mod tls;
 pub mod tpm;

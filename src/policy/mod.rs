@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+
+use crate::reload::Reloadable;
 use serde::Deserialize;
 
 pub use bundle::{Bundle, BundleError};
@@ -77,12 +79,11 @@ impl Default for PolicyConfig {
 
 /// The policy stage's state, shared by every request.
 pub struct PolicyState {
-    bundle: ArcSwap<Bundle>,
+    /// The bundle in force, and the files refused last and why (kept for `/readyz`).
+    bundle: Reloadable<Bundle>,
     rates: ArcSwap<rate::RateLimits>,
     pub forwarded: correlation::ForwardedIds,
     config: PolicyConfig,
-    /// Why the last reload failed, while the old bundle stays active.
-    last_error: Mutex<Option<(String, String)>>,
     /// The active signed bundle's serial and digest (signed bundles only).
     serial: Mutex<Option<(u64, String)>>,
 }
@@ -146,10 +147,9 @@ impl PolicyState {
         Ok(Self {
             serial: Mutex::new(serial),
             rates: ArcSwap::from_pointee(rate::RateLimits::new(&bundle.routes.rate)),
-            bundle: ArcSwap::from_pointee(bundle),
+            bundle: Reloadable::new(bundle),
             forwarded: correlation::ForwardedIds::new(config.callback_ids, Duration::from_secs(config.callback_ttl_s)),
             config: config.clone(),
-            last_error: Mutex::new(None),
         })
     }
 
@@ -182,7 +182,7 @@ impl PolicyState {
     }
 
     pub fn current(&self) -> Arc<Bundle> {
-        self.bundle.load_full()
+        self.bundle.get()
     }
 
     /// The digest of the bundle files on disk now (None for the built-in bundle).
@@ -200,16 +200,11 @@ impl PolicyState {
                 if !self.rates.load().same_rates(&b.routes.rate) {
                     self.rates.store(Arc::new(rate::RateLimits::new(&b.routes.rate)));
                 }
-                self.bundle.store(Arc::new(b));
-                if let Ok(mut e) = self.last_error.lock() {
-                    *e = None;
-                }
+                self.bundle.put(b);
                 Ok(digest)
             }
             Err(e) => {
-                if let Ok(mut last) = self.last_error.lock() {
-                    *last = Some((self.disk_digest().unwrap_or_default(), e.to_string()));
-                }
+                self.bundle.refuse(self.disk_digest().unwrap_or_default(), e.to_string());
                 Err(e)
             }
         }
@@ -217,7 +212,7 @@ impl PolicyState {
 
     /// The digest whose reload last failed (not retried until the files change again).
     pub fn failed_digest(&self) -> Option<String> {
-        self.last_error.lock().ok().and_then(|e| e.as_ref().map(|(d, _)| d.clone()))
+        self.bundle.refused().map(|(d, _)| d)
     }
 
     pub fn check_rate(&self, route: &str, caller: &str) -> Result<(), Duration> {
@@ -240,7 +235,7 @@ impl PolicyState {
             Some(n) => format!(", serial {n}"),
             None => String::new(),
         };
-        match self.last_error.lock().ok().and_then(|e| e.clone()) {
+        match self.bundle.refused() {
             None => format!("policy: ok {short} ({}{serial})\n", b.origin),
             Some((_, reason)) => format!("policy: reload-failed, {short} still active: {reason}\n"),
         }

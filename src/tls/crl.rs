@@ -6,9 +6,8 @@
 //! the gateway is not ready) or `alarm` (the list is still used, and `/readyz` says it expired).
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::{DistinguishedName, RootCertStore};
@@ -16,6 +15,7 @@ use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
 use super::{TlsError, load_crls, provider};
+use crate::reload::Reloadable;
 
 /// What an expired list does (`crl_expired` in a listener's table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -32,12 +32,10 @@ pub struct CrlSet {
     roots: Arc<RootCertStore>,
     expired: ExpiredCrl,
     hints: Vec<DistinguishedName>,
-    verifier: ArcSwap<Loaded>,
-    /// Why the files on disk, with this digest, were not taken.
-    failed: Mutex<Option<(String, String)>>,
-    /// Bumped each time new lists come into force: connections verified under an older set
-    /// check their certificate again before their next request.
-    generation: std::sync::atomic::AtomicU64,
+    /// The lists in force; the files refused last and why; a new generation each time new
+    /// lists come into force (connections verified under an older set check their certificate
+    /// again before their next request).
+    verifier: Reloadable<Loaded>,
 }
 
 /// One loaded set.
@@ -79,9 +77,7 @@ impl CrlSet {
             hints: roots.subjects(),
             roots,
             expired,
-            verifier: ArcSwap::from_pointee(loaded),
-            failed: Mutex::new(None),
-            generation: std::sync::atomic::AtomicU64::new(0),
+            verifier: Reloadable::new(loaded),
         })
     }
 
@@ -90,11 +86,7 @@ impl CrlSet {
     /// when nothing changed (or the refused files did not change either).
     pub fn reload_if_changed(&self) -> Option<Result<(), String>> {
         let (digest, readable) = files_digest(&self.paths);
-        if digest == self.verifier.load().digest {
-            return None;
-        }
-        let mut failed = self.failed.lock().ok()?;
-        if failed.as_ref().is_some_and(|(d, _)| *d == digest) {
+        if digest == self.verifier.peek().digest || self.verifier.refused().is_some_and(|(d, _)| d == digest) {
             return None;
         }
         let built = if readable {
@@ -104,13 +96,11 @@ impl CrlSet {
         };
         match built {
             Ok(loaded) => {
-                self.verifier.store(Arc::new(loaded));
-                self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
-                *failed = None;
+                self.verifier.put(loaded);
                 Some(Ok(()))
             }
             Err(e) => {
-                *failed = Some((digest, e.clone()));
+                self.verifier.refuse(digest, e.clone());
                 Some(Err(e))
             }
         }
@@ -118,14 +108,14 @@ impl CrlSet {
 
     /// Whether the lists in force are past their nextUpdate.
     pub fn expired(&self) -> bool {
-        self.verifier.load().next_update.is_some_and(|t| t < now_unix())
+        self.verifier.peek().next_update.is_some_and(|t| t < now_unix())
     }
 
     /// `/readyz`'s line for this set, and whether it lets the gateway be ready: an expired
     /// list under `refuse` refuses every client, so it does not.
     pub fn status(&self) -> (bool, String) {
-        let loaded = self.verifier.load();
-        let failed = self.failed.lock().ok().and_then(|f| f.as_ref().map(|(_, e)| e.clone()));
+        let loaded = self.verifier.peek();
+        let failed = self.verifier.refused().map(|(_, e)| e);
         let (ok, state) = match (self.expired(), self.expired, failed) {
             (true, ExpiredCrl::Refuse, _) => (false, "expired, every client refused".to_owned()),
             (true, ExpiredCrl::Alarm, _) => (true, "expired (crl_expired = \"alarm\": still used)".to_owned()),
@@ -142,12 +132,12 @@ impl CrlSet {
 
     /// The verifier of the lists in force now (for one handshake).
     pub fn current(&self) -> Arc<dyn ClientCertVerifier> {
-        self.verifier.load().verifier.clone()
+        self.verifier.peek().verifier.clone()
     }
 
     /// Which set of lists is in force (a new number each time new lists come into force).
     pub fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::Acquire)
+        self.verifier.generation()
     }
 
     /// Whether a client certificate chain verified at its handshake still passes under the
