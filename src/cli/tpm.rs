@@ -153,7 +153,7 @@ pub fn run(cmd: TpmCommand) -> ExitCode {
             .map_err(|e| e.to_string())
             .and_then(|key| run_provision(&cfg, &tpm, force, &key)),
         TpmCommand::Authorize { .. } => Ok(false),
-        TpmCommand::Status { .. } => match provision::status(&cfg, &tpm) {
+        TpmCommand::Status { .. } => match crate::tpm::status::status(&cfg, &tpm) {
             Ok((ok, text)) => {
                 print!("{text}");
                 Ok(ok)

@@ -12,6 +12,7 @@ mod key;
 pub mod policy;
 pub mod provision;
 mod session;
+pub mod status;
 pub mod swtpm;
 
 use std::path::PathBuf;

@@ -339,14 +339,10 @@ fn csr_params(name: &str) -> Result<rcgen::CertificateParams, TpmError> {
     Ok(p)
 }
 
-/// Creates every key, seals the secrets and writes `keys.json`, the sealed blobs, public keys and
-/// CSRs into `cfg.dir`. Without `force`, an existing provisioning that the TPM still holds is
-/// left as it is (and reported), and any other key in the way is an error.
-///
-/// The keys are bound to `policy_key` (a P-256 point): the signed PCR policy `cfg` names must
-/// be signed by it and approve the current PCR values, or nothing is made.
-pub fn provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool, policy_key: &[u8]) -> Result<Outcome, TpmError> {
-    let dir = cfg.dir.clone();
+/// Reads the signed PCR policy `cfg` names, checks it against `policy_key` and the TPM's current
+/// PCR values, and hands it to `tpm`: keys bound to a policy that does not approve this state
+/// would be unusable here.
+fn authorize_current(cfg: &TpmConfig, tpm: &Tpm, policy_key: &[u8]) -> Result<(), TpmError> {
     let path = cfg.signed_policy_path();
     let auth = SignedPolicy::load(&path)?.check(policy_key).map_err(|e| perr(format!("{}: {e}", path.display())))?;
     let current: Vec<[u8; 32]> = tpm
@@ -363,26 +359,44 @@ pub fn provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool, policy_key: &[u8]
         )));
     }
     tpm.authorize(auth);
-    if dir.join(MANIFEST).exists() && !force {
-        let m = Manifest::load(&dir)?;
-        if m.policy_key()? != policy_key {
+    Ok(())
+}
+
+/// The provisioning record in `dir`, checked against the TPM: the same policy key, and every
+/// resident key still there.
+fn still_provisioned(dir: &Path, tpm: &Tpm, policy_key: &[u8]) -> Result<Manifest, TpmError> {
+    let m = Manifest::load(dir)?;
+    if m.policy_key()? != policy_key {
+        return Err(perr(format!(
+            "{}/{MANIFEST} records another policy key; `spocgw tpm provision --force` provisions anew",
+            dir.display()
+        )));
+    }
+    for (name, handle) in RESIDENT {
+        let want = m.entry(name)?.public_point();
+        let have = tpm.public_point(handle)?;
+        if have.is_none() || have != want {
             return Err(perr(format!(
-                "{}/{MANIFEST} records another policy key; `spocgw tpm provision --force` provisions anew",
+                "{}/{MANIFEST} records key {name} at {handle:#x}, but this TPM does not hold it \
+                 (a cleared or different TPM?); `spocgw tpm provision --force` provisions anew",
                 dir.display()
             )));
         }
-        for (name, handle) in RESIDENT {
-            let want = m.entry(name)?.public_point();
-            let have = tpm.public_point(handle)?;
-            if have.is_none() || have != want {
-                return Err(perr(format!(
-                    "{}/{MANIFEST} records key {name} at {handle:#x}, but this TPM does not hold it \
-                     (a cleared or different TPM?); `spocgw tpm provision --force` provisions anew",
-                    dir.display()
-                )));
-            }
-        }
-        return Ok(Outcome::AlreadyProvisioned(m));
+    }
+    Ok(m)
+}
+
+/// Creates every key, seals the secrets and writes `keys.json`, the sealed blobs, public keys and
+/// CSRs into `cfg.dir`. Without `force`, an existing provisioning that the TPM still holds is
+/// left as it is (and reported), and any other key in the way is an error.
+///
+/// The keys are bound to `policy_key` (a P-256 point): the signed PCR policy `cfg` names must
+/// be signed by it and approve the current PCR values, or nothing is made.
+pub fn provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool, policy_key: &[u8]) -> Result<Outcome, TpmError> {
+    let dir = cfg.dir.clone();
+    authorize_current(cfg, tpm, policy_key)?;
+    if dir.join(MANIFEST).exists() && !force {
+        return still_provisioned(&dir, tpm, policy_key).map(Outcome::AlreadyProvisioned);
     }
     if !force {
         for h in std::iter::once(PRIMARY_HANDLE).chain(RESIDENT.iter().map(|(_, h)| *h)) {
@@ -396,9 +410,37 @@ pub fn provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool, policy_key: &[u8]
         }
     }
 
-    // Secrets generated here, sealed by the TPM, never written in clear.
+    let (server_keys, secrets) = fresh_secrets()?;
+    let made = make_in_tpm(tpm, policy_key, secrets)?;
+    let mut keys = record_keys(&dir, &made, &server_keys)?;
+    write_csrs(&dir, tpm, &mut keys, &server_keys)?;
+    let manifest = Manifest {
+        version: MANIFEST_VERSION,
+        created: crate::encoding::now_rfc3339_micros(),
+        primary_handle: format!("{PRIMARY_HANDLE:#010x}"),
+        pcr_bank: "sha256".into(),
+        pcrs: cfg.pcrs.clone(),
+        policy_key: hex(policy_key),
+        policy_digest: hex(&made.policy_digest),
+        audit_counter: format!("{:#010x}", super::AUDIT_COUNTER),
+        keys,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| perr(e.to_string()))?;
+    write_file(&dir.join(MANIFEST), &json)?;
+    Ok(Outcome::Created(manifest))
+}
+
+/// A server key made at provisioning: its name, PKCS#8 (for its CSR, then dropped) and point.
+type ServerKey = (&'static str, Zeroizing<Vec<u8>>, Vec<u8>);
+
+/// A secret to seal, by its key name.
+type Secret = (String, Zeroizing<Vec<u8>>);
+
+/// The server keys and the pseudonymisation key, generated here, to be sealed by the TPM and
+/// never written in clear: the keys, and the secrets to seal (the server keys' scalars too).
+fn fresh_secrets() -> Result<(Vec<ServerKey>, Vec<Secret>), TpmError> {
     let mut server_keys = Vec::new();
-    let mut secrets: Vec<(String, Zeroizing<Vec<u8>>)> = Vec::new();
+    let mut secrets: Vec<Secret> = Vec::new();
     let rng = aws_lc_rs::rand::SystemRandom::new();
     for name in [POLICE_SERVER, CALLBACK_SERVER] {
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
@@ -414,10 +456,15 @@ pub fn provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool, policy_key: &[u8]
     let mut pseudonym = Zeroizing::new(vec![0u8; 32]);
     aws_lc_rs::rand::fill(&mut pseudonym).map_err(|_| perr("no randomness"))?;
     secrets.push((AUDIT_PSEUDONYM.to_owned(), pseudonym));
+    Ok((server_keys, secrets))
+}
 
+/// In the TPM: a new storage primary, the resident keys and the sealed secrets, all bound to
+/// PolicyAuthorize by `policy_key`, and the audit counter.
+fn make_in_tpm(tpm: &Tpm, policy_key: &[u8], secrets: Vec<Secret>) -> Result<Made, TpmError> {
     let policy_point = policy_key.to_vec();
     let auth = tpm.authorization()?;
-    let made = tpm.call("provision", move |c| {
+    tpm.call("provision", move |c| {
         c.forget();
         for h in std::iter::once(PRIMARY_HANDLE).chain(RESIDENT.iter().map(|(_, h)| *h)) {
             evict(c, h)?;
@@ -451,8 +498,11 @@ pub fn provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool, policy_key: &[u8]
         let _ = c.ctx.flush_context(primary.into());
         c.forget();
         result
-    })?;
+    })
+}
 
+/// Writes the public keys and the sealed blobs into `dir`; their entries in the record.
+fn record_keys(dir: &Path, made: &Made, server_keys: &[ServerKey]) -> Result<BTreeMap<String, KeyEntry>, TpmError> {
     let mut keys = BTreeMap::new();
     for (name, point) in &made.points {
         let handle = RESIDENT.iter().find(|(n, _)| n == name).map(|(_, h)| *h).unwrap_or_default();
@@ -476,32 +526,28 @@ pub fn provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool, policy_key: &[u8]
         let kind = if public.is_some() { KeyKind::SealedEc } else { KeyKind::SealedSecret };
         keys.insert(name.clone(), KeyEntry { kind, handle: None, sealed: Some(file), public, csr: None });
     }
-    // CSRs: the Ministry-side key signs its own inside the TPM; the server keys sign theirs here,
-    // before their only clear copy is dropped.
+    Ok(keys)
+}
+
+/// CSRs: the Ministry-side key signs its own inside the TPM; the server keys sign theirs here,
+/// before their only clear copy is dropped.
+fn write_csrs(
+    dir: &Path,
+    tpm: &Arc<Tpm>,
+    keys: &mut BTreeMap<String, KeyEntry>,
+    server_keys: &[ServerKey],
+) -> Result<(), TpmError> {
     let ministry = keys.get(MINISTRY_CLIENT).and_then(KeyEntry::public_point).ok_or_else(|| perr("no ministry key"))?;
     let signer = super::TpmKey::new(tpm.clone(), RESIDENT[0].1, ministry);
     let csr = csr_params(MINISTRY_CLIENT)?.serialize_request(&signer).map_err(|e| perr(format!("CSR: {e}")))?;
-    write_csr(&dir, &mut keys, MINISTRY_CLIENT, &csr.pem().map_err(|e| perr(e.to_string()))?)?;
-    for (name, pkcs8, _) in &server_keys {
+    write_csr(dir, keys, MINISTRY_CLIENT, &csr.pem().map_err(|e| perr(e.to_string()))?)?;
+    for (name, pkcs8, _) in server_keys {
         let der = rustls_pki_types::PrivatePkcs8KeyDer::from(pkcs8.as_slice());
         let kp = rcgen::KeyPair::try_from(&der).map_err(|e| perr(format!("CSR key: {e}")))?;
         let csr = csr_params(name)?.serialize_request(&kp).map_err(|e| perr(format!("CSR: {e}")))?;
-        write_csr(&dir, &mut keys, name, &csr.pem().map_err(|e| perr(e.to_string()))?)?;
+        write_csr(dir, keys, name, &csr.pem().map_err(|e| perr(e.to_string()))?)?;
     }
-    let manifest = Manifest {
-        version: MANIFEST_VERSION,
-        created: crate::encoding::now_rfc3339_micros(),
-        primary_handle: format!("{PRIMARY_HANDLE:#010x}"),
-        pcr_bank: "sha256".into(),
-        pcrs: cfg.pcrs.clone(),
-        policy_key: hex(policy_key),
-        policy_digest: hex(&made.policy_digest),
-        audit_counter: format!("{:#010x}", super::AUDIT_COUNTER),
-        keys,
-    };
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| perr(e.to_string()))?;
-    write_file(&dir.join(MANIFEST), &json)?;
-    Ok(Outcome::Created(manifest))
+    Ok(())
 }
 
 fn write_csr(dir: &Path, keys: &mut BTreeMap<String, KeyEntry>, name: &str, pem: &str) -> Result<(), TpmError> {
@@ -513,81 +559,8 @@ fn write_csr(dir: &Path, keys: &mut BTreeMap<String, KeyEntry>, name: &str, pem:
     Ok(())
 }
 
-fn primary_exists(tpm: &Tpm) -> Result<bool, TpmError> {
+pub(super) fn primary_exists(tpm: &Tpm) -> Result<bool, TpmError> {
     tpm.call("read_public", |c| c.exists(PRIMARY_HANDLE).map_err(|e| cmd("GetCapability", &e)))
-}
-
-/// `tpm status`: the provisioning record checked against the TPM, as text.
-pub fn status(cfg: &TpmConfig, tpm: &Tpm) -> Result<(bool, String), TpmError> {
-    let m = Manifest::load(&cfg.dir)?;
-    let mut ok = true;
-    let mut out = format!(
-        "TPM {}\nprovisioning record {}/{MANIFEST} (created {})\nstorage primary {}: {}\n",
-        cfg.tcti,
-        cfg.dir.display(),
-        m.created,
-        m.primary_handle,
-        if primary_exists(tpm)? { "present" } else { "MISSING" }
-    );
-    for (name, e) in &m.keys {
-        let line = match e.handle_u32() {
-            Some(h) => {
-                let state = match tpm.public_point(h)? {
-                    Some(p) if Some(&p) == e.public_point().as_ref() => "present",
-                    Some(_) => {
-                        ok = false;
-                        "DIFFERENT KEY"
-                    }
-                    None => {
-                        ok = false;
-                        "MISSING"
-                    }
-                };
-                format!("{name}: {} at {}, {state}", e.kind, e.handle.as_deref().unwrap_or("?"))
-            }
-            None => format!("{name}: {}, sealed in {}", e.kind, e.sealed.as_deref().unwrap_or("?")),
-        };
-        out.push_str(&line);
-        if let Some(p) = e.public_point() {
-            out.push_str(&format!(", public key sha256 {}", &crate::encoding::sha256_hex(&p)[..16]));
-        }
-        out.push('\n');
-    }
-    let key = m.policy_key()?;
-    out.push_str(&format!(
-        "keys bound to: PolicyAuthorize by policy key sha256 {} (policy digest {})\n",
-        &crate::encoding::sha256_hex(&key)[..16],
-        m.policy_digest
-    ));
-    let path = cfg.signed_policy_path();
-    let pcrs = match m.authorize(cfg, tpm) {
-        Ok(auth) => {
-            let current: Vec<[u8; 32]> = tpm
-                .pcr_values(auth.policy.pcrs.clone())?
-                .into_iter()
-                .filter_map(|(_, v)| <[u8; 32]>::try_from(v).ok())
-                .collect();
-            let approved = auth.matches(&current);
-            ok &= approved;
-            out.push_str(&format!(
-                "signed PCR policy {}: PCRs {:?}{}; this boot state is {}\n",
-                path.display(),
-                auth.policy.pcrs,
-                if auth.policy.comment.is_empty() { String::new() } else { format!(" ({})", auth.policy.comment) },
-                if approved { "approved" } else { "NOT approved: the keys cannot be used" }
-            ));
-            auth.policy.pcrs.clone()
-        }
-        Err(e) => {
-            ok = false;
-            out.push_str(&format!("signed PCR policy: UNUSABLE: {e}\n"));
-            m.pcrs.clone()
-        }
-    };
-    for (pcr, v) in tpm.pcr_values(pcrs)? {
-        out.push_str(&format!("  PCR {pcr:>2} = {}\n", hex(&v)));
-    }
-    Ok((ok, out))
 }
 
 /// The provisioning directory's public key file of a key.

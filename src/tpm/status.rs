@@ -1,0 +1,78 @@
+//! `tpm status`: the provisioning record checked against the TPM, and the signed PCR policy
+//! against the current boot state.
+
+use super::provision::{MANIFEST, Manifest, hex, primary_exists};
+use super::{Tpm, TpmConfig, TpmError};
+
+/// `tpm status`: the provisioning record checked against the TPM, as text.
+pub fn status(cfg: &TpmConfig, tpm: &Tpm) -> Result<(bool, String), TpmError> {
+    let m = Manifest::load(&cfg.dir)?;
+    let mut ok = true;
+    let mut out = format!(
+        "TPM {}\nprovisioning record {}/{MANIFEST} (created {})\nstorage primary {}: {}\n",
+        cfg.tcti,
+        cfg.dir.display(),
+        m.created,
+        m.primary_handle,
+        if primary_exists(tpm)? { "present" } else { "MISSING" }
+    );
+    for (name, e) in &m.keys {
+        let line = match e.handle_u32() {
+            Some(h) => {
+                let state = match tpm.public_point(h)? {
+                    Some(p) if Some(&p) == e.public_point().as_ref() => "present",
+                    Some(_) => {
+                        ok = false;
+                        "DIFFERENT KEY"
+                    }
+                    None => {
+                        ok = false;
+                        "MISSING"
+                    }
+                };
+                format!("{name}: {} at {}, {state}", e.kind, e.handle.as_deref().unwrap_or("?"))
+            }
+            None => format!("{name}: {}, sealed in {}", e.kind, e.sealed.as_deref().unwrap_or("?")),
+        };
+        out.push_str(&line);
+        if let Some(p) = e.public_point() {
+            out.push_str(&format!(", public key sha256 {}", &crate::encoding::sha256_hex(&p)[..16]));
+        }
+        out.push('\n');
+    }
+    let key = m.policy_key()?;
+    out.push_str(&format!(
+        "keys bound to: PolicyAuthorize by policy key sha256 {} (policy digest {})\n",
+        &crate::encoding::sha256_hex(&key)[..16],
+        m.policy_digest
+    ));
+    let path = cfg.signed_policy_path();
+    let pcrs = match m.authorize(cfg, tpm) {
+        Ok(auth) => {
+            let current: Vec<[u8; 32]> = tpm
+                .pcr_values(auth.policy.pcrs.clone())?
+                .into_iter()
+                .filter_map(|(_, v)| <[u8; 32]>::try_from(v).ok())
+                .collect();
+            let approved = auth.matches(&current);
+            ok &= approved;
+            out.push_str(&format!(
+                "signed PCR policy {}: PCRs {:?}{}; this boot state is {}\n",
+                path.display(),
+                auth.policy.pcrs,
+                if auth.policy.comment.is_empty() { String::new() } else { format!(" ({})", auth.policy.comment) },
+                if approved { "approved" } else { "NOT approved: the keys cannot be used" }
+            ));
+            auth.policy.pcrs.clone()
+        }
+        Err(e) => {
+            ok = false;
+            out.push_str(&format!("signed PCR policy: UNUSABLE: {e}\n"));
+            m.pcrs.clone()
+        }
+    };
+    for (pcr, v) in tpm.pcr_values(pcrs)? {
+        out.push_str(&format!("  PCR {pcr:>2} = {}\n", hex(&v)));
+    }
+    Ok((ok, out))
+}
