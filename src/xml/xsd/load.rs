@@ -1,0 +1,65 @@
+//! Where schemas come from: the ones shipped with the gateway (compiled in), or every `*.xsd`
+//! of a directory; and their compilation into one [`Schema`].
+
+use std::path::Path;
+
+use super::{Compiler, Schema, SchemaError, document};
+
+/// The schemas shipped with the gateway (`policies/schemas/`), compiled in.
+pub const EMBEDDED: &[(&str, &str)] = &[
+    ("bio-v1.xsd", include_str!("../../../policies/schemas/bio-v1.xsd")),
+    ("csn369791.xsd", include_str!("../../../policies/schemas/csn369791.xsd")),
+    ("fault.xsd", include_str!("../../../policies/schemas/fault.xsd")),
+];
+
+impl Schema {
+    /// The global element named (ns, local).
+    pub fn global(&self, ns: &str, local: &str) -> Option<usize> {
+        // A handful of globals: a scan beats building a key.
+        self.globals.iter().find(|((n, l), _)| l == local && n == ns).map(|(_, &i)| i)
+    }
+
+    /// Loads every `*.xsd` file of `dir`.
+    pub fn load_dir(dir: &Path) -> Result<Schema, SchemaError> {
+        let err = |m: String| SchemaError { file: dir.display().to_string(), line: 0, message: m };
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| err(format!("cannot read the directory: {e}")))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "xsd"))
+            .collect();
+        names.sort();
+        if names.is_empty() {
+            return Err(err("no .xsd files".into()));
+        }
+        let mut sources = Vec::new();
+        for p in names {
+            let text = std::fs::read_to_string(&p).map_err(|e| SchemaError {
+                file: p.display().to_string(),
+                line: 0,
+                message: e.to_string(),
+            })?;
+            sources.push((p.display().to_string(), text));
+        }
+        let refs: Vec<(&str, &str)> = sources.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+        Schema::compile(&refs)
+    }
+
+    /// The embedded default schemas.
+    pub fn embedded() -> Result<Schema, SchemaError> {
+        Schema::compile(EMBEDDED)
+    }
+
+    /// Compiles schema sources given as (file name, text).
+    pub fn compile(sources: &[(&str, &str)]) -> Result<Schema, SchemaError> {
+        let mut docs = Vec::new();
+        for (name, text) in sources {
+            let root =
+                document::parse(text).map_err(|m| SchemaError { file: name.to_string(), line: 0, message: m })?;
+            docs.push((name.to_string(), root));
+        }
+        let mut c = Compiler::default();
+        c.run(&docs)?;
+        Ok(c.schema)
+    }
+}
