@@ -223,47 +223,63 @@ fn audit_rows(dir: &Path, incidents: &[String], secrets: &[String], rows: &mut V
     );
 }
 
+/// The rows so far, and every incident ID a client was given (the audit rows check them).
+#[derive(Default)]
+struct Tally {
+    rows: Vec<Row>,
+    incidents: Vec<String>,
+}
+
+impl Tally {
+    fn row(&mut self, scenario: &'static str, expected: &'static str, observed: String) {
+        let pass = observed == expected;
+        self.rows.push(Row { scenario, expected, observed, pass });
+    }
+
+    fn note(&mut self, r: &Result<Reply, UpstreamError>) {
+        if let Ok(reply) = r
+            && let Some(id) = &reply.request_id
+        {
+            self.incidents.push(id.clone());
+        }
+    }
+}
+
 async fn scenarios(
     dir: &Path,
     gw: &Gateway,
     received: &sim::receiver::Receiver,
 ) -> anyhow::Result<(Vec<Row>, Vec<String>, Vec<String>)> {
     let port = gw.police_addr.port();
+    let bio = BioRequest::matching("6f1c1c4e-3f0a-4d53-9a43-2b5c1e0f9a01", 20 * 1024);
+    let mut t = Tally::default();
+    bio_rows(&mut t, dir, port, &bio).await?;
+    hostile_rows(&mut t, dir, port, &bio).await?;
+    csn_rows(&mut t, dir, gw, received).await?;
+    // What must never reach the log: image data (any 40 characters of its base64), the
+    // holder's name, the document number.
+    let image = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &bio.live[0].data);
+    let secrets = vec![image[400..440].to_owned(), "NOVAKOVA".to_owned(), bio.document_number.clone()];
+    Ok((t.rows, t.incidents, secrets))
+}
+
+/// What police terminals ask, and what policy lets them.
+async fn bio_rows(t: &mut Tally, dir: &Path, port: u16, bio: &BioRequest) -> anyhow::Result<()> {
     let officer = client(dir, port, "officer", false)?;
     let officer_h2 = client(dir, port, "officer", true)?;
     let analyst = client(dir, port, "analyst", false)?;
-    // Refused requests count against a terminal's rate too (2/s, burst 5, on bio_v1): the
-    // hostile-content rows are spread over two terminals, as the policy's rates would have them.
-    let second_line = client(dir, port, "second-line", false)?;
-    let dv = client(dir, port, "document-verifier", false)?;
-    let revoked = client(dir, port, "revoked", false)?;
     let v11 = SoapVersion::V11;
-    let bio = BioRequest::matching("6f1c1c4e-3f0a-4d53-9a43-2b5c1e0f9a01", 20 * 1024);
-    let mut rows = Vec::new();
-    let mut incidents: Vec<String> = Vec::new();
-    let mut row = |scenario, expected: &'static str, observed: String| {
-        let pass = observed == expected;
-        rows.push(Row { scenario, expected, observed, pass });
-    };
-    let mut note = |r: &Result<Reply, UpstreamError>| {
-        if let Ok(reply) = r
-            && let Some(id) = &reply.request_id
-        {
-            incidents.push(id.clone());
-        }
-    };
-
     let r =
         post(&officer, "/bio/v1", "VerifyFingerprintRequest", messages::envelope(v11, &bio.verify_fingerprint())).await;
-    row("officer verifies a fingerprint", "200 MATCH", describe(&r, "<Result>MATCH</Result>"));
+    t.row("officer verifies a fingerprint", "200 MATCH", describe(&r, "<Result>MATCH</Result>"));
 
     let r =
         post(&officer_h2, "/bio/v1", "VerifyFingerprintRequest", messages::envelope(v11, &bio.verify_fingerprint()))
             .await;
-    row("officer verifies a fingerprint over HTTP/2", "200 MATCH", describe(&r, "<Result>MATCH</Result>"));
+    t.row("officer verifies a fingerprint over HTTP/2", "200 MATCH", describe(&r, "<Result>MATCH</Result>"));
 
     let r = post(&officer, "/bio/v1", "CheckIdentityRequest", messages::envelope(v11, &bio.check_identity())).await;
-    note(&r);
+    t.note(&r);
     let observed = match &r {
         Ok(reply) if reply.status == 200 => {
             let t = String::from_utf8_lossy(&reply.body);
@@ -275,38 +291,48 @@ async fn scenarios(
         }
         _ => describe(&r, ""),
     };
-    row("officer checks identity (IDENTITY_DOUBT)", "200 VALID, Address removed", observed);
+    t.row("officer checks identity (IDENTITY_DOUBT)", "200 VALID, Address removed", observed);
 
     let r =
         post(&analyst, "/bio/v1", "VerifyFingerprintRequest", messages::envelope(v11, &bio.verify_fingerprint())).await;
-    row("analyst asks to verify a fingerprint", "403 PolicyDenied", describe(&r, ""));
+    t.row("analyst asks to verify a fingerprint", "403 PolicyDenied", describe(&r, ""));
 
     let mut burst = Vec::new();
     for _ in 0..8 {
         let r = post(&analyst, "/bio/v1", "CheckIdentityRequest", messages::envelope(v11, &bio.check_identity())).await;
-        note(&r);
+        t.note(&r);
         burst.push(r.map(|r| r.status.as_u16()).unwrap_or(0));
     }
     let limited = burst.iter().filter(|s| **s == 429).count();
-    row(
+    t.row(
         "burst of 8 identity checks from one terminal",
         "429 RateLimited",
         if limited > 0 { "429 RateLimited".into() } else { format!("statuses {burst:?}") },
     );
+    Ok(())
+}
 
+/// Hostile and broken messages, a revoked certificate: each refused with its code. Refused
+/// requests count against a terminal's rate too (2/s, burst 5, on bio_v1): the rows are spread
+/// over two terminals, as the policy's rates would have them.
+async fn hostile_rows(t: &mut Tally, dir: &Path, port: u16, bio: &BioRequest) -> anyhow::Result<()> {
+    let officer = client(dir, port, "officer", false)?;
+    let second_line = client(dir, port, "second-line", false)?;
+    let revoked = client(dir, port, "revoked", false)?;
+    let v11 = SoapVersion::V11;
     let doctype = format!(
         "<!DOCTYPE x [<!ENTITY e \"e\">]>{}",
         messages::envelope(v11, &bio.check_identity()).replace("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n", "")
     );
     let r = post(&officer, "/bio/v1", "CheckIdentityRequest", doctype).await;
-    note(&r);
-    row("message with a DOCTYPE", "400 XmlThreat", describe(&r, ""));
+    t.note(&r);
+    t.row("message with a DOCTYPE", "400 XmlThreat", describe(&r, ""));
 
     let mut invalid = bio.clone();
     invalid.purpose = "CURIOSITY";
     let r = post(&officer, "/bio/v1", "CheckIdentityRequest", messages::envelope(v11, &invalid.check_identity())).await;
-    note(&r);
-    row("schema-invalid message (unknown Purpose)", "400 SchemaViolation", describe(&r, ""));
+    t.note(&r);
+    t.row("schema-invalid message (unknown Purpose)", "400 SchemaViolation", describe(&r, ""));
 
     let mut mislabelled = bio.clone();
     mislabelled.live[0].format = "JPEG2000";
@@ -317,18 +343,18 @@ async fn scenarios(
         messages::envelope(v11, &mislabelled.verify_fingerprint()),
     )
     .await;
-    note(&r);
-    row("WSQ image labelled JPEG2000", "400 ContentMismatch", describe(&r, ""));
+    t.note(&r);
+    t.row("WSQ image labelled JPEG2000", "400 ContentMismatch", describe(&r, ""));
 
     let broken = messages::envelope(v11, &bio.check_identity()).replace("</TravelDocument>", "");
     let r = post(&second_line, "/bio/v1", "CheckIdentityRequest", broken).await;
-    note(&r);
-    row("message that is not well-formed", "400 XmlMalformed", describe(&r, ""));
+    t.note(&r);
+    t.row("message that is not well-formed", "400 XmlMalformed", describe(&r, ""));
 
     let r =
         post(&second_line, "/bio/v1", "VerifyFingerprintRequest", messages::envelope(v11, &bio.check_identity())).await;
-    note(&r);
-    row("SOAPAction disagrees with the Body", "400 SchemaViolation", describe(&r, ""));
+    t.note(&r);
+    t.row("SOAPAction disagrees with the Body", "400 SchemaViolation", describe(&r, ""));
 
     let r = post(
         &second_line,
@@ -337,19 +363,27 @@ async fn scenarios(
         messages::envelope(v11, &messages::get_ca_certificates("M-1")),
     )
     .await;
-    row("operation not on this route", "404 UnknownOperation", describe(&r, ""));
+    t.row("operation not on this route", "404 UnknownOperation", describe(&r, ""));
 
     let r = post(&revoked, "/bio/v1", "CheckIdentityRequest", messages::envelope(v11, &bio.check_identity())).await;
-    note(&r);
+    t.note(&r);
     let observed = if r.is_err() { "handshake refused".to_owned() } else { describe(&r, "") };
-    row("revoked certificate", "handshake refused", observed);
+    t.row("revoked certificate", "handshake refused", observed);
+    Ok(())
+}
 
+/// CSN 36 9791 as deployed SPOC clients send it (`SOAPAction: ""`, the Body decides): a
+/// request answered asynchronously and its callback, the National SPOC's unsolicited
+/// notification, and a callback the gateway did not ask for.
+async fn csn_rows(t: &mut Tally, dir: &Path, gw: &Gateway, received: &sim::receiver::Receiver) -> anyhow::Result<()> {
+    let dv = client(dir, gw.police_addr.port(), "document-verifier", false)?;
+    let v11 = SoapVersion::V11;
     let message_id = format!("DEMO-{}", uuid::Uuid::new_v4());
     // As deployed SPOC clients send it: `SOAPAction: ""`, the Body decides.
     let r = post(&dv, "/spoc/csn369791", "\"\"", messages::envelope(v11, &messages::request_certificate(&message_id)))
         .await;
-    note(&r);
-    row(
+    t.note(&r);
+    t.row(
         "CSN RequestCertificateRequest, asynchronous",
         "200 ok_reception_ack",
         describe(&r, "<result>ok_reception_ack</result>"),
@@ -359,7 +393,7 @@ async fn scenarios(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let delivered = received.received().contains(&message_id);
-    row(
+    t.row(
         "its SendCertificatesRequest callback delivered",
         "delivered to police",
         if delivered { "delivered to police".into() } else { "not delivered".into() },
@@ -376,7 +410,7 @@ async fn scenarios(
     let r =
         post(&ministry, "/spoc/csn369791", "\"\"", messages::envelope(v11, &messages::new_certificates_notification()))
             .await;
-    note(&r);
+    t.note(&r);
     let deadline = Instant::now() + Duration::from_secs(5);
     while notified(received) == before && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -385,7 +419,7 @@ async fn scenarios(
         (d, true) => format!("{d}, delivered"),
         (d, false) => format!("{d}, not delivered"),
     };
-    row("unsolicited new_cert_available_notification", "200 ok_received_correctly, delivered", observed);
+    t.row("unsolicited new_cert_available_notification", "200 ok_received_correctly, delivered", observed);
 
     let r = post(
         &ministry,
@@ -394,16 +428,12 @@ async fn scenarios(
         messages::envelope(v11, &messages::send_certificates("NEVER-FORWARDED-1")),
     )
     .await;
-    note(&r);
+    t.note(&r);
     let forwarded = received.received().iter().any(|id| id == "NEVER-FORWARDED-1");
     let observed = match (describe(&r, "<result>failure_messageID_unknown</result>"), forwarded) {
         (d, false) => d,
         (d, true) => format!("{d}, but forwarded"),
     };
-    row("callback with an unknown messageID", "200 failure_messageID_unknown", observed);
-    // What must never reach the log: image data (any 40 characters of its base64), the
-    // holder's name, the document number.
-    let image = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &bio.live[0].data);
-    let secrets = vec![image[400..440].to_owned(), "NOVAKOVA".to_owned(), bio.document_number.clone()];
-    Ok((rows, incidents, secrets))
+    t.row("callback with an unknown messageID", "200 failure_messageID_unknown", observed);
+    Ok(())
 }
