@@ -298,49 +298,9 @@ pub fn generate_with(out: &Path, ports: Ports, tpm: Option<&DevTpm>) -> Result<(
     let (c, k, _) = issue(&police_ca, &Leaf::server("police callback receiver", "Border Police"))?;
     write_pair(&out.join("police"), "callback-receiver", &c, &k)?;
 
-    // Police clients.
-    let clients = out.join("clients");
-    let (c, k, officer_serial) = issue(&police_ca, &Leaf::client("officer-0001", "border-verifier"))?;
-    write_pair(&clients, "officer", &c, &k)?;
-    let (c, k, _) = issue(&police_ca, &Leaf::client("analyst-0001", "analyst"))?;
-    write_pair(&clients, "analyst", &c, &k)?;
-    let (c, k, _) = issue(&police_ca, &Leaf::client("second-line-0001", "second-line-officer"))?;
-    write_pair(&clients, "second-line", &c, &k)?;
-    let (c, k, _) = issue(&police_ca, &Leaf::client("dv-0001", "document-verifier"))?;
-    write_pair(&clients, "document-verifier", &c, &k)?;
-    let (c, k, revoked_serial) = issue(&police_ca, &Leaf::client("revoked-0001", "border-verifier"))?;
-    write_pair(&clients, "revoked", &c, &k)?;
-    let mut expired = Leaf::client("expired-0001", "border-verifier");
-    expired.start_days = -30;
-    expired.end_days = -1;
-    let (c, k, _) = issue(&police_ca, &expired)?;
-    write_pair(&clients, "expired", &c, &k)?;
-    let (c, k, _) = issue(&untrusted_ca, &Leaf::client("untrusted-0001", "border-verifier"))?;
-    write_pair(&clients, "untrusted", &c, &k)?;
-    let mut wrong = Leaf::client("serverauth-only-0001", "border-verifier");
-    wrong.client = false;
-    wrong.server = true;
-    let (c, k, _) = issue(&police_ca, &wrong)?;
-    write_pair(&clients, "wrong-eku", &c, &k)?;
+    let (officer_serial, revoked_serial) = police_clients(&out.join("clients"), &police_ca, &untrusted_ca)?;
 
-    // The police CA's CRL in force; the next one (the officer revoked too) and an expired one,
-    // for practising rotation (the CRL reload tests use them); the Ministry CA's (empty), for
-    // the callback listener.
-    let now = OffsetDateTime::now_utc();
-    let days = Duration::days;
-    let police_crl = |number: u64, revoked: Vec<SerialNumber>, next_update: time::Duration| {
-        crl(&police_ca, number, revoked, now - Duration::minutes(5), now + next_update)
-    };
-    write(&out.join("ca/police-ca.crl.pem"), &police_crl(1, vec![revoked_serial.clone()], days(30))?, false)?;
-    let next = police_crl(2, vec![revoked_serial.clone(), officer_serial], days(30))?;
-    write(&out.join("ca/police-ca.next.crl.pem"), &next, false)?;
-    let expired = crl(&police_ca, 3, vec![revoked_serial], now - days(31), now - days(1))?;
-    write(&out.join("ca/police-ca.expired.crl.pem"), &expired, false)?;
-    write(
-        &out.join("ca/ministry-ca.crl.pem"),
-        &crl(&ministry_ca, 1, vec![], now - Duration::minutes(5), now + days(30))?,
-        false,
-    )?;
+    write_crls(out, &police_ca, &ministry_ca, officer_serial, revoked_serial)?;
 
     // The security officer's key that signs policy bundles (`spocgw policy sign`).
     let officer = KeyPair::generate()?;
@@ -359,6 +319,74 @@ pub fn generate_with(out: &Path, ports: Ports, tpm: Option<&DevTpm>) -> Result<(
         let hex = crate::encoding::hex(&pseudonym);
         write(&out.join("gateway/audit-pseudonym.key"), &format!("{hex}\n"), true)?;
     }
+    write_files(out, ports, tpm)?;
+    fs::create_dir_all(out.join("audit")).map_err(|source| DevPkiError::Io { path: out.join("audit"), source })?;
+    Ok(())
+}
+
+/// The police clients (`DIR/clients/`): the officer, the analyst, the second-line officer, the
+/// document verifier, and the refused ones (revoked, expired, untrusted, serverAuth only);
+/// the officer's and the revoked one's serials, for the CRLs.
+fn police_clients(
+    clients: &Path,
+    police_ca: &Ca,
+    untrusted_ca: &Ca,
+) -> Result<(SerialNumber, SerialNumber), DevPkiError> {
+    let (c, k, officer_serial) = issue(police_ca, &Leaf::client("officer-0001", "border-verifier"))?;
+    write_pair(clients, "officer", &c, &k)?;
+    let (c, k, _) = issue(police_ca, &Leaf::client("analyst-0001", "analyst"))?;
+    write_pair(clients, "analyst", &c, &k)?;
+    let (c, k, _) = issue(police_ca, &Leaf::client("second-line-0001", "second-line-officer"))?;
+    write_pair(clients, "second-line", &c, &k)?;
+    let (c, k, _) = issue(police_ca, &Leaf::client("dv-0001", "document-verifier"))?;
+    write_pair(clients, "document-verifier", &c, &k)?;
+    let (c, k, revoked_serial) = issue(police_ca, &Leaf::client("revoked-0001", "border-verifier"))?;
+    write_pair(clients, "revoked", &c, &k)?;
+    let mut expired = Leaf::client("expired-0001", "border-verifier");
+    expired.start_days = -30;
+    expired.end_days = -1;
+    let (c, k, _) = issue(police_ca, &expired)?;
+    write_pair(clients, "expired", &c, &k)?;
+    let (c, k, _) = issue(untrusted_ca, &Leaf::client("untrusted-0001", "border-verifier"))?;
+    write_pair(clients, "untrusted", &c, &k)?;
+    let mut wrong = Leaf::client("serverauth-only-0001", "border-verifier");
+    wrong.client = false;
+    wrong.server = true;
+    let (c, k, _) = issue(police_ca, &wrong)?;
+    write_pair(clients, "wrong-eku", &c, &k)?;
+    Ok((officer_serial, revoked_serial))
+}
+
+/// The police CA's CRL in force; the next one (the officer revoked too) and an expired one,
+/// for practising rotation (the CRL reload tests use them); the Ministry CA's (empty), for the
+/// callback listener.
+fn write_crls(
+    out: &Path,
+    police_ca: &Ca,
+    ministry_ca: &Ca,
+    officer_serial: SerialNumber,
+    revoked_serial: SerialNumber,
+) -> Result<(), DevPkiError> {
+    let now = OffsetDateTime::now_utc();
+    let days = Duration::days;
+    let police_crl = |number: u64, revoked: Vec<SerialNumber>, next_update: time::Duration| {
+        crl(police_ca, number, revoked, now - Duration::minutes(5), now + next_update)
+    };
+    write(&out.join("ca/police-ca.crl.pem"), &police_crl(1, vec![revoked_serial.clone()], days(30))?, false)?;
+    let next = police_crl(2, vec![revoked_serial.clone(), officer_serial], days(30))?;
+    write(&out.join("ca/police-ca.next.crl.pem"), &next, false)?;
+    let expired = crl(police_ca, 3, vec![revoked_serial], now - days(31), now - days(1))?;
+    write(&out.join("ca/police-ca.expired.crl.pem"), &expired, false)?;
+    write(
+        &out.join("ca/ministry-ca.crl.pem"),
+        &crl(ministry_ca, 1, vec![], now - Duration::minutes(5), now + days(30))?,
+        false,
+    )?;
+    Ok(())
+}
+
+/// The configurations, the default policy bundle, the samples and the WSDLs.
+fn write_files(out: &Path, ports: Ports, tpm: Option<&DevTpm>) -> Result<(), DevPkiError> {
     // The default policy bundle, to read, edit and reload.
     for (name, text) in crate::policy::bundle::EMBEDDED {
         write(&out.join("policies").join(name), text, false)?;
@@ -376,7 +404,6 @@ pub fn generate_with(out: &Path, ports: Ports, tpm: Option<&DevTpm>) -> Result<(
     for (name, text) in crate::xml::xsd::EMBEDDED {
         write(&out.join("wsdl").join(name), text, false)?;
     }
-    fs::create_dir_all(out.join("audit")).map_err(|source| DevPkiError::Io { path: out.join("audit"), source })?;
     Ok(())
 }
 
