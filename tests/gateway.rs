@@ -660,11 +660,13 @@ async fn requests_beyond_the_upstream_pool_wait_for_a_connection() {
     let six = at_once(6).await;
     assert!(six.iter().all(|s| s.0 == 200), "{six:?}");
     assert_eq!(opened(&w), 2.0);
-    // Twelve at once: six rounds of 200 ms; those still waiting after a second are refused.
-    let twelve = at_once(12).await;
-    let ok = twelve.iter().filter(|s| s.0 == 200).count();
-    let refused = twelve.iter().filter(|s| *s == &(504, Some("UpstreamTimeout".to_owned()))).count();
-    assert!(ok >= 2 && refused >= 1 && ok + refused == 12, "{twelve:?}");
+    // Sixteen at once: eight rounds of 200 ms; those still waiting after a second are refused.
+    // (Twelve, six rounds, left 200 ms of margin: on a busy machine the clients' own
+    // handshakes spread the arrivals over that much, and every one got its slot in time.)
+    let many = at_once(16).await;
+    let ok = many.iter().filter(|s| s.0 == 200).count();
+    let refused = many.iter().filter(|s| *s == &(504, Some("UpstreamTimeout".to_owned()))).count();
+    assert!(ok >= 2 && refused >= 1 && ok + refused == 16, "{many:?}");
     assert_eq!(opened(&w), 2.0);
     assert!(metric(&w.metrics(), "spocgw_upstream_errors_total{upstream=\"ministry\",kind=\"busy\"}") >= 1.0);
     // A busy pool says nothing of whether the Ministry is reachable.
