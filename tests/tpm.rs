@@ -24,6 +24,17 @@ fn spki_sha256(pem_file: &std::path::Path) -> String {
     spocgw::encoding::sha256_hex(&der)
 }
 
+/// A world whose keys live in `tpm` (bound to PCR 16), with the Ministry, the receiver and the
+/// gateway serving.
+fn serving_with_tpm(tpm: &Swtpm) -> World {
+    let mut w = World::with_tpm(tpm, "16");
+    w.start_ministry();
+    w.start_receiver();
+    w.start_gateway();
+    w.wait_ready();
+    w
+}
+
 /// The officer's fingerprint verification goes through (the gateway's keys work).
 async fn officer_verifies(w: &World) {
     let officer = w.client("officer", false);
@@ -67,11 +78,7 @@ fn private_key_files(dir: &std::path::Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisioned_keys_serve_and_the_ministry_sees_the_tpm_key() {
     let Some(tpm) = Swtpm::start() else { return };
-    let mut w = World::with_tpm(&tpm, "16");
-    w.start_ministry();
-    w.start_receiver();
-    w.start_gateway();
-    w.wait_ready();
+    let mut w = serving_with_tpm(&tpm);
 
     // No gateway private key on disk, in the clear or otherwise.
     assert_eq!(private_key_files(&w.path("gateway")), Vec::<String>::new());
@@ -280,11 +287,7 @@ fn a_quote_verifies_with_tpm2_checkquote_and_a_wrong_nonce_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_tpm_fails_new_upstream_handshakes_closed_and_recovers() {
     let Some(mut tpm) = Swtpm::start() else { return };
-    let mut w = World::with_tpm(&tpm, "16");
-    w.start_ministry();
-    w.start_receiver();
-    w.start_gateway();
-    w.wait_ready();
+    let mut w = serving_with_tpm(&tpm);
     let officer = w.client("officer", false);
     let send = || {
         post(
@@ -342,11 +345,7 @@ fn require_tpm_refuses_file_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_log_fails_verification_against_the_tpm_counter() {
     let Some(tpm) = Swtpm::start() else { return };
-    let mut w = World::with_tpm(&tpm, "16");
-    w.start_ministry();
-    w.start_receiver();
-    w.start_gateway();
-    w.wait_ready();
+    let mut w = serving_with_tpm(&tpm);
     let officer = w.client("officer", false);
     for _ in 0..5 {
         let body = verify_body(&uuid::Uuid::new_v4().to_string());

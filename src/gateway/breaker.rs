@@ -5,6 +5,7 @@
 //! again. A successful background probe closes it too.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -31,6 +32,9 @@ enum State {
 
 pub struct Breaker {
     state: Mutex<State>,
+    /// Closed with no failure counted: the state of nearly every request, read without the
+    /// lock (a forwarded request takes no lock to pass or to report success).
+    quiet: AtomicBool,
     threshold: u32,
     open: Duration,
     gauge: std::sync::OnceLock<Gauge>,
@@ -50,7 +54,13 @@ pub enum Admit {
 impl Breaker {
     /// `threshold` 0 turns the breaker off.
     pub fn new(threshold: u32, open: Duration) -> Self {
-        Self { state: Mutex::new(State::Closed { failures: 0 }), threshold, open, gauge: std::sync::OnceLock::new() }
+        Self {
+            state: Mutex::new(State::Closed { failures: 0 }),
+            quiet: AtomicBool::new(true),
+            threshold,
+            open,
+            gauge: std::sync::OnceLock::new(),
+        }
     }
 
     /// Shows the state in `gauge` from now on.
@@ -64,6 +74,7 @@ impl Breaker {
     }
 
     fn show(&self, s: &State) {
+        self.quiet.store(matches!(s, State::Closed { failures: 0 }), Ordering::Release);
         if let Some(g) = self.gauge.get() {
             g.set(view(s) as i64);
         }
@@ -74,7 +85,7 @@ impl Breaker {
     }
 
     pub fn admit(&self) -> Admit {
-        if self.threshold == 0 {
+        if self.threshold == 0 || self.quiet.load(Ordering::Acquire) {
             return Admit::Pass;
         }
         let mut s = self.lock();
@@ -91,6 +102,9 @@ impl Breaker {
 
     /// The upstream was reached (whatever it answered).
     pub fn reached(&self) {
+        if self.quiet.load(Ordering::Acquire) {
+            return;
+        }
         let mut s = self.lock();
         if !matches!(*s, State::Closed { failures: 0 }) {
             let was_open = !matches!(*s, State::Closed { .. });
@@ -111,6 +125,7 @@ impl Breaker {
         let open = match *s {
             State::Closed { failures } if failures + 1 < self.threshold => {
                 *s = State::Closed { failures: failures + 1 };
+                self.show(&s);
                 false
             }
             State::Open { .. } => false,

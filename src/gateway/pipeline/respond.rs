@@ -64,8 +64,9 @@ impl Pipeline {
             if matches!(x.request_record, RequestRecord::Missing)
                 && [Refusal::Overloaded.code(), Refusal::RateLimited.code()].contains(&code)
             {
-                let record = self.outcome_record(x, code, status);
-                self.load_refusals.refused(x.listener.name(), code, x.peer, || record);
+                // Built only when the window writes it: a flood over a cap costs no record each.
+                let (listener, peer) = (x.listener.name(), x.peer);
+                self.load_refusals.refused(listener, code, peer, || self.outcome_record(x, code, status));
             } else {
                 let record = self.outcome_record(x, code, status);
                 self.audit.append(&record);
