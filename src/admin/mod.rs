@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use metrics::Metrics;
+use metrics::Exposition;
 
 /// One part `/readyz` reports on: its lines, and whether it lets the gateway be ready. The
 /// gateway builds the list; the admin listener knows nothing of the parts.
@@ -27,13 +27,13 @@ pub type ReadyCheck = Box<dyn Fn() -> (bool, String) + Send + Sync>;
 
 /// What the admin endpoints report on.
 pub struct AdminState {
-    metrics: Arc<Metrics>,
+    metrics: Exposition,
     checks: Vec<ReadyCheck>,
     draining: AtomicBool,
 }
 
 impl AdminState {
-    pub fn new(metrics: Arc<Metrics>, checks: Vec<ReadyCheck>) -> Self {
+    pub fn new(metrics: Exposition, checks: Vec<ReadyCheck>) -> Self {
         Self { metrics, checks, draining: AtomicBool::new(false) }
     }
 

@@ -53,6 +53,18 @@ pub struct Written {
     pub batches: Counter,
 }
 
+impl Written {
+    /// Registers the two counters in the gateway's exposition.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register("audit_records_written", "Audit records written and made durable", self.records.clone());
+        registry.register(
+            "audit_batches_written",
+            "Audit batches written, each made durable by one fsync",
+            self.batches.clone(),
+        );
+    }
+}
+
 struct Queue {
     jobs: Vec<Job>,
     /// When the oldest of `jobs` was queued (the queue was empty before it).

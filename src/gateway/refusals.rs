@@ -19,6 +19,15 @@ use crate::tls::PeerIdentity;
 pub const WINDOW: Duration = Duration::from_secs(60);
 /// Individual `handshake_refusal` records per window at most.
 pub const RECORDS_PER_WINDOW: u32 = 100;
+
+/// Ends a window every [`WINDOW`] (its summary record written by `end`), until aborted.
+pub async fn every_window(end: impl Fn()) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + WINDOW, WINDOW);
+    loop {
+        tick.tick().await;
+        end();
+    }
+}
 /// Source networks named in a summary; the others are summed as `other`.
 pub const NETWORKS_LISTED: usize = 16;
 /// Source networks counted apart in one window (memory stays bounded in a spread flood).

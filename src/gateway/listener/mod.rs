@@ -10,7 +10,7 @@
 //! code that runs in production.
 
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -24,6 +24,11 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::{HttpService, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpListener;
@@ -34,8 +39,7 @@ mod park;
 pub use park::PARK_AFTER;
 use park::{Counted, InFlight, Tracked, Traffic, serve_http1};
 
-use super::admission::PerKey;
-use crate::admin::metrics::{ListenerLabels, ListenerReason, Metrics};
+use super::admission::{PerKey, Slot};
 use crate::tls::verifier::with_refused_certificate;
 use crate::tls::{PeerCache, PeerIdentity, ServerTls, handshake_failure_reason};
 
@@ -63,9 +67,100 @@ pub struct ListenerSpec {
     pub crls: Option<Arc<crate::tls::crl::CrlSet>>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerReason {
+    listener: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+/// The listeners' connection metrics, by listener name.
+#[derive(Default)]
+pub struct ListenerMetrics {
+    handshake_failures: Family<ListenerReason, Counter>,
+    connections_refused: Family<ListenerReason, Counter>,
+    connections_open: Family<ListenerLabels, Gauge>,
+    connections_parked: Family<ListenerLabels, Gauge>,
+}
+
+impl ListenerMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "tls_handshake_failures",
+            "Refused or failed TLS handshakes by reason",
+            self.handshake_failures.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed unserved, by reason: a cap (connection, source, client) or headers not received in time",
+            self.connections_refused.clone(),
+        );
+        registry.register("connections_open", "Open client connections", self.connections_open.clone());
+        registry.register(
+            "connections_parked",
+            "Open HTTP/1.1 client connections parked while idle (no HTTP buffers held)",
+            self.connections_parked.clone(),
+        );
+    }
+}
+
 /// The connections a listener still has open, once it stopped accepting: [`drain`] waits for
 /// them. Each connection holds a sender; the channel closes when the last one ends.
 pub struct Open(mpsc::Receiver<()>);
+
+/// What every connection of one listener shares.
+struct Listener<H> {
+    spec: ListenerSpec,
+    metrics: Option<Arc<ListenerMetrics>>,
+    handler: H,
+    sources: PerKey<IpAddr>,
+    clients: PerKey<String>,
+    peers: PeerCache,
+}
+
+/// What one accepted connection holds until it ends: its connection slot, its source's, and
+/// its place among the listener's open connections.
+struct Held {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _source: Slot<IpAddr>,
+    _open: mpsc::Sender<()>,
+}
+
+impl<H> Listener<H> {
+    /// A connection closed unserved (at a cap, or headers not received in time): counted, and
+    /// summarised on record; never a log line or a record each.
+    fn at_cap(&self, addr: SocketAddr, reason: &'static str, presented: Option<&[u8]>) {
+        let listener = self.spec.name;
+        if let Some(m) = &self.metrics {
+            m.connections_refused.get_or_create(&ListenerReason { listener, reason }).inc();
+        }
+        match &self.spec.refusals {
+            Some(r) => r.refused(addr, reason, presented),
+            None => tracing::debug!(listener, peer_addr = %addr, reason, "connection refused"),
+        }
+    }
+
+    /// A refused handshake, or a certificate revoked while its connection was open.
+    fn refused(&self, addr: SocketAddr, reason: &'static str, presented: Option<&[u8]>) {
+        let listener = self.spec.name;
+        if let Some(m) = &self.metrics {
+            m.handshake_failures.get_or_create(&ListenerReason { listener, reason }).inc();
+        }
+        match &self.spec.refusals {
+            Some(r) => r.refused(addr, reason, presented),
+            None => tracing::warn!(listener, peer_addr = %addr, reason, "TLS handshake refused"),
+        }
+    }
+
+    fn gauge(&self, of: impl Fn(&ListenerMetrics) -> &Family<ListenerLabels, Gauge>) -> Option<Gauge> {
+        let labels = ListenerLabels { listener: self.spec.name };
+        self.metrics.as_ref().map(|m| of(m).get_or_create(&labels).clone())
+    }
+}
 
 /// Serves connections on `tcp` until `shutdown` turns true; returns the connections still open,
 /// which finish their requests and close (they see `shutdown` too). `handler` gets the peer's
@@ -73,7 +168,7 @@ pub struct Open(mpsc::Receiver<()>);
 pub async fn serve<H, Fut, B>(
     tcp: TcpListener,
     spec: ListenerSpec,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Option<Arc<ListenerMetrics>>,
     handler: H,
     mut shutdown: watch::Receiver<bool>,
 ) -> Open
@@ -85,36 +180,16 @@ where
 {
     let (open, open_rx) = mpsc::channel::<()>(1);
     let permits = Arc::new(Semaphore::new(spec.max_connections));
-    let sources = Arc::new(PerKey::<IpAddr>::new(spec.max_per_source));
-    let clients = Arc::new(PerKey::<String>::new(spec.max_per_client));
-    let peers = Arc::new(PeerCache::default());
-    let name = spec.name;
-    // A refusal at a cap: counted (and summarised on record), never a log line or a record each.
-    let at_cap = {
-        let (metrics, refusals) = (metrics.clone(), spec.refusals.clone());
-        move |addr: std::net::SocketAddr, reason: &'static str, presented: Option<&[u8]>| {
-            if let Some(m) = &metrics {
-                m.connections_refused.get_or_create(&ListenerReason { listener: name, reason }).inc();
-            }
-            match &refusals {
-                Some(r) => r.refused(addr, reason, presented),
-                None => tracing::debug!(listener = name, peer_addr = %addr, reason, "connection refused"),
-            }
-        }
-    };
-    // Each window of refused handshakes ends in its summary record.
-    let summaries = spec.refusals.clone().map(|r| {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval_at(
-                tokio::time::Instant::now() + super::refusals::WINDOW,
-                super::refusals::WINDOW,
-            );
-            loop {
-                tick.tick().await;
-                r.end_window();
-            }
-        })
+    let summaries = spec.refusals.clone().map(|r| tokio::spawn(super::refusals::every_window(move || r.end_window())));
+    let listener = Arc::new(Listener {
+        sources: PerKey::new(spec.max_per_source),
+        clients: PerKey::new(spec.max_per_client),
+        peers: PeerCache::default(),
+        spec,
+        metrics,
+        handler,
     });
+    let name = listener.spec.name;
     loop {
         let accepted = tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
@@ -130,195 +205,230 @@ where
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            at_cap(addr, "connection_cap", None);
+            listener.at_cap(addr, "connection_cap", None);
             continue;
         };
-        let Some(source) = sources.take(&addr.ip()) else {
-            at_cap(addr, "source_cap", None);
+        let Some(source) = listener.sources.take(&addr.ip()) else {
+            listener.at_cap(addr, "source_cap", None);
             continue;
         };
         // Under pressure (a quarter of the slots left) a handshake gets a short budget: slots
         // held by connections that never finish theirs come back quickly.
+        let spec = &listener.spec;
         let budget = if permits.available_permits() < spec.max_connections / 4 {
             spec.handshake_timeout.min(PRESSED_HANDSHAKE)
         } else {
             spec.handshake_timeout
         };
         let _ = stream.set_nodelay(true);
-        let open = open.clone();
-        let mut stop = shutdown.clone();
-        let metrics = metrics.clone();
-        let handler = handler.clone();
-        let spec = spec.clone();
-        let peers = peers.clone();
-        let (clients, at_cap) = (clients.clone(), at_cap.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _source = source;
-            let _open = open;
-            let refused = |reason: &'static str, presented: Option<&[u8]>| {
-                if let Some(m) = &metrics {
-                    m.handshake_failures.get_or_create(&ListenerReason { listener: name, reason }).inc();
-                }
-                match &spec.refusals {
-                    Some(r) => r.refused(addr, reason, presented),
-                    None => tracing::warn!(listener = name, peer_addr = %addr, reason, "TLS handshake refused"),
-                }
-            };
-            // The stream (rustls's connection is over 1 KB) lives in a box of its own from here
-            // on: this task and the HTTP/1.1 driver hold a pointer, not room for it each.
-            let config = spec.tls.clone();
-            let accept = Box::pin(async move { ServerTls::accept(stream, config).await.map(Box::new) });
-            let (accepted, presented) = with_refused_certificate(tokio::time::timeout(budget, accept)).await;
-            let tls = match accepted {
-                Err(_) => return refused("timeout", presented.as_deref()),
-                Ok(Err(e)) => return refused(handshake_failure_reason(&e), presented.as_deref()),
-                Ok(Ok(t)) => t,
-            };
-            let der = tls.connection().peer_certificates().and_then(|c| c.first());
-            let peer: Arc<PeerIdentity> = match der.map(|c| peers.identity(c)) {
-                Some(Ok(p)) => p,
-                _ => return refused("bad_certificate", der.map(|c| c.as_ref())),
-            };
-            let Some(_client) = clients.take(&peer.fingerprint) else {
-                return at_cap(addr, "client_cap", der.map(|c| c.as_ref()));
-            };
-            tracing::debug!(listener = name, peer_subject = %peer.subject, peer_fingerprint = %peer.fingerprint, "connection");
-            let open =
-                metrics.as_ref().map(|m| m.connections_open.get_or_create(&ListenerLabels { listener: name }).clone());
-            if let Some(g) = &open {
-                g.inc();
-            }
-            // The request future is boxed: hyper keeps room for one in every connection, and an
-            // idle connection should not carry the pipeline's whole state machine.
-            let traffic = Arc::new(Traffic::default());
-            traffic.last_request_ms.store(now_ms(), Ordering::Relaxed);
-            let t = traffic.clone();
-            // The chain and the lists it was verified under, for a check when they change.
-            let recheck = spec.crls.clone().filter(|c| !c.is_empty()).map(|crls| {
-                let chain: Vec<_> = tls
-                    .connection()
-                    .peer_certificates()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|c| c.clone().into_owned())
-                    .collect();
-                (crls.clone(), Arc::new(chain), Arc::new(AtomicU64::new(crls.generation())))
-            });
-            let revoked = {
-                let (metrics, refusals) = (metrics.clone(), spec.refusals.clone());
-                move |chain: &[rustls::pki_types::CertificateDer<'static>]| {
-                    if let Some(m) = &metrics {
-                        m.handshake_failures
-                            .get_or_create(&ListenerReason { listener: name, reason: "revoked_in_session" })
-                            .inc();
-                    }
-                    if let Some(r) = &refusals {
-                        r.refused(addr, "revoked_in_session", chain.first().map(|c| c.as_ref()));
-                    }
-                }
-            };
-            let svc = service_fn(move |req| {
-                let handler = handler.clone();
-                let peer = peer.clone();
-                let in_flight = InFlight::new(&t);
-                // New lists since this connection's certificate was last checked: check it
-                // again; one no longer valid ends the connection, unanswered.
-                let refused = recheck.as_ref().is_some_and(|(crls, chain, seen)| {
-                    let now = crls.generation();
-                    if seen.load(Ordering::Relaxed) == now {
-                        return false;
-                    }
-                    if crls.still_valid(chain) {
-                        seen.store(now, Ordering::Relaxed);
-                        return false;
-                    }
-                    revoked(chain);
-                    true
-                });
-                Box::pin(async move {
-                    if refused {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::PermissionDenied,
-                            "the client certificate is no longer valid under the revocation lists in force",
-                        ));
-                    }
-                    let response = handler(peer, req).await?;
-                    // Counted until hyper has written the whole body and drops it.
-                    Ok(response.map(|body| Counted { body, _in_flight: in_flight }))
-                }) as Pin<Box<dyn Future<Output = Result<Response<Counted<B>>, std::io::Error>> + Send>>
-            });
-            // ALPN decides the protocol; without ALPN the first bytes do (`auto`).
-            let alpn = match tls.connection().alpn_protocol() {
-                Some(crate::tls::ALPN_HTTP11) => Some(false),
-                Some(crate::tls::ALPN_H2) => Some(true),
-                _ => None,
-            };
-            let ended = match alpn {
-                Some(false) => {
-                    let parked = metrics
-                        .as_ref()
-                        .map(|m| m.connections_parked.get_or_create(&ListenerLabels { listener: name }).clone());
-                    let io = Tracked { tls, unread: Bytes::new(), traffic };
-                    // Boxed, and in a statement of its own (a temporary would take room here).
-                    let http1 = Box::pin(serve_http1(io, &spec, svc, parked, &mut stop));
-                    http1.await
-                }
-                // Built inside their boxes: a connection held in this task would take room in
-                // every connection's task, whatever its protocol.
-                // An HTTP/2 connection with no request for `request_timeout_ms` is closed (GOAWAY),
-                // PINGs or not: an idle one holds a connection slot for nothing.
-                Some(true) => {
-                    let idle_after = spec.header_timeout;
-                    let h2 = Box::pin(async move {
-                        let conn = http2_builder().serve_connection(TokioIo::new(tls), svc);
-                        until_stopped(conn, &mut stop, idle_for(&traffic, idle_after), |c| c.graceful_shutdown())
-                            .await
-                            .map_err(BoxError::from)
-                    });
-                    h2.await
-                }
-                _ => {
-                    let sniffed = Box::pin(async move {
-                        let mut builder = auto::Builder::new(TokioExecutor::new());
-                        builder
-                            .http1()
-                            .timer(TokioTimer::new())
-                            .header_read_timeout(spec.header_timeout)
-                            .keep_alive(true);
-                        builder
-                            .http2()
-                            .timer(TokioTimer::new())
-                            .max_concurrent_streams(H2_MAX_STREAMS)
-                            .keep_alive_interval(Some(H2_KEEP_ALIVE));
-                        let conn = builder.serve_connection(TokioIo::new(tls), svc).into_owned();
-                        until_stopped(conn, &mut stop, std::future::pending(), |c| c.graceful_shutdown()).await
-                    });
-                    sniffed.await
-                }
-            };
-            if let Err(e) = ended {
-                // A client that did not send a request's headers within the deadline: closed
-                // without an answer, as nginx does; counted, and summarised on record (a
-                // slow-header flood writes no record or log line per connection).
-                if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
-                    at_cap(addr, "header_timeout", None);
-                }
-                tracing::debug!(listener = name, error = %e, "connection ended with an error");
-            }
-            if let Some(g) = &open {
-                g.dec();
-            }
-        });
+        let held = Held { _permit: permit, _source: source, _open: open.clone() };
+        tokio::spawn(connection(listener.clone(), stream, addr, budget, held, shutdown.clone()));
     }
     drop(tcp);
     if let Some(t) = summaries {
         t.abort();
     }
-    if let Some(r) = &spec.refusals {
+    if let Some(r) = &listener.spec.refusals {
         r.end_window();
     }
     Open(open_rx)
+}
+
+/// One connection: the handshake within `budget`, the peer's identity and its client slot,
+/// then HTTP until the connection ends or the listener stops.
+async fn connection<H, Fut, B>(
+    listener: Arc<Listener<H>>,
+    stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+    budget: Duration,
+    _held: Held,
+    mut stop: watch::Receiver<bool>,
+) where
+    H: Fn(Arc<PeerIdentity>, Request<Incoming>) -> Fut + Clone + Send + Sync + Unpin + 'static,
+    Fut: Future<Output = Result<Response<B>, std::io::Error>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let name = listener.spec.name;
+    // The stream (rustls's connection is over 1 KB) lives in a box of its own from here on:
+    // this task and the HTTP/1.1 driver hold a pointer, not room for it each.
+    let config = listener.spec.tls.clone();
+    let accept = Box::pin(async move { ServerTls::accept(stream, config).await.map(Box::new) });
+    let (accepted, presented) = with_refused_certificate(tokio::time::timeout(budget, accept)).await;
+    let tls = match accepted {
+        Err(_) => return listener.refused(addr, "timeout", presented.as_deref()),
+        Ok(Err(e)) => return listener.refused(addr, handshake_failure_reason(&e), presented.as_deref()),
+        Ok(Ok(t)) => t,
+    };
+    let der = tls.connection().peer_certificates().and_then(|c| c.first());
+    let peer: Arc<PeerIdentity> = match der.map(|c| listener.peers.identity(c)) {
+        Some(Ok(p)) => p,
+        _ => return listener.refused(addr, "bad_certificate", der.map(|c| c.as_ref())),
+    };
+    let Some(_client) = listener.clients.take(&peer.fingerprint) else {
+        return listener.at_cap(addr, "client_cap", der.map(|c| c.as_ref()));
+    };
+    tracing::debug!(listener = name, peer_subject = %peer.subject, peer_fingerprint = %peer.fingerprint, "connection");
+    let open = listener.gauge(|m| &m.connections_open);
+    if let Some(g) = &open {
+        g.inc();
+    }
+    let traffic = Arc::new(Traffic::default());
+    traffic.last_request_ms.store(now_ms(), Ordering::Relaxed);
+    let svc = service(&listener, &tls, addr, peer, traffic.clone());
+    // ALPN decides the protocol; without ALPN the first bytes do (`auto`).
+    let ended = match tls.connection().alpn_protocol() {
+        Some(crate::tls::ALPN_HTTP11) => {
+            let parked = listener.gauge(|m| &m.connections_parked);
+            let io = Tracked { tls, unread: Bytes::new(), traffic };
+            // Boxed, and in a statement of its own (a temporary would take room here).
+            let http1 = Box::pin(serve_http1(io, &listener.spec, svc, parked, &mut stop));
+            http1.await
+        }
+        Some(crate::tls::ALPN_H2) => Box::pin(serve_h2(tls, svc, traffic, listener.spec.header_timeout, stop)).await,
+        _ => Box::pin(serve_sniffed(tls, svc, listener.spec.header_timeout, stop)).await,
+    };
+    if let Err(e) = ended {
+        // A client that did not send a request's headers within the deadline: closed without
+        // an answer, as nginx does; counted, and summarised on record (a slow-header flood
+        // writes no record or log line per connection).
+        if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
+            listener.at_cap(addr, "header_timeout", None);
+        }
+        tracing::debug!(listener = name, error = %e, "connection ended with an error");
+    }
+    if let Some(g) = &open {
+        g.dec();
+    }
+}
+
+/// The boxed future of one request: hyper keeps room for one in every connection, and an idle
+/// connection should not carry the pipeline's whole state machine.
+type Answer<B> = Pin<Box<dyn Future<Output = Result<Response<Counted<B>>, std::io::Error>> + Send>>;
+
+/// The connection's service: each request counted in flight until its answer is written, and
+/// refused unanswered when revocation lists that came into force since the certificate was
+/// last checked no longer accept it.
+fn service<H, Fut, B>(
+    listener: &Arc<Listener<H>>,
+    tls: &ServerTls,
+    addr: SocketAddr,
+    peer: Arc<PeerIdentity>,
+    traffic: Arc<Traffic>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Counted<B>>,
+    Error = std::io::Error,
+    Future = Answer<B>,
+> + Clone
++ Unpin
++ use<H, Fut, B>
+where
+    H: Fn(Arc<PeerIdentity>, Request<Incoming>) -> Fut + Clone + Send + Sync + Unpin + 'static,
+    Fut: Future<Output = Result<Response<B>, std::io::Error>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    // The chain and the lists it was verified under, for a check when they change.
+    let recheck = listener.spec.crls.clone().filter(|c| !c.is_empty()).map(|crls| {
+        let chain: Vec<_> =
+            tls.connection().peer_certificates().unwrap_or_default().iter().map(|c| c.clone().into_owned()).collect();
+        let seen = crls.generation();
+        Arc::new(Recheck { crls, chain, seen: AtomicU64::new(seen) })
+    });
+    let listener = listener.clone();
+    service_fn(move |req| {
+        let handler = listener.handler.clone();
+        let peer = peer.clone();
+        let in_flight = InFlight::new(&traffic);
+        let revoked = recheck.as_ref().is_some_and(|r| r.revoked());
+        if revoked {
+            let presented = recheck.as_ref().and_then(|r| r.chain.first()).map(|c| c.as_ref());
+            listener.refused(addr, "revoked_in_session", presented);
+        }
+        Box::pin(async move {
+            if revoked {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "the client certificate is no longer valid under the revocation lists in force",
+                ));
+            }
+            let response = handler(peer, req).await?;
+            // Counted until hyper has written the whole body and drops it.
+            Ok(response.map(|body| Counted { body, _in_flight: in_flight }))
+        }) as Answer<B>
+    })
+}
+
+/// A connection's certificate chain and the generation of the revocation lists it was last
+/// found valid under.
+struct Recheck {
+    crls: Arc<crate::tls::crl::CrlSet>,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    seen: AtomicU64,
+}
+
+impl Recheck {
+    /// True when new lists came into force and the chain is no longer valid under them.
+    fn revoked(&self) -> bool {
+        let now = self.crls.generation();
+        if self.seen.load(Ordering::Relaxed) == now {
+            return false;
+        }
+        if self.crls.still_valid(&self.chain) {
+            self.seen.store(now, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+}
+
+/// An HTTP/2 connection (by ALPN), closed (GOAWAY) once it had no request for `idle_after`,
+/// PINGs or not: an idle one holds a connection slot for nothing.
+async fn serve_h2<S>(
+    tls: Box<ServerTls>,
+    svc: S,
+    traffic: Arc<Traffic>,
+    idle_after: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), BoxError>
+where
+    S: HttpService<Incoming> + Clone + Send + Unpin + 'static,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as Body>::Data: Send,
+    <S::ResBody as Body>::Error: Into<BoxError>,
+{
+    let conn = http2_builder().serve_connection(TokioIo::new(tls), svc);
+    until_stopped(conn, &mut stop, idle_for(&traffic, idle_after), |c| c.graceful_shutdown())
+        .await
+        .map_err(BoxError::from)
+}
+
+/// A connection without ALPN: its first bytes choose HTTP/1.1 or HTTP/2.
+async fn serve_sniffed<S, RB>(
+    tls: Box<ServerTls>,
+    svc: S,
+    header_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), BoxError>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<RB>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    RB: Body + Send + 'static,
+    RB::Data: Send,
+    RB::Error: Into<BoxError>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .keep_alive_interval(Some(H2_KEEP_ALIVE));
+    let conn = builder.serve_connection(TokioIo::new(tls), svc).into_owned();
+    until_stopped(conn, &mut stop, std::future::pending(), |c| c.graceful_shutdown()).await
 }
 
 /// Runs a connection; when the listener stops, or `idle` resolves, asks it to finish its

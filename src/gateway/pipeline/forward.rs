@@ -82,21 +82,10 @@ impl Pipeline {
         let Some((upstream, name)) = self.upstream_for(route) else { return no_upstream() };
         let started = Instant::now();
         let result = upstream.post(route.path, headers, body).await;
-        self.metrics
-            .upstream_duration
-            .get_or_create(&UpstreamLabels { upstream: name })
-            .observe(started.elapsed().as_secs_f64());
-        // (A request that found every pooled connection busy made no attempt to reach it.)
-        if !matches!(result, Err(UpstreamError::Busy(..))) {
-            self.metrics.upstream_up.get_or_create(&UpstreamLabels { upstream: name }).set(i64::from(result.is_ok()));
-        }
+        self.upstream_metrics.exchange(name, started.elapsed(), &result);
         let reply = match result {
             Ok(r) => r,
             Err(e) => {
-                self.metrics
-                    .upstream_errors
-                    .get_or_create(&UpstreamErrorLabels { upstream: name, kind: e.kind() })
-                    .inc();
                 let refusal = match &e {
                     e if e.is_timeout() => Refusal::UpstreamTimeout,
                     UpstreamError::TooLarge(_) => Refusal::UpstreamInvalidResponse,
@@ -110,7 +99,7 @@ impl Pipeline {
         // 500 carrying a SOAP Fault, and valid against the schemas.
         let fault_ok = reply.status == StatusCode::INTERNAL_SERVER_ERROR;
         if reply.status != StatusCode::OK && !fault_ok {
-            self.metrics.upstream_errors.get_or_create(&UpstreamErrorLabels { upstream: name, kind: "status" }).inc();
+            self.upstream_metrics.failed(name, "status");
             return Outcome::Refused(Refusal::UpstreamUnavailable, format!("{name}: HTTP status {}", reply.status));
         }
         let expected: Vec<(&str, &str)> = route.reply_pairs(x.operation).into_iter().collect();
@@ -120,10 +109,7 @@ impl Pipeline {
         let fields = bundle.routes.minimise.get(x.operation).map(Vec::as_slice).unwrap_or_default();
         match validate_outlined(&self.schema, &route.limits, &reply.body, expect, minimise::depth(fields)) {
             Ok(v) if (fault_ok && v.operation != "Fault") || v.version != x.version => {
-                self.metrics
-                    .upstream_errors
-                    .get_or_create(&UpstreamErrorLabels { upstream: name, kind: "invalid_reply" })
-                    .inc();
+                self.upstream_metrics.failed(name, "invalid_reply");
                 let why = if v.version != x.version {
                     "a SOAP version other than the request's"
                 } else {
@@ -147,10 +133,7 @@ impl Pipeline {
                 Outcome::Forwarded(Box::new(self.minimise(x, reply, bundle, fields, &v)))
             }
             Err(e) => {
-                self.metrics
-                    .upstream_errors
-                    .get_or_create(&UpstreamErrorLabels { upstream: name, kind: "invalid_reply" })
-                    .inc();
+                self.upstream_metrics.failed(name, "invalid_reply");
                 let (line, col) = line_col(&reply.body, e.offset());
                 Outcome::Refused(Refusal::UpstreamInvalidResponse, format!("{name}: reply at {line}:{col}: {e}"))
             }

@@ -12,6 +12,11 @@ use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Semaphore;
 
 mod admit;
@@ -23,10 +28,7 @@ mod respond;
 
 use super::fault::Refusal;
 use super::routes::{ListenerKind, Route, RouteTable, SoapMediaType, UpstreamKind};
-use super::upstream::{Upstream, UpstreamError, soap_headers};
-use crate::admin::metrics::{
-    Metrics, RequestLabels, RouteLabels, UpstreamError as UpstreamErrorLabels, UpstreamLabels,
-};
+use super::upstream::{Upstream, UpstreamError, UpstreamMetrics, soap_headers};
 use crate::audit::{Audit, ClientCert, Record};
 use crate::policy::{Bundle, Caller, PolicyState, minimise};
 use crate::tls::PeerIdentity;
@@ -54,7 +56,8 @@ pub struct Pipeline {
     pub audit: Arc<Audit>,
     pub ministry: Upstream,
     pub police_callback: Option<Upstream>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: RequestMetrics,
+    pub upstream_metrics: Arc<UpstreamMetrics>,
     pub in_flight: Semaphore,
     /// Requests in process per client certificate, bounded within `in_flight`.
     pub in_flight_per_client: super::admission::PerKey<String>,
@@ -67,6 +70,47 @@ pub struct Pipeline {
     pub bare: bool,
     /// Benchmarks only, with `bare`: the audit stage too (`bare_proxy_audit = true`).
     pub bare_audit: bool,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    listener: &'static str,
+    route: &'static str,
+    operation: &'static str,
+    /// `ok`, or the contract fault code.
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    listener: &'static str,
+    route: &'static str,
+}
+
+/// The pipeline's metrics: requests by outcome, their duration, those in process.
+#[derive(Clone)]
+pub struct RequestMetrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    in_flight: Gauge,
+}
+
+impl Default for RequestMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(crate::admin::metrics::latency_histogram as fn() -> Histogram),
+            in_flight: Gauge::default(),
+        }
+    }
+}
+
+impl RequestMetrics {
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register("requests", "Requests by listener, route, operation and outcome code", self.requests.clone());
+        registry.register("request_duration_seconds", "Time from request headers to response", self.duration.clone());
+        registry.register("requests_in_flight", "Requests being processed", self.in_flight.clone());
+    }
 }
 
 /// What is known about a request as it travels; filled in stage by stage.
@@ -156,7 +200,7 @@ struct Underway<'p, 'a> {
 struct Admitted<'p> {
     _permit: tokio::sync::SemaphorePermit<'p>,
     _client: super::admission::Slot<String>,
-    gauge: &'p prometheus_client::metrics::gauge::Gauge,
+    gauge: &'p Gauge,
 }
 
 impl Drop for Admitted<'_> {

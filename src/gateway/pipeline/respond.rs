@@ -78,10 +78,7 @@ impl Pipeline {
             .requests
             .get_or_create(&RequestLabels { listener, route: x.route, operation: x.operation, code })
             .inc();
-        self.metrics
-            .request_duration
-            .get_or_create(&RouteLabels { listener, route: x.route })
-            .observe(elapsed.as_secs_f64());
+        self.metrics.duration.get_or_create(&RouteLabels { listener, route: x.route }).observe(elapsed.as_secs_f64());
         // Strings as `&str`: a field given by `%` (Display) is formatted through `fmt` instead
         // of copied (about 400 instructions a line).
         let removed = x.removed.join(",");

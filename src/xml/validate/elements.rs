@@ -13,6 +13,63 @@ use crate::xml::xsd::simple::{Base64Check, Builtin};
 use crate::xml::xsd::{Content, Schema, TypeRef};
 
 impl Run<'_> {
+    /// The declaration of a child element where its parent's content model is now, the model
+    /// stepped past it.
+    pub(super) fn child_decl(&mut self, offset: usize, (ns, local): (&str, &str)) -> Result<usize, XmlRefusal> {
+        let schema = self.schema;
+        let Some(Frame::Element(parent)) = self.stack.last_mut() else {
+            return Self::invalid(offset, "internal: not in an element");
+        };
+        let decl = match &mut parent.state {
+            ContentState::Dfa(state) => {
+                let Content::Elements(dfa) = &content_of(schema, parent.decl) else {
+                    return Self::invalid(offset, "internal: content model mismatch");
+                };
+                match dfa.step(*state, ns, local) {
+                    Some((decl, next)) => {
+                        *state = next;
+                        decl
+                    }
+                    None => {
+                        let expected = dfa.expected(*state);
+                        let parent_name = &schema.decls[parent.decl].local;
+                        return Self::invalid(
+                            offset,
+                            if expected.is_empty() {
+                                format!(
+                                    "element {local} is not allowed here in {parent_name}; no more elements expected"
+                                )
+                            } else {
+                                format!(
+                                    "element {local} is not allowed here in {parent_name}; expected {}",
+                                    expected.join(" or ")
+                                )
+                            },
+                        );
+                    }
+                }
+            }
+            ContentState::All(seen) => {
+                let Content::All { members, .. } = &content_of(schema, parent.decl) else {
+                    return Self::invalid(offset, "internal: content model mismatch");
+                };
+                let Some(i) = members.iter().position(|m| m.local == local && m.ns == ns) else {
+                    return Self::invalid(offset, format!("element {local} is not allowed here"));
+                };
+                if *seen & (1 << i) != 0 {
+                    return Self::invalid(offset, format!("element {local} appears twice"));
+                }
+                *seen |= 1 << i;
+                members[i].decl
+            }
+            ContentState::Empty | ContentState::Text | ContentState::Base64(_) => {
+                let parent_name = &schema.decls[parent.decl].local;
+                return Self::invalid(offset, format!("element {parent_name} may not contain elements"));
+            }
+        };
+        Ok(decl)
+    }
+
     /// A frame for a declared element, after checking its attributes.
     pub(super) fn element_frame(
         &mut self,

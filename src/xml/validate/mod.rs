@@ -11,13 +11,13 @@ use std::collections::HashSet;
 
 mod cvc;
 mod elements;
+mod envelope;
 mod fault;
 mod firewall;
 mod header;
 mod outline;
 mod refusal;
 
-use elements::content_of;
 use fault::{Child, FaultFrame};
 use firewall::{check_declaration, malformed, screen};
 pub use header::HeaderOutline;
@@ -31,7 +31,7 @@ use super::facts::MessageFacts;
 use super::firewall::{Breach, Limits};
 use super::soap::{SOAP11_NS, SOAP12_NS, SoapVersion};
 use super::xsd::simple::Base64Check;
-use super::xsd::{Content, Schema};
+use super::xsd::Schema;
 
 const XSI_NS: &str = "http://www.w3.org/2001/XMLSchema-instance";
 const PREDEFINED: [(&str, &str); 5] = [("lt", "<"), ("gt", ">"), ("amp", "&"), ("apos", "'"), ("quot", "\"")];
@@ -228,60 +228,6 @@ impl<'s> Run<'s> {
                 }
             };
             match event {
-                Event::Decl(d) => {
-                    if seen_decl || self.elements > 0 || offset > 0 {
-                        return Err(XmlRefusal::Malformed {
-                            offset,
-                            reason: "XML declaration not at the start".into(),
-                        });
-                    }
-                    seen_decl = true;
-                    screen(&d, offset + 2)?;
-                    check_declaration(utf8(text, &d), offset)?;
-                }
-                Event::DocType(_) => return Err(XmlRefusal::Threat { offset, breach: Breach::Dtd }),
-                Event::PI(_) => return Err(XmlRefusal::Threat { offset, breach: Breach::ProcessingInstruction }),
-                Event::Comment(c) => {
-                    screen(&c, offset + 4)?;
-                    self.comment_bytes += c.len();
-                    if self.comment_bytes > self.limits.max_comment_bytes {
-                        return Err(XmlRefusal::Threat { offset, breach: Breach::CommentBytes });
-                    }
-                }
-                Event::GeneralRef(r) => {
-                    let resolved: String = if r.is_char_ref() {
-                        match r.resolve_char_ref() {
-                            Ok(Some(c)) if super::chars::is_xml_char(c) => c.to_string(),
-                            _ => {
-                                return Err(XmlRefusal::Malformed {
-                                    offset,
-                                    reason: "invalid character reference".into(),
-                                });
-                            }
-                        }
-                    } else {
-                        let name = utf8(text, &r);
-                        match PREDEFINED.iter().find(|(n, _)| *n == name) {
-                            Some((_, v)) => (*v).to_owned(),
-                            None => return Err(XmlRefusal::Threat { offset, breach: Breach::EntityReference }),
-                        }
-                    };
-                    let r = self.text(offset, resolved.as_bytes());
-                    self.settle(r)?;
-                }
-                Event::Text(t) => {
-                    let raw = t.into_inner();
-                    let r = self.text(offset, &raw);
-                    self.settle(r)?;
-                }
-                Event::CData(c) => {
-                    let raw = c.into_inner();
-                    if self.stack.is_empty() {
-                        return Err(XmlRefusal::Malformed { offset, reason: "CDATA outside the root element".into() });
-                    }
-                    let r = self.text(offset, &raw);
-                    self.settle(r)?;
-                }
                 Event::Start(ref e) | Event::Empty(ref e) => {
                     screen(e, offset + 1)?;
                     let empty = matches!(event, Event::Empty(_));
@@ -305,19 +251,78 @@ impl<'s> Run<'s> {
                     self.settle(r)?;
                 }
                 Event::Eof => break,
+                other => self.between_tags(offset, other, &mut seen_decl)?,
             }
         }
+        self.finish()
+    }
+
+    /// What comes between tags: the declaration, comments and the refused DTDs and processing
+    /// instructions; text, CDATA and references (the predefined entities and characters only).
+    fn between_tags(&mut self, offset: usize, event: Event<'_>, seen_decl: &mut bool) -> Result<(), XmlRefusal> {
+        let text = self.doc;
+        let raw = match event {
+            Event::Decl(d) => {
+                if *seen_decl || self.elements > 0 || offset > 0 {
+                    return Err(XmlRefusal::Malformed { offset, reason: "XML declaration not at the start".into() });
+                }
+                *seen_decl = true;
+                screen(&d, offset + 2)?;
+                return check_declaration(utf8(text, &d), offset);
+            }
+            Event::DocType(_) => return Err(XmlRefusal::Threat { offset, breach: Breach::Dtd }),
+            Event::PI(_) => return Err(XmlRefusal::Threat { offset, breach: Breach::ProcessingInstruction }),
+            Event::Comment(c) => {
+                screen(&c, offset + 4)?;
+                self.comment_bytes += c.len();
+                if self.comment_bytes > self.limits.max_comment_bytes {
+                    return Err(XmlRefusal::Threat { offset, breach: Breach::CommentBytes });
+                }
+                return Ok(());
+            }
+            Event::GeneralRef(r) => {
+                let resolved = if r.is_char_ref() {
+                    match r.resolve_char_ref() {
+                        Ok(Some(c)) if super::chars::is_xml_char(c) => c.to_string(),
+                        _ => {
+                            return Err(XmlRefusal::Malformed { offset, reason: "invalid character reference".into() });
+                        }
+                    }
+                } else {
+                    let name = utf8(text, &r);
+                    match PREDEFINED.iter().find(|(n, _)| *n == name) {
+                        Some((_, v)) => (*v).to_owned(),
+                        None => return Err(XmlRefusal::Threat { offset, breach: Breach::EntityReference }),
+                    }
+                };
+                let r = self.text(offset, resolved.as_bytes());
+                return self.settle(r);
+            }
+            Event::Text(t) => t.into_inner(),
+            Event::CData(c) => {
+                if self.stack.is_empty() {
+                    return Err(XmlRefusal::Malformed { offset, reason: "CDATA outside the root element".into() });
+                }
+                c.into_inner()
+            }
+            Event::Start(_) | Event::Empty(_) | Event::End(_) | Event::Eof => return Ok(()),
+        };
+        let r = self.text(offset, &raw);
+        self.settle(r)
+    }
+
+    /// The end of the document: every element closed, the first validity error if there was
+    /// one, a root element, every IDREF naming an ID.
+    fn finish(&mut self) -> Result<Validated, XmlRefusal> {
+        let end = self.doc.len();
         if !self.stack.is_empty() {
-            return Err(XmlRefusal::Malformed {
-                offset: text.len(),
-                reason: "the document ends inside an element".into(),
-            });
+            return Err(XmlRefusal::Malformed { offset: end, reason: "the document ends inside an element".into() });
         }
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
         let Some((namespace, operation)) = self.operation.take() else {
-            return Err(XmlRefusal::Malformed { offset: text.len(), reason: "no root element".into() });
+            return Err(XmlRefusal::Malformed { offset: end, reason: "no root element".into() });
         };
         for (offset, r) in &self.idrefs {
             if !self.ids.contains(r) {
@@ -379,145 +384,19 @@ impl<'s> Run<'s> {
             self.push(Frame::Skip);
             return Ok(());
         }
-        let schema = self.schema;
-        let mut frame = match self.stack.last_mut() {
-            None => {
-                if self.root_done {
-                    return Err(XmlRefusal::Malformed { offset, reason: "content after the root element".into() });
-                }
-                let version = match (ns, local) {
-                    (SOAP11_NS, "Envelope") => Some(SoapVersion::V11),
-                    (SOAP12_NS, "Envelope") => Some(SoapVersion::V12),
-                    _ => None,
-                };
-                match (version, expect) {
-                    (Some(v), _) => {
-                        self.version = Some(v);
-                        Frame::Envelope { has_header: false, has_body: false }
-                    }
-                    (None, Expect::Any) => {
-                        let Some(decl) = self.schema.global(ns, local) else {
-                            return Self::invalid(offset, format!("no schema declares the element {{{ns}}}{local}"));
-                        };
-                        self.operation = Some((ns.to_owned(), local.to_owned()));
-                        self.operation_at = Some(self.stack.len());
-                        self.element_frame(reader, offset, e, decl)?
-                    }
-                    (None, Expect::Soap { .. }) => {
-                        return Self::invalid(offset, "the root element is not a SOAP Envelope");
-                    }
-                }
-            }
-            Some(Frame::Envelope { has_header, has_body }) => {
-                let soap_ns = self.version.map(SoapVersion::namespace).unwrap_or_default();
-                if ns != soap_ns {
-                    return Self::invalid(offset, format!("unexpected element {local} in the Envelope"));
-                }
-                match local {
-                    "Header" if !*has_header && !*has_body => {
-                        *has_header = true;
-                        let at = offset + self.skipped;
-                        self.header = Some(HeaderOutline { span: at..at, dropped: Vec::new(), kept: 0 });
-                        Frame::Header
-                    }
-                    "Body" if !*has_body => {
-                        *has_body = true;
-                        Frame::Body { has_operation: false }
-                    }
-                    "Body" => return Self::invalid(offset, "more than one Body"),
-                    _ => return Self::invalid(offset, format!("unexpected element {local} in the Envelope")),
-                }
-            }
-            Some(Frame::Header) => self.header_entry(reader, offset, e, (ns, local), expect)?,
-            Some(Frame::Body { has_operation }) => {
-                if *has_operation {
-                    return Self::invalid(offset, "the Body holds more than one element");
-                }
-                *has_operation = true;
-                let soap_ns = self.version.map(SoapVersion::namespace).unwrap_or_default();
-                self.operation = Some((ns.to_owned(), local.to_owned()));
-                if ns == soap_ns && local == "Fault" {
-                    match expect {
-                        Expect::Soap { fault_ok: true, .. } | Expect::Any => {
-                            if e.attributes().flatten().any(|a| !a.key.as_ref().starts_with(b"xmlns")) {
-                                return Self::invalid(offset, "an attribute that is not allowed in a SOAP Fault");
-                            }
-                            Frame::Fault(FaultFrame::new(self.version.unwrap_or(SoapVersion::V11)))
-                        }
-                        Expect::Soap { .. } => {
-                            return Self::invalid(offset, "a SOAP Fault where a message was expected");
-                        }
-                    }
-                } else {
-                    if let Expect::Soap { operations, .. } = expect
-                        && !operations.iter().any(|(n, l)| *n == ns && *l == local)
-                    {
-                        return Err(XmlRefusal::UnknownOperation {
-                            offset,
-                            ns: ns.to_owned(),
-                            local: local.to_owned(),
-                        });
-                    }
-                    let Some(decl) = self.schema.global(ns, local) else {
-                        return Self::invalid(offset, format!("no schema declares the element {{{ns}}}{local}"));
-                    };
-                    self.operation_at = Some(self.stack.len());
-                    self.element_frame(reader, offset, e, decl)?
-                }
-            }
+        let name = (ns, local);
+        let mut frame = match self.stack.last() {
+            None => self.root(reader, offset, e, name, expect)?,
+            Some(Frame::Envelope { .. }) => self.envelope_child(offset, name)?,
+            Some(Frame::Header) => self.header_entry(reader, offset, e, name, expect)?,
+            Some(Frame::Body { .. }) => self.body_child(reader, offset, e, name, expect)?,
             Some(Frame::Skip | Frame::DroppedEntry(_)) => Frame::Skip,
-            Some(Frame::Fault(_)) => match self.fault_child(reader, offset, e, (ns, local))? {
+            Some(Frame::Fault(_)) => match self.fault_child(reader, offset, e, name)? {
                 Child::Frame(f) => f,
                 Child::Declared(decl) => self.element_frame(reader, offset, e, decl)?,
             },
-            Some(Frame::Element(parent)) => {
-                let decl = match &mut parent.state {
-                    ContentState::Dfa(state) => {
-                        let Content::Elements(dfa) = &content_of(schema, parent.decl) else {
-                            return Self::invalid(offset, "internal: content model mismatch");
-                        };
-                        match dfa.step(*state, ns, local) {
-                            Some((decl, next)) => {
-                                *state = next;
-                                decl
-                            }
-                            None => {
-                                let expected = dfa.expected(*state);
-                                let parent_name = &schema.decls[parent.decl].local;
-                                return Self::invalid(
-                                    offset,
-                                    if expected.is_empty() {
-                                        format!(
-                                            "element {local} is not allowed here in {parent_name}; no more elements expected"
-                                        )
-                                    } else {
-                                        format!(
-                                            "element {local} is not allowed here in {parent_name}; expected {}",
-                                            expected.join(" or ")
-                                        )
-                                    },
-                                );
-                            }
-                        }
-                    }
-                    ContentState::All(seen) => {
-                        let Content::All { members, .. } = &content_of(schema, parent.decl) else {
-                            return Self::invalid(offset, "internal: content model mismatch");
-                        };
-                        let Some(i) = members.iter().position(|m| m.local == local && m.ns == ns) else {
-                            return Self::invalid(offset, format!("element {local} is not allowed here"));
-                        };
-                        if *seen & (1 << i) != 0 {
-                            return Self::invalid(offset, format!("element {local} appears twice"));
-                        }
-                        *seen |= 1 << i;
-                        members[i].decl
-                    }
-                    ContentState::Empty | ContentState::Text | ContentState::Base64(_) => {
-                        let parent_name = &schema.decls[parent.decl].local;
-                        return Self::invalid(offset, format!("element {parent_name} may not contain elements"));
-                    }
-                };
+            Some(Frame::Element(_)) => {
+                let decl = self.child_decl(offset, name)?;
                 self.element_frame(reader, offset, e, decl)?
             }
         };

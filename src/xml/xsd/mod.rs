@@ -156,22 +156,7 @@ impl<'a> Compiler<'a> {
         let namespaces: Vec<String> =
             docs.iter().map(|(_, r)| r.attr("targetNamespace").unwrap_or("").to_owned()).collect();
         for (fi, (name, root)) in docs.iter().enumerate() {
-            if !root.is_xs("schema") {
-                return Err(self.err(fi, root, "the root element is not xs:schema"));
-            }
-            self.only_attrs(
-                fi,
-                root,
-                &["targetNamespace", "elementFormDefault", "attributeFormDefault", "version", "xml:lang"],
-            )?;
-            if root.attr("attributeFormDefault").is_some_and(|v| v != "unqualified") {
-                return Err(self.err(fi, root, "attributeFormDefault=\"qualified\" is not supported"));
-            }
-            let qualified = match root.attr("elementFormDefault") {
-                None | Some("unqualified") => false,
-                Some("qualified") => true,
-                Some(v) => return Err(self.err(fi, root, format!("bad elementFormDefault {v:?}"))),
-            };
+            let qualified = self.schema_root(fi, root)?;
             let tns = root.attr("targetNamespace").unwrap_or("");
             for child in Self::content(root) {
                 let named = Named { file: fi, node: child, tns, qualified };
@@ -182,28 +167,7 @@ impl<'a> Compiler<'a> {
                 };
                 match child.local.as_str() {
                     _ if child.ns != XS_NS => return Err(self.unsupported(fi, child)),
-                    "import" => {
-                        self.only_attrs(fi, child, &["namespace", "schemaLocation"])?;
-                        let ns = child.attr("namespace").unwrap_or("");
-                        let loc = child.attr("schemaLocation").unwrap_or("");
-                        let file_name = |p: &str| Path::new(p).file_name().map(|f| f.to_owned());
-                        let target = docs.iter().position(|(n, _)| file_name(n) == file_name(loc) && !loc.is_empty());
-                        match target {
-                            Some(t) if namespaces[t] == ns => {}
-                            Some(_) => {
-                                return Err(self.err(fi, child, format!("{loc} does not have targetNamespace {ns:?}")));
-                            }
-                            None => {
-                                return Err(self.err(
-                                    fi,
-                                    child,
-                                    format!(
-                                        "xs:import of {loc:?}: only files in the same schema directory can be imported"
-                                    ),
-                                ));
-                            }
-                        }
-                    }
+                    "import" => self.check_import(docs, &namespaces, fi, child)?,
                     "simpleType" => {
                         let k = key(child)?;
                         if self.simple_named.insert(k.clone(), named).is_some() || self.complex_named.contains_key(&k) {
@@ -249,6 +213,56 @@ impl<'a> Compiler<'a> {
         let complex: Vec<_> = self.complex_named.keys().cloned().collect();
         for k in complex {
             self.named_complex(&k)?;
+        }
+        Ok(())
+    }
+
+    /// An `xs:schema` root and its attributes; whether its local elements are qualified.
+    fn schema_root(&self, fi: usize, root: &Node) -> Result<bool, SchemaError> {
+        if !root.is_xs("schema") {
+            return Err(self.err(fi, root, "the root element is not xs:schema"));
+        }
+        self.only_attrs(
+            fi,
+            root,
+            &["targetNamespace", "elementFormDefault", "attributeFormDefault", "version", "xml:lang"],
+        )?;
+        if root.attr("attributeFormDefault").is_some_and(|v| v != "unqualified") {
+            return Err(self.err(fi, root, "attributeFormDefault=\"qualified\" is not supported"));
+        }
+        let qualified = match root.attr("elementFormDefault") {
+            None | Some("unqualified") => false,
+            Some("qualified") => true,
+            Some(v) => return Err(self.err(fi, root, format!("bad elementFormDefault {v:?}"))),
+        };
+        Ok(qualified)
+    }
+
+    /// An `xs:import`: only of a file in the same set, with the namespace it declares.
+    fn check_import(
+        &self,
+        docs: &[(String, Node)],
+        namespaces: &[String],
+        fi: usize,
+        child: &Node,
+    ) -> Result<(), SchemaError> {
+        self.only_attrs(fi, child, &["namespace", "schemaLocation"])?;
+        let ns = child.attr("namespace").unwrap_or("");
+        let loc = child.attr("schemaLocation").unwrap_or("");
+        let file_name = |p: &str| Path::new(p).file_name().map(|f| f.to_owned());
+        let target = docs.iter().position(|(n, _)| file_name(n) == file_name(loc) && !loc.is_empty());
+        match target {
+            Some(t) if namespaces[t] == ns => {}
+            Some(_) => {
+                return Err(self.err(fi, child, format!("{loc} does not have targetNamespace {ns:?}")));
+            }
+            None => {
+                return Err(self.err(
+                    fi,
+                    child,
+                    format!("xs:import of {loc:?}: only files in the same schema directory can be imported"),
+                ));
+            }
         }
         Ok(())
     }

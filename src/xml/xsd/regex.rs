@@ -100,24 +100,36 @@ pub fn translate(xsd: &str) -> Result<String, String> {
     Ok(out)
 }
 
+/// A multi-character escape's class: as it is inside a class, bracketed outside one.
+fn class(s: &str, in_class: bool) -> String {
+    if in_class { s.to_owned() } else { format!("[{s}]") }
+}
+
+/// A negated multi-character escape's class (outside a class only).
+fn negated(s: &str, in_class: bool) -> Result<String, String> {
+    if in_class {
+        Err("negated multi-character escape inside a class is not supported".to_owned())
+    } else {
+        Ok(format!("[^{s}]"))
+    }
+}
+
+/// The Unicode general categories XSD's `\p{...}` may name.
+const CATEGORIES: &[&str] = &[
+    "L", "Lu", "Ll", "Lt", "Lm", "Lo", "M", "Mn", "Mc", "Me", "N", "Nd", "Nl", "No", "P", "Pc", "Pd", "Ps", "Pe", "Pi",
+    "Pf", "Po", "Z", "Zs", "Zl", "Zp", "S", "Sm", "Sc", "Sk", "So", "C", "Cc", "Cf", "Co", "Cn",
+];
+
 /// Translates the escape at the start of `chars`; returns the text and how many chars it used.
 fn escape(chars: &[char], in_class: bool) -> Result<(String, usize), String> {
     let Some(&e) = chars.get(1) else { return Err("pattern ends with a backslash".into()) };
-    let wrap = |s: &str| if in_class { s.to_owned() } else { format!("[{s}]") };
-    let wrap_neg = |s: &str| {
-        if in_class {
-            Err("negated multi-character escape inside a class is not supported".to_owned())
-        } else {
-            Ok(format!("[^{s}]"))
-        }
-    };
     let s = match e {
         'n' => r"\n".to_owned(),
         'r' => r"\r".to_owned(),
         't' => r"\t".to_owned(),
         '\\' | '|' | '.' | '-' | '^' | '?' | '*' | '+' | '{' | '}' | '(' | ')' | '[' | ']' => format!("\\{e}"),
-        's' => wrap(r" \t\n\r"),
-        'S' => wrap_neg(r" \t\n\r")?,
+        's' => class(r" \t\n\r", in_class),
+        'S' => negated(r" \t\n\r", in_class)?,
         'd' => r"\p{Nd}".to_owned(),
         'D' => r"\P{Nd}".to_owned(),
         'w' => {
@@ -126,40 +138,40 @@ fn escape(chars: &[char], in_class: bool) -> Result<(String, usize), String> {
             }
             r"[^\p{P}\p{Z}\p{C}]".to_owned()
         }
-        'W' => wrap(r"\p{P}\p{Z}\p{C}"),
-        'i' => wrap(NAME_START),
-        'I' => wrap_neg(NAME_START)?,
-        'c' => wrap(&format!("{NAME_START}{NAME_EXTRA}")),
-        'C' => wrap_neg(&format!("{NAME_START}{NAME_EXTRA}"))?,
-        'p' | 'P' => {
-            let close = chars.iter().position(|&c| c == '}').ok_or("unterminated \\p{...}")?;
-            if chars.get(2) != Some(&'{') {
-                return Err("\\p must be followed by {".into());
-            }
-            let name: String = chars[3..close].iter().collect();
-            let body = if let Some(block) = name.strip_prefix("Is") {
-                let range = BLOCKS
-                    .iter()
-                    .find(|(n, _)| *n == block)
-                    .map(|(_, r)| *r)
-                    .ok_or_else(|| format!("unsupported Unicode block \\p{{{name}}}"))?;
-                if e == 'p' { wrap(range) } else { wrap_neg(range)? }
-            } else {
-                const CATEGORIES: &[&str] = &[
-                    "L", "Lu", "Ll", "Lt", "Lm", "Lo", "M", "Mn", "Mc", "Me", "N", "Nd", "Nl", "No", "P", "Pc", "Pd",
-                    "Ps", "Pe", "Pi", "Pf", "Po", "Z", "Zs", "Zl", "Zp", "S", "Sm", "Sc", "Sk", "So", "C", "Cc", "Cf",
-                    "Co", "Cn",
-                ];
-                if !CATEGORIES.contains(&name.as_str()) {
-                    return Err(format!("unknown Unicode category \\{e}{{{name}}}"));
-                }
-                format!("\\{e}{{{name}}}")
-            };
-            return Ok((body, close + 1));
-        }
+        'W' => class(r"\p{P}\p{Z}\p{C}", in_class),
+        'i' => class(NAME_START, in_class),
+        'I' => negated(NAME_START, in_class)?,
+        'c' => class(&format!("{NAME_START}{NAME_EXTRA}"), in_class),
+        'C' => negated(&format!("{NAME_START}{NAME_EXTRA}"), in_class)?,
+        'p' | 'P' => return property(chars, e == 'P', in_class),
         other => return Err(format!("unknown escape \\{other}")),
     };
     Ok((s, 2))
+}
+
+/// `\p{...}` or (`negate`) `\P{...}` at the start of `chars`: a Unicode block (`IsBasicLatin`)
+/// or general category; the text and how many chars it used.
+fn property(chars: &[char], negate: bool, in_class: bool) -> Result<(String, usize), String> {
+    let e = if negate { 'P' } else { 'p' };
+    let close = chars.iter().position(|&c| c == '}').ok_or("unterminated \\p{...}")?;
+    if chars.get(2) != Some(&'{') {
+        return Err("\\p must be followed by {".into());
+    }
+    let name: String = chars[3..close].iter().collect();
+    let body = if let Some(block) = name.strip_prefix("Is") {
+        let range = BLOCKS
+            .iter()
+            .find(|(n, _)| *n == block)
+            .map(|(_, r)| *r)
+            .ok_or_else(|| format!("unsupported Unicode block \\p{{{name}}}"))?;
+        if negate { negated(range, in_class)? } else { class(range, in_class) }
+    } else {
+        if !CATEGORIES.contains(&name.as_str()) {
+            return Err(format!("unknown Unicode category \\{e}{{{name}}}"));
+        }
+        format!("\\{e}{{{name}}}")
+    };
+    Ok((body, close + 1))
 }
 
 /// A compiled XSD pattern. Schema patterns are short (identifiers, codes, dates), so most
