@@ -7,6 +7,15 @@ import sys
 from pathlib import Path
 
 MAX_FILE, MAX_FN = 600, 80
+
+
+def braces_of(line):
+    """The line without its comment, string and character literals (braces in them do not count)."""
+    line = re.sub(r'b?"(?:\\.|[^"\\])*"', '""', line)
+    line = re.sub(r"'(?:\\.|[^'\\])'", "' '", line)
+    return line.split("//", 1)[0]
+
+
 strict = "--strict" in sys.argv
 found = []
 for path in sorted(Path("src").rglob("*.rs")):
@@ -20,8 +29,9 @@ for path in sorted(Path("src").rglob("*.rs")):
         if m and not lines[i].rstrip().endswith(";"):
             depth, j, opened = 0, i, False
             while j < cut:
-                depth += lines[j].count("{") - lines[j].count("}")
-                opened = opened or "{" in lines[j]
+                code = braces_of(lines[j])
+                depth += code.count("{") - code.count("}")
+                opened = opened or "{" in code
                 if opened and depth <= 0:
                     break
                 j += 1

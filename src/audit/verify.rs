@@ -98,6 +98,41 @@ pub fn verify(dir: &Path, key: &Path) -> Result<Summary, String> {
         None => CompactTree::default(),
     };
     let base = tree.size();
+    let roots = replay(&log, &mut tree)?;
+    for (i, cp) in log.checkpoints.iter().enumerate() {
+        if !check_signature(cp, &point) {
+            return Err(format!(
+                "checkpoint {i} (tree size {}): the signature does not verify under {}",
+                cp.tree_size,
+                key.display()
+            ));
+        }
+        // Before the retention anchor: the signature is all that can be checked.
+        if cp.tree_size >= base {
+            covers(&log, i, &roots, tree.size())?;
+        }
+    }
+    // The TPM counter, where checkpoints carry it, only goes up.
+    let counters: Vec<(usize, u64)> =
+        log.checkpoints.iter().enumerate().filter_map(|(i, c)| c.tpm_counter.map(|n| (i, n))).collect();
+    if let Some(w) = counters.windows(2).find(|w| w[1].1 <= w[0].1) {
+        return Err(format!(
+            "checkpoint {}: the TPM counter goes from {} to {} (not increasing)",
+            w[1].0, w[0].1, w[1].1
+        ));
+    }
+    Ok(Summary {
+        records: tree.size(),
+        checkpoints: log.checkpoints.len(),
+        root: merkle::hex(&tree.root()),
+        last_checkpoint: log.checkpoints.last().cloned(),
+    })
+}
+
+/// Replays the records after `tree`'s (the anchor's) into it, each in sequence and canonical;
+/// the roots at every size a checkpoint covers.
+fn replay(log: &LogContents, tree: &mut CompactTree) -> Result<std::collections::HashMap<u64, String>, String> {
+    let base = tree.size();
     // Roots at every checkpointed size, computed in the same pass.
     let mut wanted: Vec<u64> = log.checkpoints.iter().map(|c| c.tree_size).collect();
     wanted.sort_unstable();
@@ -123,66 +158,51 @@ pub fn verify(dir: &Path, key: &Path) -> Result<Summary, String> {
             roots.insert(tree.size(), merkle::hex(&tree.root()));
         }
     }
-    for (i, cp) in log.checkpoints.iter().enumerate() {
-        if !check_signature(cp, &point) {
+    Ok(roots)
+}
+
+/// Checkpoint `i` against the roots the records hash to: its size reached, its root the
+/// records' root at that size, sizes not going backwards.
+fn covers(
+    log: &LogContents,
+    i: usize,
+    roots: &std::collections::HashMap<u64, String>,
+    log_size: u64,
+) -> Result<(), String> {
+    let cp = &log.checkpoints[i];
+    match roots.get(&cp.tree_size) {
+        None => {
             return Err(format!(
-                "checkpoint {i} (tree size {}): the signature does not verify under {}",
-                cp.tree_size,
-                key.display()
+                "checkpoint {i} covers {} records but the log has {} (records were removed)",
+                cp.tree_size, log_size
             ));
         }
-        if cp.tree_size < base {
-            continue; // before the retention anchor: signature checked above
+        Some(root) if *root != cp.root_hash => {
+            // Find the first record that differs from what the checkpoint signed is not
+            // possible from a root alone; name the range.
+            let prev = log.checkpoints[..i]
+                .iter()
+                .filter(|c| c.tree_size < cp.tree_size && roots.get(&c.tree_size) == Some(&c.root_hash))
+                .map(|c| c.tree_size)
+                .max()
+                .unwrap_or(0);
+            let first = log
+                .records
+                .get(prev as usize)
+                .map(|(_, _, l)| format!("{}:{}", l.file.display(), l.line))
+                .unwrap_or_default();
+            return Err(format!(
+                "checkpoint {i} (tree size {}): the records do not hash to its root; a record between {prev} ({first}) and {} was altered",
+                cp.tree_size,
+                cp.tree_size - 1
+            ));
         }
-        match roots.get(&cp.tree_size) {
-            None => {
-                return Err(format!(
-                    "checkpoint {i} covers {} records but the log has {} (records were removed)",
-                    cp.tree_size,
-                    tree.size()
-                ));
-            }
-            Some(root) if *root != cp.root_hash => {
-                // Find the first record that differs from what the checkpoint signed is not
-                // possible from a root alone; name the range.
-                let prev = log.checkpoints[..i]
-                    .iter()
-                    .filter(|c| c.tree_size < cp.tree_size && roots.get(&c.tree_size) == Some(&c.root_hash))
-                    .map(|c| c.tree_size)
-                    .max()
-                    .unwrap_or(0);
-                let first = log
-                    .records
-                    .get(prev as usize)
-                    .map(|(_, _, l)| format!("{}:{}", l.file.display(), l.line))
-                    .unwrap_or_default();
-                return Err(format!(
-                    "checkpoint {i} (tree size {}): the records do not hash to its root; a record between {prev} ({first}) and {} was altered",
-                    cp.tree_size,
-                    cp.tree_size - 1
-                ));
-            }
-            Some(_) => {}
-        }
-        if i > 0 && cp.tree_size < log.checkpoints[i - 1].tree_size {
-            return Err(format!("checkpoint {i}: tree size goes backwards"));
-        }
+        Some(_) => {}
     }
-    // The TPM counter, where checkpoints carry it, only goes up.
-    let counters: Vec<(usize, u64)> =
-        log.checkpoints.iter().enumerate().filter_map(|(i, c)| c.tpm_counter.map(|n| (i, n))).collect();
-    if let Some(w) = counters.windows(2).find(|w| w[1].1 <= w[0].1) {
-        return Err(format!(
-            "checkpoint {}: the TPM counter goes from {} to {} (not increasing)",
-            w[1].0, w[0].1, w[1].1
-        ));
+    if i > 0 && cp.tree_size < log.checkpoints[i - 1].tree_size {
+        return Err(format!("checkpoint {i}: tree size goes backwards"));
     }
-    Ok(Summary {
-        records: tree.size(),
-        checkpoints: log.checkpoints.len(),
-        root: merkle::hex(&tree.root()),
-        last_checkpoint: log.checkpoints.last().cloned(),
-    })
+    Ok(())
 }
 
 /// The tree a pruned log resumes from: the anchor's peaks, trusted only because a checkpoint

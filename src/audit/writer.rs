@@ -53,6 +53,72 @@ pub fn records_end(bytes: &[u8]) -> usize {
     bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len())
 }
 
+/// Replays one segment's records into `tree`, each in sequence. The last segment's records may
+/// end short of the file (the zero-filled space ahead of them, or a tail a crash tore): what
+/// follows them was never acknowledged and is cut; the cut is described. Any other segment must
+/// end with its last record.
+fn replay_segment(path: &Path, tree: &mut CompactTree, last: bool) -> Result<Option<String>, AuditError> {
+    // Streamed a line at a time: a start never holds a whole segment in memory.
+    let file = File::open(path).map_err(|e| io_err(path, e))?;
+    let len = file.metadata().map_err(|e| io_err(path, e))?.len();
+    let mut reader = BufReader::with_capacity(64 * 1024, file);
+    let mut line = Vec::new();
+    let mut complete = 0u64;
+    let mut line_no = 0;
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(|e| io_err(path, e))?;
+        // The records end at the end of the file, at a line without its newline (torn),
+        // or at the first NUL (the zero-filled space ahead of the records).
+        if n == 0 || line.last() != Some(&b'\n') || line.contains(&0) {
+            break;
+        }
+        line_no += 1;
+        let record = &line[..n - 1];
+        if !record.is_empty() {
+            let r: Record = serde_json::from_slice(record)
+                .map_err(|e| AuditError::Damaged(format!("{} line {line_no}: {e}", path.display())))?;
+            if r.seq != tree.size() {
+                return Err(AuditError::Damaged(format!(
+                    "{} line {line_no}: sequence {} where {} was expected",
+                    path.display(),
+                    r.seq,
+                    tree.size()
+                )));
+            }
+            tree.push(merkle::leaf_hash(record));
+        }
+        complete += n as u64;
+    }
+    if complete < len {
+        if !last {
+            return Err(AuditError::Damaged(format!("{} ends without a newline", path.display())));
+        }
+        // The zero-filled space ahead of the records (the gateway stopped without closing
+        // the segment), and anything a crash left after the last acknowledged record:
+        // nothing after `complete` was ever acknowledged; cut it.
+        let mut torn = line.iter().filter(|&&b| b != 0).count();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let k = reader.read(&mut chunk).map_err(|e| io_err(path, e))?;
+            if k == 0 {
+                break;
+            }
+            torn += chunk[..k].iter().filter(|&&b| b != 0).count();
+        }
+        let f = OpenOptions::new().write(true).open(path).map_err(|e| io_err(path, e))?;
+        f.set_len(complete).map_err(|e| io_err(path, e))?;
+        f.sync_all().map_err(|e| io_err(path, e))?;
+        if torn > 0 {
+            return Ok(Some(format!(
+                "cut a torn tail of {torn} bytes from {}",
+                path.file_name().and_then(|n| n.to_str()).unwrap_or("")
+            )));
+        }
+    }
+    Ok(None)
+}
+
 impl Writer {
     /// Opens the log: replays every segment into the tree, cuts a torn tail of the last one.
     pub(super) fn open(cfg: &AuditConfig) -> Result<(Writer, Option<String>), AuditError> {
@@ -75,63 +141,8 @@ impl Writer {
         let mut recovered = None;
         let last_index = segs.len().saturating_sub(1);
         for (i, path) in segs.iter().enumerate() {
-            // Streamed a line at a time: a start never holds a whole segment in memory.
-            let file = File::open(path).map_err(|e| io_err(path, e))?;
-            let len = file.metadata().map_err(|e| io_err(path, e))?.len();
-            let mut reader = BufReader::with_capacity(64 * 1024, file);
-            let mut line = Vec::new();
-            let mut complete = 0u64;
-            let mut line_no = 0;
-            loop {
-                line.clear();
-                let n = reader.read_until(b'\n', &mut line).map_err(|e| io_err(path, e))?;
-                // The records end at the end of the file, at a line without its newline (torn),
-                // or at the first NUL (the zero-filled space ahead of the records).
-                if n == 0 || line.last() != Some(&b'\n') || line.contains(&0) {
-                    break;
-                }
-                line_no += 1;
-                let record = &line[..n - 1];
-                if !record.is_empty() {
-                    let r: Record = serde_json::from_slice(record)
-                        .map_err(|e| AuditError::Damaged(format!("{} line {line_no}: {e}", path.display())))?;
-                    if r.seq != tree.size() {
-                        return Err(AuditError::Damaged(format!(
-                            "{} line {line_no}: sequence {} where {} was expected",
-                            path.display(),
-                            r.seq,
-                            tree.size()
-                        )));
-                    }
-                    tree.push(merkle::leaf_hash(record));
-                }
-                complete += n as u64;
-            }
-            if complete < len {
-                if i != last_index {
-                    return Err(AuditError::Damaged(format!("{} ends without a newline", path.display())));
-                }
-                // The zero-filled space ahead of the records (the gateway stopped without closing
-                // the segment), and anything a crash left after the last acknowledged record:
-                // nothing after `complete` was ever acknowledged; cut it.
-                let mut torn = line.iter().filter(|&&b| b != 0).count();
-                let mut chunk = vec![0u8; 64 * 1024];
-                loop {
-                    let k = reader.read(&mut chunk).map_err(|e| io_err(path, e))?;
-                    if k == 0 {
-                        break;
-                    }
-                    torn += chunk[..k].iter().filter(|&&b| b != 0).count();
-                }
-                let f = OpenOptions::new().write(true).open(path).map_err(|e| io_err(path, e))?;
-                f.set_len(complete).map_err(|e| io_err(path, e))?;
-                f.sync_all().map_err(|e| io_err(path, e))?;
-                if torn > 0 {
-                    recovered = Some(format!(
-                        "cut a torn tail of {torn} bytes from {}",
-                        path.file_name().and_then(|n| n.to_str()).unwrap_or("")
-                    ));
-                }
+            if let Some(cut) = replay_segment(path, &mut tree, i == last_index)? {
+                recovered = Some(cut);
             }
         }
         let segment_index = segs.last().and_then(|p| {

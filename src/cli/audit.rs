@@ -36,42 +36,7 @@ pub enum AuditCommand {
         expect: Option<PathBuf>,
     },
     /// Search the log.
-    Query {
-        dir: PathBuf,
-        #[arg(long)]
-        incident: Option<String>,
-        #[arg(long)]
-        officer: Option<String>,
-        /// Client certificate SHA-256 fingerprint.
-        #[arg(long)]
-        client: Option<String>,
-        #[arg(long)]
-        operation: Option<String>,
-        /// allow or deny
-        #[arg(long)]
-        decision: Option<String>,
-        /// Outcome code (ok, PolicyDenied, XmlThreat...)
-        #[arg(long)]
-        code: Option<String>,
-        /// RFC 3339 time bounds (compared as UTC text)
-        #[arg(long)]
-        since: Option<String>,
-        #[arg(long)]
-        until: Option<String>,
-        /// A document number, matched through its pseudonym (needs --pseudonym-key).
-        #[arg(long)]
-        document: Option<String>,
-        /// The pseudonymisation key: a file, or tpm:audit-pseudonym (unsealed by the TPM named
-        /// in --config's [tpm] table)
-        #[arg(long)]
-        pseudonym_key: Option<String>,
-        /// gateway.toml, for its [tpm] table (with --pseudonym-key tpm:NAME)
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// JSON lines instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Query(QueryArgs),
     /// Export every record as JSON lines or RFC 5424 syslog lines (for a SIEM).
     Export {
         dir: PathBuf,
@@ -107,99 +72,49 @@ fn record_access(dir: &Path, what: String) -> Result<(), ExitCode> {
     })
 }
 
+/// `spocgw audit query`: the filters, all of which a record must match.
+#[derive(clap::Args, Debug)]
+pub struct QueryArgs {
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub incident: Option<String>,
+    #[arg(long)]
+    pub officer: Option<String>,
+    /// Client certificate SHA-256 fingerprint.
+    #[arg(long)]
+    pub client: Option<String>,
+    #[arg(long)]
+    pub operation: Option<String>,
+    /// allow or deny
+    #[arg(long)]
+    pub decision: Option<String>,
+    /// Outcome code (ok, PolicyDenied, XmlThreat...)
+    #[arg(long)]
+    pub code: Option<String>,
+    /// RFC 3339 time bounds (compared as UTC text)
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long)]
+    pub until: Option<String>,
+    /// A document number, matched through its pseudonym (needs --pseudonym-key).
+    #[arg(long)]
+    pub document: Option<String>,
+    /// The pseudonymisation key: a file, or tpm:audit-pseudonym (unsealed by the TPM named
+    /// in --config's [tpm] table)
+    #[arg(long)]
+    pub pseudonym_key: Option<String>,
+    /// gateway.toml, for its [tpm] table (with --pseudonym-key tpm:NAME)
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 pub fn run(cmd: AuditCommand) -> ExitCode {
     match cmd {
-        AuditCommand::Verify { dir, key, tpm, config, tcti, expect } => {
-            let key = key.unwrap_or_else(|| {
-                eprintln!(
-                    "note: using the checkpoint key stored beside the log ({}); pass --key for an independent check",
-                    crate::audit::PUBLIC_KEY_FILE
-                );
-                dir.join(crate::audit::PUBLIC_KEY_FILE)
-            });
-            let anchor = match (tpm, config, tcti) {
-                (false, _, _) => None,
-                (true, _, Some(t)) => Some(crate::tpm::TpmConfig::new(t, PathBuf::new(), Vec::new())),
-                (true, Some(c), None) => match super::tpm::read_tpm_table(&c) {
-                    Ok(cfg) => Some(cfg),
-                    Err(e) => {
-                        eprintln!("spocgw audit verify: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
-                (true, None, None) => {
-                    eprintln!("spocgw audit verify: --tpm needs --config gateway.toml or --tcti");
-                    return ExitCode::from(2);
-                }
-            };
-            verify_cmd(&dir, &key, anchor.as_ref(), expect.as_deref())
-        }
-        AuditCommand::Query {
-            dir,
-            incident,
-            officer,
-            client,
-            operation,
-            decision,
-            code,
-            since,
-            until,
-            document,
-            pseudonym_key,
-            config,
-            json,
-        } => {
-            let pseudonym = match (document, pseudonym_key) {
-                (Some(d), Some(k)) => match pseudonym_key_from(&k, config.as_deref()) {
-                    Ok(key) => Some(pseudonymise(&key, &d)),
-                    Err(e) => {
-                        eprintln!("spocgw audit query: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
-                (Some(_), None) => {
-                    eprintln!("spocgw audit query: --document needs --pseudonym-key");
-                    return ExitCode::from(2);
-                }
-                _ => None,
-            };
-            let mut filters: Vec<String> = Vec::new();
-            for (name, v) in [
-                ("incident", &incident),
-                ("officer", &officer),
-                ("client", &client),
-                ("operation", &operation),
-                ("decision", &decision),
-                ("code", &code),
-                ("since", &since),
-                ("until", &until),
-            ] {
-                if let Some(v) = v {
-                    filters.push(format!("{name}={v}"));
-                }
-            }
-            if let Some(p) = &pseudonym {
-                filters.push(format!("document-pseudonym={p}"));
-            }
-            if let Err(code) = record_access(&dir, format!("audit query {}", filters.join(" "))) {
-                return code;
-            }
-            let m = |want: &Option<String>, have: &Option<String>| {
-                want.as_ref().is_none_or(|w| have.as_deref() == Some(w.as_str()))
-            };
-            let filter = |r: &Record| {
-                m(&incident, &r.incident_id)
-                    && m(&officer, &r.officer_id)
-                    && m(&operation, &r.operation)
-                    && m(&decision, &r.decision)
-                    && m(&code, &r.code)
-                    && m(&pseudonym, &r.document)
-                    && client.as_ref().is_none_or(|c| r.client.as_ref().is_some_and(|rc| &rc.fingerprint == c))
-                    && since.as_ref().is_none_or(|s| r.time.as_str() >= s.as_str())
-                    && until.as_ref().is_none_or(|u| r.time.as_str() <= u.as_str())
-            };
-            print_records(&dir, &filter, if json { Format::Json } else { Format::Table })
-        }
+        AuditCommand::Verify { dir, key, tpm, config, tcti, expect } => verify(&dir, key, tpm, config, tcti, expect),
+        AuditCommand::Query(q) => query(q),
         AuditCommand::Export { dir, format } => {
             let f = match format.as_str() {
                 "json" => Format::Json,
@@ -254,6 +169,110 @@ pub fn run(cmd: AuditCommand) -> ExitCode {
             }
         }
     }
+}
+
+/// `spocgw audit verify`: the key beside the log unless one is given, the TPM's counter with
+/// `--tpm`.
+fn verify(
+    dir: &Path,
+    key: Option<PathBuf>,
+    tpm: bool,
+    config: Option<PathBuf>,
+    tcti: Option<String>,
+    expect: Option<PathBuf>,
+) -> ExitCode {
+    let key = key.unwrap_or_else(|| {
+        eprintln!(
+            "note: using the checkpoint key stored beside the log ({}); pass --key for an independent check",
+            crate::audit::PUBLIC_KEY_FILE
+        );
+        dir.join(crate::audit::PUBLIC_KEY_FILE)
+    });
+    let anchor = match (tpm, config, tcti) {
+        (false, _, _) => None,
+        (true, _, Some(t)) => Some(crate::tpm::TpmConfig::new(t, PathBuf::new(), Vec::new())),
+        (true, Some(c), None) => match super::tpm::read_tpm_table(&c) {
+            Ok(cfg) => Some(cfg),
+            Err(e) => {
+                eprintln!("spocgw audit verify: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        (true, None, None) => {
+            eprintln!("spocgw audit verify: --tpm needs --config gateway.toml or --tcti");
+            return ExitCode::from(2);
+        }
+    };
+    verify_cmd(dir, &key, anchor.as_ref(), expect.as_deref())
+}
+
+/// `spocgw audit query`: the records matching every filter, the access itself recorded first.
+fn query(q: QueryArgs) -> ExitCode {
+    let QueryArgs {
+        dir,
+        incident,
+        officer,
+        client,
+        operation,
+        decision,
+        code,
+        since,
+        until,
+        document,
+        pseudonym_key,
+        config,
+        json,
+    } = q;
+    let pseudonym = match (document, pseudonym_key) {
+        (Some(d), Some(k)) => match pseudonym_key_from(&k, config.as_deref()) {
+            Ok(key) => Some(pseudonymise(&key, &d)),
+            Err(e) => {
+                eprintln!("spocgw audit query: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        (Some(_), None) => {
+            eprintln!("spocgw audit query: --document needs --pseudonym-key");
+            return ExitCode::from(2);
+        }
+        _ => None,
+    };
+    let mut filters: Vec<String> = Vec::new();
+    for (name, v) in [
+        ("incident", &incident),
+        ("officer", &officer),
+        ("client", &client),
+        ("operation", &operation),
+        ("decision", &decision),
+        ("code", &code),
+        ("since", &since),
+        ("until", &until),
+    ] {
+        if let Some(v) = v {
+            filters.push(format!("{name}={v}"));
+        }
+    }
+    if let Some(p) = &pseudonym {
+        filters.push(format!("document-pseudonym={p}"));
+    }
+    if let Err(code) = record_access(&dir, format!("audit query {}", filters.join(" "))) {
+        return code;
+    }
+    let m = |want: &Option<String>, have: &Option<String>| {
+        want.as_ref().is_none_or(|w| have.as_deref() == Some(w.as_str()))
+    };
+    let filter = |r: &Record| {
+        m(&incident, &r.incident_id)
+            && m(&officer, &r.officer_id)
+            && m(&operation, &r.operation)
+            && m(&decision, &r.decision)
+            && m(&code, &r.code)
+            && m(&pseudonym, &r.document)
+            && client.as_ref().is_none_or(|c| r.client.as_ref().is_some_and(|rc| &rc.fingerprint == c))
+            && since.as_ref().is_none_or(|s| r.time.as_str() >= s.as_str())
+            && until.as_ref().is_none_or(|u| r.time.as_str() <= u.as_str())
+    };
+    print_records(&dir, &filter, if json { Format::Json } else { Format::Table })
 }
 
 fn verify_cmd(dir: &Path, key: &Path, tpm: Option<&crate::tpm::TpmConfig>, expect: Option<&Path>) -> ExitCode {

@@ -110,20 +110,26 @@ fn run_inner(keep: Option<&Path>) -> anyhow::Result<bool> {
         anyhow::Ok(rows)
     })?;
 
+    let passed = print_table(&rows);
+    if keep.is_some() {
+        println!("logs: {}", log_path.display());
+    }
+    Ok(passed)
+}
+
+/// The scenario table; true when every row passed.
+fn print_table(rows: &[Row]) -> bool {
     let w = rows.iter().map(|r| r.scenario.len()).max().unwrap_or(8);
     let we = rows.iter().map(|r| r.expected.len()).max().unwrap_or(8);
     let wo = rows.iter().map(|r| r.observed.len()).max().unwrap_or(8);
     println!("\n{:<w$}  {:<we$}  {:<wo$}  pass", "scenario", "expected", "observed");
     println!("{}", "-".repeat(w + we + wo + 10));
-    for r in &rows {
+    for r in rows {
         println!("{:<w$}  {:<we$}  {:<wo$}  {}", r.scenario, r.expected, r.observed, if r.pass { "yes" } else { "NO" });
     }
     let passed = rows.iter().filter(|r| r.pass).count();
     println!("\n{passed} passed, {} failed", rows.len() - passed);
-    if keep.is_some() {
-        println!("logs: {}", log_path.display());
-    }
-    Ok(passed == rows.len())
+    passed == rows.len()
 }
 
 /// With a TPM: no gateway private key exists as a file.

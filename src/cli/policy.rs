@@ -204,6 +204,33 @@ fn test(dir: &Path) -> ExitCode {
     }
 }
 
+/// The identity in a certificate file's first certificate.
+fn peer_of(cert: &Path) -> Result<crate::tls::PeerIdentity, String> {
+    let certs = crate::tls::load_certs(cert).map_err(|e| e.to_string())?;
+    let first = certs.first().ok_or_else(|| format!("{}: no certificate", cert.display()))?;
+    crate::tls::PeerIdentity::from_der(first).map_err(|e| e.to_string())
+}
+
+/// The operation and facts of a request file, read as the gateway reads it; a request the
+/// gateway would refuse before policy is reported (exit 1).
+fn request_facts(path: &Path) -> Result<(String, crate::xml::facts::MessageFacts), ExitCode> {
+    let body = std::fs::read(path).map_err(|e| {
+        eprintln!("spocgw policy explain: {}: {e}", path.display());
+        ExitCode::from(2)
+    })?;
+    let schema = Schema::embedded().map_err(|e| {
+        eprintln!("spocgw policy explain: {e}");
+        ExitCode::from(2)
+    })?;
+    match validate(&schema, &Limits::default(), &body, Expect::Any) {
+        Ok(v) => Ok((v.operation, v.facts)),
+        Err(e) => {
+            eprintln!("spocgw policy explain: {}: the request is refused before policy: {e}", path.display());
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
 fn explain(
     dir: &Path,
     cert: Option<&Path>,
@@ -217,10 +244,7 @@ fn explain(
         Err(c) => return c,
     };
     if let Some(cert) = cert {
-        match crate::tls::load_certs(cert)
-            .map_err(|e| e.to_string())
-            .and_then(|c| crate::tls::PeerIdentity::from_der(&c[0]).map_err(|e| e.to_string()))
-        {
+        match peer_of(cert) {
             Ok(peer) => caller = Caller::from_peer(&peer),
             Err(e) => {
                 eprintln!("spocgw policy explain: {e}");
@@ -232,29 +256,10 @@ fn explain(
         caller.fingerprint = "0".repeat(64);
     }
     let (operation, facts) = match request {
-        Some(path) => {
-            let body = match std::fs::read(path) {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("spocgw policy explain: {}: {e}", path.display());
-                    return ExitCode::from(2);
-                }
-            };
-            let schema = match Schema::embedded() {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("spocgw policy explain: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            match validate(&schema, &Limits::default(), &body, Expect::Any) {
-                Ok(v) => (v.operation, v.facts),
-                Err(e) => {
-                    eprintln!("spocgw policy explain: {}: the request is refused before policy: {e}", path.display());
-                    return ExitCode::from(1);
-                }
-            }
-        }
+        Some(path) => match request_facts(path) {
+            Ok(x) => x,
+            Err(code) => return code,
+        },
         None if field.is_some() => (String::new(), Default::default()),
         None => {
             eprintln!("spocgw policy explain: give --request FILE (and/or --field)");

@@ -3,7 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -13,9 +13,15 @@ pub enum BodyError {
     Read(String),
 }
 
+/// A request or reply body as the gateway reads it: hyper's `Incoming` from a connection, or
+/// a body in memory (stage tests).
+pub trait MessageBody: Body<Data = Bytes, Error: std::fmt::Display> + Send + Unpin + 'static {}
+
+impl<B: Body<Data = Bytes, Error: std::fmt::Display> + Send + Unpin + 'static> MessageBody for B {}
+
 /// Reads `body` to its end, refusing it once more than `limit` bytes have arrived (the rest
 /// stays unread in `body`).
-pub async fn read_limited(body: &mut Incoming, limit: usize) -> Result<Bytes, BodyError> {
+pub async fn read_limited<B: MessageBody>(body: &mut B, limit: usize) -> Result<Bytes, BodyError> {
     let hint = body.size_hint();
     if hint.lower() > limit as u64 {
         return Err(BodyError::TooLarge);
@@ -48,7 +54,7 @@ pub const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 /// [`LINGER`], then lets it go. Holding the body until then also means HTTP/2 resets the
 /// stream only after the response is complete, with NO_ERROR. An HTTP/1.1 body the client
 /// holds back for `100 Continue` (`expect_continue`, never asked for) is let go at once.
-pub fn linger(mut body: Incoming, expect_continue: bool) {
+pub fn linger<B: MessageBody>(mut body: B, expect_continue: bool) {
     if expect_continue {
         return;
     }

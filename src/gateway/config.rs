@@ -335,6 +335,32 @@ impl GatewayConfig {
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
         let mut cfg: GatewayConfig = read_toml(file)?;
         let base = file.parent().unwrap_or(Path::new("."));
+        cfg.resolve(base, file)?;
+        if cfg.callback.is_some() && cfg.upstream.police_callback.is_none() {
+            return Err(ConfigError::new(
+                file,
+                "upstream.police_callback",
+                "missing: the [callback] listener needs somewhere to deliver callbacks",
+            ));
+        }
+        cfg.check_custody(file)?;
+        if cfg.policy.require_signed && cfg.policy.signers.is_empty() {
+            return Err(ConfigError::new(
+                file,
+                "policy.signers",
+                "require_signed = true needs at least one officer key",
+            ));
+        }
+        cfg.check_xml(file)?;
+        if cfg.limits.max_in_flight == 0 {
+            return Err(ConfigError::new(file, "limits.max_in_flight", "must be at least 1"));
+        }
+        Ok(cfg)
+    }
+
+    /// Every path relative to the file's directory (`base`), and checked to exist where it must.
+    fn resolve(&mut self, base: &Path, file: &Path) -> Result<(), ConfigError> {
+        let cfg = self;
         cfg.police.resolve(base, file, "police")?;
         if let Some(cb) = cfg.callback.as_mut() {
             cb.resolve(base, file, "callback")?;
@@ -343,20 +369,8 @@ impl GatewayConfig {
         if let Some(up) = cfg.upstream.police_callback.as_mut() {
             up.resolve(base, file, "upstream.police_callback")?;
         }
-        if cfg.callback.is_some() && cfg.upstream.police_callback.is_none() {
-            return Err(ConfigError::new(
-                file,
-                "upstream.police_callback",
-                "missing: the [callback] listener needs somewhere to deliver callbacks",
-            ));
-        }
         if let Some(dir) = cfg.xml.schemas.as_mut() {
-            if dir.is_relative() {
-                *dir = base.join(&*dir);
-            }
-            if !dir.is_dir() {
-                return Err(ConfigError::new(file, "xml.schemas", format!("{} is not a directory", dir.display())));
-            }
+            resolve_dir(dir, base, file, "xml.schemas")?;
         }
         if cfg.audit.dir.is_relative() {
             cfg.audit.dir = base.join(&cfg.audit.dir);
@@ -369,14 +383,8 @@ impl GatewayConfig {
             }
             t.check().map_err(|p| ConfigError::new(file, "tpm", p))?;
         }
-        cfg.check_custody(file)?;
         if let Some(dir) = cfg.policy.dir.as_mut() {
-            if dir.is_relative() {
-                *dir = base.join(&*dir);
-            }
-            if !dir.is_dir() {
-                return Err(ConfigError::new(file, "policy.dir", format!("{} is not a directory", dir.display())));
-            }
+            resolve_dir(dir, base, file, "policy.dir")?;
         }
         for (i, signer) in cfg.policy.signers.iter_mut().enumerate() {
             resolve_file(signer, base, file, &format!("policy.signers[{i}]"))?;
@@ -387,15 +395,13 @@ impl GatewayConfig {
             Some(_) => {}
             None => cfg.policy.serial_file = Some(cfg.audit.dir.join(crate::policy::SERIAL_FILE)),
         }
-        if cfg.policy.require_signed && cfg.policy.signers.is_empty() {
-            return Err(ConfigError::new(
-                file,
-                "policy.signers",
-                "require_signed = true needs at least one officer key",
-            ));
-        }
+        Ok(())
+    }
+
+    /// `[xml]`: route names known, header entries named as `{namespace}local`.
+    fn check_xml(&self, file: &Path) -> Result<(), ConfigError> {
         for (table, name) in
-            cfg.xml.routes.keys().map(|n| ("routes", n)).chain(cfg.xml.headers.keys().map(|n| ("headers", n)))
+            self.xml.routes.keys().map(|n| ("routes", n)).chain(self.xml.headers.keys().map(|n| ("headers", n)))
         {
             if !["bio_v1", "csn369791", "csn369791_callback"].contains(&name.as_str()) {
                 return Err(ConfigError::new(
@@ -405,7 +411,7 @@ impl GatewayConfig {
                 ));
             }
         }
-        for (route, allow) in &cfg.xml.headers {
+        for (route, allow) in &self.xml.headers {
             for (dir, names) in [("request", &allow.request), ("reply", &allow.reply)] {
                 if let Some(bad) = names.iter().find(|n| clark_name(n).is_none()) {
                     return Err(ConfigError::new(
@@ -416,11 +422,19 @@ impl GatewayConfig {
                 }
             }
         }
-        if cfg.limits.max_in_flight == 0 {
-            return Err(ConfigError::new(file, "limits.max_in_flight", "must be at least 1"));
-        }
-        Ok(cfg)
+        Ok(())
     }
+}
+
+/// A directory named by `key`, relative to `base`; it must exist.
+fn resolve_dir(dir: &mut PathBuf, base: &Path, file: &Path, key: &str) -> Result<(), ConfigError> {
+    if dir.is_relative() {
+        *dir = base.join(&*dir);
+    }
+    if !dir.is_dir() {
+        return Err(ConfigError::new(file, key, format!("{} is not a directory", dir.display())));
+    }
+    Ok(())
 }
 
 impl GatewayConfig {

@@ -11,6 +11,7 @@ pub mod listener;
 pub mod pipeline;
 pub mod refusals;
 pub mod routes;
+pub mod schemas;
 pub mod upstream;
 mod watchers;
 pub mod wsdl;
@@ -30,7 +31,6 @@ use crate::config::ConfigError;
 use crate::policy::PolicyState;
 use crate::tls;
 use crate::tls::crl::CrlSet;
-use crate::xml::xsd::Schema;
 use config::{GatewayConfig, ListenerConfig};
 use custody::{Keys, key_event};
 pub use fault::Refusal;
@@ -38,6 +38,7 @@ use listener::{ListenerMetrics, ListenerSpec, Open};
 use pipeline::{Pipeline, RequestMetrics};
 use routes::{ListenerKind, RouteTable};
 use rustls::sign::SigningKey;
+use schemas::{Schemas, SchemasError};
 use upstream::{Upstream, UpstreamMetrics};
 use watchers::{ReloadMetrics, TpmMetrics};
 
@@ -144,40 +145,19 @@ fn upstreams(cfg: &GatewayConfig, file: &Path, keys: &Keys) -> Result<(Upstream,
     Ok((ministry, police_callback))
 }
 
-/// The schemas the gateway validates with (a directory's, or those compiled in), their files
-/// as the WSDLs import them, and the routes checked against them.
-struct Schemas {
-    schema: Arc<Schema>,
-    files: Vec<(String, String)>,
-    routes: RouteTable,
-}
-
-fn schemas(cfg: &GatewayConfig, file: &Path) -> Result<Schemas, ConfigError> {
-    let bad = |e: &dyn std::fmt::Display| ConfigError::new(file, "xml.schemas", e.to_string());
-    let (schema, files) = match &cfg.xml.schemas {
-        Some(dir) => {
-            let files = std::fs::read_dir(dir)
-                .map_err(|e| bad(&e))?
-                .flatten()
-                .filter(|e| e.path().extension().is_some_and(|x| x == "xsd"))
-                .filter_map(|e| Some((e.file_name().to_str()?.to_owned(), std::fs::read_to_string(e.path()).ok()?)))
-                .collect();
-            (Schema::load_dir(dir).map_err(|e| bad(&e))?, files)
-        }
-        None => {
-            let files = crate::xml::xsd::EMBEDDED.iter().map(|(n, t)| ((*n).to_owned(), (*t).to_owned())).collect();
-            (Schema::embedded().map_err(|e| bad(&e))?, files)
-        }
-    };
+/// The schemas the gateway validates with and the routes checked against them; an undeclared
+/// header entry is named by its `xml.headers` key.
+fn schemas(cfg: &GatewayConfig, file: &Path) -> Result<(Arc<Schemas>, RouteTable), ConfigError> {
     let routes = RouteTable::new(&cfg.routes, &cfg.xml);
-    if let Some((route, name)) = routes.undeclared_header(&schema) {
-        return Err(ConfigError::new(
+    match Schemas::load(cfg.xml.schemas.as_deref(), &cfg.police.public_url(), &routes) {
+        Ok(s) => Ok((Arc::new(s), routes)),
+        Err(SchemasError::UndeclaredHeader { route, name }) => Err(ConfigError::new(
             file,
             format!("xml.headers.{route}"),
             format!("no schema declares the header entry {name} globally, so it cannot be validated"),
-        ));
+        )),
+        Err(e) => Err(ConfigError::new(file, "xml.schemas", e)),
     }
-    Ok(Schemas { schema: Arc::new(schema), files, routes })
 }
 
 /// The listening sockets, bound before anything is served, and their addresses.
@@ -250,11 +230,12 @@ struct Background<'a> {
     upstreams: Vec<(&'static str, Upstream)>,
     tpm: Option<Arc<crate::tpm::Tpm>>,
     crls: Vec<Arc<CrlSet>>,
+    pipeline: &'a Arc<Pipeline>,
     metrics: &'a Metrics,
     stopped: &'a watch::Receiver<bool>,
 }
 
-/// Starts the admin listener, the reload watchers (policy, revocation lists), the upstream and
+/// Starts the admin listener, the reload watchers (policy, schemas, revocation lists), the upstream and
 /// TPM watchers and the load refusals' summary window.
 fn background(b: Background<'_>) -> Vec<JoinHandle<()>> {
     let (metrics, stopped) = (b.metrics, b.stopped);
@@ -273,6 +254,10 @@ fn background(b: Background<'_>) -> Vec<JoinHandle<()>> {
     }
     if let Some(t) = b.tpm {
         tasks.push(tokio::spawn(watchers::watch_tpm(t, stopped.clone())));
+    }
+    if b.pipeline.schemas.reloadable() {
+        let (p, m, a) = (b.pipeline.clone(), metrics.reload.clone(), b.audit.clone());
+        tasks.push(tokio::spawn(watchers::watch_schemas(p, m, a, stopped.clone())));
     }
     for crls in b.crls.into_iter().filter(|c| !c.is_empty()) {
         let (m, a) = (metrics.reload.clone(), b.audit.clone());
@@ -305,7 +290,7 @@ impl Gateway {
             Audit::start_with(&cfg.audit, checkpoint, pseudonym).map_err(|e| ConfigError::new(file, "audit", e))?;
         audit.attach_metrics(metrics.audit.clone());
         let listeners = Listeners::build(cfg, file, &audit, police, callback)?;
-        let Schemas { schema, files: schema_files, routes } = schemas(cfg, file)?;
+        let (schemas, routes) = schemas(cfg, file)?;
         let policy = Arc::new(PolicyState::load(&cfg.policy).map_err(|e| ConfigError::new(file, "policy", e))?);
         tracing::info!(digest = %policy.current().digest, origin = %policy.current().origin, "policy bundle loaded");
         audit.append(&key_event(cfg));
@@ -315,7 +300,7 @@ impl Gateway {
         let load_refusals = Arc::new(refusals::RequestRefusals::new(audit.clone()));
         let pipeline = Arc::new(Pipeline {
             routes,
-            schema,
+            schemas: schemas.clone(),
             policy: policy.clone(),
             audit: audit.clone(),
             ministry: ministry.clone(),
@@ -325,8 +310,6 @@ impl Gateway {
             in_flight: Semaphore::new(cfg.limits.max_in_flight),
             in_flight_per_client: admission::PerKey::new(cfg.limits.max_in_flight_per_client),
             load_refusals: load_refusals.clone(),
-            // The schemas the WSDLs import: the ones the gateway validates with.
-            documents: wsdl::Documents::new(&cfg.police.public_url(), schema_files),
             request_timeout: cfg.police.request_timeout(),
             bare: cfg.bare_proxy,
             bare_audit: cfg.bare_proxy_audit,
@@ -340,7 +323,7 @@ impl Gateway {
         }
         let mut upstreams = vec![("ministry", ministry)];
         upstreams.extend(police_callback.map(|u| ("police_callback", u)));
-        let checks = watchers::readiness(&upstreams, &audit, tpm.as_ref(), &policy, &listeners.crls);
+        let checks = watchers::readiness(&upstreams, &audit, tpm.as_ref(), &policy, &schemas, &listeners.crls);
         let admin = Arc::new(AdminState::new(metrics.exposition(), checks));
         tracing::info!(listener = "admin", addr = %admin_addr, "listening");
         let background = background(Background {
@@ -352,6 +335,7 @@ impl Gateway {
             upstreams,
             tpm,
             crls: listeners.crls,
+            pipeline: &pipeline,
             metrics: &metrics,
             stopped: &stopped,
         });

@@ -23,6 +23,40 @@ impl ListenerKind {
     }
 }
 
+/// An operation the gateway carries (CONTRACT.md section 3), by the element its request's Body
+/// holds; and the service description (a WSDL or schema) asked for with GET.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    VerifyFingerprint,
+    CheckIdentity,
+    RequestCertificate,
+    GetCACertificates,
+    GeneralMessage,
+    SendCertificates,
+    ServiceDescription,
+}
+
+impl Operation {
+    /// The request's Body element (its local name), as policies, records and metrics name the
+    /// operation.
+    pub const fn element(self) -> &'static str {
+        match self {
+            Operation::VerifyFingerprint => "VerifyFingerprintRequest",
+            Operation::CheckIdentity => "CheckIdentityRequest",
+            Operation::RequestCertificate => "RequestCertificateRequest",
+            Operation::GetCACertificates => "GetCACertificatesRequest",
+            Operation::GeneralMessage => "GeneralMessage",
+            Operation::SendCertificates => "SendCertificatesRequest",
+            Operation::ServiceDescription => "ServiceDescription",
+        }
+    }
+
+    /// The name on record and in metrics: the element, or `unknown` before the Body was read.
+    pub fn label(op: Option<Operation>) -> &'static str {
+        op.map_or("unknown", Operation::element)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamKind {
     Ministry,
@@ -36,7 +70,7 @@ pub struct Route {
     pub listener: ListenerKind,
     pub path: &'static str,
     pub namespace: &'static str,
-    pub operations: &'static [&'static str],
+    pub operations: &'static [Operation],
     pub upstream: UpstreamKind,
     pub max_body: usize,
     /// The XML firewall's limits for this route (requests and replies).
@@ -57,17 +91,17 @@ pub fn reply_element(operation: &str) -> String {
 
 impl Route {
     /// The reply element this route's upstream may answer `operation` with.
-    pub fn reply_pairs(&self, operation: &str) -> Option<(&'static str, &str)> {
-        let expected = reply_element(operation);
+    pub fn reply_pairs(&self, operation: Operation) -> Option<(&'static str, &str)> {
+        let expected = reply_element(operation.element());
         self.replies.iter().find(|(_, r)| *r == expected).map(|(n, r)| (*n, r.as_str()))
     }
 
-    /// The operation's static name, if this route carries it.
-    pub fn operation(&self, namespace: &str, local: &str) -> Option<&'static str> {
+    /// The operation whose request element this is, if this route carries it.
+    pub fn operation(&self, namespace: &str, local: &str) -> Option<Operation> {
         if namespace != self.namespace {
             return None;
         }
-        self.operations.iter().copied().find(|op| *op == local)
+        self.operations.iter().copied().find(|op| op.element() == local)
     }
 }
 
@@ -86,7 +120,7 @@ impl RouteTable {
                     listener: ListenerKind::Police,
                     path: "/bio/v1",
                     namespace: BIO_NS,
-                    operations: &["VerifyFingerprintRequest", "CheckIdentityRequest"],
+                    operations: &[Operation::VerifyFingerprint, Operation::CheckIdentity],
                     upstream: UpstreamKind::Ministry,
                     max_body: limits.bio_max_body_bytes,
                     limits: Limits::default(),
@@ -100,7 +134,11 @@ impl RouteTable {
                     listener: ListenerKind::Police,
                     path: "/spoc/csn369791",
                     namespace: CSN_NS,
-                    operations: &["RequestCertificateRequest", "GetCACertificatesRequest", "GeneralMessage"],
+                    operations: &[
+                        Operation::RequestCertificate,
+                        Operation::GetCACertificates,
+                        Operation::GeneralMessage,
+                    ],
                     upstream: UpstreamKind::Ministry,
                     max_body: limits.csn_max_body_bytes,
                     limits: Limits::default(),
@@ -114,7 +152,7 @@ impl RouteTable {
                     listener: ListenerKind::Callback,
                     path: "/spoc/csn369791",
                     namespace: CSN_NS,
-                    operations: &["SendCertificatesRequest"],
+                    operations: &[Operation::SendCertificates],
                     upstream: UpstreamKind::PoliceCallback,
                     max_body: limits.callback_max_body_bytes,
                     limits: Limits::default(),
@@ -131,8 +169,8 @@ impl RouteTable {
                 Some(o) => o.apply(&base),
                 None => base.clone(),
             };
-            r.requests = r.operations.iter().map(|op| (r.namespace, *op)).collect();
-            r.replies = r.operations.iter().map(|op| (r.namespace, reply_element(op))).collect();
+            r.requests = r.operations.iter().map(|op| (r.namespace, op.element())).collect();
+            r.replies = r.operations.iter().map(|op| (r.namespace, reply_element(op.element()))).collect();
             if let Some(allow) = xml.headers.get(r.name) {
                 r.request_headers = allow.request.iter().filter_map(|n| clark_name(n)).collect();
                 r.reply_headers = allow.reply.iter().filter_map(|n| clark_name(n)).collect();

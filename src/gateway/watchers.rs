@@ -13,6 +13,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
+use super::pipeline::Pipeline;
+use super::schemas::Schemas;
 use super::upstream::{Health, Upstream, UpstreamMetrics};
 use crate::admin;
 use crate::audit::Audit;
@@ -42,6 +44,7 @@ pub struct ReloadMetrics {
     bundle: Family<BundleLabels, Gauge>,
     policies: Family<ResultLabels, Counter>,
     crls: Family<ListenerResult, Counter>,
+    schemas: Family<ResultLabels, Counter>,
 }
 
 impl ReloadMetrics {
@@ -49,6 +52,7 @@ impl ReloadMetrics {
         registry.register("policy_bundle", "1 for the active policy bundle's digest", self.bundle.clone());
         registry.register("policy_reloads", "Policy bundle reloads by result", self.policies.clone());
         registry.register("crl_reloads", "CRL reloads by listener and result", self.crls.clone());
+        registry.register("schema_reloads", "Schema directory reloads by result", self.schemas.clone());
     }
 }
 
@@ -95,8 +99,55 @@ impl crate::tpm::Observer for TpmMetrics {
     }
 }
 
-/// How often the listeners' CRL files are checked for changes.
-const CRL_CHECK: Duration = Duration::from_secs(2);
+/// How often the listeners' CRL files and the schema directory are checked for changes.
+const FILES_CHECK: Duration = Duration::from_secs(2);
+
+/// What a file watcher reloads, as its record and log lines name it.
+struct Watched {
+    /// The audit record's event (`crl_reload`, `schema_reload`).
+    event: &'static str,
+    /// The listener whose files these are, if they are one listener's.
+    listener: Option<&'static str>,
+    /// What comes into force, or stays: `revocation lists`, `schemas`.
+    what: &'static str,
+}
+
+/// Runs `reload` every [`FILES_CHECK`] until `stop`: each reload that ran (the files changed)
+/// goes on record with its outcome (and why a new set was refused: the previous one stays),
+/// in the log, and to `count` (`ok` or `refused`).
+async fn watch_files<E: std::fmt::Display>(
+    w: Watched,
+    reload: impl Fn() -> Option<Result<(), E>>,
+    count: impl Fn(&'static str),
+    audit: Arc<Audit>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (listener, what) = (w.listener.unwrap_or(""), w.what);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(FILES_CHECK) => {}
+        }
+        let Some(result) = reload() else { continue };
+        let mut r = crate::audit::Record::now(w.event);
+        r.listener = w.listener.map(str::to_owned);
+        let outcome = match &result {
+            Ok(()) => {
+                tracing::info!(listener, "new {what} in force");
+                r.detail = Some(format!("new {what} in force"));
+                "ok"
+            }
+            Err(e) => {
+                tracing::error!(listener, error = %e, "reload of the {what} refused; the previous ones stay in force");
+                r.detail = Some(format!("refused, previous {what} in force: {e}"));
+                "refused"
+            }
+        };
+        r.code = Some(outcome.to_owned());
+        audit.append(&r);
+        count(outcome);
+    }
+}
 
 /// Reloads a listener's CRLs whenever their files change: a set that loads is in force from
 /// the next handshake on; one that does not leaves the previous set and says why (log, audit
@@ -105,33 +156,31 @@ pub(super) async fn watch_crls(
     crls: Arc<CrlSet>,
     metrics: Arc<ReloadMetrics>,
     audit: Arc<Audit>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(CRL_CHECK) => {}
-        }
-        let Some(result) = crls.reload_if_changed() else { continue };
-        let listener = crls.listener();
-        let mut r = crate::audit::Record::now("crl_reload");
-        r.listener = Some(listener.to_owned());
-        let outcome = match &result {
-            Ok(()) => {
-                tracing::info!(listener, "CRLs reloaded");
-                r.detail = Some("new revocation lists in force".into());
-                "ok"
-            }
-            Err(e) => {
-                tracing::error!(listener, error = %e, "CRL reload refused; the previous lists stay in force");
-                r.detail = Some(format!("refused, previous lists in force: {e}"));
-                "refused"
-            }
-        };
-        r.code = Some(outcome.to_owned());
-        audit.append(&r);
-        metrics.crls.get_or_create(&ListenerResult { listener, result: outcome }).inc();
-    }
+    let listener = crls.listener();
+    let w = Watched { event: "crl_reload", listener: Some(listener), what: "revocation lists" };
+    let count = |result| {
+        metrics.crls.get_or_create(&ListenerResult { listener, result }).inc();
+    };
+    watch_files(w, || crls.reload_if_changed(), count, audit, stop).await;
+}
+
+/// Compiles the schema directory again whenever its files change: a set that compiles and
+/// still declares every header entry the routes let through is in force for the next message;
+/// one that does not leaves the previous set and says why (log, audit record, metric,
+/// `/readyz`), and is not tried again until the files change again.
+pub(super) async fn watch_schemas(
+    pipeline: Arc<Pipeline>,
+    metrics: Arc<ReloadMetrics>,
+    audit: Arc<Audit>,
+    stop: watch::Receiver<bool>,
+) {
+    let w = Watched { event: "schema_reload", listener: None, what: "schemas" };
+    let count = |result| {
+        metrics.schemas.get_or_create(&ResultLabels { result }).inc();
+    };
+    watch_files(w, || pipeline.schemas.reload_if_changed(&pipeline.routes), count, audit, stop).await;
 }
 
 /// Reloads the policy bundle on SIGHUP and whenever its files change (checked every
@@ -229,6 +278,7 @@ pub(super) fn readiness(
     audit: &Arc<Audit>,
     tpm: Option<&Arc<Tpm>>,
     policy: &Arc<PolicyState>,
+    schemas: &Arc<Schemas>,
     crls: &[Arc<CrlSet>],
 ) -> Vec<admin::ReadyCheck> {
     let mut checks: Vec<admin::ReadyCheck> = Vec::new();
@@ -255,6 +305,8 @@ pub(super) fn readiness(
     }));
     let p = policy.clone();
     checks.push(Box::new(move || (true, p.status_line())));
+    let s = schemas.clone();
+    checks.push(Box::new(move || s.status()));
     for c in crls.iter().filter(|c| !c.is_empty()) {
         let c = c.clone();
         checks.push(Box::new(move || c.status()));

@@ -192,31 +192,7 @@ impl Bundle {
         let (schema, _warnings) =
             Schema::from_cedarschema_str(schema_text).map_err(|e| invalid(SCHEMA_FILE, format!("{e:?}")))?;
 
-        let mut policies = PolicySet::new();
-        let mut policy_ids = Vec::new();
-        let mut cedar: Vec<&(String, Vec<u8>)> = files.iter().filter(|(n, _)| n.ends_with(".cedar")).collect();
-        cedar.sort_by(|a, b| a.0.cmp(&b.0));
-        if cedar.is_empty() {
-            return Err(invalid("*.cedar", "no policy files"));
-        }
-        let mut seen = HashSet::new();
-        for (name, bytes) in cedar {
-            let src = std::str::from_utf8(bytes).map_err(|_| invalid(name, "not UTF-8"))?;
-            let set: PolicySet = src.parse().map_err(|e| invalid(name, format!("{e}")))?;
-            // Keep the file's order: sort the parsed policies by their position in the text.
-            let mut parsed: Vec<_> = set.policies().collect();
-            parsed.sort_by_key(|p| p.id().to_string().trim_start_matches("policy").parse::<usize>().unwrap_or(0));
-            for p in parsed {
-                let Some(id) = p.annotation("id") else {
-                    return Err(invalid(name, "every policy needs an @id(\"...\") annotation"));
-                };
-                if !seen.insert(id.to_owned()) {
-                    return Err(invalid(name, format!("@id {id:?} is used twice")));
-                }
-                policies.add(p.new_id(PolicyId::new(id))).map_err(|e| invalid(name, e))?;
-                policy_ids.push(id.to_owned());
-            }
-        }
+        let (policies, policy_ids) = policy_files(files)?;
         let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
         if !result.validation_passed() {
             let errors: Vec<String> = result.validation_errors().map(|e| format!("{e}")).collect();
@@ -225,21 +201,7 @@ impl Bundle {
         let entities_text = text(ENTITIES_FILE)?.unwrap_or("[]");
         let entities = Entities::from_json_str(entities_text, Some(&schema))
             .map_err(|e| invalid(ENTITIES_FILE, format!("{e}")))?;
-        let routes: RoutesFile = match text(ROUTES_FILE)? {
-            Some(t) => toml::from_str(t).map_err(|e| invalid(ROUTES_FILE, e.message()))?,
-            None => RoutesFile::default(),
-        };
-        for (route, r) in &routes.rate {
-            if !["bio_v1", "csn369791", "csn369791_callback"].contains(&route.as_str()) {
-                return Err(invalid(ROUTES_FILE, format!("[rate.{route}]: unknown route")));
-            }
-            if r.per_second == 0 || r.burst == 0 {
-                return Err(invalid(ROUTES_FILE, format!("[rate.{route}]: per_second and burst must be at least 1")));
-            }
-        }
-        let utc_offset = parse_offset(&routes.time.utc_offset).ok_or_else(|| {
-            invalid(ROUTES_FILE, format!("[time] utc_offset {:?} is not +hh:mm", routes.time.utc_offset))
-        })?;
+        let (routes, utc_offset) = routes_file(text(ROUTES_FILE)?)?;
         let mut tests: Vec<(String, String)> = files
             .iter()
             .filter(|(n, _)| n.starts_with("tests/"))
@@ -265,6 +227,57 @@ impl Bundle {
         }
         Ok(bundle)
     }
+}
+
+/// The `*.cedar` files, in name order, each policy in its file's order under its `@id`
+/// (unique across the bundle).
+fn policy_files(files: &[(String, Vec<u8>)]) -> Result<(PolicySet, Vec<String>), BundleError> {
+    let mut policies = PolicySet::new();
+    let mut policy_ids = Vec::new();
+    let mut cedar: Vec<&(String, Vec<u8>)> = files.iter().filter(|(n, _)| n.ends_with(".cedar")).collect();
+    cedar.sort_by(|a, b| a.0.cmp(&b.0));
+    if cedar.is_empty() {
+        return Err(invalid("*.cedar", "no policy files"));
+    }
+    let mut seen = HashSet::new();
+    for (name, bytes) in cedar {
+        let src = std::str::from_utf8(bytes).map_err(|_| invalid(name, "not UTF-8"))?;
+        let set: PolicySet = src.parse().map_err(|e| invalid(name, format!("{e}")))?;
+        // Keep the file's order: sort the parsed policies by their position in the text.
+        let mut parsed: Vec<_> = set.policies().collect();
+        parsed.sort_by_key(|p| p.id().to_string().trim_start_matches("policy").parse::<usize>().unwrap_or(0));
+        for p in parsed {
+            let Some(id) = p.annotation("id") else {
+                return Err(invalid(name, "every policy needs an @id(\"...\") annotation"));
+            };
+            if !seen.insert(id.to_owned()) {
+                return Err(invalid(name, format!("@id {id:?} is used twice")));
+            }
+            policies.add(p.new_id(PolicyId::new(id))).map_err(|e| invalid(name, e))?;
+            policy_ids.push(id.to_owned());
+        }
+    }
+    Ok((policies, policy_ids))
+}
+
+/// `routes.toml` (defaults when absent): rates for known routes only, each at least 1; the
+/// local time's offset.
+fn routes_file(text: Option<&str>) -> Result<(RoutesFile, i32), BundleError> {
+    let routes: RoutesFile = match text {
+        Some(t) => toml::from_str(t).map_err(|e| invalid(ROUTES_FILE, e.message()))?,
+        None => RoutesFile::default(),
+    };
+    for (route, r) in &routes.rate {
+        if !["bio_v1", "csn369791", "csn369791_callback"].contains(&route.as_str()) {
+            return Err(invalid(ROUTES_FILE, format!("[rate.{route}]: unknown route")));
+        }
+        if r.per_second == 0 || r.burst == 0 {
+            return Err(invalid(ROUTES_FILE, format!("[rate.{route}]: per_second and burst must be at least 1")));
+        }
+    }
+    let utc_offset = parse_offset(&routes.time.utc_offset)
+        .ok_or_else(|| invalid(ROUTES_FILE, format!("[time] utc_offset {:?} is not +hh:mm", routes.time.utc_offset)))?;
+    Ok((routes, utc_offset))
 }
 
 #[cfg(test)]

@@ -252,6 +252,32 @@ fn now() -> String {
         .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
 }
 
+/// The reply as a misbehaving SPOC sends it (the message's trigger, else the configured fault):
+/// late, cut off, with an error status, malformed, not SOAP, or invalid.
+async fn misbehave(misbehaviour: Option<Misbehaviour>, status: StatusCode, text: String) -> (StatusCode, SimBody) {
+    match misbehaviour {
+        None => (status, SimBody::whole(text)),
+        Some(Misbehaviour::Delay(ms)) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            (status, SimBody::whole(text))
+        }
+        Some(Misbehaviour::Reset) => (status, SimBody::broken(text)),
+        Some(Misbehaviour::Status(code)) => (
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            SimBody::whole("service failure\n".into()),
+        ),
+        Some(Misbehaviour::Malformed) => (status, SimBody::whole(text[..text.len() / 2].to_owned())),
+        Some(Misbehaviour::NotSoap) => (status, SimBody::whole("<html><body>gateway error</body></html>".into())),
+        Some(Misbehaviour::Invalid) => {
+            let broken = text
+                .replace("<Result>MATCH</Result>", "<Result>PERHAPS</Result>")
+                .replace("<DocumentStatus>VALID</DocumentStatus>", "<DocumentStatus>FINE</DocumentStatus>")
+                .replace("<result>", "<result>maybe_");
+            (status, SimBody::whole(broken))
+        }
+    }
+}
+
 impl Ministry {
     pub fn new(cfg: &MinistryConfig, schema: Arc<Schema>) -> Result<Self, crate::tls::TlsError> {
         let callback = cfg.callback.as_ref().map(Upstream::new).transpose()?;
@@ -316,27 +342,7 @@ impl Ministry {
             }
         };
         let ct = version.content_type();
-        let (status, body) = match misbehaviour {
-            None => (status, SimBody::whole(text)),
-            Some(Misbehaviour::Delay(ms)) => {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                (status, SimBody::whole(text))
-            }
-            Some(Misbehaviour::Reset) => (status, SimBody::broken(text)),
-            Some(Misbehaviour::Status(code)) => (
-                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                SimBody::whole("service failure\n".into()),
-            ),
-            Some(Misbehaviour::Malformed) => (status, SimBody::whole(text[..text.len() / 2].to_owned())),
-            Some(Misbehaviour::NotSoap) => (status, SimBody::whole("<html><body>gateway error</body></html>".into())),
-            Some(Misbehaviour::Invalid) => {
-                let broken = text
-                    .replace("<Result>MATCH</Result>", "<Result>PERHAPS</Result>")
-                    .replace("<DocumentStatus>VALID</DocumentStatus>", "<DocumentStatus>FINE</DocumentStatus>")
-                    .replace("<result>", "<result>maybe_");
-                (status, SimBody::whole(broken))
-            }
-        };
+        let (status, body) = misbehave(misbehaviour, status, text).await;
         let mut resp = Response::new(body);
         *resp.status_mut() = status;
         if let Ok(v) = ct.parse() {

@@ -4,11 +4,10 @@
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderName, Method};
-use hyper::body::Incoming;
 
-use super::super::body::{BodyError, read_limited};
+use super::super::body::{BodyError, MessageBody, read_limited};
 use super::super::fault::Refusal;
-use super::super::routes::{ListenerKind, MediaTypeError, Route, SoapMediaType, parse_content_type};
+use super::super::routes::{ListenerKind, MediaTypeError, Operation, Route, SoapMediaType, parse_content_type};
 use super::{Admitted, Exchange, Outcome, Pipeline};
 use crate::tls::PeerIdentity;
 use crate::xml::SoapVersion;
@@ -36,23 +35,23 @@ pub(super) fn expects_continue(req: &Parts) -> bool {
 impl Pipeline {
     /// The route by listener and path (a WSDL or schema asked for is answered here), the media
     /// type (SOAP 1.1 or 1.2, UTF-8, each parameter once) and the SOAPAction or `action`.
-    pub(super) fn route(
-        &self,
-        x: &mut Exchange<'_>,
+    pub(super) fn route<'a>(
+        &'a self,
+        x: &mut Exchange<'a>,
         req: &Parts,
-    ) -> Result<(&Route, SoapMediaType, Option<String>), Outcome> {
+    ) -> Result<(&'a Route, SoapMediaType, Option<String>), Outcome> {
         let Some(route) = self.routes.lookup(x.listener, req.uri.path()) else {
             x.version = media_type(req).ok().map(|m| m.version);
             // (The path is the caller's; only its length goes to the log.)
             let detail = format!("no route for a path of {} bytes", req.uri.path().len());
             return Err(Outcome::Refused(Refusal::UnknownOperation, detail));
         };
-        x.route = route.name;
+        x.route = Some(route);
         if req.method == Method::GET
             && x.listener == ListenerKind::Police
-            && let Some(doc) = self.documents.get(route.path, req.uri.query())
+            && let Some(doc) = self.schemas.current().documents.get(route.path, req.uri.query())
         {
-            x.operation = "ServiceDescription";
+            x.operation = Some(Operation::ServiceDescription);
             return Err(Outcome::Document(doc));
         }
         if req.method != Method::POST {
@@ -75,7 +74,7 @@ impl Pipeline {
     }
 
     /// The body, within the route's limit (else the refusal) and the listener's deadline.
-    pub(super) async fn read_body(&self, route: &Route, body: &mut Incoming) -> Result<Bytes, Outcome> {
+    pub(super) async fn read_body<B: MessageBody>(&self, route: &Route, body: &mut B) -> Result<Bytes, Outcome> {
         match tokio::time::timeout(self.request_timeout, read_limited(body, route.max_body)).await {
             Err(_) => Err(Outcome::Refused(
                 Refusal::RequestTimeout,

@@ -2,15 +2,15 @@
 //! SOAPAction agreeing with it.
 
 use super::super::fault::Refusal;
-use super::super::routes::{Route, action_agrees};
+use super::super::routes::{Operation, Route, action_agrees};
 use super::{Exchange, Outcome, Pipeline};
 use crate::xml::SoapVersion;
 use crate::xml::validate::{Expect, HeaderOutline, XmlRefusal, line_col, validate};
 
 /// What the check learned that the later stages need.
 pub(super) struct Checked {
-    /// The Body's operation, as the route names it.
-    pub operation: &'static str,
+    /// The Body's operation.
+    pub operation: Operation,
     /// The header entries the route does not let through, to cut before forwarding.
     pub header: Option<HeaderOutline>,
     /// The SOAPAction or `action` the client named (None: empty or absent).
@@ -27,7 +27,7 @@ impl Pipeline {
         body: &[u8],
     ) -> Result<Checked, Outcome> {
         let expect = Expect::Soap { operations: &route.requests, fault_ok: false, headers: &route.request_headers };
-        let validated = validate(&self.schema, &route.limits, body, expect).map_err(|e| {
+        let validated = validate(&self.schemas.current().schema, &route.limits, body, expect).map_err(|e| {
             x.hint = e.hint().map(|(field, rule)| (field.to_owned(), rule));
             refuse_xml(&e, body)
         })?;
@@ -41,12 +41,12 @@ impl Pipeline {
         let Some(operation) = route.operation(&validated.namespace, &validated.operation) else {
             return Err(Outcome::Refused(Refusal::UnknownOperation, "operation not on this route".into()));
         };
-        x.operation = operation;
+        x.operation = Some(operation);
         x.facts = validated.facts;
         // An empty or absent SOAPAction (1.1) or `action` (1.2) leaves the Body to decide, as
         // SOAP stacks commonly send `SOAPAction: ""`; one that names another operation is refused.
         let named = action.map(|a| a.trim().trim_matches('"')).filter(|a| !a.is_empty());
-        if named.is_some_and(|a| !action_agrees(a, route.namespace, operation)) {
+        if named.is_some_and(|a| !action_agrees(a, route.namespace, operation.element())) {
             return Err(Outcome::Refused(
                 Refusal::SchemaViolation,
                 "SOAPAction/action does not name the Body's operation".into(),

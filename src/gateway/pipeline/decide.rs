@@ -8,7 +8,7 @@ use http::HeaderValue;
 use http::StatusCode;
 
 use super::super::fault::Refusal;
-use super::super::routes::Route;
+use super::super::routes::{Operation, Route};
 use super::{Exchange, Outcome, Pipeline};
 use crate::policy::{Bundle, Caller};
 use crate::xml::SoapVersion;
@@ -21,12 +21,12 @@ impl Pipeline {
         &self,
         x: &mut Exchange<'_>,
         route: &Route,
-        operation: &'static str,
+        operation: Operation,
         version: SoapVersion,
     ) -> Result<Arc<Bundle>, Outcome> {
         let bundle = self.policy.current();
         let caller = x.caller.insert(Caller::from_peer(x.peer));
-        let d = bundle.decide(caller, operation, route.name, &x.facts, super::unix_now());
+        let d = bundle.decide(caller, operation.element(), route.name, &x.facts, super::unix_now());
         let policies = d.policies.join(",");
         x.decision = Some(super::Decided {
             allowed: d.allowed,
@@ -43,7 +43,7 @@ impl Pipeline {
         // one already answered, is answered here. A SPOC's unsolicited notification of new
         // certificates carries no messageID: it is no callback, and passes as policy allows.
         let unsolicited = x.facts.message_id.is_none() && x.facts.result.as_deref() == Some(NEW_CERTIFICATES);
-        if operation == "SendCertificatesRequest" && !unsolicited {
+        if operation == Operation::SendCertificates && !unsolicited {
             let claimed =
                 x.facts.message_id.as_deref().and_then(|id| Some((id.to_owned(), self.policy.forwarded.claim(id)?)));
             if claimed.is_none() {

@@ -1,5 +1,4 @@
-//! Forward: to the route's upstream, and the reply validated and minimised on its way back
-//! (and the benchmark-only bare path, which does neither).
+//! Forward: to the route's upstream, and the reply validated and minimised on its way back.
 
 use super::*;
 
@@ -34,47 +33,11 @@ impl Pipeline {
         }
     }
 
-    /// `bare_proxy`: the body within its limit, forwarded and its reply passed back as it is: no
-    /// validation, policy or audit (with `bare_proxy_audit`, audited as in [`Self::run`]). The
-    /// benchmark's floor, never a way to run the gateway.
-    pub(super) async fn run_bare(
-        &self,
-        x: &mut Exchange<'_>,
-        route: &Route,
-        body: &mut Incoming,
-        content_type: Option<HeaderValue>,
-        action: Option<String>,
-    ) -> Outcome {
-        let body = match self.read_body(route, body).await {
-            Ok(b) => b,
-            Err(refused) => return refused,
-        };
-        let _admitted = match self.admit(x.peer) {
-            Ok(a) => a,
-            Err(cap) => return Outcome::Refused(Refusal::Overloaded, cap.into()),
-        };
-        let ct = content_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("text/xml; charset=utf-8");
-        let headers = soap_headers(ct, action.as_deref(), Some(&x.incident));
-        let Some((upstream, _)) = self.upstream_for(route) else { return no_upstream() };
-        if self.bare_audit
-            && let Err(refused) = self.audit_request(x, route, &body).await
-        {
-            return refused;
-        }
-        match upstream.post(route.path, headers, body).await {
-            Ok(reply) => {
-                x.upstream_status = Some(reply.status.as_u16());
-                Outcome::Forwarded(Box::new(reply))
-            }
-            Err(e) if e.is_timeout() => Outcome::Refused(Refusal::UpstreamTimeout, e.to_string()),
-            Err(e) => Outcome::Refused(Refusal::UpstreamUnavailable, e.to_string()),
-        }
-    }
-
     pub(super) async fn forward(
         &self,
         x: &mut Exchange<'_>,
         route: &Route,
+        operation: Operation,
         bundle: &Bundle,
         headers: http::HeaderMap,
         body: Bytes,
@@ -102,12 +65,18 @@ impl Pipeline {
             self.upstream_metrics.failed(name, "status");
             return Outcome::Refused(Refusal::UpstreamUnavailable, format!("{name}: HTTP status {}", reply.status));
         }
-        let expected: Vec<(&str, &str)> = route.reply_pairs(x.operation).into_iter().collect();
+        let expected: Vec<(&str, &str)> = route.reply_pairs(operation).into_iter().collect();
         let expect = Expect::Soap { operations: &expected, fault_ok, headers: &route.reply_headers };
         // The decision's bundle decides minimisation: the reply is outlined as deep as its
         // paths go.
-        let fields = bundle.routes.minimise.get(x.operation).map(Vec::as_slice).unwrap_or_default();
-        match validate_outlined(&self.schema, &route.limits, &reply.body, expect, minimise::depth(fields)) {
+        let fields = bundle.routes.minimise.get(operation.element()).map(Vec::as_slice).unwrap_or_default();
+        match validate_outlined(
+            &self.schemas.current().schema,
+            &route.limits,
+            &reply.body,
+            expect,
+            minimise::depth(fields),
+        ) {
             Ok(v) if (fault_ok && v.operation != "Fault") || v.version != x.version => {
                 self.upstream_metrics.failed(name, "invalid_reply");
                 let why = if v.version != x.version {
@@ -119,7 +88,7 @@ impl Pipeline {
             }
             Ok(v) => {
                 // Only a request the Ministry took on for an answer later is waited for.
-                if x.operation == "RequestCertificateRequest"
+                if operation == Operation::RequestCertificate
                     && v.operation != "Fault"
                     && v.facts.result.as_deref().is_some_and(|r| CALLBACK_FOLLOWS.contains(&r))
                     && let Some(id) = &x.facts.message_id

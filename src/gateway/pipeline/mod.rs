@@ -11,7 +11,6 @@ use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -20,21 +19,22 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Semaphore;
 
 mod admit;
+mod bare;
 mod check;
 mod decide;
 mod forward;
 mod record;
 mod respond;
 
+use super::body::MessageBody;
 use super::fault::Refusal;
-use super::routes::{ListenerKind, Route, RouteTable, SoapMediaType, UpstreamKind};
+use super::routes::{ListenerKind, Operation, Route, RouteTable, SoapMediaType, UpstreamKind};
 use super::upstream::{Upstream, UpstreamError, UpstreamMetrics, soap_headers};
 use crate::audit::{Audit, ClientCert, Record};
 use crate::policy::{Bundle, Caller, PolicyState, minimise};
 use crate::tls::PeerIdentity;
 use crate::xml::facts::MessageFacts;
 use crate::xml::validate::{Expect, HeaderOutline, Validated, line_col, validate_outlined};
-use crate::xml::xsd::Schema;
 use crate::xml::{self, FaultText, SoapVersion};
 use admit::expects_continue;
 use forward::forwarded_headers;
@@ -51,7 +51,8 @@ pub struct ClientGone;
 /// What the pipeline needs, shared by every connection.
 pub struct Pipeline {
     pub routes: RouteTable,
-    pub schema: Arc<Schema>,
+    /// The schemas in force, and the service descriptions served from them.
+    pub schemas: Arc<super::schemas::Schemas>,
     pub policy: Arc<PolicyState>,
     pub audit: Arc<Audit>,
     pub ministry: Upstream,
@@ -63,8 +64,6 @@ pub struct Pipeline {
     pub in_flight_per_client: super::admission::PerKey<String>,
     /// Requests refused for load, recorded within bounds and summarised.
     pub load_refusals: Arc<super::refusals::RequestRefusals>,
-    /// The WSDLs and schemas served on the police listener.
-    pub documents: super::wsdl::Documents,
     pub request_timeout: std::time::Duration,
     /// Benchmark floor only (`bare_proxy = true`): route, body limit and forward, nothing else.
     pub bare: bool,
@@ -118,8 +117,10 @@ struct Exchange<'a> {
     incident: String,
     listener: ListenerKind,
     peer: &'a PeerIdentity,
-    route: &'static str,
-    operation: &'static str,
+    /// The route, once the path named one.
+    route: Option<&'a Route>,
+    /// The operation, once the Body (or a GET for a service description) named one.
+    operation: Option<Operation>,
     version: Option<SoapVersion>,
     message_id: Option<String>,
     /// What validation learned of the request, for policy and audit.
@@ -144,6 +145,13 @@ struct Exchange<'a> {
     /// Where the request's audit record stands; the outcome's record depends on it.
     request_record: RequestRecord,
     started: Instant,
+}
+
+impl Exchange<'_> {
+    /// The route's name on record and in metrics: `none` when the path named no route.
+    fn route_name(&self) -> &'static str {
+        self.route.map_or("none", |r| r.name)
+    }
 }
 
 /// What the policy decided, as the record and the log line say it.
@@ -188,8 +196,8 @@ enum Outcome {
 /// connection or reset its HTTP/2 stream while the request was upstream), the drop still ends
 /// it: an outcome record `cancelled` (after a request record, so every forwarded request has
 /// its outcome), a log line and the metrics ([`Admitted`] gives the in-flight slot back).
-struct Underway<'p, 'a> {
-    pipeline: &'p Pipeline,
+struct Underway<'a> {
+    pipeline: &'a Pipeline,
     x: Exchange<'a>,
     /// Accounted for (record, log line, metrics) by [`Pipeline::finish`].
     ended: bool,
@@ -209,7 +217,7 @@ impl Drop for Admitted<'_> {
     }
 }
 
-impl Drop for Underway<'_, '_> {
+impl Drop for Underway<'_> {
     fn drop(&mut self) {
         if !self.ended {
             self.pipeline.account(&mut self.x, "cancelled", 0, "the client went away before the answer", false);
@@ -243,18 +251,18 @@ fn incident_id() -> String {
 
 impl Pipeline {
     /// Runs one request through the pipeline.
-    pub async fn handle(
-        &self,
+    pub async fn handle<'a, B: MessageBody>(
+        &'a self,
         listener: ListenerKind,
-        peer: &PeerIdentity,
-        req: Request<Incoming>,
+        peer: &'a PeerIdentity,
+        req: Request<B>,
     ) -> Result<Response<Full<Bytes>>, ClientGone> {
         let x = Exchange {
             incident: incident_id(),
             listener,
             peer,
-            route: "none",
-            operation: "unknown",
+            route: None,
+            operation: None,
             version: None,
             message_id: None,
             facts: MessageFacts::default(),
@@ -288,18 +296,20 @@ impl Pipeline {
 
     /// The request path, as DESIGN.md draws it: each stage either hands the next what it
     /// learned or ends the request with its outcome.
-    async fn run(&self, x: &mut Exchange<'_>, req: &Parts, body: &mut Incoming) -> Outcome {
-        match self.stages(x, req, body).await {
+    async fn run<'a, B: MessageBody>(&'a self, x: &mut Exchange<'a>, req: &Parts, body: &mut B) -> Outcome {
+        let ended = if self.bare { self.bare_stages(x, req, body).await } else { self.stages(x, req, body).await };
+        match ended {
             Ok(outcome) | Err(outcome) => outcome,
         }
     }
 
-    async fn stages(&self, x: &mut Exchange<'_>, req: &Parts, body: &mut Incoming) -> Result<Outcome, Outcome> {
+    async fn stages<'a, B: MessageBody>(
+        &'a self,
+        x: &mut Exchange<'a>,
+        req: &Parts,
+        body: &mut B,
+    ) -> Result<Outcome, Outcome> {
         let (route, media, action) = self.route(x, req)?;
-        if self.bare {
-            let content_type = req.headers.get(CONTENT_TYPE).cloned();
-            return Ok(self.run_bare(x, route, body, content_type, action).await);
-        }
         let body = self.read_body(route, body).await?;
         let _admitted = self.admit(x.peer).map_err(|cap| Outcome::Refused(Refusal::Overloaded, cap.into()))?;
         self.check_rate(x, route)?;
@@ -313,12 +323,17 @@ impl Pipeline {
         };
         self.audit_request(x, route, &body).await?;
         let headers = forwarded_headers(media.version, checked.action.as_deref(), &x.incident);
-        Ok(self.forward(x, route, &bundle, headers, body).await)
+        Ok(self.forward(x, route, checked.operation, &bundle, headers, body).await)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::audit::AuditConfig;
+    use crate::gateway::config::{RouteLimits, UpstreamConfig, XmlConfig};
+    use crate::policy::PolicyConfig;
+
     /// Incident IDs are version 4 UUIDs and do not repeat across refills of the pool.
     #[test]
     fn incident_ids_are_random_uuids() {
@@ -328,5 +343,109 @@ mod tests {
             let u = uuid::Uuid::parse_str(id).unwrap();
             assert_eq!(u.get_version(), Some(uuid::Version::Random), "{id}");
         }
+    }
+
+    /// A pipeline over an audit log in `dir`, the embedded schemas and policy, and an upstream
+    /// that nothing answers (these tests end before the forward stage); the caller's identity.
+    fn pipeline(dir: &std::path::Path) -> (Pipeline, PeerIdentity) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "officer-0001");
+        params.distinguished_name.push(rcgen::DnType::OrganizationalUnitName, "border-verifier");
+        let cert = params.self_signed(&key).unwrap();
+        for (name, text) in [("cert.pem", cert.pem()), ("key.pem", key.serialize_pem()), ("ps.key", "ab".repeat(32))] {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        let audit: AuditConfig = toml::from_str(&format!(
+            "dir = {:?}\ncheckpoint_key = {:?}\npseudonym_key = {:?}",
+            dir.join("log"),
+            dir.join("key.pem"),
+            dir.join("ps.key")
+        ))
+        .unwrap();
+        let upstream: UpstreamConfig = toml::from_str(&format!(
+            "url = \"https://127.0.0.1:9\"\nca = {:?}\ncert = {:?}\nkey = {:?}",
+            dir.join("cert.pem"),
+            dir.join("cert.pem"),
+            dir.join("key.pem")
+        ))
+        .unwrap();
+        let limits: RouteLimits = toml::from_str("bio_max_body_bytes = 4096").unwrap();
+        let policy: PolicyConfig = toml::from_str("").unwrap();
+        let audit = crate::audit::Audit::start(&audit).unwrap();
+        let routes = RouteTable::new(&limits, &XmlConfig::default());
+        let schemas = super::super::schemas::Schemas::load(None, "https://gateway.test", &routes).unwrap();
+        let pipeline = Pipeline {
+            routes,
+            schemas: Arc::new(schemas),
+            policy: Arc::new(PolicyState::load(&policy).unwrap()),
+            load_refusals: Arc::new(super::super::refusals::RequestRefusals::new(audit.clone())),
+            audit,
+            ministry: Upstream::new(&upstream).unwrap(),
+            police_callback: None,
+            metrics: RequestMetrics::default(),
+            upstream_metrics: Arc::default(),
+            in_flight: Semaphore::new(8),
+            in_flight_per_client: super::super::admission::PerKey::new(8),
+            request_timeout: std::time::Duration::from_secs(5),
+            bare: false,
+            bare_audit: false,
+        };
+        (pipeline, PeerIdentity::from_der(cert.der()).unwrap())
+    }
+
+    fn post(path: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+        Request::post(path).header(CONTENT_TYPE, "text/xml; charset=utf-8").body(Full::new(body.into())).unwrap()
+    }
+
+    /// The outcome records the log holds, once written.
+    async fn outcomes(p: &Pipeline, dir: &std::path::Path) -> Vec<Record> {
+        p.audit.checkpoint_now().await.unwrap();
+        let log = crate::audit::verify::read_log(&dir.join("log")).unwrap();
+        log.records.into_iter().map(|(r, _, _)| r).filter(|r| r.event == "outcome").collect()
+    }
+
+    /// The stages run over a body held in memory, with no listener, TLS or socket: each
+    /// refusal reaches the client as its fault and the log as an outcome record naming the
+    /// route and operation as far as they were known.
+    #[tokio::test]
+    async fn stages_refuse_in_memory_requests_on_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (p, peer) = pipeline(tmp.path());
+        let police = ListenerKind::Police;
+
+        let r = p.handle(police, &peer, post("/nowhere", "<x/>")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert_eq!(r.headers()[X_FAULT], "UnknownOperation");
+
+        let r = p.handle(police, &peer, post("/bio/v1", "<s:Envelope")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(r.headers()[X_FAULT], "XmlMalformed");
+        let incident = r.headers()[X_REQUEST_ID].to_str().unwrap().to_owned();
+
+        let r = p.handle(police, &peer, post("/bio/v1", vec![b' '; 5000])).await.unwrap();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+        let wsdl = Request::get("/bio/v1?wsdl").body(Full::new(Bytes::new())).unwrap();
+        let r = p.handle(police, &peer, wsdl).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+
+        let got: Vec<(String, String, String)> = outcomes(&p, tmp.path())
+            .await
+            .into_iter()
+            .map(|r| (r.route.unwrap(), r.operation.unwrap(), r.code.unwrap()))
+            .collect();
+        let want = [
+            ("none", "unknown", "UnknownOperation"),
+            ("bio_v1", "unknown", "XmlMalformed"),
+            ("bio_v1", "unknown", "PayloadTooLarge"),
+            ("bio_v1", "ServiceDescription", "ok"),
+        ];
+        let want: Vec<(String, String, String)> =
+            want.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())).collect();
+        assert_eq!(got, want);
+        let records = outcomes(&p, tmp.path()).await;
+        assert_eq!(records[1].incident_id.as_deref(), Some(incident.as_str()));
+        assert_eq!(records[1].client.as_ref().unwrap().fingerprint, peer.fingerprint);
     }
 }

@@ -36,8 +36,8 @@ impl Pipeline {
         let mut r = Record::now(event);
         r.incident_id = Some(x.incident.clone());
         r.listener = Some(x.listener.name().to_owned());
-        r.route = Some(x.route.to_owned());
-        r.operation = Some(x.operation.to_owned());
+        r.route = Some(x.route_name().to_owned());
+        r.operation = Some(Operation::label(x.operation).to_owned());
         r.recipient = x.recipient.map(str::to_owned);
         r.client = Some(ClientCert {
             fingerprint: x.peer.fingerprint.clone(),
@@ -73,8 +73,8 @@ impl Pipeline {
                 let mut r = Record::now("outcome");
                 r.incident_id = Some(x.incident.clone());
                 r.listener = Some(x.listener.name().to_owned());
-                r.route = Some(x.route.to_owned());
-                r.operation = Some(x.operation.to_owned());
+                r.route = Some(x.route_name().to_owned());
+                r.operation = Some(Operation::label(x.operation).to_owned());
                 r
             }
             RequestRecord::Unwritten(mut r) => {

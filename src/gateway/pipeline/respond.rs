@@ -73,20 +73,17 @@ impl Pipeline {
             }
         }
         let elapsed = x.started.elapsed();
-        let listener = x.listener.name();
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels { listener, route: x.route, operation: x.operation, code })
-            .inc();
-        self.metrics.duration.get_or_create(&RouteLabels { listener, route: x.route }).observe(elapsed.as_secs_f64());
+        let (listener, route, operation) = (x.listener.name(), x.route_name(), Operation::label(x.operation));
+        self.metrics.requests.get_or_create(&RequestLabels { listener, route, operation, code }).inc();
+        self.metrics.duration.get_or_create(&RouteLabels { listener, route }).observe(elapsed.as_secs_f64());
         // Strings as `&str`: a field given by `%` (Display) is formatted through `fmt` instead
         // of copied (about 400 instructions a line).
         let removed = x.removed.join(",");
         tracing::info!(
             incident_id = x.incident.as_str(),
             listener,
-            route = x.route,
-            operation = x.operation,
+            route,
+            operation,
             message_id = x.message_id.as_deref().unwrap_or(""),
             peer_subject = x.peer.subject.as_str(),
             peer_fingerprint = x.peer.fingerprint.as_str(),

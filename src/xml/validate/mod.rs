@@ -30,8 +30,8 @@ pub use refusal::{XmlRefusal, line_col};
 use super::facts::MessageFacts;
 use super::firewall::{Breach, Limits};
 use super::soap::{SOAP11_NS, SOAP12_NS, SoapVersion};
-use super::xsd::simple::Base64Check;
 use super::xsd::Schema;
+use super::xsd::simple::Base64Check;
 
 const XSI_NS: &str = "http://www.w3.org/2001/XMLSchema-instance";
 const PREDEFINED: [(&str, &str); 5] = [("lt", "<"), ("gt", ">"), ("amp", "&"), ("apos", "'"), ("quot", "\"")];
