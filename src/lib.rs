@@ -7,6 +7,8 @@
 //! routes, pipeline, upstream pool), [`admin`] (health, readiness, metrics); [`sim`] is the
 //! simulated Ministry used by tests, demos and benchmarks; [`cli`] holds the commands.
 #![forbid(unsafe_code)]
+// Every public function that can fail says how, under `# Errors`.
+#![warn(clippy::missing_errors_doc)]
 
 pub mod admin;
 pub mod audit;

@@ -165,6 +165,9 @@ impl Anchor {
 }
 
 /// The retention anchor of `dir`, if segments were pruned.
+///
+/// # Errors
+/// `anchor.json` that cannot be read or parsed.
 pub fn read_anchor(dir: &Path) -> Result<Option<Anchor>, String> {
     match std::fs::read_to_string(dir.join("anchor.json")) {
         Ok(t) => serde_json::from_str(&t).map(Some).map_err(|e| format!("anchor.json: {e}")),
@@ -180,6 +183,9 @@ pub const SPOOL_DIR: &str = "spool";
 
 /// Leaves a record for the log's writer to append (at once if a gateway is running, else at its
 /// next start). Written under a temporary name and renamed, so the writer never sees half a file.
+///
+/// # Errors
+/// The spool directory cannot be created or the record cannot be written and renamed into it.
 pub fn spool(dir: &Path, record: &Record) -> Result<PathBuf, String> {
     let spool = dir.join(SPOOL_DIR);
     std::fs::create_dir_all(&spool).map_err(|e| format!("{}: {e}", spool.display()))?;
@@ -200,6 +206,9 @@ pub fn segment_name(i: u32) -> String {
 }
 
 /// The segments of `dir`, in order.
+///
+/// # Errors
+/// [`AuditError::Io`] when `dir` cannot be listed.
 pub fn segments(dir: &Path) -> Result<Vec<PathBuf>, AuditError> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| io_err(dir, e))?
@@ -253,6 +262,9 @@ impl Drop for Audit {
 
 impl Audit {
     /// Opens with the keys of the configuration read as files (tools, tests, benchmarks).
+    ///
+    /// # Errors
+    /// A key file that cannot be read, or any error of [`Audit::start_with`].
     pub fn start(cfg: &AuditConfig) -> Result<Arc<Audit>, AuditError> {
         let keys = crate::keys::KeyStore::open(None).map_err(|e| AuditError::Key(e.to_string()))?;
         let signer = keys.checkpoint_signer(&cfg.checkpoint_key).map_err(|e| AuditError::Key(e.to_string()))?;
@@ -261,6 +273,11 @@ impl Audit {
     }
 
     /// Opens (recovering a torn tail) and starts the duties thread.
+    ///
+    /// # Errors
+    /// The log is locked by another writer ([`AuditError::InUse`]), damaged (a record out of
+    /// sequence or unparsable, a segment torn anywhere but at its end), or its directory cannot be
+    /// created or written.
     pub fn start_with(
         cfg: &AuditConfig,
         key: Box<dyn CheckpointSigner>,
@@ -303,6 +320,10 @@ impl Audit {
 
     /// Appends a record and waits until it is durable; Err if it is not within the deadline.
     /// If nobody is writing, this call writes the batch itself (blocking for the fsync).
+    ///
+    /// # Errors
+    /// The record is not durable within the deadline, or the log cannot be written (disk full, I/O
+    /// error): the caller must not forward.
     pub async fn append_durable(&self, record: &Record) -> Result<u64, String> {
         let started = Instant::now();
         let (tx, rx) = oneshot::channel();
@@ -335,6 +356,9 @@ impl Audit {
 
     /// Writes a signed checkpoint of everything appended so far and cuts the active segment to
     /// its records (used at shutdown).
+    ///
+    /// # Errors
+    /// The checkpoint cannot be signed (the TPM does not answer) or written.
     pub async fn checkpoint_now(&self) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
         self.core.force_checkpoint(tx);

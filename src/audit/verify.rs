@@ -29,6 +29,10 @@ pub struct LogContents {
 }
 
 /// Reads the log; the first record that does not parse is an error naming it.
+///
+/// # Errors
+/// A segment that cannot be read, a record that does not parse (named by file and line), or a
+/// checkpoint line that does not parse.
 pub fn read_log(dir: &Path) -> Result<LogContents, String> {
     let mut records = Vec::new();
     for path in segments(dir).map_err(|e| e.to_string())? {
@@ -64,6 +68,9 @@ pub fn read_log(dir: &Path) -> Result<LogContents, String> {
 }
 
 /// The EC point of a checkpoint public key (PEM SPKI).
+///
+/// # Errors
+/// The file cannot be read or is not a P-256 public key in PEM.
 pub fn public_point(path: &Path) -> Result<Vec<u8>, String> {
     let spki = SubjectPublicKeyInfoDer::from_pem_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let (_, info) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki.as_ref())
@@ -87,6 +94,11 @@ pub struct Summary {
 }
 
 /// Verifies the whole log; the error names the first bad record or checkpoint and what is wrong.
+///
+/// # Errors
+/// The first record or checkpoint that does not verify, and why: a sequence gap, a record not in
+/// canonical form, a root that does not match, a bad signature, an anchor without its signed
+/// checkpoint, a TPM counter going backwards.
 pub fn verify(dir: &Path, key: &Path) -> Result<Summary, String> {
     let point = public_point(key)?;
     let log = read_log(dir)?;
@@ -236,6 +248,10 @@ pub struct Consistency {
 /// Proves that the log (already verified) extends `kept`, a checkpoint signed by `key` that an
 /// auditor kept: an RFC 9162 consistency proof from its tree to the log's newest checkpoint,
 /// built from the records and checked as a remote verifier would.
+///
+/// # Errors
+/// `kept` does not verify under `key`, is larger than the log, or the log's records do not extend
+/// it (history rewritten or truncated).
 pub fn consistent_with(dir: &Path, key: &Path, kept: &Checkpoint) -> Result<Consistency, String> {
     let point = public_point(key)?;
     if !check_signature(kept, &point) {
@@ -286,6 +302,9 @@ pub struct Proof {
 
 /// Builds the proof for the record of `incident` (its first record) against the latest
 /// checkpoint that covers it.
+///
+/// # Errors
+/// No record of `incident`, or no checkpoint covers it yet.
 pub fn prove(dir: &Path, incident: &str) -> Result<Proof, String> {
     if super::read_anchor(dir)?.is_some() {
         return Err("inclusion proofs for a log pruned by retention are not supported yet".into());
@@ -311,6 +330,10 @@ pub fn prove(dir: &Path, incident: &str) -> Result<Proof, String> {
 }
 
 /// Checks a proof with only the checkpoint public key.
+///
+/// # Errors
+/// The checkpoint's signature does not verify under `key`, or the path does not lead from the
+/// record to the checkpoint's root.
 pub fn verify_proof(proof: &Proof, key: &Path) -> Result<(), String> {
     let point = public_point(key)?;
     if !check_signature(&proof.checkpoint, &point) {

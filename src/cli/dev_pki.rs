@@ -200,6 +200,9 @@ pub struct DevTpm {
 }
 
 /// Writes the development PKI, configurations and sample messages into `out`.
+///
+/// # Errors
+/// As [`generate_with`].
 pub fn generate(out: &Path, ports: Ports) -> Result<(), DevPkiError> {
     generate_with(out, ports, None)
 }
@@ -258,6 +261,10 @@ fn provision_tpm(
 
 /// Writes the development PKI, configurations and sample messages into `out`; with `tpm`, the
 /// gateway's keys are made in (or sealed by) that TPM and no gateway key file is written.
+///
+/// # Errors
+/// A key or certificate that cannot be generated, a file that cannot be written, or a TPM that
+/// cannot provision.
 pub fn generate_with(out: &Path, ports: Ports, tpm: Option<&DevTpm>) -> Result<(), DevPkiError> {
     let police_ca = new_ca("spocgw dev Police CA", "Border Police")?;
     let ministry_ca = new_ca("spocgw dev Ministry CA", "Ministry of Interior")?;

@@ -183,6 +183,9 @@ pub fn init_logging() -> log::LogGuard {
 }
 
 /// A multi-threaded runtime for the long-running commands.
+///
+/// # Errors
+/// The runtime cannot be built (no threads or I/O driver available).
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }

@@ -107,6 +107,9 @@ impl TpmTarget {
 }
 
 /// The `[tpm]` table of a gateway.toml, alone; relative paths against the file's directory.
+///
+/// # Errors
+/// The file cannot be read or parsed, or has no `[tpm]` table.
 pub fn read_tpm_table(file: &Path) -> Result<TpmConfig, String> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let table: toml::Table = text.parse().map_err(|e| format!("{}: {e}", file.display()))?;
@@ -173,6 +176,10 @@ pub fn run(cmd: TpmCommand) -> ExitCode {
 }
 
 /// Provisions and prints what was made (used by `tpm provision` and the demo).
+///
+/// # Errors
+/// Provisioning failed (the TPM refused, or a record could not be written); the text says which
+/// step.
 pub fn run_provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool, policy_key: &[u8]) -> Result<bool, String> {
     match provision::provision(cfg, tpm, force, policy_key).map_err(|e| e.to_string())? {
         Outcome::AlreadyProvisioned(m) => {

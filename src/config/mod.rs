@@ -37,6 +37,9 @@ impl fmt::Display for ConfigError {
 }
 
 /// Reads and parses a TOML file into `T`, naming the key at fault on error.
+///
+/// # Errors
+/// A [`ConfigError`] naming the file and, for a parse error, the key at fault.
 pub fn read_toml<T: DeserializeOwned>(file: &Path) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(file).map_err(|e| ConfigError::new(file, "", format!("cannot read: {e}")))?;
     let de = toml::Deserializer::new(&text);
@@ -55,6 +58,9 @@ pub fn read_toml<T: DeserializeOwned>(file: &Path) -> Result<T, ConfigError> {
 }
 
 /// Joins a relative path to `base` and checks that the file exists.
+///
+/// # Errors
+/// A [`ConfigError`] naming `key` when the file does not exist.
 pub fn resolve_file(path: &mut PathBuf, base: &Path, file: &Path, key: &str) -> Result<(), ConfigError> {
     if path.is_relative() {
         *path = base.join(&*path);

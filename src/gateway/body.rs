@@ -21,6 +21,10 @@ impl<B: Body<Data = Bytes, Error: std::fmt::Display> + Send + Unpin + 'static> M
 
 /// Reads `body` to its end, refusing it once more than `limit` bytes have arrived (the rest
 /// stays unread in `body`).
+///
+/// # Errors
+/// [`BodyError::TooLarge`] past `limit` (or a declared length over it), [`BodyError::Read`] when
+/// the body breaks off.
 pub async fn read_limited<B: MessageBody>(body: &mut B, limit: usize) -> Result<Bytes, BodyError> {
     let hint = body.size_hint();
     if hint.lower() > limit as u64 {

@@ -222,6 +222,10 @@ pub enum MediaTypeError {
 /// string with backslash escapes, names in any case); one that appears twice is refused, so
 /// that two readers of the same header cannot see two actions. Other parameters are ignored:
 /// the gateway forwards a Content-Type it writes itself ([`SoapMediaType::forwarded`]).
+///
+/// # Errors
+/// A media type other than SOAP 1.1's or 1.2's, a charset other than UTF-8, or a parameter given
+/// twice.
 pub fn parse_content_type(value: &str) -> Result<SoapMediaType, MediaTypeError> {
     let (mime, mut rest) = value.split_once(';').unwrap_or((value, ""));
     let mime = mime.trim_matches([' ', '\t']);

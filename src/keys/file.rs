@@ -15,9 +15,15 @@ pub trait CheckpointSigner: Send {
     /// The uncompressed P-256 public point.
     fn public_key(&self) -> Vec<u8>;
     /// An ASN.1 DER ECDSA P-256/SHA-256 signature of `message`.
+    ///
+    /// # Errors
+    /// The key cannot sign (a TPM that does not answer, or a policy that does not allow it).
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String>;
     /// Advances a monotonic checkpoint counter kept outside the disk (the TPM's) and returns
     /// its new value; `None` where there is none.
+    ///
+    /// # Errors
+    /// The counter cannot be advanced (the TPM does not answer, or its policy does not allow it).
     fn count(&self) -> Result<Option<u64>, String> {
         Ok(None)
     }

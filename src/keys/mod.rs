@@ -71,6 +71,9 @@ impl From<&Path> for KeyRef {
 impl KeyRef {
     /// Resolves a relative file against `base` and checks it exists; TPM names are checked
     /// against the provisioning record when the key store opens.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming `key` when a key file does not exist.
     pub fn resolve(&mut self, base: &Path, file: &Path, key: &str) -> Result<(), ConfigError> {
         match self {
             KeyRef::File(p) => crate::config::resolve_file(p, base, file, key),
@@ -150,6 +153,9 @@ pub struct KeyStore {
 impl KeyStore {
     /// Without `[tpm]`: file keys only. With it: starts the TPM's owner thread and reads the
     /// provisioning record.
+    ///
+    /// # Errors
+    /// The TPM's provisioning record cannot be read, or the TPM's signed PCR policy does not check.
     pub fn open(cfg: Option<&TpmConfig>) -> Result<Self, KeyError> {
         let tpm = match cfg {
             None => None,
@@ -186,6 +192,10 @@ impl KeyStore {
     }
 
     /// The key a TLS endpoint signs its handshakes with.
+    ///
+    /// # Errors
+    /// A key file that cannot be read, a TPM key the provisioning record does not name, or a TPM
+    /// that does not hold it.
     pub fn tls_key(&self, r: &KeyRef) -> Result<Arc<dyn SigningKey>, KeyError> {
         match r {
             KeyRef::File(path) => crate::tls::file_key(path).map_err(|e| KeyError::File(path.clone(), e.to_string())),
@@ -244,6 +254,9 @@ impl KeyStore {
     }
 
     /// The signer of audit checkpoints.
+    ///
+    /// # Errors
+    /// As [`KeyStore::tls_key`].
     pub fn checkpoint_signer(&self, r: &KeyRef) -> Result<Box<dyn CheckpointSigner>, KeyError> {
         match r {
             KeyRef::File(path) => FileSigner::load(path)
@@ -265,6 +278,10 @@ impl KeyStore {
     }
 
     /// A symmetric secret (the pseudonymisation key).
+    ///
+    /// # Errors
+    /// A secret file that cannot be read or is not 32 bytes of hex, or a sealed secret the TPM will
+    /// not unseal (another boot state, another TPM).
     pub fn secret(&self, r: &KeyRef) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         match r {
             KeyRef::File(path) => load_pseudonym_key(path).map_err(|e| KeyError::File(path.clone(), e)),

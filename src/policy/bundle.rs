@@ -136,6 +136,9 @@ pub fn canonical_digest(files: &[(String, Vec<u8>)]) -> String {
 
 /// Reads the bundle files of `dir`: the schema, `*.cedar`, entities, routes, `tests/*.toml`,
 /// and the signature if present.
+///
+/// # Errors
+/// A file that cannot be read, or a bundle file in an unexpected place.
 pub fn read_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, BundleError> {
     let io = |path: &Path, e: std::io::Error| BundleError::Io { path: path.to_path_buf(), reason: e.to_string() };
     let mut files = Vec::new();
@@ -167,12 +170,18 @@ pub fn read_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, BundleError> {
 
 impl Bundle {
     /// Loads the bundle in `dir`.
+    ///
+    /// # Errors
+    /// As [`read_dir`] and [`Bundle::from_files`].
     pub fn load_dir(dir: &Path) -> Result<Bundle, BundleError> {
         let files = read_dir(dir)?;
         Bundle::from_files(&dir.display().to_string(), &files)
     }
 
     /// The compiled-in default bundle.
+    ///
+    /// # Errors
+    /// As [`Bundle::from_files`] (a defect of the build: the default bundle is tested).
     pub fn embedded() -> Result<Bundle, BundleError> {
         let files: Vec<(String, Vec<u8>)> =
             EMBEDDED.iter().map(|(n, t)| (n.to_string(), t.as_bytes().to_vec())).collect();
@@ -180,6 +189,11 @@ impl Bundle {
     }
 
     /// Parses and checks a bundle given as (relative name, bytes). Its tests are run.
+    ///
+    /// # Errors
+    /// A file that is not UTF-8 or does not parse, a policy without an `@id` or with one used
+    /// twice, policies that do not validate against the schema, bad entity data or routes, or a
+    /// bundle test that fails.
     pub fn from_files(origin: &str, files: &[(String, Vec<u8>)]) -> Result<Bundle, BundleError> {
         let text = |name: &str| -> Result<Option<&str>, BundleError> {
             files

@@ -109,6 +109,9 @@ pub struct Report {
 }
 
 /// Evaluates one case.
+///
+/// # Errors
+/// A case whose caller certificate cannot be read, or whose request cannot be evaluated.
 pub fn evaluate(bundle: &Bundle, case: &Case, base: Option<&Path>) -> Result<(Caller, Decision), String> {
     let caller = match (&case.principal, &case.cert) {
         (Some(p), None) => Caller {
@@ -139,6 +142,10 @@ pub fn evaluate(bundle: &Bundle, case: &Case, base: Option<&Path>) -> Result<(Ca
 }
 
 /// Runs every test file of the bundle; `base` resolves `cert` paths (the bundle directory).
+///
+/// # Errors
+/// A test file that does not parse, or a case that cannot be evaluated (failed cases are counted in
+/// the report, not errors).
 pub fn run_all(bundle: &Bundle, base: Option<&Path>) -> Result<Report, String> {
     let mut report = Report::default();
     for (name, text) in &bundle.tests {

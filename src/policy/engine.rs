@@ -64,6 +64,10 @@ pub fn local_time(now_unix: i64, utc_offset: i32) -> (i64, i64) {
 impl Bundle {
     /// The Terminal entity for a caller: roles from the certificate's OU, authority from its O,
     /// plus whatever the bundle's entity data says about the same terminal.
+    ///
+    /// # Errors
+    /// The caller's entity cannot be built from its attributes (a value the entity type does not
+    /// allow).
     pub fn principal(&self, c: &Caller) -> Result<(EntityUid, Entity), String> {
         let id = if c.common_name.is_empty() { &c.fingerprint } else { &c.common_name };
         let principal = uid("Spoc::Terminal", id)?;

@@ -133,6 +133,10 @@ fn admissible(known: Option<&(u64, String)>, serial: u64, digest: &str) -> Resul
 
 impl PolicyState {
     /// Loads the configured bundle (verifying its signature when required).
+    ///
+    /// # Errors
+    /// As [`Bundle::from_files`], plus a missing or invalid signature when signatures are required,
+    /// or a signed serial older than the one kept.
     pub fn load(config: &PolicyConfig) -> Result<Self, BundleError> {
         let (bundle, serial) = Self::read(config)?;
         let serial = match (serial, &config.serial_file) {
@@ -193,6 +197,9 @@ impl PolicyState {
 
     /// Re-reads the bundle. On success the new bundle is active and its digest returned; on
     /// failure the old one stays and the reason is kept for `/readyz`.
+    ///
+    /// # Errors
+    /// As [`PolicyState::load`]; the bundle in force stays.
     pub fn reload(&self) -> Result<String, BundleError> {
         match Self::read(&self.config).and_then(|(b, serial)| self.admit(serial, &b.digest).map(|()| b)) {
             Ok(b) => {
@@ -215,6 +222,8 @@ impl PolicyState {
         self.bundle.refused().map(|(d, _)| d)
     }
 
+    /// # Errors
+    /// How long the caller must wait, when it is over its rate on `route`.
     pub fn check_rate(&self, route: &str, caller: &str) -> Result<(), Duration> {
         self.rates.load().check(route, caller)
     }

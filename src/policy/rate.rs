@@ -32,6 +32,9 @@ impl RateLimits {
     }
 
     /// Ok, or how long the caller must wait.
+    ///
+    /// # Errors
+    /// How long the caller must wait, when it is over the rate.
     pub fn check(&self, route: &str, caller: &str) -> Result<(), Duration> {
         let Some((_, limiter)) = self.limiters.get(route) else { return Ok(()) };
         limiter.check_key(&caller.to_owned()).map_err(|not_until| not_until.wait_time_from(self.clock.now()))

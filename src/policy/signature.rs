@@ -35,6 +35,10 @@ fn sig_err(m: impl Into<String>) -> BundleError {
 
 /// Signs the bundle in `dir` with the PKCS#8 P-256 key in `key` under `serial` (default: one
 /// more than the serial of the signature it replaces, or 1); returns the serial and digest.
+///
+/// # Errors
+/// The key cannot be read or is not a PKCS#8 P-256 key, or the bundle cannot be read or the
+/// signature written.
 pub fn sign(dir: &Path, key: &Path, serial: Option<u64>) -> Result<(u64, String), BundleError> {
     let serial = match serial {
         Some(0) => return Err(sig_err("serials start at 1")),
@@ -73,6 +77,9 @@ fn signer_point(path: &Path) -> Result<Vec<u8>, BundleError> {
 }
 
 /// Checks `files`' signature against `signers`; the serial it signs.
+///
+/// # Errors
+/// No signature file, a signature over other files, or none of `signers` signed it.
 pub fn verify(files: &[(String, Vec<u8>)], signers: &[PathBuf]) -> Result<u64, BundleError> {
     let sig_text = files
         .iter()
@@ -116,6 +123,9 @@ pub fn verify(files: &[(String, Vec<u8>)], signers: &[PathBuf]) -> Result<u64, B
 }
 
 /// Verifies the signature of the bundle in `dir`.
+///
+/// # Errors
+/// As [`read_dir`] and [`verify`].
 pub fn verify_dir(dir: &Path, signers: &[PathBuf]) -> Result<u64, BundleError> {
     verify(&read_dir(dir)?, signers)
 }

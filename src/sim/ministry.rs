@@ -110,6 +110,8 @@ impl Default for Behaviour {
 }
 
 impl MinistryConfig {
+    /// # Errors
+    /// A [`ConfigError`] naming the key at fault.
     pub fn load(file: &std::path::Path) -> Result<Self, ConfigError> {
         let mut cfg: MinistryConfig = read_toml(file)?;
         let base = file.parent().unwrap_or(std::path::Path::new("."));
@@ -279,12 +281,18 @@ async fn misbehave(misbehaviour: Option<Misbehaviour>, status: StatusCode, text:
 }
 
 impl Ministry {
+    /// # Errors
+    /// The callback client's certificates or key cannot be read.
     pub fn new(cfg: &MinistryConfig, schema: Arc<Schema>) -> Result<Self, crate::tls::TlsError> {
         let callback = cfg.callback.as_ref().map(Upstream::new).transpose()?;
         Ok(Self { behaviour: cfg.behaviour.clone(), recorded: Default::default(), callback, schema })
     }
 
     /// Answers one request.
+    ///
+    /// # Errors
+    /// The request's body cannot be read, or a recorded request or reply file cannot be written or
+    /// read.
     pub async fn answer(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<SimBody>, std::io::Error> {
         let version = match req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
             Some(ct) if ct.starts_with("application/soap+xml") => SoapVersion::V12,

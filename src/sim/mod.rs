@@ -61,6 +61,9 @@ async fn bind(
 }
 
 /// Starts the simulated Ministry.
+///
+/// # Errors
+/// A [`ConfigError`]: the TLS configuration cannot be built or the address cannot be bound.
 pub async fn start_ministry(cfg: &ministry::MinistryConfig, file: &std::path::Path) -> Result<Running, ConfigError> {
     let schema = Arc::new(crate::xml::xsd::Schema::embedded().map_err(|e| ConfigError::new(file, "", e))?);
     let sim = Arc::new(ministry::Ministry::new(cfg, schema).map_err(|e| ConfigError::new(file, "callback", e))?);
@@ -77,6 +80,9 @@ pub async fn start_ministry(cfg: &ministry::MinistryConfig, file: &std::path::Pa
 }
 
 /// Starts the police callback receiver; the returned [`receiver::Receiver`] tells what arrived.
+///
+/// # Errors
+/// A [`ConfigError`]: the TLS configuration cannot be built or the address cannot be bound.
 pub async fn start_receiver(
     cfg: &receiver::ReceiverConfig,
     file: &std::path::Path,

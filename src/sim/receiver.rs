@@ -29,6 +29,8 @@ pub struct ReceiverConfig {
 }
 
 impl ReceiverConfig {
+    /// # Errors
+    /// A [`ConfigError`] naming the key at fault.
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
         let mut cfg: ReceiverConfig = read_toml(file)?;
         let base = file.parent().unwrap_or(Path::new("."));
@@ -53,6 +55,8 @@ impl Receiver {
         self.received.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
+    /// # Errors
+    /// The request's body cannot be read.
     pub async fn answer(self, req: Request<Incoming>) -> Result<Response<SimBody>, std::io::Error> {
         let body = read_limited(&mut req.into_body(), 1024 * 1024)
             .await

@@ -40,6 +40,9 @@ pub struct PeerIdentity {
 
 impl PeerIdentity {
     /// Builds the identity from the peer's end-entity certificate (already verified by rustls).
+    ///
+    /// # Errors
+    /// The certificate does not parse.
     pub fn from_der(der: &[u8]) -> Result<Self, IdentityError> {
         let (_, cert) = X509Certificate::from_der(der).map_err(|e| IdentityError::Parse(e.to_string()))?;
         let subject = cert.subject();
@@ -120,6 +123,9 @@ struct Known {
 impl PeerCache {
     /// The identity of a verified end-entity certificate: the one an open connection already
     /// holds, or newly parsed.
+    ///
+    /// # Errors
+    /// The certificate does not parse.
     pub fn identity(&self, der: &[u8]) -> Result<Arc<PeerIdentity>, IdentityError> {
         if let Some(known) = self.known().by_der.get(der).and_then(Weak::upgrade) {
             return Ok(known);

@@ -70,6 +70,9 @@ fn versions(tls12: bool) -> &'static [&'static SupportedProtocolVersion] {
 }
 
 /// Reads every certificate in a PEM file.
+///
+/// # Errors
+/// The file cannot be read, holds no certificate, or its PEM does not parse.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
@@ -81,6 +84,9 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 }
 
 /// Reads the private key of a PEM file (PKCS#8, SEC1 or PKCS#1).
+///
+/// # Errors
+/// The file cannot be read or holds no private key.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => TlsError::Empty { path: path.into(), what: "private key" },
@@ -115,6 +121,9 @@ pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
 
 /// The signing key of a PEM key file (development keys, simulators, tools).
+///
+/// # Errors
+/// As [`load_key`], or a key type rustls cannot sign with.
 pub fn file_key(path: &Path) -> Result<Arc<dyn SigningKey>, TlsError> {
     provider()
         .key_provider
@@ -154,12 +163,18 @@ pub struct ClientTlsConfig {
     pub http2: bool,
 }
 
+/// # Errors
+/// As [`server_config_with_crls`].
 pub fn server_config(l: &ServerTlsConfig, key: Arc<dyn SigningKey>) -> Result<Arc<ServerConfig>, TlsError> {
     server_config_with_crls("listener", l, key).map(|(c, _)| c)
 }
 
 /// The rustls configuration of a mutual-TLS listener, and its revocation lists (which the
 /// caller reloads while the listener serves: [`crl::CrlSet::reload_if_changed`]).
+///
+/// # Errors
+/// The certificate chain, the client CA or a CRL cannot be read or used, or the key does not fit
+/// the certificate.
 pub fn server_config_with_crls(
     listener: &'static str,
     l: &ServerTlsConfig,
@@ -184,6 +199,9 @@ pub fn server_config_with_crls(
 /// The rustls configuration for talking to an upstream: its certificate must chain to the
 /// configured CA (and carry a pinned key, when `spki_sha256` names some); ours comes from the
 /// configured key pair.
+///
+/// # Errors
+/// The CA or the client certificate cannot be read or used, or a pin is malformed.
 pub fn client_config(u: &ClientTlsConfig, key: Arc<dyn SigningKey>) -> Result<Arc<ClientConfig>, TlsError> {
     let pins = pinned::parse_pins(&u.spki_sha256).map_err(TlsError::Verifier)?;
     let mut cfg = ClientConfig::builder_with_provider(provider())

@@ -33,6 +33,9 @@ impl std::fmt::Display for PinMismatch {
 impl std::error::Error for PinMismatch {}
 
 /// Parses pins: SHA-256 of a SubjectPublicKeyInfo, 64 hex digits each.
+///
+/// # Errors
+/// A pin that is not 64 hex digits.
 pub fn parse_pins(pins: &[String]) -> Result<Vec<[u8; 32]>, String> {
     pins.iter()
         .map(|p| {
@@ -43,6 +46,8 @@ pub fn parse_pins(pins: &[String]) -> Result<Vec<[u8; 32]>, String> {
 }
 
 impl PinnedServer {
+    /// # Errors
+    /// The roots cannot make a verifier (an empty store).
     pub fn new(roots: Arc<RootCertStore>, pins: Vec<[u8; 32]>) -> Result<Arc<Self>, TlsError> {
         let inner = WebPkiServerVerifier::builder_with_provider(roots, super::provider())
             .build()

@@ -41,12 +41,18 @@ impl TpmKey {
 
     /// Signs a SHA-256 digest in the TPM; DER signature. Blocks (never call it on an async
     /// worker without `block_in_place`).
+    ///
+    /// # Errors
+    /// As [`Tpm::sign`].
     pub fn sign_digest(&self, digest: [u8; 32]) -> Result<Vec<u8>, TpmError> {
         self.tpm.sign(self.handle, digest)
     }
 
     /// Hashes `message` (SHA-256) and signs the digest in the TPM; DER signature. Blocks: on a
     /// multi-threaded runtime's worker the wait is announced with `block_in_place`.
+    ///
+    /// # Errors
+    /// As [`Tpm::sign`].
     pub fn sign_message(&self, message: &[u8]) -> Result<Vec<u8>, TpmError> {
         let digest = crate::encoding::sha256(message);
         let on_worker = tokio::runtime::Handle::try_current()

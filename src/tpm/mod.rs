@@ -83,6 +83,9 @@ impl TpmConfig {
         }
     }
 
+    /// # Errors
+    /// What is wrong in the `[tpm]` table: a TCTI that does not parse, more than 8 PCRs, a PCR
+    /// out of range.
     pub fn check(&self) -> Result<(), String> {
         TctiNameConf::from_str(&self.tcti).map_err(|e| format!("tcti {:?}: {e}", self.tcti))?;
         if self.pcrs.len() > 8 {
@@ -128,6 +131,9 @@ pub struct Conn {
 
 impl Conn {
     /// Whether a persistent handle holds an object (asked without provoking a TPM error).
+    ///
+    /// # Errors
+    /// The TPM does not answer.
     pub fn exists(&mut self, handle: u32) -> tss_esapi::Result<bool> {
         use tss_esapi::constants::CapabilityType;
         use tss_esapi::structures::CapabilityData;
@@ -139,6 +145,9 @@ impl Conn {
     }
 
     /// The ESAPI handle of a persistent object (resolved once per connection).
+    ///
+    /// # Errors
+    /// The handle holds no object, or the TPM does not answer.
     pub fn persistent(&mut self, handle: u32) -> tss_esapi::Result<ObjectHandle> {
         if let Some((_, h)) = self.resolved.iter().find(|(p, _)| *p == handle) {
             return Ok(*h);
@@ -209,6 +218,9 @@ fn owner(rx: Receiver<Job>) {
 impl Tpm {
     /// Starts the owner thread. Connects lazily: a TPM that is down at start is reported by
     /// the first operation (and by [`Tpm::probe`]).
+    ///
+    /// # Errors
+    /// The owner thread cannot be started.
     pub fn start(cfg: &TpmConfig) -> Result<Arc<Tpm>, TpmError> {
         TctiNameConf::from_str(&cfg.tcti)
             .map_err(|e| TpmError::Connect { tcti: cfg.tcti.clone(), reason: e.to_string() })?;
@@ -248,6 +260,10 @@ impl Tpm {
 
     /// Runs `f` on the owner thread with a connected context; blocks the calling thread (never
     /// an async worker: use `spawn_blocking` or `block_in_place`) for at most the timeout.
+    ///
+    /// # Errors
+    /// What `f` returned, [`TpmError::Timeout`] when the owner did not answer in time, or a
+    /// connection that could not be made.
     pub fn call<R, F>(&self, op: &'static str, f: F) -> Result<R, TpmError>
     where
         R: Send + 'static,
@@ -319,6 +335,9 @@ impl Tpm {
     }
 
     /// A cheap command that proves the TPM answers (for `/readyz`).
+    ///
+    /// # Errors
+    /// The TPM does not answer.
     pub fn probe(&self) -> Result<(), TpmError> {
         self.call("probe", |c| c.ctx.get_random(8).map(|_| ()).map_err(|e| cmd("GetRandom", &e)))
     }
@@ -331,6 +350,9 @@ impl Tpm {
     }
 
     /// The signed PCR policy in use.
+    ///
+    /// # Errors
+    /// No signed PCR policy was handed over yet.
     pub fn authorization(&self) -> Result<Arc<Authorization>, TpmError> {
         self.authorization
             .read()
@@ -341,6 +363,10 @@ impl Tpm {
 
     /// ECDSA P-256 signature (DER) of a SHA-256 digest with a persistent key, in a policy
     /// session that satisfies the signed PCR policy.
+    ///
+    /// # Errors
+    /// The PCRs are not in a state the signed policy approves ([`TpmError::PcrMismatch`]), the key
+    /// is absent, or the TPM does not answer.
     pub fn sign(&self, handle: u32, digest: [u8; 32]) -> Result<Vec<u8>, TpmError> {
         let auth = self.authorization()?;
         let r = self.call("sign", move |c| {
@@ -360,22 +386,34 @@ impl Tpm {
     }
 
     /// Advances the audit checkpoint counter (under the signed PCR policy); its new value.
+    ///
+    /// # Errors
+    /// As [`Tpm::sign`] (the counter is written only under the signed PCR policy).
     pub fn count_checkpoint(&self) -> Result<u64, TpmError> {
         let auth = self.authorization()?;
         self.call("nv_increment", move |c| counter::increment(c, &auth))
     }
 
     /// The audit checkpoint counter's value.
+    ///
+    /// # Errors
+    /// The counter is not defined, or the TPM does not answer.
     pub fn checkpoint_counter(&self) -> Result<u64, TpmError> {
         self.call("nv_read", counter::read)
     }
 
     /// The uncompressed P-256 point of a persistent key (None when the handle is empty).
+    ///
+    /// # Errors
+    /// The TPM does not answer, or the object is not a P-256 key.
     pub fn public_point(&self, handle: u32) -> Result<Option<Vec<u8>>, TpmError> {
         self.call("read_public", move |c| read_point(c, handle))
     }
 
     /// Unseals a blob under the storage primary in a session satisfying the signed PCR policy.
+    ///
+    /// # Errors
+    /// As [`Tpm::sign`], or a blob this TPM did not seal.
     pub fn unseal(&self, name: &str, blob: &SealedBlob) -> Result<Zeroizing<Vec<u8>>, TpmError> {
         let auth = self.authorization()?;
         let (name, blob) = (name.to_owned(), blob.clone());
@@ -383,6 +421,9 @@ impl Tpm {
     }
 
     /// A quote over `pcrs` with the attestation key, qualified by `nonce`.
+    ///
+    /// # Errors
+    /// The attestation key is absent, a PCR is out of range, or the TPM does not answer.
     pub fn quote(&self, ak: u32, nonce: Vec<u8>, pcrs: Vec<u8>) -> Result<Quote, TpmError> {
         self.call("quote", move |c| {
             let key = c.persistent(ak).map_err(|e| cmd("quote", &e))?;
@@ -407,6 +448,9 @@ impl Tpm {
     }
 
     /// Current values of `pcrs` (SHA-256 bank), in PCR order.
+    ///
+    /// # Errors
+    /// A PCR out of range, or the TPM does not answer.
     pub fn pcr_values(&self, pcrs: Vec<u8>) -> Result<Vec<(u8, Vec<u8>)>, TpmError> {
         self.call("pcr_read", move |c| {
             let selection = pcr_selection(&pcrs).map_err(|e| cmd("PCR_Read", &e))?;

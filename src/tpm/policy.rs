@@ -116,6 +116,9 @@ pub fn authorize_digest(key_name: &[u8]) -> [u8; 32] {
 
 /// The public area the policy key is loaded with (LoadExternal, public part only). Its name
 /// is part of every key's policy: this template must never change.
+///
+/// # Errors
+/// The point is not an uncompressed P-256 point.
 pub fn policy_key_public(point: &[u8]) -> Result<Public, TpmError> {
     let bad = |e: tss_esapi::Error| cmd("LoadExternal", &e);
     if point.len() != 65 || point[0] != 0x04 {
@@ -141,6 +144,9 @@ pub fn policy_key_public(point: &[u8]) -> Result<Public, TpmError> {
 }
 
 /// The uncompressed point of a P-256 public key in a PEM file (SubjectPublicKeyInfo).
+///
+/// # Errors
+/// The file cannot be read or is not a P-256 public key.
 pub fn read_public_key(path: &Path) -> Result<Vec<u8>, TpmError> {
     let spki = rustls_pki_types::SubjectPublicKeyInfoDer::from_pem_file(path)
         .map_err(|e| perr(format!("{}: not a PEM public key: {e}", path.display())))?;
@@ -154,6 +160,8 @@ pub fn read_public_key(path: &Path) -> Result<Vec<u8>, TpmError> {
 }
 
 impl SignedPolicy {
+    /// # Errors
+    /// The file cannot be read or does not parse.
     pub fn load(path: &Path) -> Result<SignedPolicy, TpmError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             perr(format!("{}: {e} (the signed PCR policy: `spocgw tpm authorize` writes one)", path.display()))
@@ -161,12 +169,17 @@ impl SignedPolicy {
         serde_json::from_str(&text).map_err(|e| perr(format!("{}: {e}", path.display())))
     }
 
+    /// # Errors
+    /// The file cannot be written.
     pub fn save(&self, path: &Path) -> Result<(), TpmError> {
         let json = serde_json::to_vec_pretty(self).map_err(|e| perr(e.to_string()))?;
         super::provision::write_file(path, &json)
     }
 
     /// Signs `values` of `pcrs` with the policy key in `key_pem` (PKCS#8 P-256).
+    ///
+    /// # Errors
+    /// The key cannot be read or is not PKCS#8 P-256, or a value is not 32 bytes.
     pub fn sign(key_pem: &Path, pcrs: &[u8], values: &[[u8; 32]], comment: &str) -> Result<SignedPolicy, TpmError> {
         let pcrs = normalise(pcrs);
         if pcrs.len() != values.len() {
@@ -195,6 +208,9 @@ impl SignedPolicy {
     }
 
     /// The expected values, decoded.
+    ///
+    /// # Errors
+    /// A value that is not 64 hex digits.
     pub fn values(&self) -> Result<Vec<[u8; 32]>, TpmError> {
         self.pcr_values
             .iter()
@@ -205,6 +221,9 @@ impl SignedPolicy {
 
     /// Checks the file against itself and the policy key: the digest is the one of the values
     /// it names, and the policy key signed it.
+    ///
+    /// # Errors
+    /// The digest is not the one of the values it names, or the signature is not the policy key's.
     pub fn check(self, policy_key: &[u8]) -> Result<Authorization, TpmError> {
         if self.version != 1 || self.pcr_bank != "sha256" {
             return Err(perr("pcr-policy.json: version 1, sha256 bank expected"));

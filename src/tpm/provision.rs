@@ -135,6 +135,8 @@ impl KeyEntry {
 pub use crate::encoding::{hex, unhex};
 
 impl Manifest {
+    /// # Errors
+    /// `keys.json` cannot be read, does not parse, or is of an unknown version.
     pub fn load(dir: &Path) -> Result<Manifest, TpmError> {
         let path = dir.join(MANIFEST);
         let text = fs::read_to_string(&path).map_err(|e| {
@@ -158,6 +160,9 @@ impl Manifest {
     }
 
     /// The recorded policy key's point.
+    ///
+    /// # Errors
+    /// The record names no policy key, or not a valid point.
     pub fn policy_key(&self) -> Result<Vec<u8>, TpmError> {
         unhex(&self.policy_key)
             .filter(|p| p.len() == 65)
@@ -166,6 +171,9 @@ impl Manifest {
 
     /// Reads the signed PCR policy named by `cfg`, checks it against the recorded policy key
     /// and hands it to `tpm` for every later use of the keys.
+    ///
+    /// # Errors
+    /// The policy file cannot be read, or does not check against the recorded policy key.
     pub fn authorize(&self, cfg: &TpmConfig, tpm: &Tpm) -> Result<Arc<Authorization>, TpmError> {
         let path = cfg.signed_policy_path();
         let auth = SignedPolicy::load(&path)?
@@ -175,10 +183,14 @@ impl Manifest {
         tpm.authorization()
     }
 
+    /// # Errors
+    /// The record has no key of that name.
     pub fn entry(&self, name: &str) -> Result<&KeyEntry, TpmError> {
         self.keys.get(name).ok_or_else(|| TpmError::Provisioning(format!("{MANIFEST} has no key named {name:?}")))
     }
 
+    /// # Errors
+    /// As [`Manifest::entry`], or the blob's files cannot be read.
     pub fn sealed_blob(&self, dir: &Path, name: &str) -> Result<SealedBlob, TpmError> {
         let entry = self.entry(name)?;
         let file = entry.sealed.as_deref().ok_or_else(|| TpmError::Provisioning(format!("{name} is not sealed")))?;
@@ -392,6 +404,10 @@ fn still_provisioned(dir: &Path, tpm: &Tpm, policy_key: &[u8]) -> Result<Manifes
 ///
 /// The keys are bound to `policy_key` (a P-256 point): the signed PCR policy `cfg` names must
 /// be signed by it and approve the current PCR values, or nothing is made.
+///
+/// # Errors
+/// The signed policy does not approve the current PCRs, a key or a seal the TPM refuses, a file
+/// that cannot be written; without `force`, a provisioning the TPM no longer holds.
 pub fn provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool, policy_key: &[u8]) -> Result<Outcome, TpmError> {
     let dir = cfg.dir.clone();
     authorize_current(cfg, tpm, policy_key)?;

@@ -5,6 +5,9 @@ use super::provision::{MANIFEST, Manifest, hex, primary_exists};
 use super::{Tpm, TpmConfig, TpmError};
 
 /// `tpm status`: the provisioning record checked against the TPM, as text.
+///
+/// # Errors
+/// The provisioning record cannot be read, or the TPM does not answer.
 pub fn status(cfg: &TpmConfig, tpm: &Tpm) -> Result<(bool, String), TpmError> {
     let m = Manifest::load(&cfg.dir)?;
     let mut ok = true;

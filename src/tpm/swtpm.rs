@@ -28,6 +28,9 @@ fn free_port_pair() -> std::io::Result<u16> {
 
 impl SoftTpm {
     /// Starts swtpm with its state in `state` (created if missing) and waits until it listens.
+    ///
+    /// # Errors
+    /// Swtpm cannot be started, or does not listen within its deadline.
     pub fn start(state: &Path) -> std::io::Result<SoftTpm> {
         std::fs::create_dir_all(state)?;
         let mut t = SoftTpm { child: None, port: free_port_pair()?, state: state.to_path_buf() };
@@ -41,6 +44,9 @@ impl SoftTpm {
     }
 
     /// (Re)starts swtpm on the same state and ports.
+    ///
+    /// # Errors
+    /// As [`SoftTpm::start`].
     pub fn restart(&mut self) -> std::io::Result<()> {
         self.kill();
         let child = Command::new("swtpm")

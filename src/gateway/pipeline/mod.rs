@@ -251,6 +251,10 @@ fn incident_id() -> String {
 
 impl Pipeline {
     /// Runs one request through the pipeline.
+    ///
+    /// # Errors
+    /// [`ClientGone`] when the client's body broke off: nobody is left to answer, and the
+    /// connection is dropped. Every other end (refusals included) is a response.
     pub async fn handle<'a, B: MessageBody>(
         &'a self,
         listener: ListenerKind,

@@ -136,11 +136,18 @@ struct Run<'s> {
 }
 
 /// Validates `body` against `schema` under `limits`.
+///
+/// # Errors
+/// The first [`XmlRefusal`] with its offset: not well-formed, a firewall limit or threat, invalid
+/// against the schema, an operation not expected, content that does not match its declared format.
 pub fn validate(schema: &Schema, limits: &Limits, body: &[u8], expect: Expect<'_>) -> Result<Validated, XmlRefusal> {
     validate_outlined(schema, limits, body, expect, 0)
 }
 
 /// Validates, and outlines the elements down to `depth` below the operation element.
+///
+/// # Errors
+/// As [`validate`].
 pub fn validate_outlined(
     schema: &Schema,
     limits: &Limits,

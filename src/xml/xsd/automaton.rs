@@ -212,6 +212,9 @@ fn glushkov(re: &Re, follow: &mut Vec<BTreeSet<usize>>) -> Sets {
 }
 
 /// Compiles a particle into a DFA, refusing models that violate Unique Particle Attribution.
+///
+/// # Errors
+/// A content model that violates Unique Particle Attribution, or one too large.
 pub fn compile(p: &Particle) -> Result<Dfa, String> {
     let mut b = Builder { positions: Vec::new(), next_particle: 0 };
     let re = b.unroll(p, &mut HashMap::new())?;

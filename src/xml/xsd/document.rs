@@ -81,6 +81,9 @@ fn open(e: &BytesStart<'_>, text: &str, pos: usize, parent_scope: &Rc<Vec<(Strin
 }
 
 /// Parses a schema file's text into its root node.
+///
+/// # Errors
+/// Text that is not a well-formed XML document (DTDs and processing instructions refused).
 pub fn parse(text: &str) -> Result<Node, String> {
     let mut reader = quick_xml::Reader::from_str(text);
     reader.config_mut().check_end_names = true;

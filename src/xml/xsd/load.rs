@@ -20,6 +20,10 @@ impl Schema {
     }
 
     /// Loads every `*.xsd` file of `dir`.
+    ///
+    /// # Errors
+    /// A [`SchemaError`]: the directory cannot be read or has no `.xsd` files, or as
+    /// [`Schema::compile`].
     pub fn load_dir(dir: &Path) -> Result<Schema, SchemaError> {
         let err = |m: String| SchemaError { file: dir.display().to_string(), line: 0, message: m };
         let mut names: Vec<_> = std::fs::read_dir(dir)
@@ -46,11 +50,18 @@ impl Schema {
     }
 
     /// The embedded default schemas.
+    ///
+    /// # Errors
+    /// As [`Schema::compile`] (a defect of the build: the shipped schemas are tested).
     pub fn embedded() -> Result<Schema, SchemaError> {
         Schema::compile(EMBEDDED)
     }
 
     /// Compiles schema sources given as (file name, text).
+    ///
+    /// # Errors
+    /// A [`SchemaError`] naming the file and what it uses that the compiler does not support or
+    /// that is wrong (an unknown type, a duplicate name, an import outside the set).
     pub fn compile(sources: &[(&str, &str)]) -> Result<Schema, SchemaError> {
         let mut docs = Vec::new();
         for (name, text) in sources {

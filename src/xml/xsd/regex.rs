@@ -37,6 +37,9 @@ const BLOCKS: &[(&str, &str)] = &[
 ];
 
 /// Translates an XSD pattern into an anchored `regex` pattern.
+///
+/// # Errors
+/// A pattern construct XSD does not define or this translator does not support.
 pub fn translate(xsd: &str) -> Result<String, String> {
     let chars: Vec<char> = xsd.chars().collect();
     let mut out = String::with_capacity(xsd.len() + 16);
@@ -209,6 +212,9 @@ impl Pattern {
 }
 
 /// Translates and compiles an XSD pattern.
+///
+/// # Errors
+/// As [`translate`], or a translation that does not compile within the size limit.
 pub fn compile(xsd: &str) -> Result<Pattern, String> {
     let translated = translate(xsd)?;
     let regex = RegexBuilder::new(&translated)

@@ -170,6 +170,10 @@ impl SimpleType {
 
     /// Checks one value: the value as the type's whitespace facet normalises it, or the reason
     /// it fails.
+    ///
+    /// # Errors
+    /// The facet the value breaks (pattern, enumeration, length, range, digits, or the built-in
+    /// type's lexical space).
     pub fn check<'v>(&self, raw: &'v str) -> Result<std::borrow::Cow<'v, str>, String> {
         if self.strict_whitespace() && raw.trim_matches(is_xml_space).len() != raw.len() {
             return Err(format!("whitespace around the value is not accepted in {}", self.name));
@@ -233,6 +237,9 @@ impl SimpleType {
     }
 
     /// Checks the length facets against a length already counted (octets or characters).
+    ///
+    /// # Errors
+    /// The length facet the length breaks.
     pub fn check_length(&self, len: u64) -> Result<(), String> {
         if self.length.is_some_and(|l| len != l) {
             return Err(format!("length {len} differs from the length {} requires", self.name));

@@ -16,11 +16,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -28,89 +24,12 @@ use tokio_rustls::client::TlsStream;
 
 use super::body::{BodyError, read_limited};
 use super::breaker::{Admit, Breaker, BreakerState};
-use super::config::UpstreamConfig;
+mod config;
+mod metrics;
+
 use crate::tls::{self, TlsError};
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct UpstreamLabels {
-    upstream: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct UpstreamErrorLabels {
-    upstream: &'static str,
-    kind: &'static str,
-}
-
-/// The upstreams' metrics, by upstream name (`ministry`, `police_callback`).
-pub struct UpstreamMetrics {
-    duration: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
-    errors: Family<UpstreamErrorLabels, Counter>,
-    up: Family<UpstreamLabels, Gauge>,
-    breaker_state: Family<UpstreamLabels, Gauge>,
-    connections_opened: Family<UpstreamLabels, Counter>,
-}
-
-impl Default for UpstreamMetrics {
-    fn default() -> Self {
-        Self {
-            duration: Family::new_with_constructor(crate::admin::metrics::latency_histogram as fn() -> Histogram),
-            errors: Family::default(),
-            up: Family::default(),
-            breaker_state: Family::default(),
-            connections_opened: Family::default(),
-        }
-    }
-}
-
-impl UpstreamMetrics {
-    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
-        registry.register("upstream_duration_seconds", "Time spent waiting for the upstream", self.duration.clone());
-        registry.register("upstream_errors", "Failed upstream exchanges by kind", self.errors.clone());
-        registry.register("upstream_up", "1 when the upstream was reachable at the last attempt", self.up.clone());
-        registry.register(
-            "upstream_breaker_state",
-            "The upstream's circuit breaker: 0 closed, 1 open (refusing at once), 2 half-open (one trial out)",
-            self.breaker_state.clone(),
-        );
-        registry.register(
-            "upstream_connections_opened",
-            "Connections opened to the upstream (TCP, mutual TLS); pooled ones carry many exchanges each",
-            self.connections_opened.clone(),
-        );
-    }
-
-    /// From now on `upstream` counts the connections it opens, and shows its breaker's state,
-    /// under `name`.
-    pub fn attach(&self, name: &'static str, upstream: &Upstream) {
-        let labels = UpstreamLabels { upstream: name };
-        let _ = upstream.inner.pool.opened.set(self.connections_opened.get_or_create(&labels).clone());
-        upstream.inner.breaker.attach(self.breaker_state.get_or_create(&labels).clone());
-    }
-
-    /// One exchange: how long it took and, when it got to try (not every pooled connection
-    /// busy), whether the upstream was reachable; a failure by its kind.
-    pub fn exchange(&self, name: &'static str, took: Duration, result: &Result<Reply, UpstreamError>) {
-        let labels = UpstreamLabels { upstream: name };
-        self.duration.get_or_create(&labels).observe(took.as_secs_f64());
-        if !matches!(result, Err(UpstreamError::Busy(..))) {
-            self.up.get_or_create(&labels).set(i64::from(result.is_ok()));
-        }
-        if let Err(e) = result {
-            self.failed(name, e.kind());
-        }
-    }
-
-    /// An exchange that failed after the upstream answered (`status`, `invalid_reply`).
-    pub fn failed(&self, name: &'static str, kind: &'static str) {
-        self.errors.get_or_create(&UpstreamErrorLabels { upstream: name, kind }).inc();
-    }
-
-    /// The gauge that says whether `name` was reachable at the last attempt.
-    pub fn up(&self, name: &'static str) -> Gauge {
-        self.up.get_or_create(&UpstreamLabels { upstream: name }).clone()
-    }
-}
+pub use config::UpstreamConfig;
+pub use metrics::UpstreamMetrics;
 
 /// Why an exchange with the upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -243,12 +162,19 @@ impl Sender {
 
 impl Upstream {
     /// Builds the client with the configuration's key read from its file (tools, tests).
+    ///
+    /// # Errors
+    /// The key file cannot be read, or as [`Upstream::with_key`].
     pub fn new(cfg: &UpstreamConfig) -> Result<Self, TlsError> {
         Self::with_key(cfg, cfg.key.file_key()?)
     }
 
     /// Builds the client around `key` (a file key, or one the TPM holds); no connection is made
     /// until the first request, and pooled connections sign nothing more.
+    ///
+    /// # Errors
+    /// The URL, the CA or the client certificate cannot be read or used, or an SPKI pin is
+    /// malformed.
     pub fn with_key(cfg: &UpstreamConfig, key: Arc<dyn rustls::sign::SigningKey>) -> Result<Self, TlsError> {
         let base = cfg.uri().map_err(|_| TlsError::ServerName(cfg.url.clone()))?;
         let host = base.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
@@ -335,6 +261,10 @@ impl Upstream {
     /// POSTs `body` to `path` with exactly `headers` (the caller has filtered them) and reads
     /// the whole reply within the deadlines and the size limit; refused at once while the
     /// circuit breaker is open.
+    ///
+    /// # Errors
+    /// Which phase failed ([`UpstreamError`]): the breaker open or every pooled connection busy,
+    /// connect, handshake, response headers or body past their deadline, a body over its limit.
     pub async fn post(&self, path: &str, headers: HeaderMap, body: Bytes) -> Result<Reply, UpstreamError> {
         let breaker = &self.inner.breaker;
         let admit = breaker.admit();
@@ -484,6 +414,9 @@ impl Upstream {
 
     /// Opens (and drops) one connection: TCP connect and TLS handshake. Used to learn whether
     /// an upstream that looked down is back.
+    ///
+    /// # Errors
+    /// The connect or the handshake failed or took too long.
     pub async fn probe(&self) -> Result<(), UpstreamError> {
         let result = self.inner.connector.connect().await.map(drop);
         self.set_health(if result.is_ok() { Health::Up } else { Health::Down });
