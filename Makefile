@@ -9,7 +9,8 @@ TOOLS := curl:curl openssl:openssl xmllint:libxml2-utils pkg-config:pkg-config s
 # pkg-config module:package pairs the build links against (tss-esapi)
 LIBS := tss2-esys:libtss2-dev tss2-tctildr:libtss2-dev
 
-.PHONY: all deps deps-graph size-report soap-venv bench-deps demo test lint check fmt clean bench bench-xsd bench-sbs fuzz
+.PHONY: all deps deps-graph size-report soap-venv bench-deps demo test lint check fmt clean bench bench-xsd bench-sbs fuzz \
+	image-deps image image-test
 
 all: check
 
@@ -59,6 +60,40 @@ bench-deps: deps
 
 demo: deps
 	$(CARGO) run --quiet --locked -- demo
+
+# The appliance (firmware-image/, docs/appliance.md). Debian 12's packages only; needs root.
+# command:package pairs the image build and its boot test use
+IMAGE_TOOLS := mmdebstrap:mmdebstrap mkfs.erofs:erofs-utils veritysetup:cryptsetup-bin \
+  mkfs.vfat:dosfstools mcopy:mtools sfdisk:fdisk cpio:cpio objcopy:binutils \
+  qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils swtpm:swtpm tpm2_checkquote:tpm2-tools \
+  openssl:openssl curl:curl systemd-analyze:systemd
+IMAGE_FILES := /usr/lib/systemd/boot/efi/linuxx64.efi.stub:systemd-boot-efi \
+  /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf
+image-deps: deps
+	@missing=""; \
+	for pair in $(IMAGE_TOOLS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	for pair in $(IMAGE_FILES); do \
+	  f=$${pair%%:*}; pkg=$${pair##*:}; [ -e $$f ] || missing="$$missing $$pkg"; \
+	done; \
+	[ -z "$$missing" ] || { \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian packages:$$missing"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else echo "missing:$$missing; run: sudo apt-get install -y$$missing"; exit 1; fi; }
+
+# The image's gateway: the release build unless SPOCGW_BIN names another (CI boots the debug
+# build `make test` already made: the image's mechanics do not depend on the optimisation).
+SPOCGW_BIN ?= target/release/spocgw
+image: image-deps
+	@if [ "$(SPOCGW_BIN)" = target/release/spocgw ]; then $(CARGO) build --release --locked --bin spocgw; fi
+	SPOCGW_BIN=$(SPOCGW_BIN) bash firmware-image/build.sh
+
+# Boots the image under qemu (TCG) with swtpm: provision, certify, serve, attest, tamper.
+image-test: image-deps
+	$(CARGO) build --locked --bin spocgw
+	SPOCGW_BIN=target/debug/spocgw python3 firmware-image/test.py
 
 test: deps soap-venv
 	$(CARGO) test --locked

@@ -244,7 +244,7 @@ async fn resident_keys_sign_only_in_a_boot_state_a_signed_policy_approves() {
 }
 
 #[test]
-fn a_quote_verifies_with_tpm2_checkquote_and_a_wrong_nonce_fails() {
+fn a_quote_verifies_with_tpm2_checkquote_and_spocgw_attest_and_another_nonce_or_state_fails() {
     let Some(tpm) = Swtpm::start() else { return };
     if !common::have_tool("tpm2_checkquote") {
         return;
@@ -282,6 +282,28 @@ fn a_quote_verifies_with_tpm2_checkquote_and_a_wrong_nonce_fails() {
     assert!(!bad.status.success(), "a quote verified with the wrong nonce");
     // The attestation key is the one provisioning recorded.
     assert_eq!(spki_sha256(&q.join("attestation.pub.pem")), spki_sha256(&prov.join("attestation.pub.pem")));
+
+    // `spocgw attest verify` against values known without the TPM (a fresh swtpm: PCRs 0
+    // and 16 all zeros), as a verifier holding the image's predicted values checks.
+    let zeros = "0".repeat(64);
+    let run = |expected: String, n: &str| {
+        let file = dir.path().join("expected.json");
+        std::fs::write(&file, expected).unwrap();
+        let ak = prov.join("attestation.pub.pem");
+        let args = ["attest", "verify", "--expected", file.to_str().unwrap(), "--ak", ak.to_str().unwrap()];
+        let out = spocgw(&[&args[..], &["--nonce", n, q.to_str().unwrap()]].concat());
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let expected = |v16: &str| format!(r#"{{"pcrs": {{"0": "{zeros}", "16": "{v16}"}}}}"#);
+    let (code, out) = run(expected(&zeros), nonce);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = run(expected(&"ab".repeat(32)), nonce);
+    assert_eq!(code, Some(1), "another boot state verified: {out}");
+    assert!(out.contains("not the expected ones"), "{out}");
+    let (code, out) = run(expected(&zeros), "5eed0f1a2b3c4d5e6f708192a3b4c5d7");
+    assert_eq!(code, Some(1), "a replayed quote verified: {out}");
+    let (code, out) = run(format!(r#"{{"0": "{zeros}"}}"#), nonce);
+    assert_eq!(code, Some(1), "a quote over other PCRs verified: {out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

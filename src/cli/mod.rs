@@ -1,10 +1,12 @@
 //! The commands of CONTRACT.md section 1, one file per command family. `anyhow` stays here,
 //! at the edge; exit codes follow the contract (2: usage or configuration).
 
+pub mod attest;
 pub mod audit;
 pub mod demo;
 pub mod dev_pki;
 pub mod log;
+pub mod notify;
 pub mod policy;
 pub mod serve;
 pub mod sim;
@@ -93,6 +95,11 @@ pub enum Command {
         #[command(subcommand)]
         cmd: tpm::TpmCommand,
     },
+    /// Verifier's tools: check an appliance's quote against the PCR values its image predicts.
+    Attest {
+        #[command(subcommand)]
+        cmd: attest::AttestCommand,
+    },
     /// Simulators for tests and demos.
     Sim {
         #[command(subcommand)]
@@ -129,6 +136,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve { config } => serve::run(&config, false),
         Command::Bench { cmd: BenchCommand::Serve { config } } => serve::run(&config, true),
         Command::Tpm { cmd } => tpm::run(cmd),
+        Command::Attest { cmd } => attest::run(cmd),
         Command::Demo { keep } => demo::run(keep.as_deref()),
         Command::DevPki {
             out,

@@ -39,7 +39,14 @@ pub fn run(file: &Path, bench: bool) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        // systemd (Type=notify): serving now; the watchdog pinged from the runtime.
+        super::notify::notify("READY=1");
+        let watchdog = super::notify::watchdog_interval().map(|every| tokio::spawn(super::notify::watchdog(every)));
         super::termination().await;
+        super::notify::notify("STOPPING=1");
+        if let Some(w) = watchdog {
+            w.abort();
+        }
         tracing::info!("stopping: no new connections; draining in-flight requests");
         if gateway.shutdown().await {
             tracing::info!("stopped");

@@ -6,6 +6,7 @@
 //! When the TPM stops answering (a TCTI error, a dead swtpm, a reset), the owner drops the
 //! context; the next job connects again, so the gateway recovers when the TPM returns.
 
+pub mod attest;
 mod counter;
 mod der;
 mod key;
@@ -117,6 +118,9 @@ pub enum TpmError {
     PcrMismatch { name: String, pcrs: Vec<u8> },
     #[error("{0}")]
     Provisioning(String),
+    /// A quote that does not prove the expected boot state ([`attest::verify_quote`]).
+    #[error("quote refused: {0}")]
+    QuoteRefused(String),
 }
 
 /// The ESAPI context and the persistent handles resolved on it.

@@ -1,0 +1,413 @@
+#!/usr/bin/env python3
+"""make image-test: the appliance image booted under qemu (TCG, q35, OVMF) with a fresh swtpm
+as its TPM, used as an operator and a verifier would, then tampered with.
+
+  1. first boot: the data partition is formatted, the TPM provisioned, the CSRs written to the
+     provisioning medium (a FAT disk labelled SPOCGW-PROV); nothing serves yet
+  2. the CSRs certified by a development CA on the host; the medium carries gateway.toml, the
+     certificates, the Ministry's outbound rule and a verifier's nonce; second boot: the
+     gateway starts (Type=notify), an officer's request through port forwarding reaches the
+     simulated Ministry on the host: 200 MATCH; the boot's quote verifies against the PCR 11
+     value the build predicted (`spocgw attest verify`, and `tpm2_checkquote`)
+  3. one byte of the root filesystem flipped: dm-verity refuses the root, nothing serves
+  4. the UKI rebuilt with another command line: the root is fine, but PCR 11 differs, so no
+     key opens, nothing serves, and that boot's quote fails verification
+
+Prints a table like the demo's; exit 1 if any row fails. Run as root (mtools, qemu, swtpm)."""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "firmware-image" / "out"
+PARTS = ROOT / "firmware-image" / "build" / "parts"
+SPOCGW = Path(os.environ.get("SPOCGW_BIN", ROOT / "target" / "debug" / "spocgw"))
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+BOOT_LIMIT = float(os.environ.get("BOOT_LIMIT", "240"))
+
+rows = []
+
+
+def row(scenario, expected, observed, ok):
+    rows.append((scenario, expected, observed, bool(ok)))
+    print(f"  {'ok' if ok else 'FAILED'}: {scenario}: {observed}", flush=True)
+
+
+def run(*args, check=True, **kw):
+    return subprocess.run([str(a) for a in args], check=check, capture_output=True, text=True, **kw)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require_tools():
+    missing = [t for t in ["qemu-system-x86_64", "qemu-img", "swtpm", "mcopy", "mkfs.vfat", "openssl", "curl",
+                           "objcopy", "tpm2_checkquote"] if shutil.which(t) is None]
+    missing += [str(p) for p in [OVMF_CODE, OVMF_VARS, STUB, SPOCGW, OUT / "disk.img"] if not p.exists()]
+    if missing:
+        print(f"image-test: missing {', '.join(missing)} (make image-deps image)", file=sys.stderr)
+        sys.exit(1)
+
+
+class Pki:
+    """Development CAs on the host: the police CA (officers, the appliance's police-side
+    certificate) and the Ministry CA (the simulated SPOC, the appliance's client certificate)."""
+
+    def __init__(self, d: Path):
+        self.d = d
+        d.mkdir(parents=True)
+        for ca in ["police-ca", "ministry-ca"]:
+            run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", d / f"{ca}.key", "-out", d / f"{ca}.pem", "-days", "30", "-subj", f"/O=spocgw test/CN={ca}",
+                "-addext", "basicConstraints=critical,CA:true", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        self.issue("police-ca", "officer", "/C=CZ/O=Border Police/OU=border-verifier/CN=officer-0001", "clientAuth")
+        self.issue("ministry-ca", "ministry", "/O=Ministry of Interior/CN=ministry.test", "serverAuth",
+                   "DNS:ministry.test,IP:127.0.0.1")
+
+    def issue(self, ca, name, subject, eku, san=None):
+        run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", self.d / f"{name}.key", "-out", self.d / f"{name}.csr", "-subj", subject)
+        self.sign(ca, self.d / f"{name}.csr", self.d / f"{name}.pem", eku, san)
+
+    def sign(self, ca, csr, out, eku, san=None):
+        ext = self.d / f"{out.stem}.ext"
+        lines = ["basicConstraints=critical,CA:false", "keyUsage=critical,digitalSignature",
+                 f"extendedKeyUsage={eku}"]
+        if san:
+            lines.append(f"subjectAltName={san}")
+        ext.write_text("\n".join(lines) + "\n")
+        run("openssl", "x509", "-req", "-in", csr, "-CA", self.d / f"{ca}.pem", "-CAkey", self.d / f"{ca}.key",
+            "-CAcreateserial", "-days", "30", "-extfile", ext, "-out", out)
+
+
+class Vm:
+    """One appliance under qemu: its disk (an overlay over the image), its TPM (swtpm, state
+    kept across boots), its UEFI variables and its provisioning medium."""
+
+    def __init__(self, w: Path, disk: Path):
+        self.w = w
+        w.mkdir(parents=True, exist_ok=True)
+        (w / "tpm").mkdir(exist_ok=True)
+        shutil.copy(OVMF_VARS, w / "vars.fd")
+        run("qemu-img", "create", "-q", "-f", "qcow2", "-b", disk, "-F", "raw", w / "disk.qcow2")
+        self.medium = w / "medium.img"
+        run("mkfs.vfat", "-C", "-n", "SPOCGW-PROV", self.medium, "16384")
+        self.procs = []
+
+    def boot(self, name, forward=None):
+        """Starts swtpm and qemu; the serial console goes to `name`.log."""
+        self.console = self.w / f"{name}.log"
+        self.qmp = self.w / "qmp.sock"
+        sock = self.w / "swtpm.sock"
+        swtpm = subprocess.Popen(["swtpm", "socket", "--tpmstate", f"dir={self.w / 'tpm'}", "--ctrl",
+                                  f"type=unixio,path={sock}", "--tpm2"], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        for _ in range(50):
+            if sock.exists():
+                break
+            time.sleep(0.1)
+        net = "user,id=n0" + (f",hostfwd=tcp:127.0.0.1:{forward}-:8443" if forward else "")
+        qemu = subprocess.Popen([
+            "qemu-system-x86_64", "-accel", "tcg", "-machine", "q35", "-m", "1024", "-smp", "2",
+            "-display", "none", "-no-reboot",
+            "-drive", f"if=pflash,format=raw,unit=0,file={OVMF_CODE},readonly=on",
+            "-drive", f"if=pflash,format=raw,unit=1,file={self.w / 'vars.fd'}",
+            "-chardev", f"socket,id=chrtpm,path={sock}", "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+            "-device", "tpm-tis,tpmdev=tpm0",
+            "-drive", f"file={self.w / 'disk.qcow2'},format=qcow2,if=virtio",
+            "-drive", f"file={self.medium},format=raw,if=virtio",
+            "-netdev", net, "-device", "virtio-net-pci,netdev=n0",
+            "-serial", f"file:{self.console}", "-qmp", f"unix:{self.qmp},server,nowait",
+        ], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.procs = [qemu, swtpm]
+        self.started = time.monotonic()
+
+    def text(self):
+        try:
+            return self.console.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for(self, pattern, limit=BOOT_LIMIT):
+        """Waits until the console shows `pattern` (a regex); its match, or None."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.text())
+            if m:
+                return m
+            if self.procs and self.procs[0].poll() is not None:
+                return re.search(pattern, self.text())
+            time.sleep(0.5)
+        return None
+
+    def power_off(self, limit=90):
+        """ACPI power button (a clean shutdown: the data partition and the medium unmounted);
+        killed if it does not stop in time."""
+        qemu, swtpm = self.procs
+        if qemu.poll() is None:
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(str(self.qmp))
+                    s.sendall(b'{"execute":"qmp_capabilities"}\n{"execute":"system_powerdown"}\n')
+                    time.sleep(0.5)
+            except OSError:
+                pass
+            try:
+                qemu.wait(timeout=limit)
+            except subprocess.TimeoutExpired:
+                qemu.kill()
+                qemu.wait()
+        swtpm.terminate()
+        swtpm.wait()
+
+    def medium_read(self, path, dest):
+        return subprocess.run(["mcopy", "-n", "-i", str(self.medium), f"::{path}", str(dest)],
+                              capture_output=True).returncode == 0
+
+    def medium_write(self, src, path):
+        run("mcopy", "-o", "-s", "-i", self.medium, src, f"::{path}")
+
+
+def gateway_toml(ministry_port):
+    return f"""# The appliance's configuration (image test): every key in the TPM.
+require_tpm = true
+
+[police]
+listen = "0.0.0.0:8443"
+cert = "certs/police-server.pem"
+key = "tpm:police-server"
+client_ca = "certs/police-ca.pem"
+
+[admin]
+listen = "127.0.0.1:9000"
+
+[upstream.ministry]
+url = "https://10.0.2.2:{ministry_port}"
+server_name = "ministry.test"
+ca = "certs/ministry-ca.pem"
+cert = "certs/ministry-client.pem"
+key = "tpm:ministry-client"
+
+[audit]
+dir = "/var/lib/spocgw/audit"
+checkpoint_key = "tpm:audit-checkpoint"
+pseudonym_key = "tpm:audit-pseudonym"
+
+[tpm]
+tcti = "device:/dev/tpmrm0"
+dir = "/var/lib/spocgw/tpm"
+pcrs = [11]
+signed_policy = "/efi/spocgw/pcr-policy.json"
+"""
+
+
+def officer_request(port, pki, samples):
+    """An officer's VerifyFingerprintRequest through the appliance: (HTTP status, body)."""
+    r = subprocess.run(["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "20",
+                        "--cacert", str(pki.d / "police-ca.pem"), "--cert", str(pki.d / "officer.pem"),
+                        "--key", str(pki.d / "officer.key"), "--resolve", f"spocgw.test:{port}:127.0.0.1",
+                        "-H", "Content-Type: text/xml; charset=utf-8",
+                        "--data-binary", f"@{samples / 'verify-fingerprint.xml'}",
+                        f"https://spocgw.test:{port}/bio/v1"], capture_output=True, text=True)
+    body, _, code = r.stdout.rpartition("\n")
+    return (int(code) if code.isdigit() else 0), body
+
+
+def serves_within(port, pki, samples, seconds):
+    """Whether any officer request gets a 200 within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if officer_request(port, pki, samples)[0] == 200:
+            return True
+        time.sleep(2)
+    return False
+
+
+def attest(vm, nonce, expected):
+    """The quote a boot left on the medium (copied to attest-out/), checked by `spocgw attest
+    verify`: (exit code, what it printed)."""
+    q = vm.w / "attest-out"
+    q.mkdir(exist_ok=True)
+    for f in ["quote.msg", "quote.sig", "quote.pcrs", "attestation.pub.pem"]:
+        vm.medium_read(f"attest/{f}", q / f)
+    v = subprocess.run([str(SPOCGW), "attest", "verify", "--expected", str(expected), "--ak",
+                        str(q / "attestation.pub.pem"), "--nonce", nonce, str(q)], capture_output=True, text=True)
+    return v.returncode, (v.stdout + v.stderr).strip()
+
+
+def main():
+    require_tools()
+    expected_file = OUT / "expected-pcrs.json"
+    expected = json.loads(expected_file.read_text())
+    w = Path(tempfile.mkdtemp(prefix="spocgw-image-test-"))
+    procs = []
+    try:
+        pki = Pki(w / "pki")
+        # The simulated Ministry and sample messages from the host's dev-pki.
+        dev = w / "dev"
+        mp = free_port()
+        run(SPOCGW, "dev-pki", "--out", dev, "--ministry-port", str(mp), "--gateway-port", str(free_port()),
+            "--callback-port", str(free_port()), "--admin-port", str(free_port()), "--receiver-port", str(free_port()))
+        ministry_toml = (dev / "ministry.toml").read_text()
+        ministry_toml = ministry_toml.replace('cert = "ministry/server.pem"', f'cert = "{pki.d / "ministry.pem"}"')
+        ministry_toml = ministry_toml.replace('key = "ministry/server.key"', f'key = "{pki.d / "ministry.key"}"')
+        ministry_toml = ministry_toml.replace('client_ca = "ca/ministry-ca.pem"', f'client_ca = "{pki.d / "ministry-ca.pem"}"')
+        ministry_toml = re.sub(r"\n\[callback\][^\[]*", "\n", ministry_toml)
+        (dev / "ministry-test.toml").write_text(ministry_toml)
+        sim = subprocess.Popen([str(SPOCGW), "sim", "ministry", "--config", str(dev / "ministry-test.toml")],
+                               stdout=subprocess.DEVNULL, stderr=open(w / "ministry.log", "w"))
+        procs.append(sim)
+
+        # 1. First boot.
+        vm = Vm(w / "vm", OUT / "disk.img")
+        vm.boot("boot1")
+        waiting = vm.wait_for(r"WAITING FOR CERTIFICATES")
+        verified = re.search(r"root verified \(([0-9a-f]{64})\)", vm.text())
+        row("the UKI boots and the initramfs opens the root under dm-verity", f"root hash {expected['roothash'][:16]}",
+            f"root hash {verified.group(1)[:16]}" if verified else "no root", verified and verified.group(1) == expected["roothash"])
+        vm.power_off()
+        csr = w / "csr"
+        csr.mkdir()
+        got = all(vm.medium_read(f"csr/{n}.csr.pem", csr / f"{n}.csr.pem") for n in ["police-server", "ministry-client"])
+        vm.medium_read("csr/attestation.pub.pem", csr / "attestation.pub.pem")
+        row("first boot: TPM provisioned, CSRs on the medium, gateway waits", "CSRs, not serving",
+            "CSRs written, waiting" if got and waiting else f"csr={got} waiting={bool(waiting)}", got and waiting)
+
+        # 2. Certify, configure, boot again.
+        cfg = w / "medium-config"
+        (cfg / "certs").mkdir(parents=True)
+        (cfg / "nftables.d").mkdir()
+        pki.sign("police-ca", csr / "police-server.csr.pem", cfg / "certs" / "police-server.pem", "serverAuth",
+                 "DNS:spocgw.test")
+        pki.sign("ministry-ca", csr / "ministry-client.csr.pem", cfg / "certs" / "ministry-client.pem", "clientAuth")
+        shutil.copy(pki.d / "police-ca.pem", cfg / "certs")
+        shutil.copy(pki.d / "ministry-ca.pem", cfg / "certs")
+        (cfg / "gateway.toml").write_text(gateway_toml(mp))
+        (cfg / "nftables.d" / "ministry.nft").write_text(
+            f"add rule inet spocgw output ip daddr 10.0.2.2 tcp dport {mp} ct state new accept\n")
+        vm.medium_write(cfg, "config")
+        nonce = os.urandom(16).hex()
+        (w / "nonce").write_text(nonce)
+        run("mmd", "-i", vm.medium, "::/attest")
+        vm.medium_write(w / "nonce", "attest/nonce")
+        port = free_port()
+        vm.boot("boot2", forward=port)
+        served = serves_within(port, pki, dev / "samples", BOOT_LIMIT)
+        ready_s = time.monotonic() - vm.started
+        code, body = officer_request(port, pki, dev / "samples")
+        row("an officer's request through the appliance reaches the Ministry", "200 MATCH",
+            f"{code} {'MATCH' if 'MATCH' in body else body[:60]} ({ready_s:.0f} s from power-on)",
+            served and code == 200 and "<Result>MATCH</Result>" in body)
+        notified = re.search(r"Started spocgw\.service", vm.text())
+        row("spocgw.service (Type=notify) reported ready to systemd", "Started spocgw.service",
+            "started" if notified else "not reported", notified)
+        vm.power_off()
+        rc, text = attest(vm, nonce, expected_file)
+        row("the boot's quote verifies against the predicted PCR 11", "spocgw attest verify: 0",
+            f"{rc}: {text.splitlines()[-1] if text else ''}", rc == 0)
+        q = w / "vm" / "attest-out"
+        cq = subprocess.run(["tpm2_checkquote", "-u", str(q / "attestation.pub.pem"), "-m", str(q / "quote.msg"),
+                             "-s", str(q / "quote.sig"), "-f", str(q / "quote.pcrs"), "-l", "sha256:11", "-g", "sha256",
+                             "-q", nonce], capture_output=True, text=True)
+        pcrs_file = (q / "quote.pcrs").read_bytes() if (q / "quote.pcrs").exists() else b""
+        row("tpm2_checkquote agrees, and the quoted PCR 11 is the predicted one", "valid, predicted value",
+            f"rc {cq.returncode}, PCR 11 {pcrs_file.hex()[:16]}", cq.returncode == 0 and pcrs_file.hex() == expected["pcrs"]["11"])
+
+        # 3. One byte of the root flipped.
+        tampered = w / "tampered-root.img"
+        run("cp", "--sparse=always", OUT / "disk.img", tampered)
+        start = int(re.search(r"start=\s*(\d+),.*name=\"spocgw-root\"", run("sfdisk", "-d", tampered).stdout).group(1))
+        with open(tampered, "r+b") as f:
+            f.seek(start * 512 + 1024 + 8)
+            b = f.read(1)
+            f.seek(start * 512 + 1024 + 8)
+            f.write(bytes([b[0] ^ 0x01]))
+        vm3 = Vm(w / "vm3", tampered)
+        shutil.rmtree(w / "vm3" / "tpm")
+        shutil.copytree(w / "vm" / "tpm", w / "vm3" / "tpm")
+        port3 = free_port()
+        vm3.boot("boot3", forward=port3)
+        refused = vm3.wait_for(r"BOOT REFUSED|verity.*(corrupt|fail)|Kernel panic", 180)
+        serving = serves_within(port3, pki, dev / "samples", 10)
+        vm3.power_off(limit=5)
+        row("one byte of the root flipped: dm-verity refuses, nothing serves", "refused, no answer",
+            ("refused" if refused else "booted") + (", serving" if serving else ", no answer"),
+            refused and not serving)
+
+        # 4. The UKI with another command line, on the provisioned appliance.
+        uki = w / "changed.efi"
+        cmdline = w / "cmdline"
+        cmdline.write_text((PARTS / "cmdline").read_text() + " spocgw.changed=1")
+        build_uki(uki, cmdline)
+        changed = w / "changed-uki.img"
+        run("qemu-img", "convert", "-O", "raw", w / "vm" / "disk.qcow2", changed)
+        run("mcopy", "-o", "-i", f"{changed}@@1M", uki, "::/EFI/BOOT/BOOTX64.EFI")
+        vm4 = Vm(w / "vm4", changed)
+        shutil.rmtree(w / "vm4" / "tpm")
+        shutil.copytree(w / "vm" / "tpm", w / "vm4" / "tpm")
+        run("mmd", "-i", vm4.medium, "::/attest")
+        nonce4 = os.urandom(16).hex()
+        (w / "nonce4").write_text(nonce4)
+        vm4.medium_write(w / "nonce4", "attest/nonce")
+        port4 = free_port()
+        vm4.boot("boot4", forward=port4)
+        booted = vm4.wait_for(r"spocgw: (configuration present|WAITING)", BOOT_LIMIT)
+        serving = serves_within(port4, pki, dev / "samples", 45)
+        keys_refused = re.search(r"PCR values no longer match the signed PCR policy", vm4.text())
+        vm4.power_off()
+        row("a UKI with another command line: no key opens, nothing serves", "keys refused, no answer",
+            f"{'booted' if booted else 'no boot'}, {'keys refused' if keys_refused else 'no key refusal seen'}, "
+            f"{'serving' if serving else 'no answer'}", booted and keys_refused and not serving)
+        rc, text = attest(vm4, nonce4, expected_file)
+        row("that boot's quote fails verification", "spocgw attest verify: 1",
+            f"{rc}: {text.splitlines()[-1] if text else ''}", rc == 1)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait()
+        keep = os.environ.get("KEEP")
+        if keep:
+            print(f"image-test: work directory kept: {w}")
+        else:
+            shutil.rmtree(w, ignore_errors=True)
+
+    w1 = max(len(r[0]) for r in rows)
+    w2 = max(len(r[1]) for r in rows)
+    print(f"\n{'scenario':<{w1}}  {'expected':<{w2}}  observed")
+    for s, e, o, ok in rows:
+        print(f"{s:<{w1}}  {e:<{w2}}  {o}  {'yes' if ok else 'NO'}")
+    passed = sum(1 for r in rows if r[3])
+    print(f"\n{passed} passed, {len(rows) - passed} failed")
+    sys.exit(0 if passed == len(rows) else 1)
+
+
+def build_uki(out, cmdline):
+    """A UKI like the build's, with another command line."""
+    sections = [(".osrel", PARTS / "os-release"), (".cmdline", cmdline), (".linux", PARTS / "vmlinuz"),
+                (".initrd", PARTS / "initrd")]
+    dump = run("objdump", "-h", STUB).stdout
+    end = max(int(f[3], 16) + int(f[2], 16) for f in (l.split() for l in dump.splitlines())
+              if len(f) == 7 and f[0].isdigit())
+    args, at = [], end
+    for name, path in sections:
+        at = (at + 0xFFF) // 0x1000 * 0x1000
+        args += ["--add-section", f"{name}={path}", "--change-section-vma", f"{name}={hex(at)}"]
+        at += path.stat().st_size
+    run("objcopy", *args, STUB, out)
+
+
+if __name__ == "__main__":
+    main()
