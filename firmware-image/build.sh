@@ -142,6 +142,20 @@ objcopy \
   --add-section .linux="$B/parts/vmlinuz" --change-section-vma .linux="$(printf 0x%x "$linux")" \
   --add-section .initrd="$B/parts/initrd" --change-section-vma .initrd="$(printf 0x%x "$initrd")" \
   "$STUB" "$OUT/spocgw.efi"
+# objcopy stamps the PE header with the time of the build: SOURCE_DATE_EPOCH instead, and no
+# checksum (neither is measured: PCR 11 covers the sections, not the header).
+python3 - "$OUT/spocgw.efi" "$SOURCE_DATE_EPOCH" <<'PY'
+import struct, sys
+path, stamp = sys.argv[1], int(sys.argv[2])
+with open(path, "r+b") as f:
+    f.seek(0x3C)
+    pe = struct.unpack("<I", f.read(4))[0]
+    f.seek(pe + 8)
+    f.write(struct.pack("<I", stamp & 0xFFFFFFFF))
+    # The optional header's checksum covered the old stamp: zero (UEFI does not check it).
+    f.seek(pe + 24 + 64)
+    f.write(struct.pack("<I", 0))
+PY
 
 # 5. What PCR 11 will hold once systemd-stub measured the UKI, and that value signed.
 # `--phase=`: the value right after systemd-stub (the boot-phase measurements are masked).
@@ -149,17 +163,29 @@ objcopy \
   --osrel="$B/parts/os-release" --bank=sha256 --phase= >"$B/measure.txt"
 PCR11=$(sed -n 's/^11:sha256=//p' "$B/measure.txt")
 [ "${#PCR11}" = 64 ] || { echo "systemd-measure gave no PCR 11 value" >&2; cat "$B/measure.txt" >&2; exit 1; }
-printf '{"11": "%s"}\n' "$PCR11" >"$B/pcr11.json"
-"$BIN" tpm authorize --signing-key "$KEY" --values "$B/pcr11.json" --out "$OUT/pcr-policy.json" \
-  --comment "spocgw image $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" >/dev/null
+# ECDSA signatures differ each time they are made: a value signed once is signed for good (the
+# same PCR 11 with the same key gives the same file, and so the same image).
+openssl pkey -in "$KEY" -pubout 2>/dev/null | sha256sum | cut -c1-16 >"$B/key.id"
+SIGNED=$B/keys/pcr-policy.$(cat "$B/key.id").$PCR11.json
+if [ ! -f "$SIGNED" ]; then
+  printf '{"11": "%s"}\n' "$PCR11" >"$B/pcr11.json"
+  "$BIN" tpm authorize --signing-key "$KEY" --values "$B/pcr11.json" --out "$SIGNED" \
+    --comment "spocgw image, PCR 11 of its UKI" >/dev/null
+fi
+cp "$SIGNED" "$OUT/pcr-policy.json"
 
 # 6. The ESP, and the disk: GPT with fixed identifiers, partitions written in place.
 echo "image: disk" >&2
 rm -f "$B/parts/esp.img"
 mkfs.vfat --invariant -C -n SPOCGW-ESP "$B/parts/esp.img" $((64 * 1024)) >/dev/null
-mmd -i "$B/parts/esp.img" ::/EFI ::/EFI/BOOT ::/spocgw
-mcopy -i "$B/parts/esp.img" -m "$OUT/spocgw.efi" ::/EFI/BOOT/BOOTX64.EFI
-mcopy -i "$B/parts/esp.img" -m "$OUT/pcr-policy.json" ::/spocgw/pcr-policy.json
+# The tree staged with clamped times and copied whole, so that every FAT entry (directories
+# too) carries SOURCE_DATE_EPOCH.
+rm -rf "$B/esp"
+mkdir -p "$B/esp/EFI/BOOT" "$B/esp/spocgw"
+cp "$OUT/spocgw.efi" "$B/esp/EFI/BOOT/BOOTX64.EFI"
+cp "$OUT/pcr-policy.json" "$B/esp/spocgw/pcr-policy.json"
+find "$B/esp" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+mcopy -s -m -i "$B/parts/esp.img" "$B/esp/EFI" "$B/esp/spocgw" ::/
 mb() { echo $(( ($(stat -c%s "$1") + 1048575) / 1048576 )); }
 ESP_MB=64 ROOT_MB=$(($(mb "$B/parts/root.erofs") + 1)) VERITY_MB=$(($(mb "$B/parts/root.verity") + 1))
 TOTAL_MB=$((1 + ESP_MB + ROOT_MB + VERITY_MB + DATA_MB + 1))
