@@ -274,7 +274,7 @@ def main():
         # 1. First boot.
         vm = Vm(w / "vm", OUT / "disk.img")
         vm.boot("boot1")
-        waiting = vm.wait_for(r"WAITING FOR CERTIFICATES")
+        waiting = vm.wait_for(r"WAITING FOR CERTIFICATES") and vm.wait_for(r"Started spocgw-waiting\.service", 60)
         verified = re.search(r"root verified \(([0-9a-f]{64})\)", vm.text())
         row("the UKI boots and the initramfs opens the root under dm-verity", f"root hash {expected['roothash'][:16]}",
             f"root hash {verified.group(1)[:16]}" if verified else "no root", verified and verified.group(1) == expected["roothash"])
@@ -283,7 +283,7 @@ def main():
         csr.mkdir()
         got = all(vm.medium_read(f"csr/{n}.csr.pem", csr / f"{n}.csr.pem") for n in ["police-server", "ministry-client"])
         vm.medium_read("csr/attestation.pub.pem", csr / "attestation.pub.pem")
-        row("first boot: TPM provisioned, CSRs on the medium, gateway waits", "CSRs, not serving",
+        row("first boot: TPM provisioned, CSRs on the medium, /readyz waits", "CSRs, waiting service",
             "CSRs written, waiting" if got and waiting else f"csr={got} waiting={bool(waiting)}", got and waiting)
 
         # 2. Certify, configure, boot again.

@@ -12,6 +12,7 @@ pub mod serve;
 pub mod sim;
 pub mod tpm;
 pub mod validate;
+pub mod waiting;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -100,6 +101,15 @@ pub enum Command {
         #[command(subcommand)]
         cmd: attest::AttestCommand,
     },
+    /// The appliance before its configuration: /healthz, and /readyz saying what it waits for.
+    Waiting {
+        /// The admin address (loopback)
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: std::net::SocketAddr,
+        /// Where the CSRs were written
+        #[arg(long, default_value = "/var/lib/spocgw/tpm/csr")]
+        csr_dir: PathBuf,
+    },
     /// Simulators for tests and demos.
     Sim {
         #[command(subcommand)]
@@ -137,6 +147,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Bench { cmd: BenchCommand::Serve { config } } => serve::run(&config, true),
         Command::Tpm { cmd } => tpm::run(cmd),
         Command::Attest { cmd } => attest::run(cmd),
+        Command::Waiting { listen, csr_dir } => waiting::run(listen, &csr_dir),
         Command::Demo { keep } => demo::run(keep.as_deref()),
         Command::DevPki {
             out,
