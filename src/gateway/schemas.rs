@@ -39,25 +39,16 @@ pub struct Schemas {
 
 /// The `*.xsd` files of `dir` as (file name, text), in name order, and their digest.
 fn read_dir(dir: &Path) -> Result<(Vec<(String, String)>, String), SchemasError> {
-    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| SchemasError::Schema(format!("{}: {e}", dir.display())))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "xsd"))
-        .collect();
-    names.sort();
+    let read = crate::xml::xsd::read_dir(dir).map_err(|e| SchemasError::Schema(e.to_string()))?;
     let mut files = Vec::new();
     let mut all = Vec::new();
-    for p in names {
-        let text = std::fs::read_to_string(&p).map_err(|e| SchemasError::Schema(format!("{}: {e}", p.display())))?;
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+    for (path, text) in read {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
         all.extend_from_slice(name.as_bytes());
         all.push(0);
         all.extend_from_slice(text.as_bytes());
         all.push(0);
         files.push((name, text));
-    }
-    if files.is_empty() {
-        return Err(SchemasError::Schema(format!("{}: no .xsd files", dir.display())));
     }
     Ok((files, crate::encoding::sha256_hex(&all)))
 }

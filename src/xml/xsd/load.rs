@@ -25,26 +25,8 @@ impl Schema {
     /// A [`SchemaError`]: the directory cannot be read or has no `.xsd` files, or as
     /// [`Schema::compile`].
     pub fn load_dir(dir: &Path) -> Result<Schema, SchemaError> {
-        let err = |m: String| SchemaError { file: dir.display().to_string(), line: 0, message: m };
-        let mut names: Vec<_> = std::fs::read_dir(dir)
-            .map_err(|e| err(format!("cannot read the directory: {e}")))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "xsd"))
-            .collect();
-        names.sort();
-        if names.is_empty() {
-            return Err(err("no .xsd files".into()));
-        }
-        let mut sources = Vec::new();
-        for p in names {
-            let text = std::fs::read_to_string(&p).map_err(|e| SchemaError {
-                file: p.display().to_string(),
-                line: 0,
-                message: e.to_string(),
-            })?;
-            sources.push((p.display().to_string(), text));
-        }
+        let sources: Vec<(String, String)> =
+            read_dir(dir)?.into_iter().map(|(p, t)| (p.display().to_string(), t)).collect();
         let refs: Vec<(&str, &str)> = sources.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
         Schema::compile(&refs)
     }
@@ -73,4 +55,29 @@ impl Schema {
         c.run(&docs)?;
         Ok(c.schema)
     }
+}
+
+/// Every `*.xsd` file of `dir`, in name order, with its text.
+///
+/// # Errors
+/// A [`SchemaError`]: the directory or a file cannot be read, or there is no `.xsd` file.
+pub fn read_dir(dir: &Path) -> Result<Vec<(std::path::PathBuf, String)>, SchemaError> {
+    let err = |m: String| SchemaError { file: dir.display().to_string(), line: 0, message: m };
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| err(format!("cannot read the directory: {e}")))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "xsd"))
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Err(err("no .xsd files".into()));
+    }
+    names
+        .into_iter()
+        .map(|p| match std::fs::read_to_string(&p) {
+            Ok(text) => Ok((p, text)),
+            Err(e) => Err(SchemaError { file: p.display().to_string(), line: 0, message: e.to_string() }),
+        })
+        .collect()
 }

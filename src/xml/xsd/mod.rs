@@ -16,7 +16,7 @@ pub mod regex;
 pub mod restriction;
 pub mod simple;
 
-pub use load::EMBEDDED;
+pub use load::{EMBEDDED, read_dir};
 
 use std::collections::HashMap;
 use std::path::Path;
