@@ -63,6 +63,16 @@ pub enum UpstreamKind {
     PoliceCallback,
 }
 
+impl UpstreamKind {
+    /// The upstream's name in metrics and records.
+    pub const fn name(self) -> &'static str {
+        match self {
+            UpstreamKind::Ministry => "ministry",
+            UpstreamKind::PoliceCallback => "police_callback",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Route {
     /// Short name for metrics and logs.

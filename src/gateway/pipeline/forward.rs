@@ -28,8 +28,8 @@ impl Pipeline {
     /// is not configured (see [`no_upstream`]).
     pub(super) fn upstream_for(&self, route: &Route) -> Option<(&Upstream, &'static str)> {
         match route.upstream {
-            UpstreamKind::Ministry => Some((&self.ministry, "ministry")),
-            UpstreamKind::PoliceCallback => self.police_callback.as_ref().map(|u| (u, "police_callback")),
+            UpstreamKind::Ministry => Some((&self.ministry, route.upstream.name())),
+            UpstreamKind::PoliceCallback => self.police_callback.as_ref().map(|u| (u, route.upstream.name())),
         }
     }
 

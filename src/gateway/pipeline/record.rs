@@ -8,10 +8,7 @@ impl Pipeline {
     /// when it cannot be.
     pub(super) async fn audit_request(&self, x: &mut Exchange<'_>, route: &Route, body: &[u8]) -> Result<(), Outcome> {
         x.request_sha256 = Some(crate::encoding::sha256_hex(body));
-        x.recipient = Some(match route.upstream {
-            UpstreamKind::Ministry => "ministry",
-            UpstreamKind::PoliceCallback => "police_callback",
-        });
+        x.recipient = Some(route.upstream.name());
         let record = self.record(x, "request");
         if let Err(e) = self.audit.append_durable(&record).await {
             x.request_record = RequestRecord::Unwritten(Box::new(record));
