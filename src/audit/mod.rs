@@ -10,8 +10,10 @@
 
 mod commit;
 pub mod merkle;
+pub mod note;
 pub mod record;
 pub mod verify;
+pub mod witness;
 mod writer;
 
 use std::fs::File;
