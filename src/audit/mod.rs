@@ -31,7 +31,11 @@ use commit::Core;
 pub use commit::Written;
 use merkle::CompactTree;
 pub use record::{ClientCert, Record};
+pub use writer::records_end;
 use writer::{Checkpointer, Writer};
+
+/// Beside the log: the peer witness's cosigned checkpoints of it, one note per line (JSON).
+pub const COSIGNATURES: &str = "cosignatures.jsonl";
 
 /// `[audit]` in gateway.toml.
 #[derive(Debug, Clone, Deserialize)]

@@ -37,6 +37,9 @@ pub struct GatewayConfig {
     /// Refuse to start with any key read from a file.
     #[serde(default)]
     pub require_tpm: bool,
+    /// The pair link to the other appliance of an active-active pair (docs/pair.md).
+    #[serde(default)]
+    pub pair: Option<super::pair::PairConfig>,
     /// Benchmarks only: forward without validation, policy or audit (the floor `make bench`
     /// compares against). Refused together with `require_tpm`.
     #[serde(default)]
@@ -330,6 +333,9 @@ impl GatewayConfig {
         }
         cfg.audit.checkpoint_key.resolve(base, file, "audit.checkpoint_key")?;
         cfg.audit.pseudonym_key.resolve(base, file, "audit.pseudonym_key")?;
+        if let Some(p) = cfg.pair.as_mut() {
+            p.resolve(base, file)?;
+        }
         if let Some(t) = cfg.tpm.as_mut() {
             if t.dir.is_relative() {
                 t.dir = base.join(&t.dir);
@@ -403,6 +409,10 @@ impl GatewayConfig {
         }
         v.push(("audit.checkpoint_key".into(), &self.audit.checkpoint_key));
         v.push(("audit.pseudonym_key".into(), &self.audit.pseudonym_key));
+        if let Some(p) = &self.pair {
+            v.push(("pair.key".into(), &p.key));
+            v.push(("pair.witness_key".into(), &p.witness_key));
+        }
         v
     }
 

@@ -21,6 +21,8 @@ pub(super) struct Keys {
     pub(super) police_callback: Option<Arc<dyn SigningKey>>,
     pub(super) checkpoint: Box<dyn crate::audit::CheckpointSigner>,
     pub(super) pseudonym: zeroize::Zeroizing<Vec<u8>>,
+    /// The pair link's TLS key and the witness's seed, with `[pair]`.
+    pub(super) pair: Option<(Arc<dyn SigningKey>, zeroize::Zeroizing<Vec<u8>>)>,
 }
 
 impl Keys {
@@ -43,6 +45,13 @@ impl Keys {
             pseudonym: store
                 .secret(&cfg.audit.pseudonym_key)
                 .map_err(|e| ConfigError::new(file, "audit.pseudonym_key", e))?,
+            pair: match &cfg.pair {
+                Some(p) => Some((
+                    tls(&p.key, "pair.key")?,
+                    store.secret(&p.witness_key).map_err(|e| ConfigError::new(file, "pair.witness_key", e))?,
+                )),
+                None => None,
+            },
             tpm: store.tpm().cloned(),
         };
         Ok(keys)

@@ -8,6 +8,7 @@ pub mod config;
 mod custody;
 pub mod fault;
 pub mod listener;
+pub mod pair;
 pub mod pipeline;
 pub mod refusals;
 pub mod routes;
@@ -65,6 +66,7 @@ struct Metrics {
     reload: Arc<ReloadMetrics>,
     tpm: Arc<TpmMetrics>,
     audit: crate::audit::Written,
+    pair: Arc<pair::PairMetrics>,
 }
 
 impl Metrics {
@@ -76,6 +78,7 @@ impl Metrics {
         self.reload.register(&mut registry);
         self.tpm.register(&mut registry);
         self.audit.register(&mut registry);
+        self.pair.register(&mut registry);
         admin::metrics::Exposition::new(registry)
     }
 }
@@ -285,7 +288,8 @@ impl Gateway {
             t.observe(metrics.tpm.clone());
         }
         let (ministry, police_callback) = upstreams(cfg, file, &keys)?;
-        let Keys { tpm, police, callback, checkpoint, pseudonym, .. } = keys;
+        let Keys { tpm, police, callback, checkpoint, pseudonym, pair, .. } = keys;
+        let checkpoint_point = checkpoint.public_key();
         let audit =
             Audit::start_with(&cfg.audit, checkpoint, pseudonym).map_err(|e| ConfigError::new(file, "audit", e))?;
         audit.attach_metrics(metrics.audit.clone());
@@ -297,6 +301,25 @@ impl Gateway {
         let bound = Bound::bind(cfg, file).await?;
         let (police_addr, callback_addr, admin_addr) = bound.addrs(file)?;
 
+        let (stop, stopped) = watch::channel(false);
+        let (pair, pair_tasks) = match (&cfg.pair, pair) {
+            (Some(p), Some((tls_key, witness_seed))) => {
+                let start = pair::PairStart {
+                    cfg: p,
+                    audit_dir: &cfg.audit.dir,
+                    checkpoint_point,
+                    file,
+                    tls_key,
+                    witness_seed,
+                    policy: policy.clone(),
+                    audit: audit.clone(),
+                    metrics: metrics.pair.clone(),
+                };
+                let (link, tasks) = pair::start(start, &stopped).await?;
+                (Some(link), tasks)
+            }
+            _ => (None, Vec::new()),
+        };
         let load_refusals = Arc::new(refusals::RequestRefusals::new(audit.clone()));
         let pipeline = Arc::new(Pipeline {
             routes,
@@ -313,9 +336,9 @@ impl Gateway {
             request_timeout: cfg.police.request_timeout(),
             bare: cfg.bare_proxy,
             bare_audit: cfg.bare_proxy_audit,
+            pair: pair.clone(),
         });
         warn_benchmark_mode(cfg);
-        let (stop, stopped) = watch::channel(false);
         let mut serving =
             vec![listen(bound.police, listeners.police, ListenerKind::Police, &pipeline, &metrics, &stopped)];
         if let (Some(tcp), Some(spec)) = (bound.callback, listeners.callback) {
@@ -323,10 +346,13 @@ impl Gateway {
         }
         let mut upstreams = vec![("ministry", ministry)];
         upstreams.extend(police_callback.map(|u| ("police_callback", u)));
-        let checks = watchers::readiness(&upstreams, &audit, tpm.as_ref(), &policy, &schemas, &listeners.crls);
+        let mut checks = watchers::readiness(&upstreams, &audit, tpm.as_ref(), &policy, &schemas, &listeners.crls);
+        if let Some(p) = pair {
+            checks.push(Box::new(move || p.readiness()));
+        }
         let admin = Arc::new(AdminState::new(metrics.exposition(), checks));
         tracing::info!(listener = "admin", addr = %admin_addr, "listening");
-        let background = background(Background {
+        let mut background = background(Background {
             admin_tcp: bound.admin,
             admin: &admin,
             policy,
@@ -339,6 +365,7 @@ impl Gateway {
             metrics: &metrics,
             stopped: &stopped,
         });
+        background.extend(pair_tasks);
         Ok(Self {
             police_addr,
             callback_addr,

@@ -67,6 +67,26 @@ impl ForwardedIds {
         }
     }
 
+    /// Every messageID remembered and not expired, with its age (the pair link's catch-up).
+    pub fn snapshot(&self) -> Vec<(String, Duration)> {
+        let now = Instant::now();
+        match self.inner.lock() {
+            Ok(mut inner) => {
+                self.expire(&mut inner, now);
+                inner.seen.iter().map(|(id, at)| (id.clone(), now.duration_since(*at))).collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Remembers `id` as forwarded `age` ago (by the peer appliance); an age past the lifetime
+    /// is not remembered.
+    pub fn remember_aged(&self, id: &str, age: Duration) {
+        if age < self.ttl && let Some(at) = Instant::now().checked_sub(age) {
+            self.restore(id, at);
+        }
+    }
+
     /// True when `id` was forwarded and has not expired. Fails closed if the lock is poisoned.
     pub fn knows(&self, id: &str) -> bool {
         let now = Instant::now();

@@ -3,6 +3,7 @@
 //! consumes the messageID it answers.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::HeaderValue;
 use http::StatusCode;
@@ -22,7 +23,6 @@ impl Pipeline {
         x: &mut Exchange<'_>,
         route: &Route,
         operation: Operation,
-        version: SoapVersion,
     ) -> Result<Arc<Bundle>, Outcome> {
         let bundle = self.policy.current();
         let caller = x.caller.insert(Caller::from_peer(x.peer));
@@ -39,19 +39,38 @@ impl Pipeline {
                 if policies.is_empty() { "no policy permits".to_owned() } else { format!("forbidden by {policies}") };
             return Err(Outcome::Refused(Refusal::PolicyDenied, format!("{by}{why}")));
         }
-        // A callback consumes the messageID it answers: one the gateway never forwarded, or
-        // one already answered, is answered here. A SPOC's unsolicited notification of new
-        // certificates carries no messageID: it is no callback, and passes as policy allows.
-        let unsolicited = x.facts.message_id.is_none() && x.facts.result.as_deref() == Some(NEW_CERTIFICATES);
-        if operation == Operation::SendCertificates && !unsolicited {
-            let claimed =
-                x.facts.message_id.as_deref().and_then(|id| Some((id.to_owned(), self.policy.forwarded.claim(id)?)));
-            if claimed.is_none() {
-                return Err(Outcome::Answered(Box::new(callback_unknown(version))));
-            }
-            x.claimed = claimed;
-        }
         Ok(bundle)
+    }
+
+    /// A callback consumes the messageID it answers: one the gateway never forwarded, or one
+    /// already answered, is answered here. A SPOC's unsolicited notification of new certificates
+    /// carries no messageID: it is no callback, and passes as policy allows. In a pair, a
+    /// messageID the peer forwarded is claimed from the peer (within the pair link's deadline),
+    /// and one claimed here is withdrawn from the peer.
+    pub(super) async fn correlate(
+        &self,
+        x: &mut Exchange<'_>,
+        operation: Operation,
+        version: SoapVersion,
+    ) -> Result<(), Outcome> {
+        let unsolicited = x.facts.message_id.is_none() && x.facts.result.as_deref() == Some(NEW_CERTIFICATES);
+        if operation != Operation::SendCertificates || unsolicited {
+            return Ok(());
+        }
+        let unknown = || Outcome::Answered(Box::new(callback_unknown(version)));
+        let id = x.facts.message_id.clone().ok_or_else(unknown)?;
+        let at = match (self.policy.forwarded.claim(&id), &self.pair) {
+            (Some(at), pair) => {
+                if let Some(p) = pair {
+                    p.forget(id.clone());
+                }
+                at
+            }
+            (None, Some(p)) => p.claim(&id).await.and_then(|age| Instant::now().checked_sub(age)).ok_or_else(unknown)?,
+            (None, None) => return Err(unknown()),
+        };
+        x.claimed = Some((id, at));
+        Ok(())
     }
 }
 

@@ -94,6 +94,10 @@ impl Pipeline {
                     && let Some(id) = &x.facts.message_id
                 {
                     self.policy.forwarded.remember(id);
+                    // Before the police system hears of it: the callback may land on the peer.
+                    if let Some(p) = &self.pair {
+                        p.remember(id).await;
+                    }
                 }
                 // The reply's Content-Type is the gateway's too, for the version it checked.
                 let mut reply = reply;

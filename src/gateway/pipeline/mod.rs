@@ -69,6 +69,8 @@ pub struct Pipeline {
     pub bare: bool,
     /// Benchmarks only, with `bare`: the audit stage too (`bare_proxy_audit = true`).
     pub bare_audit: bool,
+    /// The pair link to the other appliance, when this one is half of a pair.
+    pub pair: Option<Arc<super::pair::PairLink>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -318,7 +320,8 @@ impl Pipeline {
         let _admitted = self.admit(x.peer).map_err(|cap| Outcome::Refused(Refusal::Overloaded, cap.into()))?;
         self.check_rate(x, route)?;
         let checked = self.check(x, route, media.version, action.as_deref(), &body)?;
-        let bundle = self.decide(x, route, checked.operation, media.version)?;
+        let bundle = self.decide(x, route, checked.operation)?;
+        self.correlate(x, checked.operation, media.version).await?;
         // What is forwarded: the message without the header entries the route does not let
         // through; its Content-Type and SOAPAction written by the gateway.
         let body = match &checked.header {
@@ -394,6 +397,7 @@ mod tests {
             request_timeout: std::time::Duration::from_secs(5),
             bare: false,
             bare_audit: false,
+            pair: None,
         };
         (pipeline, PeerIdentity::from_der(cert.der()).unwrap())
     }

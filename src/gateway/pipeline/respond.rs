@@ -57,6 +57,9 @@ impl Pipeline {
             && !delivered
         {
             self.policy.forwarded.restore(&id, at);
+            if let Some(p) = &self.pair {
+                p.give_back(id, at.elapsed());
+            }
         }
         if !self.bare || self.bare_audit {
             // Refused for load before any record of its own: recorded within the window's

@@ -1,0 +1,176 @@
+//! The pair link's listener: mutual TLS with the pair CA, and only the peer's certificate (its
+//! name as CN) is served. Every call is a POST under `/pair/v1/`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::IdOp;
+use super::ship::Replica;
+use crate::audit::Audit;
+use crate::audit::witness::Witness;
+use crate::policy::PolicyState;
+
+/// A body over this is refused (a segment is shipped in pieces below it).
+const MAX_BODY: usize = 16 << 20;
+
+/// What the pair link serves.
+pub(super) struct Served {
+    pub(super) peer_name: String,
+    pub(super) policy: Arc<PolicyState>,
+    pub(super) witness: Witness,
+    pub(super) replica: Replica,
+    pub(super) audit: Arc<Audit>,
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    reply(status, "text/plain; charset=utf-8", body)
+}
+
+fn json(body: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    reply(StatusCode::OK, "application/json", serde_json::to_vec(body).unwrap_or_default())
+}
+
+impl Served {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::POST {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
+        }
+        let path = req.uri().path().to_owned();
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("body: {e}\n")),
+        };
+        match path.as_str() {
+            "/pair/v1/ids" => self.ids(&body),
+            "/pair/v1/ids/claim" => match serde_json::from_slice::<String>(&body) {
+                Ok(id) => match self.policy.forwarded.claim(&id) {
+                    Some(at) => json(&(at.elapsed().as_millis() as u64)),
+                    None => text(StatusCode::NOT_FOUND, "unknown messageID\n"),
+                },
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            },
+            "/pair/v1/ids/snapshot" => {
+                let all: Vec<(String, u64)> =
+                    self.policy.forwarded.snapshot().into_iter().map(|(id, age)| (id, age.as_millis() as u64)).collect();
+                json(&all)
+            }
+            "/pair/v1/witness/add-checkpoint" => self.add_checkpoint(&body),
+            "/pair/v1/log/sizes" => json(&self.replica.sizes()),
+            "/pair/v1/log/append" => {
+                let (mut file, mut offset) = (None, None);
+                for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
+                    match k {
+                        "file" => file = Some(v.to_owned()),
+                        "offset" => offset = v.parse::<u64>().ok(),
+                        _ => {}
+                    }
+                }
+                let (Some(file), Some(offset)) = (file, offset) else {
+                    return text(StatusCode::BAD_REQUEST, "file= and offset= are required\n");
+                };
+                match self.replica.append(&file, offset, &body) {
+                    Ok(len) => json(&len),
+                    Err(e) => text(StatusCode::CONFLICT, format!("{e}\n")),
+                }
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    fn ids(&self, body: &[u8]) -> Response<Full<Bytes>> {
+        let ops: Vec<IdOp> = match serde_json::from_slice(body) {
+            Ok(o) => o,
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        };
+        for op in ops {
+            match op {
+                IdOp::Remember { id, age_ms } => self.policy.forwarded.remember_aged(&id, Duration::from_millis(age_ms)),
+                IdOp::Forget { id } => {
+                    self.policy.forwarded.claim(&id);
+                }
+            }
+        }
+        text(StatusCode::NO_CONTENT, "")
+    }
+
+    fn add_checkpoint(&self, body: &[u8]) -> Response<Full<Bytes>> {
+        let Ok(request) = std::str::from_utf8(body) else {
+            return text(StatusCode::BAD_REQUEST, "not UTF-8\n");
+        };
+        match self.witness.add_checkpoint(request) {
+            Ok(line) => text(StatusCode::OK, line),
+            Err(e) => {
+                // A refusal may be evidence of the peer's misbehaviour: on record.
+                tracing::warn!(peer = %self.peer_name, error = %e, "witness refused a checkpoint");
+                let mut r = crate::audit::Record::now("pair_witness");
+                r.detail = Some(format!("refused a checkpoint of {}: {e}", self.peer_name));
+                self.audit.append(&r);
+                let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+                let ct = if status == StatusCode::CONFLICT { "text/x.tlog.size" } else { "text/plain; charset=utf-8" };
+                reply(status, ct, e.body())
+            }
+        }
+    }
+}
+
+/// Serves the pair link until `stop` turns true.
+pub(super) async fn serve(
+    tcp: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    served: Arc<Served>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            a = tcp.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(listener = "pair", error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (acceptor, served) = (acceptor.clone(), served.clone());
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await else {
+                return;
+            };
+            let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| crate::tls::PeerIdentity::from_der(c.as_ref()));
+            let name = match peer {
+                Some(Ok(p)) => p.common_name,
+                _ => None,
+            };
+            if name.as_deref() != Some(served.peer_name.as_str()) {
+                tracing::warn!(listener = "pair", peer = ?name, "refused: not the peer appliance's certificate");
+                return;
+            }
+            let svc = service_fn(move |req| {
+                let served = served.clone();
+                async move { Ok::<_, std::convert::Infallible>(served.handle(req).await) }
+            });
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+        });
+    }
+}
