@@ -12,6 +12,7 @@ mod commit;
 pub mod merkle;
 pub mod note;
 pub mod record;
+pub mod recovery;
 pub mod verify;
 pub mod witness;
 mod writer;
@@ -36,6 +37,8 @@ use writer::{Checkpointer, Writer};
 
 /// Beside the log: the peer witness's cosigned checkpoints of it, one note per line (JSON).
 pub const COSIGNATURES: &str = "cosignatures.jsonl";
+/// The log's signed checkpoints, one JSON object per line.
+pub const CHECKPOINTS_FILE: &str = "checkpoints.jsonl";
 
 /// `[audit]` in gateway.toml.
 #[derive(Debug, Clone, Deserialize)]

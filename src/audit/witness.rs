@@ -34,6 +34,8 @@ pub enum WitnessError {
     Forbidden,
     #[error("the old size is not {latest}, the size of the latest checkpoint cosigned")]
     Conflict { latest: u64 },
+    #[error("a checkpoint of {size} records after one of {latest} was cosigned: the log went back")]
+    Rollback { size: u64, latest: u64 },
     #[error("a checkpoint of the size cosigned last with another root hash: the log forked")]
     Fork,
     #[error("the consistency proof does not verify: not an extension of the checkpoint cosigned last")]
@@ -48,7 +50,7 @@ impl WitnessError {
             WitnessError::BadRequest(_) => 400,
             WitnessError::UnknownOrigin => 404,
             WitnessError::Forbidden => 403,
-            WitnessError::Conflict { .. } | WitnessError::Fork => 409,
+            WitnessError::Conflict { .. } | WitnessError::Rollback { .. } | WitnessError::Fork => 409,
             WitnessError::Inconsistent => 422,
             WitnessError::Io(_) => 500,
         }
@@ -57,7 +59,7 @@ impl WitnessError {
     /// The response body tlog-witness prescribes (the latest size on a size conflict).
     pub fn body(&self) -> String {
         match self {
-            WitnessError::Conflict { latest } => format!("{latest}\n"),
+            WitnessError::Conflict { latest } | WitnessError::Rollback { latest, .. } => format!("{latest}\n"),
             e => format!("{e}\n"),
         }
     }
@@ -180,6 +182,9 @@ impl Witness {
         let latest = self.latest(&r.body.origin);
         let (latest_size, latest_root) =
             latest.as_ref().map_or((0, merkle::empty_root()), |w| (w.body.size, w.body.root));
+        if r.body.size < latest_size {
+            return Err(WitnessError::Rollback { size: r.body.size, latest: latest_size });
+        }
         if r.old != latest_size {
             return Err(WitnessError::Conflict { latest: latest_size });
         }
@@ -283,6 +288,10 @@ mod tests {
         // A replay of the older checkpoint is a rollback: 409 with the latest size.
         let e = w.add_checkpoint(&old).unwrap_err();
         assert_eq!((e.status(), e.body()), (409, "9\n".into()));
+        assert_eq!(e, WitnessError::Rollback { size: 5, latest: 9 });
+        // A log that did not know the latest size (a restart) learns it: a plain conflict.
+        let e = w.add_checkpoint(&log.request(0)).unwrap_err();
+        assert_eq!(e, WitnessError::Conflict { latest: 9 });
         // A forked log: the same size, other records.
         let mut fork = Log { key: log.key, leaves: log.leaves[..5].to_vec() };
         fork.grow(4, 2);

@@ -34,6 +34,26 @@ pub enum AuditCommand {
         /// an RFC 9162 consistency proof that this log extends it
         #[arg(long)]
         expect: Option<PathBuf>,
+        /// The peer appliance's witness vkey (NAME+KEYID+BASE64): check its cosignatures on this
+        /// log's checkpoints (cosignatures.jsonl) and report the newest both signed
+        #[arg(long)]
+        witness: Option<PathBuf>,
+        /// The peer's record of the newest checkpoint of this log it witnessed (its
+        /// pair.dir/witness/*.note, with --witness): the log must hold it (a cut log fails)
+        #[arg(long, requires = "witness")]
+        witnessed: Option<PathBuf>,
+    },
+    /// Rebuild a lost audit log from the copy the peer appliance (or a backup) holds, then verify it.
+    Restore {
+        /// The copy: the peer's pair.dir/log, or this appliance's pair.backup_dir
+        #[arg(long)]
+        from: PathBuf,
+        /// The audit directory to rebuild (absent or empty)
+        #[arg(long)]
+        to: PathBuf,
+        /// This log's checkpoint public key (PEM)
+        #[arg(long)]
+        key: PathBuf,
     },
     /// Search the log.
     Query(QueryArgs),
@@ -113,7 +133,10 @@ pub struct QueryArgs {
 
 pub fn run(cmd: AuditCommand) -> ExitCode {
     match cmd {
-        AuditCommand::Verify { dir, key, tpm, config, tcti, expect } => verify(&dir, key, tpm, config, tcti, expect),
+        AuditCommand::Verify { dir, key, tpm, config, tcti, expect, witness, witnessed } => {
+            verify(&dir, key, tpm, config, tcti, expect, Witnessing { witness, witnessed })
+        }
+        AuditCommand::Restore { from, to, key } => restore(&from, &to, &key),
         AuditCommand::Query(q) => query(q),
         AuditCommand::Export { dir, format } => {
             let f = match format.as_str() {
@@ -180,6 +203,7 @@ fn verify(
     config: Option<PathBuf>,
     tcti: Option<String>,
     expect: Option<PathBuf>,
+    pair: Witnessing,
 ) -> ExitCode {
     let key = key.unwrap_or_else(|| {
         eprintln!(
@@ -203,7 +227,7 @@ fn verify(
             return ExitCode::from(2);
         }
     };
-    verify_cmd(dir, &key, anchor.as_ref(), expect.as_deref())
+    verify_cmd(dir, &key, anchor.as_ref(), expect.as_deref(), &pair)
 }
 
 /// `spocgw audit query`: the records matching every filter, the access itself recorded first.
@@ -275,7 +299,54 @@ fn query(q: QueryArgs) -> ExitCode {
     print_records(&dir, &filter, if json { Format::Json } else { Format::Table })
 }
 
-fn verify_cmd(dir: &Path, key: &Path, tpm: Option<&crate::tpm::TpmConfig>, expect: Option<&Path>) -> ExitCode {
+/// `--witness` and `--witnessed`: what the peer appliance signed of this log.
+struct Witnessing {
+    witness: Option<PathBuf>,
+    witnessed: Option<PathBuf>,
+}
+
+impl Witnessing {
+    /// One line per check, or the first failure.
+    fn check(&self, dir: &Path, key: &Path, records: u64) -> Result<Vec<String>, String> {
+        let Some(vkey_file) = &self.witness else { return Ok(Vec::new()) };
+        let text = std::fs::read_to_string(vkey_file).map_err(|e| format!("{}: {e}", vkey_file.display()))?;
+        let vkey = crate::audit::note::Vkey::parse(&text).map_err(|e| format!("{}: {e}", vkey_file.display()))?;
+        let point = verify::public_point(key)?;
+        let log = verify::read_log(dir)?;
+        let mut lines = vec![match crate::audit::recovery::check_cosignatures(dir, &log, &point, &vkey)? {
+            Some(c) => format!(
+                "cosigned by {}: {} notes verified; newest checkpoint both signed: size {} root {}",
+                vkey.name, c.notes, c.newest_size, c.newest_root
+            ),
+            None => format!("cosigned by {}: no cosignature beside the log yet", vkey.name),
+        }];
+        if let Some(note) = &self.witnessed {
+            let w = crate::audit::witness::Witnessed::read(note)?;
+            let size = crate::audit::recovery::check_witnessed(&log, records, &point, &vkey, &w)?;
+            lines.push(format!("witnessed by {} through size {size}: the log holds that checkpoint", vkey.name));
+        }
+        Ok(lines)
+    }
+}
+
+fn restore(from: &Path, to: &Path, key: &Path) -> ExitCode {
+    match crate::audit::recovery::restore(from, to) {
+        Ok(n) => println!("restored {n} files from {} into {}", from.display(), to.display()),
+        Err(e) => {
+            eprintln!("spocgw audit restore: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    verify_cmd(to, key, None, None, &Witnessing { witness: None, witnessed: None })
+}
+
+fn verify_cmd(
+    dir: &Path,
+    key: &Path,
+    tpm: Option<&crate::tpm::TpmConfig>,
+    expect: Option<&Path>,
+    pair: &Witnessing,
+) -> ExitCode {
     use std::io::Write;
     // Written with writeln so a closed pipe (`| head`) is not a panic.
     let mut out = std::io::stdout();
@@ -290,6 +361,12 @@ fn verify_cmd(dir: &Path, key: &Path, tpm: Option<&crate::tpm::TpmConfig>, expec
                 s
             }),
             None => Ok(s),
+        })
+        .and_then(|s| {
+            for line in pair.check(dir, key, s.records)? {
+                let _ = writeln!(out, "{line}");
+            }
+            Ok(s)
         });
     match verified {
         Ok(s) => {

@@ -20,11 +20,11 @@ use crate::sim::messages::{self, BioRequest};
 use crate::sim::{self, ministry::MinistryConfig, receiver::ReceiverConfig};
 use crate::xml::SoapVersion;
 
-struct Row {
-    scenario: &'static str,
-    expected: &'static str,
-    observed: String,
-    pass: bool,
+pub(super) struct Row {
+    pub(super) scenario: &'static str,
+    pub(super) expected: &'static str,
+    pub(super) observed: String,
+    pub(super) pass: bool,
 }
 
 pub fn run(keep: Option<&Path>) -> ExitCode {
@@ -118,7 +118,7 @@ fn run_inner(keep: Option<&Path>) -> anyhow::Result<bool> {
 }
 
 /// The scenario table; true when every row passed.
-fn print_table(rows: &[Row]) -> bool {
+pub(super) fn print_table(rows: &[Row]) -> bool {
     let w = rows.iter().map(|r| r.scenario.len()).max().unwrap_or(8);
     let we = rows.iter().map(|r| r.expected.len()).max().unwrap_or(8);
     let wo = rows.iter().map(|r| r.observed.len()).max().unwrap_or(8);
@@ -147,7 +147,7 @@ fn custody_row(dir: &Path, rows: &mut Vec<Row>) {
     rows.push(Row { scenario: "gateway private keys in the TPM", expected: "none on disk", observed, pass });
 }
 
-fn client(dir: &Path, port: u16, who: &str, http2: bool) -> anyhow::Result<Upstream> {
+pub(super) fn client(dir: &Path, port: u16, who: &str, http2: bool) -> anyhow::Result<Upstream> {
     let mut cfg = UpstreamConfig::client(
         format!("https://127.0.0.1:{port}"),
         &dir.join("ca/police-ca.pem"),
@@ -158,11 +158,11 @@ fn client(dir: &Path, port: u16, who: &str, http2: bool) -> anyhow::Result<Upstr
     Ok(Upstream::new(&cfg)?)
 }
 
-async fn post(c: &Upstream, path: &str, action: &str, body: String) -> Result<Reply, UpstreamError> {
+pub(super) async fn post(c: &Upstream, path: &str, action: &str, body: String) -> Result<Reply, UpstreamError> {
     c.post(path, soap_headers("text/xml; charset=utf-8", Some(action), None), Bytes::from(body)).await
 }
 
-fn describe(r: &Result<Reply, UpstreamError>, needle: &str) -> String {
+pub(super) fn describe(r: &Result<Reply, UpstreamError>, needle: &str) -> String {
     match r {
         Ok(reply) => {
             let text = String::from_utf8_lossy(&reply.body);

@@ -46,9 +46,9 @@ pub enum DevPkiError {
 const CSN_EKU_CLIENT: &[u64] = &[1, 2, 203, 7064, 1, 1, 369791, 1];
 const CSN_EKU_SERVER: &[u64] = &[1, 2, 203, 7064, 1, 1, 369791, 2];
 
-struct Ca {
+pub(super) struct Ca {
     issuer: Issuer<'static, KeyPair>,
-    pem: String,
+    pub(super) pem: String,
 }
 
 fn serial() -> SerialNumber {
@@ -71,7 +71,7 @@ fn dn(cn: &str, o: &str, ou: Option<&str>) -> DistinguishedName {
     d
 }
 
-fn new_ca(cn: &str, o: &str) -> Result<Ca, DevPkiError> {
+pub(super) fn new_ca(cn: &str, o: &str) -> Result<Ca, DevPkiError> {
     let now = OffsetDateTime::now_utc();
     let mut p = CertificateParams::default();
     p.distinguished_name = dn(cn, o, None);
@@ -86,20 +86,22 @@ fn new_ca(cn: &str, o: &str) -> Result<Ca, DevPkiError> {
 }
 
 /// What a leaf certificate is for.
-struct Leaf<'a> {
-    cn: &'a str,
-    o: &'a str,
-    ou: Option<&'a str>,
-    server: bool,
-    client: bool,
-    csn: Option<&'static [u64]>,
+pub(super) struct Leaf<'a> {
+    pub(super) cn: &'a str,
+    pub(super) o: &'a str,
+    pub(super) ou: Option<&'a str>,
+    pub(super) server: bool,
+    pub(super) client: bool,
+    pub(super) csn: Option<&'static [u64]>,
     /// Days of validity from now; negative `start` makes an expired certificate.
-    start_days: i64,
-    end_days: i64,
+    pub(super) start_days: i64,
+    pub(super) end_days: i64,
+    /// A DNS name besides `localhost` (the pair link checks its peer's name).
+    pub(super) dns: Option<&'a str>,
 }
 
 impl<'a> Leaf<'a> {
-    fn client(cn: &'a str, ou: &'a str) -> Self {
+    pub(super) fn client(cn: &'a str, ou: &'a str) -> Self {
         Self {
             cn,
             o: "Border Police",
@@ -109,10 +111,11 @@ impl<'a> Leaf<'a> {
             csn: None,
             start_days: -1,
             end_days: 365,
+            dns: None,
         }
     }
-    fn server(cn: &'a str, o: &'a str) -> Self {
-        Self { cn, o, ou: None, server: true, client: false, csn: None, start_days: -1, end_days: 365 }
+    pub(super) fn server(cn: &'a str, o: &'a str) -> Self {
+        Self { cn, o, ou: None, server: true, client: false, csn: None, start_days: -1, end_days: 365, dns: None }
     }
 }
 
@@ -143,7 +146,7 @@ fn crl(
     Ok(params.signed_by(&ca.issuer)?.pem()?)
 }
 
-fn issue(ca: &Ca, leaf: &Leaf<'_>) -> Result<(String, String, SerialNumber), DevPkiError> {
+pub(super) fn issue(ca: &Ca, leaf: &Leaf<'_>) -> Result<(String, String, SerialNumber), DevPkiError> {
     let key = KeyPair::generate()?;
     let (cert, sn) = certify(ca, leaf, &key)?;
     Ok((cert, key.serialize_pem(), sn))
@@ -164,6 +167,9 @@ fn certify(ca: &Ca, leaf: &Leaf<'_>, key: &impl rcgen::PublicKeyData) -> Result<
         p.subject_alt_names =
             vec![SanType::DnsName("localhost".try_into()?), SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]))];
         p.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+        if let Some(name) = leaf.dns {
+            p.subject_alt_names.push(SanType::DnsName(name.try_into()?));
+        }
     }
     if leaf.client {
         p.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
@@ -175,7 +181,7 @@ fn certify(ca: &Ca, leaf: &Leaf<'_>, key: &impl rcgen::PublicKeyData) -> Result<
     Ok((cert.pem(), sn))
 }
 
-fn write(path: &Path, contents: &str, secret: bool) -> Result<(), DevPkiError> {
+pub(super) fn write(path: &Path, contents: &str, secret: bool) -> Result<(), DevPkiError> {
     let io = |source| DevPkiError::Io { path: path.to_path_buf(), source };
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(io)?;
@@ -186,7 +192,7 @@ fn write(path: &Path, contents: &str, secret: bool) -> Result<(), DevPkiError> {
     f.write_all(contents.as_bytes()).map_err(io)
 }
 
-fn write_pair(dir: &Path, name: &str, cert: &str, key: &str) -> Result<(), DevPkiError> {
+pub(super) fn write_pair(dir: &Path, name: &str, cert: &str, key: &str) -> Result<(), DevPkiError> {
     write(&dir.join(format!("{name}.pem")), cert, false)?;
     write(&dir.join(format!("{name}.key")), key, true)
 }
@@ -266,6 +272,23 @@ fn provision_tpm(
 /// A key or certificate that cannot be generated, a file that cannot be written, or a TPM that
 /// cannot provision.
 pub fn generate_with(out: &Path, ports: Ports, tpm: Option<&DevTpm>) -> Result<(), DevPkiError> {
+    generate_keeping(out, ports, tpm).map(|_| ())
+}
+
+/// The gateway's three listener and client leaves: police side, Ministry side, callback side.
+pub(super) fn gateway_leaves() -> [Leaf<'static>; 3] {
+    let mut police_side = Leaf::server("spocgw gateway (police side)", "Border Police");
+    police_side.client = true;
+    let mut ministry_side = Leaf::client("spocgw gateway (ministry side)", "spoc-gateway");
+    ministry_side.csn = Some(CSN_EKU_CLIENT);
+    let mut callback_side = Leaf::server("spocgw gateway (callback side)", "Border Police");
+    callback_side.csn = Some(CSN_EKU_SERVER);
+    [police_side, ministry_side, callback_side]
+}
+
+/// As [`generate_with`], and gives back the police and Ministry CAs (a pair issues its second
+/// appliance's certificates from them).
+pub(super) fn generate_keeping(out: &Path, ports: Ports, tpm: Option<&DevTpm>) -> Result<(Ca, Ca), DevPkiError> {
     let police_ca = new_ca("spocgw dev Police CA", "Border Police")?;
     let ministry_ca = new_ca("spocgw dev Ministry CA", "Ministry of Interior")?;
     let untrusted_ca = new_ca("spocgw dev Untrusted CA", "Nobody")?;
@@ -275,12 +298,7 @@ pub fn generate_with(out: &Path, ports: Ports, tpm: Option<&DevTpm>) -> Result<(
 
     // The gateway: server toward the police (and client toward their callback receiver),
     // client toward the Ministry, server for the Ministry's callbacks.
-    let mut police_side = Leaf::server("spocgw gateway (police side)", "Border Police");
-    police_side.client = true;
-    let mut ministry_side = Leaf::client("spocgw gateway (ministry side)", "spoc-gateway");
-    ministry_side.csn = Some(CSN_EKU_CLIENT);
-    let mut callback_side = Leaf::server("spocgw gateway (callback side)", "Border Police");
-    callback_side.csn = Some(CSN_EKU_SERVER);
+    let [police_side, ministry_side, callback_side] = gateway_leaves();
     if let Some(t) = tpm {
         provision_tpm(out, t, &police_ca, &ministry_ca, [&police_side, &ministry_side, &callback_side])?;
     } else {
@@ -328,7 +346,7 @@ pub fn generate_with(out: &Path, ports: Ports, tpm: Option<&DevTpm>) -> Result<(
     }
     write_files(out, ports, tpm)?;
     fs::create_dir_all(out.join("audit")).map_err(|source| DevPkiError::Io { path: out.join("audit"), source })?;
-    Ok(())
+    Ok((police_ca, ministry_ca))
 }
 
 /// The police clients (`DIR/clients/`): the officer, the analyst, the second-line officer, the

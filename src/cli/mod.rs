@@ -7,6 +7,7 @@ pub mod demo;
 pub mod dev_pki;
 pub mod log;
 pub mod notify;
+pub mod pair_demo;
 pub mod policy;
 pub mod serve;
 pub mod sim;
@@ -44,6 +45,13 @@ pub enum Command {
     },
     /// Run the whole system end to end on a fresh development PKI and print the scenarios.
     Demo {
+        /// Keep the PKI, configurations and logs in this directory.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+    /// An active-active pair on loopback behind HAProxy: failover, callbacks on either
+    /// appliance, cross-witnessed audit logs, disaster recovery (docs/pair.md).
+    PairDemo {
         /// Keep the PKI, configurations and logs in this directory.
         #[arg(long)]
         keep: Option<PathBuf>,
@@ -149,6 +157,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Attest { cmd } => attest::run(cmd),
         Command::Waiting { listen, csr_dir } => waiting::run(listen, &csr_dir),
         Command::Demo { keep } => demo::run(keep.as_deref()),
+        Command::PairDemo { keep } => pair_demo::run(keep.as_deref()),
         Command::DevPki {
             out,
             gateway_port,

@@ -118,11 +118,14 @@ impl Served {
         match self.witness.add_checkpoint(request) {
             Ok(line) => text(StatusCode::OK, line),
             Err(e) => {
-                // A refusal may be evidence of the peer's misbehaviour: on record.
-                tracing::warn!(peer = %self.peer_name, error = %e, "witness refused a checkpoint");
-                let mut r = crate::audit::Record::now("pair_witness");
-                r.detail = Some(format!("refused a checkpoint of {}: {e}", self.peer_name));
-                self.audit.append(&r);
+                // A size conflict is how a (re)started log learns the witness's size; any
+                // other refusal may be evidence of the peer's misbehaviour: on record.
+                if !matches!(e, crate::audit::witness::WitnessError::Conflict { .. }) {
+                    tracing::warn!(peer = %self.peer_name, error = %e, "witness refused a checkpoint");
+                    let mut r = crate::audit::Record::now("pair_witness");
+                    r.detail = Some(format!("refused a checkpoint of {}: {e}", self.peer_name));
+                    self.audit.append(&r);
+                }
                 let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
                 let ct = if status == StatusCode::CONFLICT { "text/x.tlog.size" } else { "text/plain; charset=utf-8" };
                 reply(status, ct, e.body())
