@@ -5,11 +5,12 @@ SHELL := /bin/bash
 CARGO ?= cargo
 
 # command:package pairs the tests and the demo need
-TOOLS := curl:curl openssl:openssl xmllint:libxml2-utils pkg-config:pkg-config swtpm:swtpm tpm2_checkquote:tpm2-tools
+TOOLS := curl:curl openssl:openssl xmllint:libxml2-utils pkg-config:pkg-config swtpm:swtpm tpm2_checkquote:tpm2-tools \
+  haproxy:haproxy
 # pkg-config module:package pairs the build links against (tss-esapi)
 LIBS := tss2-esys:libtss2-dev tss2-tctildr:libtss2-dev
 
-.PHONY: all deps deps-graph size-report soap-venv bench-deps demo test lint check fmt clean bench bench-xsd bench-sbs fuzz \
+.PHONY: all deps deps-graph size-report soap-venv bench-deps demo pair-demo test lint check fmt clean bench bench-xsd bench-sbs fuzz \
 	image-deps image image-test
 
 all: check
@@ -60,6 +61,10 @@ bench-deps: deps
 
 demo: deps
 	$(CARGO) run --quiet --locked -- demo
+
+# Two appliances behind HAProxy on loopback: failover, callbacks, witnesses, recovery (docs/pair.md).
+pair-demo: deps
+	$(CARGO) run --quiet --locked -- pair-demo
 
 # The appliance (firmware-image/, docs/appliance.md). Debian 12's packages only; needs root.
 # command:package pairs the image build and its boot test use

@@ -208,8 +208,9 @@ impl Vkey {
     pub fn parse(text: &str) -> Result<Vkey, NoteError> {
         let text = text.trim();
         let bad = || NoteError::Vkey(text.chars().take(80).collect());
-        let mut parts = text.rsplitn(3, '+');
-        let (key, id, name) =
+        // A key name holds no '+'; the base64 key may.
+        let mut parts = text.splitn(3, '+');
+        let (name, id, key) =
             (parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?);
         let key = B64.decode(key).map_err(|_| bad())?;
         if key.len() != 33 || key[0] != TYPE_COSIGNATURE_V1 || name.is_empty() {
@@ -289,6 +290,11 @@ mod tests {
         grown.size = 8;
         assert_eq!(vkey.verify(&grown, &lines), None, "another body");
         assert!(Vkey::parse("w+00000000+AAAA").is_err());
+        // Base64 keys hold '+' and '/' now and then: every one parses back.
+        for seed in 0..64u8 {
+            let v = WitnessKey::from_seed("w.example/b", &Zeroizing::new(vec![seed; 32])).unwrap().vkey();
+            assert_eq!(Vkey::parse(&v.text()), Ok(v));
+        }
         assert!(NoteBody::parse("o\n07\nAAAA\n\n").is_err(), "leading zero");
     }
 }
