@@ -62,8 +62,118 @@ fn a_pair_survives_a_kill_and_neither_log_can_be_rewritten_alone() {
     };
     let ok = verify("audit-a");
     let ok_text = String::from_utf8_lossy(&ok.stdout);
-    assert!(ok.status.success() && ok_text.contains("cosigned by gateway-b/witness") && ok_text.contains("witnessed by"), "{ok_text}");
+    assert!(
+        ok.status.success() && ok_text.contains("cosigned by gateway-b/witness") && ok_text.contains("witnessed by"),
+        "{ok_text}"
+    );
     let cut = verify("cut-a");
     let cut_text = String::from_utf8_lossy(&cut.stdout);
     assert!(cut.status.code() == Some(1) && cut_text.contains("truncated"), "{cut_text}");
+}
+
+fn pair_client(
+    dir: &std::path::Path,
+    port: u16,
+    cert: &str,
+    key: &str,
+    ca: &str,
+) -> spocgw::gateway::upstream::Upstream {
+    let mut cfg = spocgw::gateway::config::UpstreamConfig::client(
+        format!("https://127.0.0.1:{port}"),
+        &dir.join(ca),
+        &dir.join(cert),
+        &dir.join(key),
+    );
+    cfg.server_name = Some("gateway-a".into());
+    cfg.breaker_failures = 0;
+    spocgw::gateway::upstream::Upstream::new(&cfg).unwrap()
+}
+
+async fn call(c: &spocgw::gateway::upstream::Upstream, path: &str, body: &str) -> Result<(u16, String), String> {
+    c.post(path, http::HeaderMap::new(), bytes::Bytes::from(body.to_owned()))
+        .await
+        .map(|r| (r.status.as_u16(), String::from_utf8_lossy(&r.body).into_owned()))
+        .map_err(|e| e.to_string())
+}
+
+/// Appliance A alone (B never started): it serves, says so on /readyz, and a request whose
+/// callback B should learn of is answered anyway (queued for B). Its pair link answers only B's
+/// certificate; B cannot rewrite what it shipped, nor have a checkpoint signed by another key
+/// cosigned.
+#[test]
+fn a_lone_appliance_serves_and_its_pair_link_answers_only_the_peer() {
+    use spocgw::cli::pair_demo::setup::{PairPorts, generate};
+    let dir = tempfile::tempdir().unwrap();
+    let p = |_| common::free_port();
+    let ports = PairPorts {
+        a: spocgw::cli::dev_pki::Ports { gateway: p(0), callback: p(0), admin: p(0), ministry: p(0), receiver: p(0) },
+        b_police: p(0),
+        b_callback: p(0),
+        b_admin: p(0),
+        a_pair: p(0),
+        b_pair: p(0),
+        lb_police: p(0),
+        lb_callback: p(0),
+    };
+    generate(dir.path(), ports).unwrap();
+    let path = |f: &str| dir.path().join(f).to_str().unwrap().to_owned();
+    let _ministry =
+        common::Proc::start(&["sim", "ministry", "--config", &path("ministry.toml")], dir.path().join("m.log"));
+    let _receiver =
+        common::Proc::start(&["sim", "police-receiver", "--config", &path("receiver.toml")], dir.path().join("r.log"));
+    let a = common::Proc::start(&["serve", "--config", &path("gateway-a.toml")], dir.path().join("a.log"));
+    common::wait_port(ports.a.admin);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while common::admin_get(ports.a.admin, "/readyz").0 != 200 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (status, body) = common::admin_get(ports.a.admin, "/readyz");
+    assert_eq!(status, 200, "a lone appliance serves: {body}\n{}", a.log_text());
+    assert!(body.contains("pair: ") && body.contains("unreachable"), "{body}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let dv = spocgw::gateway::upstream::Upstream::new(&spocgw::gateway::config::UpstreamConfig::client(
+            format!("https://127.0.0.1:{}", ports.a.gateway),
+            &dir.path().join("ca/police-ca.pem"),
+            &dir.path().join("clients/document-verifier.pem"),
+            &dir.path().join("clients/document-verifier.key"),
+        ))
+        .unwrap();
+        let body = spocgw::sim::messages::request_certificate(&uuid::Uuid::new_v4().to_string());
+        let r = dv
+            .post(
+                "/spoc/csn369791",
+                spocgw::gateway::upstream::soap_headers("text/xml; charset=utf-8", Some("\"\""), None),
+                bytes::Bytes::from(spocgw::xml::soap::envelope(spocgw::xml::SoapVersion::V11, &body)),
+            )
+            .await
+            .unwrap();
+        assert!(r.status == 200 && common::text(&r).contains("ok_reception_ack"), "{}", common::text(&r));
+        let metrics = common::admin_get(ports.a.admin, "/metrics").1;
+        assert_eq!(common::metric(&metrics, "spocgw_pair_pending"), 1.0, "{metrics}");
+
+        let b = pair_client(dir.path(), ports.a_pair, "pair/gateway-b.pem", "pair/gateway-b.key", "pair/pair-ca.pem");
+        assert_eq!(call(&b, "/pair/v1/ids/snapshot", "").await.unwrap().0, 200);
+        assert_eq!(call(&b, "/pair/v1/ids/claim", "\"never-forwarded\"").await.unwrap().0, 404);
+        // What B shipped stays as shipped.
+        let seg = "/pair/v1/log/append?file=segment-000001.jsonl&offset=0";
+        assert_eq!(call(&b, seg, "{\"seq\":0}\n").await.unwrap().0, 200);
+        assert_eq!(call(&b, seg, "{\"seq\":9}\n").await.unwrap().0, 409, "a rewrite");
+        assert_eq!(call(&b, "/pair/v1/log/append?file=..%2Fgateway-a.toml&offset=0", "x").await.unwrap().0, 409);
+        // A checkpoint of B's origin that B's key did not sign is not cosigned.
+        let forged = "old 0\n\nspocgw-b\n1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\nspocgw-time t\n\n\u{2014} spocgw-b AAAAAAAAAAAAAAAAAAAAAAAAAAAA\n";
+        assert_eq!(call(&b, "/pair/v1/witness/add-checkpoint", forged).await.unwrap().0, 403);
+        // A's own pair certificate is the pair CA's, but not the peer's: refused.
+        let me = pair_client(dir.path(), ports.a_pair, "pair/gateway-a.pem", "pair/gateway-a.key", "pair/pair-ca.pem");
+        assert!(call(&me, "/pair/v1/ids/snapshot", "").await.is_err());
+        // A police client certificate does not chain to the pair CA.
+        let officer = pair_client(dir.path(), ports.a_pair, "clients/officer.pem", "clients/officer.key", "pair/pair-ca.pem");
+        assert!(call(&officer, "/pair/v1/ids/snapshot", "").await.is_err());
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !common::log_contains(&a.log, "not the peer appliance") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(common::log_contains(&a.log, "not the peer appliance"), "{}", a.log_text());
 }

@@ -20,16 +20,20 @@ pub struct Cosigned {
 
 /// The log's checkpoint a note stands for, checked with the log's key: the same size and root
 /// as one of the log's (already verified) checkpoints.
-fn in_log<'a>(log: &'a LogContents, body: &NoteBody, sigs: &[super::note::SigLine], point: &[u8]) -> Result<&'a Checkpoint, String> {
+fn in_log<'a>(
+    log: &'a LogContents,
+    body: &NoteBody,
+    sigs: &[super::note::SigLine],
+    point: &[u8],
+) -> Result<&'a Checkpoint, String> {
     let cp = sigs
         .iter()
         .filter_map(|s| body.checkpoint(s, point))
         .find(|cp| check_signature(cp, point))
         .ok_or_else(|| format!("tree size {}: no valid signature of this log's key on the note", body.size))?;
-    log.checkpoints
-        .iter()
-        .find(|c| c.tree_size == cp.tree_size && c.root_hash == cp.root_hash)
-        .ok_or_else(|| format!("tree size {}: a signed checkpoint this log no longer holds (checkpoints removed)", cp.tree_size))
+    log.checkpoints.iter().find(|c| c.tree_size == cp.tree_size && c.root_hash == cp.root_hash).ok_or_else(|| {
+        format!("tree size {}: a signed checkpoint this log no longer holds (checkpoints removed)", cp.tree_size)
+    })
 }
 
 /// Checks every cosigned note beside the log (`cosignatures.jsonl`) with the peer's witness key.
@@ -37,7 +41,12 @@ fn in_log<'a>(log: &'a LogContents, body: &NoteBody, sigs: &[super::note::SigLin
 /// # Errors
 /// A note that does not parse, whose log signature or cosignature does not verify, or that is
 /// not one of the log's checkpoints.
-pub fn check_cosignatures(dir: &Path, log: &LogContents, point: &[u8], vkey: &Vkey) -> Result<Option<Cosigned>, String> {
+pub fn check_cosignatures(
+    dir: &Path,
+    log: &LogContents,
+    point: &[u8],
+    vkey: &Vkey,
+) -> Result<Option<Cosigned>, String> {
     let path = dir.join(COSIGNATURES);
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
     let mut newest: Option<Cosigned> = None;
@@ -63,8 +72,15 @@ pub fn check_cosignatures(dir: &Path, log: &LogContents, point: &[u8], vkey: &Vk
 /// # Errors
 /// The note is not signed by this log's key and the witness, or the log is shorter than what the
 /// peer witnessed, or does not hold that checkpoint.
-pub fn check_witnessed(log: &LogContents, records: u64, point: &[u8], vkey: &Vkey, w: &Witnessed) -> Result<u64, String> {
-    vkey.verify(&w.body, &w.sigs).ok_or_else(|| format!("the witnessed note carries no valid cosignature of {}", vkey.name))?;
+pub fn check_witnessed(
+    log: &LogContents,
+    records: u64,
+    point: &[u8],
+    vkey: &Vkey,
+    w: &Witnessed,
+) -> Result<u64, String> {
+    vkey.verify(&w.body, &w.sigs)
+        .ok_or_else(|| format!("the witnessed note carries no valid cosignature of {}", vkey.name))?;
     if w.body.size > records {
         return Err(format!(
             "truncated: {} witnessed {} records of this log, which holds {records}",

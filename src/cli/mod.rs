@@ -7,6 +7,7 @@ pub mod demo;
 pub mod dev_pki;
 pub mod log;
 pub mod notify;
+pub mod pair;
 pub mod pair_demo;
 pub mod policy;
 pub mod serve;
@@ -118,6 +119,11 @@ pub enum Command {
         #[arg(long, default_value = "/var/lib/spocgw/tpm/csr")]
         csr_dir: PathBuf,
     },
+    /// The pair link (docs/pair.md).
+    Pair {
+        #[command(subcommand)]
+        cmd: PairCommand,
+    },
     /// Simulators for tests and demos.
     Sim {
         #[command(subcommand)]
@@ -129,6 +135,17 @@ pub enum Command {
 pub enum BenchCommand {
     /// Serve gateway.toml, benchmark modes allowed
     Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PairCommand {
+    /// Print this appliance's witness verifier key (NAME+KEYID+BASE64) for the peer's
+    /// pair.peer_witness and for officers
+    Vkey {
+        /// gateway.toml with a [pair] table
         #[arg(long)]
         config: PathBuf,
     },
@@ -158,6 +175,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Waiting { listen, csr_dir } => waiting::run(listen, &csr_dir),
         Command::Demo { keep } => demo::run(keep.as_deref()),
         Command::PairDemo { keep } => pair_demo::run(keep.as_deref()),
+        Command::Pair { cmd: PairCommand::Vkey { config } } => pair::vkey(&config),
         Command::DevPki {
             out,
             gateway_port,

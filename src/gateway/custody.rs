@@ -13,6 +13,9 @@ use crate::tls;
 use crate::tpm::Tpm;
 
 /// Every key the gateway signs or keys with, taken from their custody.
+/// The pair link's TLS key and the witness's Ed25519 seed.
+pub(super) type PairKeys = (Arc<dyn SigningKey>, zeroize::Zeroizing<Vec<u8>>);
+
 pub(super) struct Keys {
     pub(super) tpm: Option<Arc<Tpm>>,
     pub(super) police: Arc<dyn SigningKey>,
@@ -22,7 +25,7 @@ pub(super) struct Keys {
     pub(super) checkpoint: Box<dyn crate::audit::CheckpointSigner>,
     pub(super) pseudonym: zeroize::Zeroizing<Vec<u8>>,
     /// The pair link's TLS key and the witness's seed, with `[pair]`.
-    pub(super) pair: Option<(Arc<dyn SigningKey>, zeroize::Zeroizing<Vec<u8>>)>,
+    pub(super) pair: Option<PairKeys>,
 }
 
 impl Keys {

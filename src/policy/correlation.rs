@@ -82,7 +82,9 @@ impl ForwardedIds {
     /// Remembers `id` as forwarded `age` ago (by the peer appliance); an age past the lifetime
     /// is not remembered.
     pub fn remember_aged(&self, id: &str, age: Duration) {
-        if age < self.ttl && let Some(at) = Instant::now().checked_sub(age) {
+        if age < self.ttl
+            && let Some(at) = Instant::now().checked_sub(age)
+        {
             self.restore(id, at);
         }
     }

@@ -48,12 +48,16 @@ pub const ATTESTATION: &str = "attestation";
 pub const POLICE_SERVER: &str = "police-server";
 pub const CALLBACK_SERVER: &str = "callback-server";
 pub const AUDIT_PSEUDONYM: &str = "audit-pseudonym";
+/// The pair link's TLS key (sealed, like the police-side server key).
+pub const PAIR_LINK: &str = "pair-link";
+/// The seed of the witness's Ed25519 key: TPM 2.0 as deployed has no Ed25519, so it is sealed.
+pub const PAIR_WITNESS: &str = "pair-witness";
 
 /// Keys that live in the TPM, and their persistent handles.
 pub const RESIDENT: [(&str, u32); 3] =
     [(MINISTRY_CLIENT, 0x8100_0010), (AUDIT_CHECKPOINT, 0x8100_0011), (ATTESTATION, 0x8100_0012)];
 /// Secrets sealed to the PCR policy.
-pub const SEALED: [&str; 3] = [POLICE_SERVER, CALLBACK_SERVER, AUDIT_PSEUDONYM];
+pub const SEALED: [&str; 5] = [POLICE_SERVER, CALLBACK_SERVER, AUDIT_PSEUDONYM, PAIR_LINK, PAIR_WITNESS];
 
 pub const MANIFEST: &str = "keys.json";
 /// The provisioning record's format: 2 since keys are bound to a signed PCR policy.
@@ -458,7 +462,7 @@ fn fresh_secrets() -> Result<(Vec<ServerKey>, Vec<Secret>), TpmError> {
     let mut server_keys = Vec::new();
     let mut secrets: Vec<Secret> = Vec::new();
     let rng = aws_lc_rs::rand::SystemRandom::new();
-    for name in [POLICE_SERVER, CALLBACK_SERVER] {
+    for name in [POLICE_SERVER, CALLBACK_SERVER, PAIR_LINK] {
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
             .map_err(|_| perr("cannot generate a P-256 key"))?;
         let pkcs8 = Zeroizing::new(pkcs8.as_ref().to_vec());
@@ -472,6 +476,9 @@ fn fresh_secrets() -> Result<(Vec<ServerKey>, Vec<Secret>), TpmError> {
     let mut pseudonym = Zeroizing::new(vec![0u8; 32]);
     aws_lc_rs::rand::fill(&mut pseudonym).map_err(|_| perr("no randomness"))?;
     secrets.push((AUDIT_PSEUDONYM.to_owned(), pseudonym));
+    let mut witness = Zeroizing::new(vec![0u8; 32]);
+    aws_lc_rs::rand::fill(&mut witness).map_err(|_| perr("no randomness"))?;
+    secrets.push((PAIR_WITNESS.to_owned(), witness));
     Ok((server_keys, secrets))
 }
 

@@ -28,7 +28,13 @@ async fn worker(dir: std::path::PathBuf, port: u16, stop: Arc<AtomicBool>, out: 
     let Ok(c) = client(&dir, port, "officer", false) else { return };
     while !stop.load(Ordering::Relaxed) {
         let bio = BioRequest::matching(&uuid::Uuid::new_v4().to_string(), 1024);
-        let r = post(&c, "/bio/v1", "VerifyFingerprintRequest", messages::envelope(SoapVersion::V11, &bio.verify_fingerprint())).await;
+        let r = post(
+            &c,
+            "/bio/v1",
+            "VerifyFingerprintRequest",
+            messages::envelope(SoapVersion::V11, &bio.verify_fingerprint()),
+        )
+        .await;
         let outcome = match &r {
             Ok(reply) if reply.status == 200 => reply.request_id.clone().ok_or_else(|| "no incident ID".to_owned()),
             _ => Err(describe(&r, "")),
@@ -92,20 +98,36 @@ async fn restart(p: &mut Pair, rows: &mut Rows, received: &Receiver) -> anyhow::
     let before = witnessed(&dir, "pair-b/witness", "spocgw-a").map_or(0, |w| w.body.size);
     let dv = client(&dir, p.ports.b_police, "document-verifier", false)?;
     let message_id = format!("PAIR-DOWN-{}", uuid::Uuid::new_v4());
-    let r = post(&dv, "/spoc/csn369791", "\"\"", messages::envelope(SoapVersion::V11, &messages::request_certificate(&message_id))).await;
+    let r = post(
+        &dv,
+        "/spoc/csn369791",
+        "\"\"",
+        messages::envelope(SoapVersion::V11, &messages::request_certificate(&message_id)),
+    )
+    .await;
     let asked = describe(&r, "<result>ok_reception_ack</result>");
     p.start_gateway('a')?;
     let ready = p.wait_ready('a', Duration::from_secs(30));
     // The first sync takes B's table; give it a tick.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let ministry = ministry_client(&dir, p.ports.a.callback)?;
-    let r = post(&ministry, "/spoc/csn369791", "\"\"", messages::envelope(SoapVersion::V11, &messages::send_certificates(&message_id))).await;
+    let r = post(
+        &ministry,
+        "/spoc/csn369791",
+        "\"\"",
+        messages::envelope(SoapVersion::V11, &messages::send_certificates(&message_id)),
+    )
+    .await;
     let answered = describe(&r, "<result>ok_received_correctly</result>");
     let delivered = wait_until(Duration::from_secs(5), || received.received().contains(&message_id)).await;
     rows.row(
         "A restarted: a callback for what B forwarded while A was down, at A",
         "ready, 200 ok_reception_ack, delivered",
-        format!("{}, {asked}, {}", if ready { "ready" } else { "not ready" }, if delivered { "delivered" } else { "not delivered" }),
+        format!(
+            "{}, {asked}, {}",
+            if ready { "ready" } else { "not ready" },
+            if delivered { "delivered" } else { "not delivered" }
+        ),
         ready && asked == "200 ok_reception_ack" && delivered,
     );
     let _ = answered;
@@ -169,15 +191,18 @@ pub(super) async fn verify_and_recover(p: &mut Pair, rows: &mut Rows) -> anyhow:
         a.is_ok() && b.is_ok(),
     );
     // Disaster recovery: A's disk is lost; B's copy rebuilds it.
-    let restored = recovery::restore(&dir.join("pair-b/log"), &dir.join("restored-a"))
-        .and_then(|_| check(&dir, "restored-a", "gateway/audit-checkpoint.pub.pem", "pair-b/witness", "spocgw-a", "gateway-b"));
+    let restored = recovery::restore(&dir.join("pair-b/log"), &dir.join("restored-a")).and_then(|_| {
+        check(&dir, "restored-a", "gateway/audit-checkpoint.pub.pem", "pair-b/witness", "spocgw-a", "gateway-b")
+    });
     rows.row(
         "A's disk lost: `audit restore` from B's copy, then verify",
         "verifies through the witnessed checkpoint",
         restored.clone().unwrap_or_else(|e| e),
         restored.is_ok(),
     );
-    let cut = cut_log(&dir).and_then(|()| check(&dir, "cut-a", "gateway/audit-checkpoint.pub.pem", "pair-b/witness", "spocgw-a", "gateway-b"));
+    let cut = cut_log(&dir).and_then(|()| {
+        check(&dir, "cut-a", "gateway/audit-checkpoint.pub.pem", "pair-b/witness", "spocgw-a", "gateway-b")
+    });
     let alone = verify::verify(&dir.join("cut-a"), &dir.join("gateway/audit-checkpoint.pub.pem")).is_ok();
     rows.row(
         "A's log cut back by root (verifies alone), checked against B's witness",

@@ -43,11 +43,7 @@ pub(super) struct Proc {
 impl Proc {
     fn spawn(cmd: &mut Command, log: &Path, what: &str) -> anyhow::Result<Proc> {
         let f = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(f)
-            .spawn()
-            .with_context(|| format!("cannot start {what}"))?;
+        let child = cmd.stdout(Stdio::null()).stderr(f).spawn().with_context(|| format!("cannot start {what}"))?;
         Ok(Proc { child, what: what.to_owned() })
     }
 
@@ -145,7 +141,13 @@ impl Pair {
 
 fn ports() -> anyhow::Result<PairPorts> {
     Ok(PairPorts {
-        a: Ports { gateway: free_port()?, callback: free_port()?, admin: free_port()?, ministry: free_port()?, receiver: free_port()? },
+        a: Ports {
+            gateway: free_port()?,
+            callback: free_port()?,
+            admin: free_port()?,
+            ministry: free_port()?,
+            receiver: free_port()?,
+        },
         b_police: free_port()?,
         b_callback: free_port()?,
         b_admin: free_port()?,
@@ -184,14 +186,20 @@ fn run_inner(keep: Option<&Path>) -> anyhow::Result<bool> {
     std::fs::write(&routes, r.replacen("per_second = 2\nburst = 5", "per_second = 1000\nburst = 1000", 1))?;
     let log = std::fs::File::create(dir.join("pair-demo.log"))?;
     let _ = tracing_subscriber::fmt().json().with_writer(std::sync::Mutex::new(log)).try_init();
-    println!("spocgw pair-demo: two appliances, HAProxy, the simulated Ministry and police receiver in {}", dir.display());
+    println!(
+        "spocgw pair-demo: two appliances, HAProxy, the simulated Ministry and police receiver in {}",
+        dir.display()
+    );
     let mut pair = Pair { dir: dir.clone(), ports, a: None, b: None, haproxy: None };
     let rt = super::runtime()?;
     let rows = rt.block_on(async {
-        let ministry = crate::sim::start_ministry(&crate::sim::ministry::MinistryConfig::load(&ministry_file)?, &ministry_file).await?;
+        let ministry =
+            crate::sim::start_ministry(&crate::sim::ministry::MinistryConfig::load(&ministry_file)?, &ministry_file)
+                .await?;
         let receiver_file = dir.join("receiver.toml");
         let (receiver, received) =
-            crate::sim::start_receiver(&crate::sim::receiver::ReceiverConfig::load(&receiver_file)?, &receiver_file).await?;
+            crate::sim::start_receiver(&crate::sim::receiver::ReceiverConfig::load(&receiver_file)?, &receiver_file)
+                .await?;
         pair.start_gateway('a')?;
         pair.start_gateway('b')?;
         let mut cmd = Command::new("haproxy");

@@ -70,7 +70,12 @@ pub(super) async fn run(p: &mut Pair, received: &Receiver) -> anyhow::Result<Vec
     let mut rows = Rows(Vec::new());
     let dir = p.dir.clone();
     let ready = p.wait_ready('a', Duration::from_secs(30)) && p.wait_ready('b', Duration::from_secs(30));
-    rows.row("both appliances ready (HAProxy checks /readyz)", "ready", if ready { "ready".into() } else { "not ready".into() }, ready);
+    rows.row(
+        "both appliances ready (HAProxy checks /readyz)",
+        "ready",
+        if ready { "ready".into() } else { "not ready".into() },
+        ready,
+    );
     anyhow::ensure!(ready, "the appliances did not become ready; see {}", dir.display());
     // HAProxy takes a server in after two passing checks, 500 ms apart.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -105,7 +110,13 @@ async fn spread(p: &Pair, rows: &mut Rows) -> anyhow::Result<()> {
         // A new client each time: a new connection, which the balancer sends round robin.
         let c = client(&p.dir, p.ports.lb_police, "officer", false)?;
         let bio = BioRequest::matching(&uuid::Uuid::new_v4().to_string(), 1024);
-        let r = post(&c, "/bio/v1", "VerifyFingerprintRequest", messages::envelope(SoapVersion::V11, &bio.verify_fingerprint())).await;
+        let r = post(
+            &c,
+            "/bio/v1",
+            "VerifyFingerprintRequest",
+            messages::envelope(SoapVersion::V11, &bio.verify_fingerprint()),
+        )
+        .await;
         if let Ok(reply) = &r
             && reply.status == 200
             && let Some(id) = &reply.request_id
@@ -139,7 +150,13 @@ pub(super) fn ministry_client(dir: &Path, port: u16) -> anyhow::Result<Upstream>
 async fn callbacks(p: &Pair, rows: &mut Rows, received: &Receiver) -> anyhow::Result<String> {
     let dv = client(&p.dir, p.ports.a.gateway, "document-verifier", false)?;
     let message_id = format!("PAIR-{}", uuid::Uuid::new_v4());
-    let r = post(&dv, "/spoc/csn369791", "\"\"", messages::envelope(SoapVersion::V11, &messages::request_certificate(&message_id))).await;
+    let r = post(
+        &dv,
+        "/spoc/csn369791",
+        "\"\"",
+        messages::envelope(SoapVersion::V11, &messages::request_certificate(&message_id)),
+    )
+    .await;
     let asked = describe(&r, "<result>ok_reception_ack</result>");
     let delivered = wait_until(Duration::from_secs(15), || received.received().contains(&message_id)).await;
     rows.row(
@@ -149,7 +166,13 @@ async fn callbacks(p: &Pair, rows: &mut Rows, received: &Receiver) -> anyhow::Re
         asked == "200 ok_reception_ack" && delivered,
     );
     let ministry = ministry_client(&p.dir, p.ports.a.callback)?;
-    let r = post(&ministry, "/spoc/csn369791", "\"\"", messages::envelope(SoapVersion::V11, &messages::send_certificates(&message_id))).await;
+    let r = post(
+        &ministry,
+        "/spoc/csn369791",
+        "\"\"",
+        messages::envelope(SoapVersion::V11, &messages::send_certificates(&message_id)),
+    )
+    .await;
     let replay = describe(&r, "<result>failure_messageID_unknown</result>");
     let twice = received.received().iter().filter(|id| **id == message_id).count();
     rows.row(
@@ -160,4 +183,3 @@ async fn callbacks(p: &Pair, rows: &mut Rows, received: &Receiver) -> anyhow::Re
     );
     Ok(message_id)
 }
-

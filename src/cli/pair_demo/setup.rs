@@ -23,16 +23,11 @@ pub struct PairPorts {
 
 fn seed(out: &Path, name: &str) -> Result<String, DevPkiError> {
     let mut seed = zeroize::Zeroizing::new(vec![0u8; 32]);
-    aws_lc_rs::rand::fill(&mut seed).map_err(|_| DevPkiError::Io {
-        path: out.join(name),
-        source: std::io::Error::other("no randomness"),
-    })?;
-    let vkey = crate::audit::note::WitnessKey::from_seed(
-        &crate::gateway::pair::PairConfig::witness_name(name),
-        &seed,
-    )
-    .map_err(|e| DevPkiError::Io { path: out.join(name), source: std::io::Error::other(e.to_string()) })?
-    .vkey();
+    aws_lc_rs::rand::fill(&mut seed)
+        .map_err(|_| DevPkiError::Io { path: out.join(name), source: std::io::Error::other("no randomness") })?;
+    let vkey = crate::audit::note::WitnessKey::from_seed(&crate::gateway::pair::PairConfig::witness_name(name), &seed)
+        .map_err(|e| DevPkiError::Io { path: out.join(name), source: std::io::Error::other(e.to_string()) })?
+        .vkey();
     write(&out.join(format!("pair/{name}-witness.key")), &format!("{}\n", crate::encoding::hex(&seed)), true)?;
     write(&out.join(format!("pair/{name}-witness.vkey")), &format!("{}\n", vkey.text()), false)?;
     Ok(vkey.text())
@@ -75,24 +70,45 @@ pub fn generate(out: &Path, p: PairPorts) -> Result<(), DevPkiError> {
         write_pair(&out.join("pair"), name, &c, &k)?;
         seed(out, name)?;
     }
-    let a = std::fs::read_to_string(out.join("gateway.toml")).map_err(|source| DevPkiError::Io { path: out.join("gateway.toml"), source })?;
-    write(&out.join("gateway-a.toml"), &format!("{}{}", a.replace("dir = \"audit\"", "dir = \"audit-a\"\norigin = \"spocgw-a\""), pair_table(&p, 'a')), false)?;
+    let a = std::fs::read_to_string(out.join("gateway.toml"))
+        .map_err(|source| DevPkiError::Io { path: out.join("gateway.toml"), source })?;
+    write(
+        &out.join("gateway-a.toml"),
+        &format!("{}{}", a.replace("dir = \"audit\"", "dir = \"audit-a\"\norigin = \"spocgw-a\""), pair_table(&p, 'a')),
+        false,
+    )?;
     let b = a
-        .replace(&format!("127.0.0.1:{}\"\ncert = \"gateway/police-side", p.a.gateway), &format!("127.0.0.1:{}\"\ncert = \"gateway/police-side", p.b_police))
-        .replace(&format!("127.0.0.1:{}\"\ncert = \"gateway/callback-side", p.a.callback), &format!("127.0.0.1:{}\"\ncert = \"gateway/callback-side", p.b_callback))
-        .replace(&format!("127.0.0.1:{}\"\n\n[upstream.ministry]", p.a.admin), &format!("127.0.0.1:{}\"\n\n[upstream.ministry]", p.b_admin))
+        .replace(
+            &format!("127.0.0.1:{}\"\ncert = \"gateway/police-side", p.a.gateway),
+            &format!("127.0.0.1:{}\"\ncert = \"gateway/police-side", p.b_police),
+        )
+        .replace(
+            &format!("127.0.0.1:{}\"\ncert = \"gateway/callback-side", p.a.callback),
+            &format!("127.0.0.1:{}\"\ncert = \"gateway/callback-side", p.b_callback),
+        )
+        .replace(
+            &format!("127.0.0.1:{}\"\n\n[upstream.ministry]", p.a.admin),
+            &format!("127.0.0.1:{}\"\n\n[upstream.ministry]", p.b_admin),
+        )
         .replace("\"gateway/", "\"gateway-b/")
         .replace("dir = \"audit\"", "dir = \"audit-b\"\norigin = \"spocgw-b\"");
     write(&out.join("gateway-b.toml"), &format!("{b}{}", pair_table(&p, 'b')), false)?;
     let ministry = out.join("ministry.toml");
     let m = std::fs::read_to_string(&ministry).map_err(|source| DevPkiError::Io { path: ministry.clone(), source })?;
-    write(&ministry, &m.replace(&format!("127.0.0.1:{}\"", p.a.callback), &format!("127.0.0.1:{}\"", p.b_callback)), false)?;
+    write(
+        &ministry,
+        &m.replace(&format!("127.0.0.1:{}\"", p.a.callback), &format!("127.0.0.1:{}\"", p.b_callback)),
+        false,
+    )?;
     write(&out.join("haproxy.cfg"), &haproxy_cfg(&p), false)
 }
 
 fn pair_table(p: &PairPorts, me: char) -> String {
-    let (name, peer, listen, peer_port) =
-        if me == 'a' { ("gateway-a", "gateway-b", p.a_pair, p.b_pair) } else { ("gateway-b", "gateway-a", p.b_pair, p.a_pair) };
+    let (name, peer, listen, peer_port) = if me == 'a' {
+        ("gateway-a", "gateway-b", p.a_pair, p.b_pair)
+    } else {
+        ("gateway-b", "gateway-a", p.b_pair, p.a_pair)
+    };
     let peer_dir = if me == 'a' { "gateway-b" } else { "gateway" };
     let peer_origin = if me == 'a' { "spocgw-b" } else { "spocgw-a" };
     format!(

@@ -130,7 +130,8 @@ impl PairConfig {
     /// # Errors
     /// The file cannot be read or is not a vkey.
     pub fn peer_vkey(&self) -> Result<Vkey, String> {
-        let text = std::fs::read_to_string(&self.peer_witness).map_err(|e| format!("{}: {e}", self.peer_witness.display()))?;
+        let text =
+            std::fs::read_to_string(&self.peer_witness).map_err(|e| format!("{}: {e}", self.peer_witness.display()))?;
         Vkey::parse(&text).map_err(|e| e.to_string())
     }
 
@@ -150,19 +151,23 @@ pub struct PairMetrics {
 
 impl PairMetrics {
     pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
-        registry.register("spocgw_pair_link_up", "Whether the peer appliance answered the last call (1) or not (0)", self.up.clone());
         registry.register(
-            "spocgw_pair_calls",
+            "pair_link_up",
+            "Whether the peer appliance answered the last call (1) or not (0)",
+            self.up.clone(),
+        );
+        registry.register(
+            "pair_calls",
             "Calls over the pair link by kind (remember, claim, forget, snapshot, ship, witness) and result",
             self.calls.clone(),
         );
         registry.register(
-            "spocgw_pair_cosigned_size",
+            "pair_cosigned_size",
             "Tree size of this log's newest checkpoint the peer's witness cosigned",
             self.cosigned.clone(),
         );
         registry.register(
-            "spocgw_pair_pending",
+            "pair_pending",
             "Correlation operations waiting for the peer to be reachable again",
             self.pending.clone(),
         );
@@ -179,8 +184,13 @@ impl PairMetrics {
 #[serde(rename_all = "snake_case")]
 enum IdOp {
     /// Remembered `age_ms` ago.
-    Remember { id: String, age_ms: u64 },
-    Forget { id: String },
+    Remember {
+        id: String,
+        age_ms: u64,
+    },
+    Forget {
+        id: String,
+    },
 }
 
 const PENDING_MAX: usize = 65_536;
@@ -202,7 +212,8 @@ impl PairLink {
         let mut headers = HeaderMap::new();
         headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
         let r = self.client.post(path, headers, Bytes::from(body)).await;
-        self.metrics.call(kind, r.as_ref().is_ok_and(|r| r.status.is_success() || r.status == http::StatusCode::NOT_FOUND));
+        self.metrics
+            .call(kind, r.as_ref().is_ok_and(|r| r.status.is_success() || r.status == http::StatusCode::NOT_FOUND));
         r
     }
 
@@ -329,14 +340,20 @@ pub struct PairStart<'a> {
 ///
 /// # Errors
 /// A [`ConfigError`] naming the `pair.` key behind the first part that cannot be set up.
-pub async fn start(p: PairStart<'_>, stopped: &watch::Receiver<bool>) -> Result<(Arc<PairLink>, Vec<JoinHandle<()>>), ConfigError> {
+pub async fn start(
+    p: PairStart<'_>,
+    stopped: &watch::Receiver<bool>,
+) -> Result<(Arc<PairLink>, Vec<JoinHandle<()>>), ConfigError> {
     let cfg = p.cfg;
     let err = |key: &str, e: String| ConfigError::new(p.file, format!("pair.{key}"), e);
     let client = Upstream::with_key(&cfg.upstream(), p.tls_key.clone()).map_err(|e| err("peer_url", e.to_string()))?;
-    let key = WitnessKey::from_seed(&PairConfig::witness_name(&cfg.name), &p.witness_seed).map_err(|e| err("witness_key", e.to_string()))?;
-    let point = crate::audit::verify::public_point(&cfg.peer_checkpoint_key).map_err(|e| err("peer_checkpoint_key", e))?;
-    let witness = Witness::open(&cfg.dir.join("witness"), key, vec![TrustedLog { origin: cfg.peer_origin.clone(), point }])
-        .map_err(|e| err("dir", e))?;
+    let key = WitnessKey::from_seed(&PairConfig::witness_name(&cfg.name), &p.witness_seed)
+        .map_err(|e| err("witness_key", e.to_string()))?;
+    let point =
+        crate::audit::verify::public_point(&cfg.peer_checkpoint_key).map_err(|e| err("peer_checkpoint_key", e))?;
+    let witness =
+        Witness::open(&cfg.dir.join("witness"), key, vec![TrustedLog { origin: cfg.peer_origin.clone(), point }])
+            .map_err(|e| err("dir", e))?;
     tracing::info!(vkey = %witness.key().vkey().text(), "pair witness key");
     let replica = Replica::open(&cfg.dir.join("log")).map_err(|e| err("dir", e))?;
     let tls = crate::tls::server_config(
@@ -350,7 +367,9 @@ pub async fn start(p: PairStart<'_>, stopped: &watch::Receiver<bool>) -> Result<
         p.tls_key,
     )
     .map_err(|e| err("cert", e.to_string()))?;
-    let tcp = tokio::net::TcpListener::bind(cfg.listen).await.map_err(|e| err("listen", format!("cannot listen on {}: {e}", cfg.listen)))?;
+    let tcp = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| err("listen", format!("cannot listen on {}: {e}", cfg.listen)))?;
     let link = Arc::new(PairLink {
         client,
         policy: p.policy.clone(),
@@ -361,10 +380,12 @@ pub async fn start(p: PairStart<'_>, stopped: &watch::Receiver<bool>) -> Result<
         cosigned: AtomicU64::new(0),
         status: Mutex::new("starting".into()),
     });
-    let served = server::Served { peer_name: cfg.peer_name.clone(), policy: p.policy, witness, replica, audit: p.audit };
+    let served =
+        server::Served { peer_name: cfg.peer_name.clone(), policy: p.policy, witness, replica, audit: p.audit };
     tracing::info!(listener = "pair", addr = %cfg.listen, "listening");
     let mut tasks = vec![tokio::spawn(server::serve(tcp, tls, Arc::new(served), stopped.clone()))];
-    let shipper = ship::Shipper::new(p.audit_dir, p.checkpoint_point, cfg, link.clone()).map_err(|e| err("peer_witness", e))?;
+    let shipper =
+        ship::Shipper::new(p.audit_dir, p.checkpoint_point, cfg, link.clone()).map_err(|e| err("peer_witness", e))?;
     tasks.push(tokio::spawn(shipper.run(Duration::from_millis(cfg.sync_interval_ms), stopped.clone())));
     Ok((link, tasks))
 }

@@ -68,8 +68,13 @@ impl Served {
                 Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
             },
             "/pair/v1/ids/snapshot" => {
-                let all: Vec<(String, u64)> =
-                    self.policy.forwarded.snapshot().into_iter().map(|(id, age)| (id, age.as_millis() as u64)).collect();
+                let all: Vec<(String, u64)> = self
+                    .policy
+                    .forwarded
+                    .snapshot()
+                    .into_iter()
+                    .map(|(id, age)| (id, age.as_millis() as u64))
+                    .collect();
                 json(&all)
             }
             "/pair/v1/witness/add-checkpoint" => self.add_checkpoint(&body),
@@ -102,7 +107,9 @@ impl Served {
         };
         for op in ops {
             match op {
-                IdOp::Remember { id, age_ms } => self.policy.forwarded.remember_aged(&id, Duration::from_millis(age_ms)),
+                IdOp::Remember { id, age_ms } => {
+                    self.policy.forwarded.remember_aged(&id, Duration::from_millis(age_ms))
+                }
                 IdOp::Forget { id } => {
                     self.policy.forwarded.claim(&id);
                 }
@@ -160,7 +167,12 @@ pub(super) async fn serve(
             let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await else {
                 return;
             };
-            let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| crate::tls::PeerIdentity::from_der(c.as_ref()));
+            let peer = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| crate::tls::PeerIdentity::from_der(c.as_ref()));
             let name = match peer {
                 Some(Ok(p)) => p.common_name,
                 _ => None,

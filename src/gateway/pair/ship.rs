@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -26,7 +26,10 @@ const CHUNK: usize = 8 << 20;
 
 fn shippable(name: &str) -> bool {
     name == CHECKPOINTS
-        || name.strip_prefix("segment-").and_then(|n| n.strip_suffix(".jsonl")).is_some_and(|n| n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()))
+        || name
+            .strip_prefix("segment-")
+            .and_then(|n| n.strip_suffix(".jsonl"))
+            .is_some_and(|n| n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// An append-only copy of a log (the peer's, or this appliance's backup).
@@ -48,7 +51,9 @@ impl Replica {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return BTreeMap::new() };
         entries
             .filter_map(Result::ok)
-            .filter_map(|e| Some((e.file_name().to_str().filter(|n| shippable(n))?.to_owned(), e.metadata().ok()?.len())))
+            .filter_map(|e| {
+                Some((e.file_name().to_str().filter(|n| shippable(n))?.to_owned(), e.metadata().ok()?.len()))
+            })
             .collect()
     }
 
@@ -250,10 +255,18 @@ impl Shipper {
         }
         for _ in 0..2 {
             let old = self.cosigned as usize;
-            let proof = if old == 0 || old > size { Vec::new() } else { merkle::consistency_proof(&self.leaves.hashes[..size], old) };
+            let proof = if old == 0 || old > size {
+                Vec::new()
+            } else {
+                merkle::consistency_proof(&self.leaves.hashes[..size], old)
+            };
             let r = self
                 .link
-                .call("witness", "/pair/v1/witness/add-checkpoint", request_body(old as u64, &proof, &note).into_bytes())
+                .call(
+                    "witness",
+                    "/pair/v1/witness/add-checkpoint",
+                    request_body(old as u64, &proof, &note).into_bytes(),
+                )
                 .await
                 .map_err(|e| e.to_string())?;
             let text = String::from_utf8_lossy(&r.body).to_string();

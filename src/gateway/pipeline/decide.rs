@@ -66,7 +66,9 @@ impl Pipeline {
                 }
                 at
             }
-            (None, Some(p)) => p.claim(&id).await.and_then(|age| Instant::now().checked_sub(age)).ok_or_else(unknown)?,
+            (None, Some(p)) => {
+                p.claim(&id).await.and_then(|age| Instant::now().checked_sub(age)).ok_or_else(unknown)?
+            }
             (None, None) => return Err(unknown()),
         };
         x.claimed = Some((id, at));
