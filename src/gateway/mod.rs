@@ -269,6 +269,53 @@ fn background(b: Background<'_>) -> Vec<JoinHandle<()>> {
     tasks
 }
 
+/// The keys, from their custody; the TPM's calls counted in `metrics`.
+async fn load_keys(cfg: &GatewayConfig, file: &Path, metrics: &Metrics) -> Result<Keys, ConfigError> {
+    // Key custody talks to the TPM, which blocks: off the async workers.
+    let (c, f) = (cfg.clone(), file.to_path_buf());
+    let keys = tokio::task::spawn_blocking(move || Keys::load(&c, &f))
+        .await
+        .map_err(|e| ConfigError::new(file, "tpm", format!("key loading stopped: {e}")))??;
+    if let Some(t) = &keys.tpm {
+        t.observe(metrics.tpm.clone());
+    }
+    Ok(keys)
+}
+
+/// What the pair link needs from the gateway's start.
+struct PairWiring<'a> {
+    keys: Option<custody::PairKeys>,
+    checkpoint_point: Vec<u8>,
+    policy: &'a Arc<PolicyState>,
+    audit: &'a Arc<Audit>,
+    metrics: &'a Metrics,
+}
+
+impl PairWiring<'_> {
+    /// Starts the pair link with `[pair]`: the link the pipeline shares, and its tasks.
+    async fn start(
+        self,
+        cfg: &GatewayConfig,
+        file: &Path,
+        stopped: &watch::Receiver<bool>,
+    ) -> Result<(Option<Arc<pair::PairLink>>, Vec<JoinHandle<()>>), ConfigError> {
+        let (Some(p), Some((tls_key, witness_seed))) = (&cfg.pair, self.keys) else { return Ok((None, Vec::new())) };
+        let start = pair::PairStart {
+            cfg: p,
+            audit_dir: &cfg.audit.dir,
+            checkpoint_point: self.checkpoint_point,
+            file,
+            tls_key,
+            witness_seed,
+            policy: self.policy.clone(),
+            audit: self.audit.clone(),
+            metrics: self.metrics.pair.clone(),
+        };
+        let (link, tasks) = pair::start(start, stopped).await?;
+        Ok((Some(link), tasks))
+    }
+}
+
 impl Gateway {
     /// Builds every TLS configuration and upstream client, binds every listener, and starts
     /// serving. Any problem is a [`ConfigError`] naming the key behind it; nothing is served
@@ -279,14 +326,7 @@ impl Gateway {
     /// set up (a key, a certificate, the audit log, the schemas, the policy, an address).
     pub async fn start(cfg: &GatewayConfig, file: &Path) -> Result<Self, ConfigError> {
         let metrics = Metrics::default();
-        // Key custody talks to the TPM, which blocks: off the async workers.
-        let (c, f) = (cfg.clone(), file.to_path_buf());
-        let keys = tokio::task::spawn_blocking(move || Keys::load(&c, &f))
-            .await
-            .map_err(|e| ConfigError::new(file, "tpm", format!("key loading stopped: {e}")))??;
-        if let Some(t) = &keys.tpm {
-            t.observe(metrics.tpm.clone());
-        }
+        let keys = load_keys(cfg, file, &metrics).await?;
         let (ministry, police_callback) = upstreams(cfg, file, &keys)?;
         let Keys { tpm, police, callback, checkpoint, pseudonym, pair, .. } = keys;
         let checkpoint_point = checkpoint.public_key();
@@ -302,24 +342,9 @@ impl Gateway {
         let (police_addr, callback_addr, admin_addr) = bound.addrs(file)?;
 
         let (stop, stopped) = watch::channel(false);
-        let (pair, pair_tasks) = match (&cfg.pair, pair) {
-            (Some(p), Some((tls_key, witness_seed))) => {
-                let start = pair::PairStart {
-                    cfg: p,
-                    audit_dir: &cfg.audit.dir,
-                    checkpoint_point,
-                    file,
-                    tls_key,
-                    witness_seed,
-                    policy: policy.clone(),
-                    audit: audit.clone(),
-                    metrics: metrics.pair.clone(),
-                };
-                let (link, tasks) = pair::start(start, &stopped).await?;
-                (Some(link), tasks)
-            }
-            _ => (None, Vec::new()),
-        };
+        let pair_wiring =
+            PairWiring { keys: pair, checkpoint_point, policy: &policy, audit: &audit, metrics: &metrics };
+        let (pair, pair_tasks) = pair_wiring.start(cfg, file, &stopped).await?;
         let load_refusals = Arc::new(refusals::RequestRefusals::new(audit.clone()));
         let pipeline = Arc::new(Pipeline {
             routes,
