@@ -48,7 +48,9 @@ fn json(body: &impl serde::Serialize) -> Response<Full<Bytes>> {
 }
 
 impl Served {
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// Reads the body, then answers off the async workers: the witness and the copy sync
+    /// their files before they answer.
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() != Method::POST {
             return text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
         }
@@ -58,9 +60,15 @@ impl Served {
             Ok(b) => b.to_bytes(),
             Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("body: {e}\n")),
         };
-        match path.as_str() {
-            "/pair/v1/ids" => self.ids(&body),
-            "/pair/v1/ids/claim" => match serde_json::from_slice::<String>(&body) {
+        tokio::task::spawn_blocking(move || self.answer(&path, &query, &body))
+            .await
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "the call stopped\n"))
+    }
+
+    fn answer(&self, path: &str, query: &str, body: &Bytes) -> Response<Full<Bytes>> {
+        match path {
+            "/pair/v1/ids" => self.ids(body),
+            "/pair/v1/ids/claim" => match serde_json::from_slice::<String>(body) {
                 Ok(id) => match self.policy.forwarded.claim(&id) {
                     Some(at) => json(&(at.elapsed().as_millis() as u64)),
                     None => text(StatusCode::NOT_FOUND, "unknown messageID\n"),
@@ -77,7 +85,7 @@ impl Served {
                     .collect();
                 json(&all)
             }
-            "/pair/v1/witness/add-checkpoint" => self.add_checkpoint(&body),
+            "/pair/v1/witness/add-checkpoint" => self.add_checkpoint(body),
             "/pair/v1/log/sizes" => json(&self.replica.sizes()),
             "/pair/v1/log/append" => {
                 let (mut file, mut offset) = (None, None);
@@ -91,7 +99,7 @@ impl Served {
                 let (Some(file), Some(offset)) = (file, offset) else {
                     return text(StatusCode::BAD_REQUEST, "file= and offset= are required\n");
                 };
-                match self.replica.append(&file, offset, &body) {
+                match self.replica.append(&file, offset, body) {
                     Ok(len) => json(&len),
                     Err(e) => text(StatusCode::CONFLICT, format!("{e}\n")),
                 }

@@ -188,7 +188,8 @@ impl Shipper {
 
     async fn tick(&mut self) -> String {
         let newest = self.newest_checkpoint();
-        self.back_up();
+        // The backup copy syncs its files: off the async workers' turn.
+        tokio::task::block_in_place(|| self.back_up());
         if let Err(e) = self.ship().await {
             self.peer = None;
             return format!("peer unreachable or refusing the log copy ({e}); cosigned through {}", self.cosigned);
@@ -271,7 +272,7 @@ impl Shipper {
                 .map_err(|e| e.to_string())?;
             let text = String::from_utf8_lossy(&r.body).to_string();
             match r.status.as_u16() {
-                200 => return self.cosigned(cp, &note, &text),
+                200 => return tokio::task::block_in_place(|| self.cosigned(cp, &note, &text)),
                 409 => match text.trim().parse::<u64>() {
                     Ok(latest) if latest > cp.tree_size => {
                         return Err(format!(
