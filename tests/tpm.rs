@@ -151,10 +151,20 @@ fn audit_has(dir: &std::path::Path, needle: &str) -> bool {
 fn a_changed_pcr_refuses_the_unseal_and_serve_exits_2() {
     let Some(tpm) = Swtpm::start() else { return };
     let mut w = World::with_tpm(&tpm, "16");
+    // The pair witness's seed is sealed with the other keys: its vkey (for the peer) opens now...
+    let cfg = w.path("gateway.toml");
+    let vkey = |name: &str| spocgw(&["pair", "vkey", "--config", cfg.to_str().unwrap(), "--name", name]);
+    let out = vkey("gateway-a");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let parsed = spocgw::audit::note::Vkey::parse(&text).unwrap();
+    assert_eq!(parsed.name, "gateway-a/witness");
+    assert_eq!(String::from_utf8_lossy(&vkey("gateway-a").stdout), text, "the same sealed seed each time");
     // PCR 16 is the debug PCR: resettable, extended here as a changed boot state would be.
     let out = tpm.tool(&["tpm2_pcrextend", &format!("16:sha256={}", "ab".repeat(32))]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let cfg = w.path("gateway.toml");
+    // ...and not in another boot state.
+    assert_eq!(vkey("gateway-a").status.code(), Some(2));
     let mut p = common::Proc::start(&["serve", "--config", cfg.to_str().unwrap()], w.path("gateway.log"));
     let status = p.wait_exit(Duration::from_secs(20)).expect("serve exits");
     assert_eq!(status.code(), Some(2));

@@ -145,9 +145,13 @@ pub enum PairCommand {
     /// Print this appliance's witness verifier key (NAME+KEYID+BASE64) for the peer's
     /// pair.peer_witness and for officers
     Vkey {
-        /// gateway.toml with a [pair] table
+        /// gateway.toml with a [pair] table; with --name, any file with a [tpm] table (tpm.toml)
         #[arg(long)]
         config: PathBuf,
+        /// This appliance's pair name, when there is no gateway.toml yet: the key is the TPM's
+        /// sealed tpm:pair-witness
+        #[arg(long)]
+        name: Option<String>,
     },
 }
 
@@ -175,7 +179,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Waiting { listen, csr_dir } => waiting::run(listen, &csr_dir),
         Command::Demo { keep } => demo::run(keep.as_deref()),
         Command::PairDemo { keep } => pair_demo::run(keep.as_deref()),
-        Command::Pair { cmd: PairCommand::Vkey { config } } => pair::vkey(&config),
+        Command::Pair { cmd: PairCommand::Vkey { config, name } } => pair::vkey(&config, name.as_deref()),
         Command::DevPki {
             out,
             gateway_port,
