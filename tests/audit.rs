@@ -471,7 +471,8 @@ async fn reading_the_log_is_itself_recorded_and_one_writer_owns_the_log() {
             .args(["audit", "query"])
             .arg(w.path("audit"))
             .args(["--officer", "OFF-0001"])
-            .env("USER", "officer-smith")
+            // Anyone sets USER: the record names the uid the kernel gives the reader instead.
+            .env("USER", "innocent-colleague")
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -510,7 +511,13 @@ async fn reading_the_log_is_itself_recorded_and_one_writer_owns_the_log() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let text = segments_text();
-    assert!(text.contains("audit query officer=OFF-0001 by OS user officer-smith"), "{text}");
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:").map(|r| r.split_whitespace().next().unwrap().to_owned()))
+        .unwrap();
+    assert!(text.contains(&format!("audit query officer=OFF-0001 by uid {uid} (")), "{text}");
+    assert!(!text.contains("innocent-colleague"), "{text}");
     assert!(text.contains("\"event\":\"key_event\"") && text.contains("police listener certificate "), "{text}");
     // A second gateway on the same log is refused: one writer per log.
     let out = Command::new(BIN).args(["serve", "--config"]).arg(w.path("gateway.toml")).output().unwrap();
@@ -752,4 +759,98 @@ async fn a_kept_checkpoint_proves_truncation_and_rewritten_history() {
     assert!(verify(&w, other.path()).0);
     let (ok, out) = verify_with(&w, other.path(), &["--expect", kept_s]);
     assert!(!ok && out.contains("history was rewritten"), "{out}");
+}
+
+/// Officer tools that cannot mislead: a time with an offset is the same instant as in UTC; an
+/// unknown value, a time that does not parse or a directory that is not a log is an error (exit
+/// 2), and nothing is written there; the table names purpose, case, terminal and decision; CSV
+/// defuses formulas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_mean_what_they_say_or_refuse() {
+    let w = World::full();
+    let r = post(
+        &w.client("officer", false),
+        "/bio/v1",
+        XML11,
+        Some("CheckIdentityRequest"),
+        messages::envelope(
+            SoapVersion::V11,
+            &BioRequest::matching("6f1c1c4e-3f0a-4d53-9a43-2b5c1e0f9a01", 1024).check_identity(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(["audit"]).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let dir = w.path("audit");
+    let dir = dir.to_str().unwrap();
+    // The request's time, written as UTC and as the same instant at +01:00.
+    let (_, json, _) = run(&["query", dir, "--officer", "OFF-0001", "--format", "json"]);
+    let time = serde_json::from_str::<serde_json::Value>(json.lines().next().unwrap()).unwrap()["time"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let at = time::OffsetDateTime::parse(&time, &time::format_description::well_known::Rfc3339).unwrap();
+    let utc = at.replace_nanosecond(0).unwrap().format(&time::format_description::well_known::Rfc3339).unwrap();
+    let plus1 = at
+        .replace_nanosecond(0)
+        .unwrap()
+        .to_offset(time::macros::offset!(+1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let count = |since: &str| {
+        run(&["query", dir, "--officer", "OFF-0001", "--since", since, "--format", "json"]).1.lines().count()
+    };
+    assert!(count(&utc) >= 1);
+    assert_eq!(count(&plus1), count(&utc), "{plus1} is {utc}");
+    let day = &time[..10];
+    assert_eq!(
+        run(&["query", dir, "--officer", "OFF-0001", "--until", day, "--format", "json"]).1.lines().count(),
+        count(&utc)
+    );
+    for (args, needle) in [
+        (vec!["--since", "yesterday"], "--since \"yesterday\""),
+        (vec!["--decision", "denied"], "allow or deny"),
+        (vec!["--code", "policydenied"], "PolicyDenied"),
+        (vec!["--operation", "Verify"], "VerifyFingerprintRequest"),
+        (vec!["--format", "xml"], "table, json or csv"),
+    ] {
+        let (code, out, err) = run(&[&["query", dir][..], &args].concat());
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle) && out.is_empty(), "{args:?}: {err}");
+    }
+    let wrong = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(&["query", wrong.path().to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not an audit log"), "{err}");
+    assert_eq!(std::fs::read_dir(wrong.path()).unwrap().count(), 0, "nothing written in a directory that is not a log");
+    let (code, _, err) = run(&["export", wrong.path().to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    // The table's columns, and CSV.
+    let (_, table, _) = run(&["query", dir, "--officer", "OFF-0001"]);
+    let header = table.lines().next().unwrap();
+    for col in ["purpose", "case", "bcp", "terminal", "decision"] {
+        assert!(header.split_whitespace().any(|c| c == col), "{header}");
+    }
+    assert!(table.contains("IDENTITY_DOUBT") && table.contains("officer-0001") && table.contains("allow"), "{table}");
+    let (_, csv, _) = run(&["query", dir, "--officer", "OFF-0001", "--purpose", "IDENTITY_DOUBT", "--format", "csv"]);
+    assert!(
+        csv.starts_with("seq,time,event,incident,operation,purpose,case,bcp,officer,terminal,decision,status,code\n"),
+        "{csv}"
+    );
+    assert!(csv.lines().count() >= 2, "{csv}");
+    assert_eq!(run(&["query", dir, "--officer", "OFF-0001", "--purpose", "NO_SUCH_PURPOSE", "--format", "json"]).1, "");
+    // export in a window.
+    let (code, exported, _) = run(&["export", dir, "--since", &utc]);
+    assert_eq!(code, Some(0));
+    assert!(exported.lines().count() >= 1 && exported.lines().all(|l| l.contains("\"time\":\"")), "{exported}");
+    let (_, none, _) = run(&["export", dir, "--until", "2000-01-01"]);
+    assert_eq!(none, "");
 }

@@ -26,6 +26,25 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every refusal (the codes an officer may search for).
+    pub const ALL: [Refusal; 15] = [
+        Refusal::XmlMalformed,
+        Refusal::XmlThreat,
+        Refusal::SchemaViolation,
+        Refusal::ContentMismatch,
+        Refusal::UnknownOperation,
+        Refusal::UnsupportedMediaType,
+        Refusal::PayloadTooLarge,
+        Refusal::RequestTimeout,
+        Refusal::PolicyDenied,
+        Refusal::RateLimited,
+        Refusal::UpstreamUnavailable,
+        Refusal::UpstreamInvalidResponse,
+        Refusal::UpstreamTimeout,
+        Refusal::AuditUnavailable,
+        Refusal::Overloaded,
+    ];
+
     pub fn code(self) -> &'static str {
         match self {
             Refusal::XmlMalformed => "XmlMalformed",

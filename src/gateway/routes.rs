@@ -37,6 +37,17 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// Every operation.
+    pub const ALL: [Operation; 7] = [
+        Operation::VerifyFingerprint,
+        Operation::CheckIdentity,
+        Operation::RequestCertificate,
+        Operation::GetCACertificates,
+        Operation::GeneralMessage,
+        Operation::SendCertificates,
+        Operation::ServiceDescription,
+    ];
+
     /// The request's Body element (its local name), as policies, records and metrics name the
     /// operation.
     pub const fn element(self) -> &'static str {

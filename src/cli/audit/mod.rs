@@ -5,9 +5,11 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+mod read;
+
 use crate::audit::verify::{self, Proof};
-use crate::audit::{Record, pseudonymise};
 use crate::keys::load_pseudonym_key;
+pub use read::QueryArgs;
 
 // Parsed once per process: the size difference between variants does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -60,8 +62,15 @@ pub enum AuditCommand {
     /// Export every record as JSON lines or RFC 5424 syslog lines (for a SIEM).
     Export {
         dir: PathBuf,
+        /// json or syslog (RFC 5424)
         #[arg(long, default_value = "json")]
         format: String,
+        /// From this time: RFC 3339 with any offset, or a date (UTC)
+        #[arg(long)]
+        since: Option<String>,
+        /// Up to this time, inclusive: RFC 3339 with any offset, or a date (to its end, UTC)
+        #[arg(long)]
+        until: Option<String>,
     },
     /// Inclusion proof of an incident's record against the latest checkpoint (JSON).
     Prove {
@@ -77,88 +86,29 @@ pub enum AuditCommand {
     },
 }
 
-/// Records that an officer read the log (spooled for the writer). Reading is refused when the
-/// access cannot be recorded.
-fn record_access(dir: &Path, what: String) -> Result<(), ExitCode> {
-    let who = std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    let mut r = Record::now("audit_access");
-    r.detail = Some(format!("{what} by OS user {who}"));
-    crate::audit::spool(dir, &r).map(drop).map_err(|e| {
-        eprintln!("spocgw audit: this access cannot be recorded, so the log is not shown: {e}");
-        ExitCode::from(1)
-    })
-}
-
-/// `spocgw audit query`: the filters, all of which a record must match.
-#[derive(clap::Args, Debug)]
-pub struct QueryArgs {
-    pub dir: PathBuf,
-    #[arg(long)]
-    pub incident: Option<String>,
-    #[arg(long)]
-    pub officer: Option<String>,
-    /// Client certificate SHA-256 fingerprint.
-    #[arg(long)]
-    pub client: Option<String>,
-    #[arg(long)]
-    pub operation: Option<String>,
-    /// allow or deny
-    #[arg(long)]
-    pub decision: Option<String>,
-    /// Outcome code (ok, PolicyDenied, XmlThreat...)
-    #[arg(long)]
-    pub code: Option<String>,
-    /// RFC 3339 time bounds (compared as UTC text)
-    #[arg(long)]
-    pub since: Option<String>,
-    #[arg(long)]
-    pub until: Option<String>,
-    /// A document number, matched through its pseudonym (needs --pseudonym-key).
-    #[arg(long)]
-    pub document: Option<String>,
-    /// The pseudonymisation key: a file, or tpm:audit-pseudonym (unsealed by the TPM named
-    /// in --config's [tpm] table)
-    #[arg(long)]
-    pub pseudonym_key: Option<String>,
-    /// gateway.toml, for its [tpm] table (with --pseudonym-key tpm:NAME)
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// JSON lines instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
-
 pub fn run(cmd: AuditCommand) -> ExitCode {
     match cmd {
         AuditCommand::Verify { dir, key, tpm, config, tcti, expect, witness, witnessed } => {
             verify(&dir, key, tpm, config, tcti, expect, Witnessing { witness, witnessed })
         }
         AuditCommand::Restore { from, to, key } => restore(&from, &to, &key),
-        AuditCommand::Query(q) => query(q),
-        AuditCommand::Export { dir, format } => {
-            let f = match format.as_str() {
-                "json" => Format::Json,
-                "syslog" => Format::Syslog,
-                other => {
-                    eprintln!("spocgw audit export: unknown format {other:?} (json, syslog)");
-                    return ExitCode::from(2);
-                }
-            };
-            if let Err(code) = record_access(&dir, format!("audit export --format {format}")) {
-                return code;
-            }
-            print_records(&dir, &|_| true, f)
+        AuditCommand::Query(q) => read::query(q),
+        AuditCommand::Export { dir, format, since, until } => {
+            read::export(&dir, &format, since.as_deref(), until.as_deref())
         }
         AuditCommand::Prove { dir, incident } => {
-            match record_access(&dir, format!("audit prove --incident {incident}")).and_then(|()| {
-                verify::prove(&dir, &incident).map_err(|e| {
+            match read::check_log_dir(&dir)
+                .map_err(|e| {
                     eprintln!("spocgw audit prove: {e}");
-                    ExitCode::from(1)
+                    ExitCode::from(2)
                 })
-            }) {
+                .and_then(|()| read::record_access(&dir, format!("audit prove --incident {incident}")))
+                .and_then(|()| {
+                    verify::prove(&dir, &incident).map_err(|e| {
+                        eprintln!("spocgw audit prove: {e}");
+                        ExitCode::from(1)
+                    })
+                }) {
                 Ok(p) => {
                     println!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
                     ExitCode::SUCCESS
@@ -228,75 +178,6 @@ fn verify(
         }
     };
     verify_cmd(dir, &key, anchor.as_ref(), expect.as_deref(), &pair)
-}
-
-/// `spocgw audit query`: the records matching every filter, the access itself recorded first.
-fn query(q: QueryArgs) -> ExitCode {
-    let QueryArgs {
-        dir,
-        incident,
-        officer,
-        client,
-        operation,
-        decision,
-        code,
-        since,
-        until,
-        document,
-        pseudonym_key,
-        config,
-        json,
-    } = q;
-    let pseudonym = match (document, pseudonym_key) {
-        (Some(d), Some(k)) => match pseudonym_key_from(&k, config.as_deref()) {
-            Ok(key) => Some(pseudonymise(&key, &d)),
-            Err(e) => {
-                eprintln!("spocgw audit query: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        (Some(_), None) => {
-            eprintln!("spocgw audit query: --document needs --pseudonym-key");
-            return ExitCode::from(2);
-        }
-        _ => None,
-    };
-    let mut filters: Vec<String> = Vec::new();
-    for (name, v) in [
-        ("incident", &incident),
-        ("officer", &officer),
-        ("client", &client),
-        ("operation", &operation),
-        ("decision", &decision),
-        ("code", &code),
-        ("since", &since),
-        ("until", &until),
-    ] {
-        if let Some(v) = v {
-            filters.push(format!("{name}={v}"));
-        }
-    }
-    if let Some(p) = &pseudonym {
-        filters.push(format!("document-pseudonym={p}"));
-    }
-    if let Err(code) = record_access(&dir, format!("audit query {}", filters.join(" "))) {
-        return code;
-    }
-    let m = |want: &Option<String>, have: &Option<String>| {
-        want.as_ref().is_none_or(|w| have.as_deref() == Some(w.as_str()))
-    };
-    let filter = |r: &Record| {
-        m(&incident, &r.incident_id)
-            && m(&officer, &r.officer_id)
-            && m(&operation, &r.operation)
-            && m(&decision, &r.decision)
-            && m(&code, &r.code)
-            && m(&pseudonym, &r.document)
-            && client.as_ref().is_none_or(|c| r.client.as_ref().is_some_and(|rc| &rc.fingerprint == c))
-            && since.as_ref().is_none_or(|s| r.time.as_str() >= s.as_str())
-            && until.as_ref().is_none_or(|u| r.time.as_str() <= u.as_str())
-    };
-    print_records(&dir, &filter, if json { Format::Json } else { Format::Table })
 }
 
 /// `--witness` and `--witnessed`: what the peer appliance signed of this log.
@@ -443,82 +324,11 @@ fn against_kept(dir: &Path, key: &Path, file: &Path) -> Result<String, String> {
     ))
 }
 
-enum Format {
-    Table,
-    Json,
-    Syslog,
-}
-
-fn print_records(dir: &Path, filter: &dyn Fn(&Record) -> bool, format: Format) -> ExitCode {
-    let log = match verify::read_log(dir) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("spocgw audit: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    use std::io::Write;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    if matches!(format, Format::Table) {
-        let _ = writeln!(
-            out,
-            "{:<6} {:<27} {:<8} {:<36} {:<25} {:<10} {:<6} {:<18}",
-            "seq", "time", "event", "incident", "operation", "officer", "status", "code"
-        );
-    }
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "-".into());
-    // An outcome that follows its request's record names only the incident and how it ended:
-    // searched and shown together with the request's fields.
-    let requests: std::collections::HashMap<&str, &Record> = log
-        .records
-        .iter()
-        .filter(|(r, _, _)| r.event == "request")
-        .filter_map(|(r, _, _)| Some((r.incident_id.as_deref()?, r)))
-        .collect();
-    for (stored, bytes, _) in &log.records {
-        let joined;
-        let r = match stored.incident_id.as_deref().and_then(|i| requests.get(i)) {
-            Some(request) if stored.event == "outcome" && stored.client.is_none() => {
-                joined = stored.with_request(request);
-                &joined
-            }
-            _ => stored,
-        };
-        if !filter(r) {
-            continue;
-        }
-        let written = match format {
-            Format::Json => writeln!(out, "{}", String::from_utf8_lossy(bytes)),
-            Format::Syslog => {
-                // RFC 5424: PRI (facility 13 log audit, severity 6 informational) VERSION TIMESTAMP
-                // HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA MSG
-                writeln!(out, "<110>1 {} {host} spocgw - {} - {}", r.time, r.event, String::from_utf8_lossy(bytes))
-            }
-            Format::Table => writeln!(
-                out,
-                "{:<6} {:<27} {:<8} {:<36} {:<25} {:<10} {:<6} {:<18}",
-                r.seq,
-                r.time,
-                r.event,
-                r.incident_id.as_deref().unwrap_or("-"),
-                r.operation.as_deref().unwrap_or("-"),
-                r.officer_id.as_deref().unwrap_or("-"),
-                r.status.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
-                r.code.as_deref().unwrap_or("-")
-            ),
-        };
-        if written.is_err() {
-            // A closed pipe (| head) ends the listing quietly.
-            return ExitCode::SUCCESS;
-        }
-    }
-    let _ = out.flush();
-    ExitCode::SUCCESS
-}
-
 /// The pseudonymisation key from a file, or unsealed by the TPM of `config`'s `[tpm]` table.
-fn pseudonym_key_from(key: &str, config: Option<&std::path::Path>) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+pub(super) fn pseudonym_key_from(
+    key: &str,
+    config: Option<&std::path::Path>,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
     let r = crate::keys::KeyRef::try_from(key.to_owned())?;
     let tpm = match (&r, config) {
         (crate::keys::KeyRef::Tpm(_), Some(c)) => Some(super::tpm::read_tpm_table(c)?),
