@@ -521,9 +521,45 @@ fn healthz_readyz_and_metrics_answer() {
     let (status, body) = admin_get(w.admin_port, "/readyz");
     assert_eq!(status, 200);
     assert!(body.contains("ministry: ok"), "{body}");
+    // Without asking for OpenMetrics: the Prometheus text format, which promtool checks.
     let m = w.metrics();
-    assert!(m.contains("spocgw_requests_in_flight"), "{m}");
-    assert!(m.contains("# EOF"), "{m}");
+    assert!(m.contains("spocgw_requests_in_flight") && !m.contains("# EOF"), "{m}");
+    // Every family an alert needs is there before its first event, at 0; the build and the
+    // process too.
+    for series in [
+        "spocgw_connections_refused_total{listener=\"police\",reason=\"connection_cap\"} 0",
+        "spocgw_policy_reloads_total{result=\"refused\"} 0",
+        "spocgw_crl_reloads_total{listener=\"police\",result=\"refused\"} 0",
+        "spocgw_build_info{version=\"",
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
+        "# TYPE spocgw_audit_records_written_total counter",
+    ] {
+        assert!(m.contains(series), "{series}: {m}");
+    }
+    if have_tool("promtool") {
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), m.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let findings = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && findings.trim().is_empty(), "promtool check metrics: {findings}");
+    }
+    // A scraper asking for OpenMetrics gets it.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", w.admin_port)).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text; version=1.0.0\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut om = String::new();
+    std::io::Read::read_to_string(&mut s, &mut om).unwrap();
+    assert!(om.contains("application/openmetrics-text") && om.contains("# EOF"), "{om}");
 }
 
 /// Reads one HTTP/1.1 response (head and a Content-Length body); returns the head.

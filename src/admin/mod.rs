@@ -65,8 +65,27 @@ impl AdminState {
                 let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
                 (status, "text/plain; charset=utf-8", body)
             }
+            // OpenMetrics to a scraper that asks for it (Prometheus does); the Prometheus text
+            // format 0.0.4 otherwise (curl, promtool check metrics).
             (&Method::GET, "/metrics") => {
-                (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", self.metrics.encode())
+                let openmetrics = req
+                    .headers()
+                    .get(http::header::ACCEPT)
+                    .and_then(|a| a.to_str().ok())
+                    .is_some_and(|a| a.contains("application/openmetrics-text"));
+                if openmetrics {
+                    (
+                        StatusCode::OK,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        self.metrics.encode(),
+                    )
+                } else {
+                    (
+                        StatusCode::OK,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        metrics::prometheus_text(&self.metrics.encode()),
+                    )
+                }
             }
             _ => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n".to_owned()),
         };

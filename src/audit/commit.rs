@@ -46,21 +46,52 @@ pub(super) struct Core {
     written: OnceLock<Written>,
 }
 
-/// What the log has written, for the metrics: records, and batches (one fsync each).
-#[derive(Clone, Default)]
+/// What the log has written, for the metrics: records, batches (one fsync each), how long a
+/// batch took to be durable, failed writes, and whether the log writes.
+#[derive(Clone)]
 pub struct Written {
     pub records: Counter,
     pub batches: Counter,
+    pub failures: Counter,
+    pub healthy: prometheus_client::metrics::gauge::Gauge,
+    pub write_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for Written {
+    fn default() -> Self {
+        Self {
+            records: Counter::default(),
+            batches: Counter::default(),
+            failures: Counter::default(),
+            healthy: Default::default(),
+            write_seconds: crate::admin::metrics::latency_histogram(),
+        }
+    }
 }
 
 impl Written {
-    /// Registers the two counters in the gateway's exposition.
+    /// Registers the log's metrics in the gateway's exposition.
     pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
         registry.register("audit_records_written", "Audit records written and made durable", self.records.clone());
         registry.register(
             "audit_batches_written",
             "Audit batches written, each made durable by one fsync",
             self.batches.clone(),
+        );
+        registry.register(
+            "audit_write_failures",
+            "Audit batches that could not be made durable (their requests refused)",
+            self.failures.clone(),
+        );
+        registry.register(
+            "audit_healthy",
+            "1 while the audit log writes; 0 after a failed write, until one succeeds",
+            self.healthy.clone(),
+        );
+        registry.register(
+            "audit_write_duration_seconds",
+            "Time to write a batch and make it durable (its fsync)",
+            self.write_seconds.clone(),
         );
     }
 }
@@ -125,17 +156,28 @@ impl Core {
     }
 
     pub(super) fn attach(&self, written: Written) {
+        written.healthy.set(i64::from(self.is_healthy()));
         let _ = self.written.set(written);
     }
 
     /// Writes a batch with its fsync, and counts it.
     fn write(&self, w: &mut Writer, batch: Vec<Job>) -> Result<(), String> {
         let records = batch.len() as u64;
+        let started = Instant::now();
         let result = w.append(batch);
         self.note(&result);
-        if let (Ok(()), Some(c)) = (&result, self.written.get()) {
-            c.records.inc_by(records);
-            c.batches.inc();
+        if let Some(c) = self.written.get() {
+            c.healthy.set(i64::from(result.is_ok()));
+            match &result {
+                Ok(()) => {
+                    c.records.inc_by(records);
+                    c.batches.inc();
+                    c.write_seconds.observe(started.elapsed().as_secs_f64());
+                }
+                Err(_) => {
+                    c.failures.inc();
+                }
+            }
         }
         result
     }

@@ -87,3 +87,26 @@ pub(super) fn key_event(cfg: &GatewayConfig) -> crate::audit::Record {
     ));
     r
 }
+
+/// Every certificate the gateway presents, and the CA bundles it trusts, for
+/// `spocgw_certificate_expiry_seconds`.
+pub(super) fn cert_expiry(cfg: &GatewayConfig) -> crate::tls::expiry::CertExpiry {
+    let mut e = crate::tls::expiry::CertExpiry::default();
+    e.add("police", "server", &cfg.police.cert);
+    e.add("police", "client_ca", &cfg.police.client_ca);
+    if let Some(c) = &cfg.callback {
+        e.add("callback", "server", &c.cert);
+        e.add("callback", "client_ca", &c.client_ca);
+    }
+    e.add("ministry", "client", &cfg.upstream.ministry.cert);
+    e.add("ministry", "server_ca", &cfg.upstream.ministry.ca);
+    if let Some(u) = &cfg.upstream.police_callback {
+        e.add("police_callback", "client", &u.cert);
+        e.add("police_callback", "server_ca", &u.ca);
+    }
+    if let Some(p) = &cfg.pair {
+        e.add("pair", "server", &p.cert);
+        e.add("pair", "client_ca", &p.ca);
+    }
+    e
+}

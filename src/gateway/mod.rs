@@ -70,8 +70,9 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn exposition(&self) -> admin::metrics::Exposition {
+    fn exposition(&self, certs: tls::expiry::CertExpiry) -> admin::metrics::Exposition {
         let mut registry = admin::metrics::registry();
+        registry.register_collector(Box::new(certs));
         self.requests.register(&mut registry);
         self.listener.register(&mut registry);
         self.upstream.register(&mut registry);
@@ -79,6 +80,7 @@ impl Metrics {
         self.tpm.register(&mut registry);
         self.audit.register(&mut registry);
         self.pair.register(&mut registry);
+        admin::metrics::register_build_info(&mut registry);
         admin::metrics::Exposition::new(registry)
     }
 }
@@ -220,6 +222,7 @@ fn listen(
         async move { p.handle(kind, &peer, req).await.map_err(|e| std::io::Error::new(std::io::ErrorKind::TimedOut, e)) }
     };
     tracing::info!(listener = spec.name, addr = %tcp.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
+    metrics.listener.expect(spec.name);
     tokio::spawn(listener::serve(tcp, spec, Some(metrics.listener.clone()), handler, stopped.clone()))
 }
 
@@ -263,6 +266,7 @@ fn background(b: Background<'_>) -> Vec<JoinHandle<()>> {
         tasks.push(tokio::spawn(watchers::watch_schemas(p, m, a, stopped.clone())));
     }
     for crls in b.crls.into_iter().filter(|c| !c.is_empty()) {
+        metrics.reload.expect_crls(crls.listener());
         let (m, a) = (metrics.reload.clone(), b.audit.clone());
         tasks.push(tokio::spawn(watchers::watch_crls(crls, m, a, stopped.clone())));
     }
@@ -277,6 +281,7 @@ async fn load_keys(cfg: &GatewayConfig, file: &Path, metrics: &Metrics) -> Resul
         .await
         .map_err(|e| ConfigError::new(file, "tpm", format!("key loading stopped: {e}")))??;
     if let Some(t) = &keys.tpm {
+        metrics.tpm.expect();
         t.observe(metrics.tpm.clone());
     }
     Ok(keys)
@@ -375,7 +380,7 @@ impl Gateway {
         if let Some(p) = pair {
             checks.push(Box::new(move || p.readiness()));
         }
-        let admin = Arc::new(AdminState::new(metrics.exposition(), checks));
+        let admin = Arc::new(AdminState::new(metrics.exposition(custody::cert_expiry(cfg)), checks));
         tracing::info!(listener = "admin", addr = %admin_addr, "listening");
         let mut background = background(Background {
             admin_tcp: bound.admin,

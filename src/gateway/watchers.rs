@@ -53,6 +53,19 @@ impl ReloadMetrics {
         registry.register("policy_reloads", "Policy bundle reloads by result", self.policies.clone());
         registry.register("crl_reloads", "CRL reloads by listener and result", self.crls.clone());
         registry.register("schema_reloads", "Schema directory reloads by result", self.schemas.clone());
+        // Every series from the start, at 0: an alert on a rate needs the series before the
+        // first failure.
+        for result in ["ok", "refused"] {
+            drop(self.policies.get_or_create(&ResultLabels { result }));
+            drop(self.schemas.get_or_create(&ResultLabels { result }));
+        }
+    }
+
+    /// The series of a listener's revocation lists, at 0 until the first reload.
+    pub fn expect_crls(&self, listener: &'static str) {
+        for result in ["ok", "refused"] {
+            drop(self.crls.get_or_create(&ListenerResult { listener, result }));
+        }
     }
 }
 
@@ -86,6 +99,15 @@ impl TpmMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register("tpm_operations", "TPM operations by kind and result", self.operations.clone());
         registry.register("tpm_operation_duration_seconds", "Time of successful TPM operations", self.duration.clone());
+    }
+
+    /// The operations' series at 0, with a TPM (an alert on TPM failures needs them).
+    pub fn expect(&self) {
+        for op in ["sign", "unseal", "nv_increment", "probe"] {
+            for result in ["ok", "failed"] {
+                drop(self.operations.get_or_create(&TpmOpResult { op, result }));
+            }
+        }
     }
 }
 

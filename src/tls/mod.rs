@@ -7,6 +7,7 @@
 //! and AEAD suites; TLS 1.3 only unless a listener or upstream enables TLS 1.2.
 
 pub mod crl;
+pub mod expiry;
 mod identity;
 pub mod pinned;
 mod stream;

@@ -88,6 +88,15 @@ pub struct ListenerMetrics {
 }
 
 impl ListenerMetrics {
+    /// A listener's series at 0 from the start: its caps and its open connections.
+    pub fn expect(&self, listener: &'static str) {
+        for reason in ["connection_cap", "source_cap", "client_cap", "header_timeout"] {
+            drop(self.connections_refused.get_or_create(&ListenerReason { listener, reason }));
+        }
+        drop(self.connections_open.get_or_create(&ListenerLabels { listener }));
+        drop(self.connections_parked.get_or_create(&ListenerLabels { listener }));
+    }
+
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "tls_handshake_failures",
