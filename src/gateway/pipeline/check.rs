@@ -5,7 +5,7 @@ use super::super::fault::Refusal;
 use super::super::routes::{Operation, Route, action_agrees};
 use super::{Exchange, Outcome, Pipeline};
 use crate::xml::SoapVersion;
-use crate::xml::validate::{Expect, HeaderOutline, XmlRefusal, line_col, validate};
+use crate::xml::validate::{Expect, HeaderOutline, XmlRefusal, body_element, line_col, validate};
 
 /// What the check learned that the later stages need.
 pub(super) struct Checked {
@@ -29,6 +29,12 @@ impl Pipeline {
         let expect = Expect::Soap { operations: &route.requests, fault_ok: false, headers: &route.request_headers };
         let validated = validate(&self.schemas.current().schema, &route.limits, body, expect).map_err(|e| {
             x.hint = e.hint().map(|(field, rule)| (field.to_owned(), rule));
+            // A message refused for its content still named an operation: its record and
+            // metrics say which (a malformed or hostile one is not read again).
+            if matches!(e, XmlRefusal::Invalid { .. } | XmlRefusal::ContentMismatch { .. }) {
+                let read = &body[..e.offset().min(body.len())];
+                x.operation = body_element(read).and_then(|(ns, local)| route.operation(&ns, &local));
+            }
             refuse_xml(&e, body)
         })?;
         x.message_id = validated.facts.message_id.clone();

@@ -434,6 +434,14 @@ mod tests {
         let r = p.handle(police, &peer, post("/bio/v1", vec![b' '; 5000])).await.unwrap();
         assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
+        // Refused for its content: the record still names the operation the Body held.
+        let bad = crate::sim::messages::BioRequest::matching("6f1c1c4e-3f0a-4d53-9a43-2b5c1e0f9a01", 64)
+            .verify_fingerprint()
+            .replacen("<FingerPosition>", "<FingerPosition>99", 1);
+        let bad = crate::xml::soap::envelope(crate::xml::SoapVersion::V11, &bad);
+        let r = p.handle(police, &peer, post("/bio/v1", bad)).await.unwrap();
+        assert_eq!(r.headers()[X_FAULT], "SchemaViolation");
+
         let wsdl = Request::get("/bio/v1?wsdl").body(Full::new(Bytes::new())).unwrap();
         let r = p.handle(police, &peer, wsdl).await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
@@ -447,6 +455,7 @@ mod tests {
             ("none", "unknown", "UnknownOperation"),
             ("bio_v1", "unknown", "XmlMalformed"),
             ("bio_v1", "unknown", "PayloadTooLarge"),
+            ("bio_v1", "VerifyFingerprintRequest", "SchemaViolation"),
             ("bio_v1", "ServiceDescription", "ok"),
         ];
         let want: Vec<(String, String, String)> =

@@ -111,3 +111,40 @@ impl Run<'_> {
         self.element_frame(reader, offset, e, decl)
     }
 }
+
+/// The Body's element (namespace, local name) in the part of a message read before a refusal:
+/// the operation a refused request named, for its record and metrics. Only for a part the
+/// validator already read (well-formed and within limits up to the refusal).
+pub fn body_element(read: &[u8]) -> Option<(String, String)> {
+    use quick_xml::events::Event;
+    use quick_xml::name::ResolveResult;
+    let text = match std::str::from_utf8(read) {
+        Ok(t) => t,
+        Err(e) => std::str::from_utf8(&read[..e.valid_up_to()]).ok()?,
+    };
+    let mut reader = NsReader::from_str(text);
+    let mut path: Vec<(bool, bool)> = Vec::new(); // (a SOAP Envelope or Body, is the Body)
+    loop {
+        match reader.read_resolved_event().ok()? {
+            (ns, Event::Start(e)) | (ns, Event::Empty(e)) => {
+                let ns = match ns {
+                    ResolveResult::Bound(n) => std::str::from_utf8(n.as_ref()).ok()?.to_owned(),
+                    _ => String::new(),
+                };
+                let local = std::str::from_utf8(e.local_name().as_ref()).ok()?.to_owned();
+                let soap = ns == SOAP11_NS || ns == SOAP12_NS;
+                match path.as_slice() {
+                    [] if soap && local == "Envelope" => path.push((true, false)),
+                    [(true, false)] if soap && local == "Body" => path.push((true, true)),
+                    [(true, false), (true, true)] => return Some((ns, local)),
+                    _ => path.push((false, false)),
+                }
+            }
+            (_, Event::End(_)) => {
+                path.pop();
+            }
+            (_, Event::Eof) => return None,
+            _ => {}
+        }
+    }
+}

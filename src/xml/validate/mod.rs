@@ -18,6 +18,7 @@ mod header;
 mod outline;
 mod refusal;
 
+pub use envelope::body_element;
 use fault::{Child, FaultFrame};
 use firewall::{check_declaration, malformed, screen};
 pub use header::HeaderOutline;
