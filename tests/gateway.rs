@@ -818,3 +818,20 @@ async fn a_pinned_upstream_accepts_only_its_pinned_key() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("upstream.ministry.spki_sha256"), "{err}");
 }
+
+/// `dev-pki` on a directory that already holds a PKI refuses (exit 2) and changes nothing:
+/// regenerating would replace the checkpoint key, and the old checkpoints would no longer verify.
+#[test]
+fn dev_pki_does_not_overwrite_an_existing_pki_without_force() {
+    let w = World::new();
+    let key = w.path("gateway/audit-checkpoint.key");
+    let before = std::fs::read(&key).unwrap();
+    let out = std::process::Command::new(BIN).args(["dev-pki", "--out"]).arg(w.dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&key).unwrap(), before, "nothing was replaced");
+    let out =
+        std::process::Command::new(BIN).args(["dev-pki", "--force", "--out"]).arg(w.dir.path()).output().unwrap();
+    assert!(out.status.success());
+    assert_ne!(std::fs::read(&key).unwrap(), before);
+}

@@ -59,8 +59,13 @@ pub enum Command {
     },
     /// Write the development PKI, configurations and sample messages.
     DevPki {
+        /// Directory to write into (absent or empty; see --force)
         #[arg(long)]
         out: PathBuf,
+        /// Write into a DIR that already holds files, replacing a PKI there: every key is new,
+        /// so audit checkpoints signed before verify only with the old public key
+        #[arg(long)]
+        force: bool,
         #[arg(long, default_value_t = 8443)]
         gateway_port: u16,
         #[arg(long, default_value_t = 8444)]
@@ -182,6 +187,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Pair { cmd: PairCommand::Vkey { config, name } } => pair::vkey(&config, name.as_deref()),
         Command::DevPki {
             out,
+            force,
             gateway_port,
             callback_port,
             admin_port,
@@ -198,6 +204,14 @@ pub fn run(cli: Cli) -> ExitCode {
                 receiver: receiver_port,
             };
             let tpm = tpm.map(|tcti| dev_pki::DevTpm { tcti, pcrs: tpm_pcrs });
+            let occupied = std::fs::read_dir(&out).is_ok_and(|mut d| d.next().is_some());
+            if occupied && !force {
+                eprintln!(
+                    "spocgw dev-pki: {} is not empty: writing would replace every key and configuration there (old audit checkpoints would no longer verify with the new key); choose an empty directory, or pass --force",
+                    out.display()
+                );
+                return ExitCode::from(2);
+            }
             match dev_pki::generate_with(&out, ports, tpm.as_ref()) {
                 Ok(()) => {
                     println!("development PKI and configurations written to {}", out.display());
