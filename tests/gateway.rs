@@ -830,8 +830,7 @@ fn dev_pki_does_not_overwrite_an_existing_pki_without_force() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read(&key).unwrap(), before, "nothing was replaced");
-    let out =
-        std::process::Command::new(BIN).args(["dev-pki", "--force", "--out"]).arg(w.dir.path()).output().unwrap();
+    let out = std::process::Command::new(BIN).args(["dev-pki", "--force", "--out"]).arg(w.dir.path()).output().unwrap();
     assert!(out.status.success());
     assert_ne!(std::fs::read(&key).unwrap(), before);
 }

@@ -66,14 +66,19 @@ pub enum Command {
         /// so audit checkpoints signed before verify only with the old public key
         #[arg(long)]
         force: bool,
+        /// The police listener's port in the written configuration
         #[arg(long, default_value_t = 8443)]
         gateway_port: u16,
+        /// The callback listener's port
         #[arg(long, default_value_t = 8444)]
         callback_port: u16,
+        /// The admin listener's port (healthz, readyz, metrics)
         #[arg(long, default_value_t = 8081)]
         admin_port: u16,
+        /// The simulated Ministry's port
         #[arg(long, default_value_t = 9443)]
         ministry_port: u16,
+        /// The police callback receiver's port
         #[arg(long, default_value_t = 8445)]
         receiver_port: u16,
         /// Make the gateway's keys in this TPM (e.g. swtpm:host=127.0.0.1,port=2321) instead of files
@@ -140,6 +145,7 @@ pub enum Command {
 pub enum BenchCommand {
     /// Serve gateway.toml, benchmark modes allowed
     Serve {
+        /// gateway.toml
         #[arg(long)]
         config: PathBuf,
     },
@@ -164,11 +170,13 @@ pub enum PairCommand {
 pub enum SimCommand {
     /// The simulated Ministry National SPOC (mutual TLS).
     Ministry {
+        /// ministry.toml
         #[arg(long)]
         config: PathBuf,
     },
     /// The police side's callback receiver (mutual TLS).
     PoliceReceiver {
+        /// receiver.toml
         #[arg(long)]
         config: PathBuf,
     },
@@ -267,5 +275,32 @@ pub async fn termination() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Every command and every argument says what it is in `--help` (and so in the manual pages
+    /// generated from the same definition).
+    #[test]
+    fn every_command_and_argument_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments().filter(|a| !["help", "version"].contains(&a.get_id().as_str())) {
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            for s in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                if s.get_about().is_none() {
+                    missing.push(format!("{path} {} (no description)", s.get_name()));
+                }
+                walk(s, &format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "spocgw", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:#?}");
     }
 }

@@ -15,19 +15,29 @@ use crate::xml::xsd::Schema;
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Parse the bundle, validate it against its Cedar schema, run its tests, and lint it.
-    Check { dir: PathBuf },
+    Check {
+        /// The policy bundle directory (*.cedar, the schema, routes.toml, tests/)
+        dir: PathBuf,
+    },
     /// Run the bundle's test cases (DIR/tests/*.toml) and print each result.
-    Test { dir: PathBuf },
+    Test {
+        /// The policy bundle directory (its tests/*.toml cases)
+        dir: PathBuf,
+    },
     /// Show the decision for one request, the policies behind it, and what the engine saw.
     Explain {
+        /// The policy bundle directory
         dir: PathBuf,
         /// The caller's certificate (PEM); or give --cn/--o/--ou.
         #[arg(long)]
         cert: Option<PathBuf>,
+        /// The caller's certificate CN, without --cert
         #[arg(long, default_value = "")]
         cn: String,
+        /// The caller's certificate O, without --cert
         #[arg(long, default_value = "")]
         o: String,
+        /// The caller's certificate OU (the role policies test), without --cert
         #[arg(long, default_value = "")]
         ou: String,
         /// The request message (SOAP envelope or bare element); its operation and facts are used.
@@ -42,12 +52,14 @@ pub enum PolicyCommand {
     },
     /// Sign the bundle: writes DIR/bundle.sig with the officer's P-256 key (PKCS#8 PEM).
     Sign {
+        /// The officer's private key (PKCS#8 PEM)
         #[arg(long)]
         key: PathBuf,
         /// The bundle's serial: gateways refuse a bundle with a lower serial than one they
         /// loaded. Default: one more than the signature it replaces, or 1
         #[arg(long)]
         serial: Option<u64>,
+        /// The policy bundle directory to sign
         dir: PathBuf,
     },
 }

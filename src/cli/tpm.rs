@@ -41,6 +41,8 @@ pub enum TpmCommand {
         /// the keys; its private part stays off the appliance
         #[arg(long)]
         policy_key: PathBuf,
+        /// Replace the keys of an appliance already provisioned (new keys, new CSRs: every
+        /// certificate must be issued again)
         #[arg(long)]
         force: bool,
     },

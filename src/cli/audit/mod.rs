@@ -17,6 +17,7 @@ pub use read::QueryArgs;
 pub enum AuditCommand {
     /// Verify every record, the Merkle tree and every checkpoint signature.
     Verify {
+        /// The audit log directory
         dir: PathBuf,
         /// Checkpoint public key (PEM). Default: the copy the gateway keeps beside the log; for an
         /// independent check pass a copy kept away from the appliance.
@@ -61,6 +62,7 @@ pub enum AuditCommand {
     Query(QueryArgs),
     /// Export every record as JSON lines or RFC 5424 syslog lines (for a SIEM).
     Export {
+        /// The audit log directory
         dir: PathBuf,
         /// json or syslog (RFC 5424)
         #[arg(long, default_value = "json")]
@@ -74,14 +76,18 @@ pub enum AuditCommand {
     },
     /// Inclusion proof of an incident's record against the latest checkpoint (JSON).
     Prove {
+        /// The audit log directory
         dir: PathBuf,
+        /// The incident ID whose record is proven
         #[arg(long)]
         incident: String,
     },
     /// Check an inclusion proof with only the checkpoint public key.
     VerifyProof {
+        /// The log's checkpoint public key (PEM)
         #[arg(long)]
         key: PathBuf,
+        /// The proof (JSON, from `audit prove`)
         proof: PathBuf,
     },
 }
