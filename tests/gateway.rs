@@ -452,6 +452,28 @@ fn broken_configs_exit_2_with_one_line_naming_file_key_and_problem() {
     let (code, err) = run(&w.path("nonexistent.toml"));
     assert_eq!(code, Some(2));
     assert!(err.contains("nonexistent.toml"), "{err}");
+
+    // Sizes and durations with their units, as the documentation writes them; nonsense and
+    // zeros that would switch something off are refused with the key named.
+    let good = std::fs::read_to_string(w.path("gateway.toml")).unwrap().replace("\ncolour = \"blue\"", "");
+    let with = |extra: &str, table: &str| {
+        let text = good.replacen(&format!("[{table}]\n"), &format!("[{table}]\n{extra}\n"), 1);
+        std::fs::write(w.path("variant.toml"), text).unwrap();
+        let parsed = spocgw::gateway::config::GatewayConfig::load(&w.path("variant.toml"));
+        parsed.map(|_| ()).map_err(|e| e.to_string())
+    };
+    assert_eq!(with("max_response_bytes = \"4 MiB\"\nresponse_timeout_ms = \"2 s\"", "upstream.ministry"), Ok(()));
+    assert_eq!(with("retention_s = \"30 d\"\ncheckpoint_interval_ms = \"500 ms\"", "audit"), Ok(()));
+    for (extra, table, key) in [
+        ("durable_timeout_ms = 0", "audit", "audit.durable_timeout_ms"),
+        ("checkpoint_every = 0", "audit", "audit.checkpoint_every"),
+        ("max_response_bytes = \"lots\"", "upstream.ministry", "upstream.ministry.max_response_bytes"),
+        ("response_timeout_ms = \"2 fortnights\"", "upstream.ministry", "upstream.ministry.response_timeout_ms"),
+        ("request_timeout_ms = 0", "police", "police.request_timeout_ms"),
+    ] {
+        let err = with(extra, table).unwrap_err();
+        assert!(err.contains(key), "{extra}: {err}");
+    }
 }
 
 /// The benchmark modes: with `bare_proxy` what the full pipeline refuses is forwarded unchecked

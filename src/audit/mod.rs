@@ -55,22 +55,22 @@ pub struct AuditConfig {
     pub origin: String,
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: u64,
-    #[serde(default = "default_checkpoint_ms")]
+    #[serde(deserialize_with = "crate::config::units::millis", default = "default_checkpoint_ms")]
     pub checkpoint_interval_ms: u64,
     /// How long a request waits for its record to be durable before it is refused.
-    #[serde(default = "default_durable_ms")]
+    #[serde(deserialize_with = "crate::config::units::millis", default = "default_durable_ms")]
     pub durable_timeout_ms: u64,
-    #[serde(default = "default_segment_bytes")]
+    #[serde(deserialize_with = "crate::config::units::bytes", default = "default_segment_bytes")]
     pub segment_max_bytes: u64,
     /// Records waiting for the writer, at most; a full queue refuses at once.
     #[serde(default = "default_queue")]
     pub queue: usize,
     /// Whole segments whose newest record is older than this are pruned (0: keep everything).
     /// Later checkpoints stay verifiable from the retention anchor (`anchor.json`).
-    #[serde(default)]
+    #[serde(deserialize_with = "crate::config::units::seconds", default)]
     pub retention_s: u64,
     /// A new segment after this many seconds (as well as after `segment_max_bytes`).
-    #[serde(default = "default_segment_age")]
+    #[serde(deserialize_with = "crate::config::units::seconds", default = "default_segment_age")]
     pub segment_max_age_s: u64,
 }
 

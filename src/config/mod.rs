@@ -7,6 +7,8 @@
 //! directory of the file that names them, and every file a key names must exist when the
 //! configuration is loaded: a gateway never starts half-configured.
 
+pub mod units;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 

@@ -122,7 +122,7 @@ pub struct ListenerConfig {
     /// Also accept TLS 1.2 (ECDHE with AEAD suites only). TLS 1.3 only when false.
     #[serde(default)]
     pub tls12: bool,
-    #[serde(default = "defaults::handshake_timeout_ms")]
+    #[serde(deserialize_with = "crate::config::units::millis", default = "defaults::handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
     /// Open connections at most; further ones are closed at once.
     #[serde(default = "defaults::max_connections")]
@@ -134,7 +134,7 @@ pub struct ListenerConfig {
     #[serde(default = "defaults::max_connections_per_client")]
     pub max_connections_per_client: usize,
     /// Time allowed for a request's headers, and then for its whole body.
-    #[serde(default = "defaults::request_timeout_ms")]
+    #[serde(deserialize_with = "crate::config::units::millis", default = "defaults::request_timeout_ms")]
     pub request_timeout_ms: u64,
 }
 
@@ -175,11 +175,11 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteLimits {
-    #[serde(default = "defaults::bio_max_body")]
+    #[serde(deserialize_with = "crate::config::units::bytes", default = "defaults::bio_max_body")]
     pub bio_max_body_bytes: usize,
-    #[serde(default = "defaults::csn_max_body")]
+    #[serde(deserialize_with = "crate::config::units::bytes", default = "defaults::csn_max_body")]
     pub csn_max_body_bytes: usize,
-    #[serde(default = "defaults::csn_max_body")]
+    #[serde(deserialize_with = "crate::config::units::bytes", default = "defaults::csn_max_body")]
     pub callback_max_body_bytes: usize,
 }
 
@@ -203,7 +203,7 @@ pub struct Limits {
     #[serde(default = "defaults::max_in_flight_per_client")]
     pub max_in_flight_per_client: usize,
     /// On SIGTERM, how long in-flight requests get to finish.
-    #[serde(default = "defaults::drain_timeout_ms")]
+    #[serde(deserialize_with = "crate::config::units::millis", default = "defaults::drain_timeout_ms")]
     pub drain_timeout_ms: u64,
 }
 
@@ -308,10 +308,58 @@ impl GatewayConfig {
             ));
         }
         cfg.check_xml(file)?;
-        if cfg.limits.max_in_flight == 0 {
-            return Err(ConfigError::new(file, "limits.max_in_flight", "must be at least 1"));
+        cfg.check_positive(file)?;
+        if !cfg.admin.listen.ip().is_loopback() {
+            tracing::warn!(
+                admin = %cfg.admin.listen,
+                "admin.listen is not a loopback address: /healthz, /readyz and /metrics answer anyone who reaches it, without authentication (firewall it to the balancer and the monitoring)"
+            );
         }
         Ok(cfg)
+    }
+
+    /// Settings where 0 would switch something essential off without saying so: refused, the
+    /// key named.
+    fn check_positive(&self, file: &Path) -> Result<(), ConfigError> {
+        let a = &self.audit;
+        let mut values: Vec<(String, u64)> = vec![
+            ("audit.durable_timeout_ms".into(), a.durable_timeout_ms),
+            ("audit.checkpoint_every".into(), a.checkpoint_every),
+            ("audit.checkpoint_interval_ms".into(), a.checkpoint_interval_ms),
+            ("audit.segment_max_bytes".into(), a.segment_max_bytes),
+            ("audit.segment_max_age_s".into(), a.segment_max_age_s),
+            ("audit.queue".into(), a.queue as u64),
+            ("limits.max_in_flight".into(), self.limits.max_in_flight as u64),
+            ("limits.max_in_flight_per_client".into(), self.limits.max_in_flight_per_client as u64),
+        ];
+        let mut listener = |name: &str, l: &ListenerConfig| {
+            values.push((format!("{name}.handshake_timeout_ms"), l.handshake_timeout_ms));
+            values.push((format!("{name}.request_timeout_ms"), l.request_timeout_ms));
+            values.push((format!("{name}.max_connections"), l.max_connections as u64));
+        };
+        listener("police", &self.police);
+        if let Some(c) = &self.callback {
+            listener("callback", c);
+        }
+        let mut upstream = |name: &str, u: &UpstreamConfig| {
+            for (key, v) in [
+                ("connect_timeout_ms", u.connect_timeout_ms),
+                ("handshake_timeout_ms", u.handshake_timeout_ms),
+                ("response_timeout_ms", u.response_timeout_ms),
+                ("body_timeout_ms", u.body_timeout_ms),
+                ("max_response_bytes", u.max_response_bytes as u64),
+            ] {
+                values.push((format!("upstream.{name}.{key}"), v));
+            }
+        };
+        upstream("ministry", &self.upstream.ministry);
+        if let Some(u) = &self.upstream.police_callback {
+            upstream("police_callback", u);
+        }
+        match values.into_iter().find(|(_, v)| *v == 0) {
+            Some((key, _)) => Err(ConfigError::new(file, key, "must be more than 0")),
+            None => Ok(()),
+        }
     }
 
     /// Every path relative to the file's directory (`base`), and checked to exist where it must.

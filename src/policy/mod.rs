@@ -37,12 +37,12 @@ pub struct PolicyConfig {
     #[serde(default)]
     pub signers: Vec<PathBuf>,
     /// How often the bundle's files are checked for changes.
-    #[serde(default = "default_reload_ms")]
+    #[serde(deserialize_with = "crate::config::units::millis", default = "default_reload_ms")]
     pub reload_interval_ms: u64,
     /// Forwarded CSN messageIDs remembered for callbacks, at most, and for how long.
     #[serde(default = "default_callback_ids")]
     pub callback_ids: usize,
-    #[serde(default = "default_callback_ttl")]
+    #[serde(deserialize_with = "crate::config::units::seconds", default = "default_callback_ttl")]
     pub callback_ttl_s: u64,
     /// Where the serial of the newest signed bundle loaded is kept, so that an older one is
     /// refused after a restart too (default: `policy.serial` in the audit directory).

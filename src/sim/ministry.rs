@@ -60,7 +60,7 @@ pub struct MinistryConfig {
 #[serde(deny_unknown_fields)]
 pub struct Behaviour {
     /// Added to every answer.
-    #[serde(default)]
+    #[serde(deserialize_with = "crate::config::units::millis", default)]
     pub latency_ms: u64,
     /// `none`, `reset`, `status-500`, `status-503`, `malformed`, `notsoap`, `invalid`, `delay-<ms>`.
     #[serde(default = "default_fault")]
@@ -68,7 +68,7 @@ pub struct Behaviour {
     /// `async` (acknowledge, then call back) or `sync`.
     #[serde(default = "default_request_certificate")]
     pub request_certificate: String,
-    #[serde(default = "default_callback_delay")]
+    #[serde(deserialize_with = "crate::config::units::millis", default = "default_callback_delay")]
     pub callback_delay_ms: u64,
     /// Answer every request with this file's bytes (relative to the config file).
     #[serde(default)]

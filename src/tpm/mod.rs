@@ -54,7 +54,7 @@ pub struct TpmConfig {
     #[serde(default = "default_pcrs")]
     pub pcrs: Vec<u8>,
     /// How long a TPM command may take before the caller gives up.
-    #[serde(default = "default_timeout_ms")]
+    #[serde(deserialize_with = "crate::config::units::millis", default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// The signed PCR policy the keys are used under (`spocgw tpm authorize` writes it); a
     /// new image release ships a new one. Default: `pcr-policy.json` in `dir`.

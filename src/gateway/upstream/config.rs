@@ -31,17 +31,17 @@ pub struct UpstreamConfig {
     /// Offer HTTP/2 by ALPN (HTTP/1.1 keep-alive otherwise).
     #[serde(default)]
     pub http2: bool,
-    #[serde(default = "defaults::connect_timeout_ms")]
+    #[serde(deserialize_with = "crate::config::units::millis", default = "defaults::connect_timeout_ms")]
     pub connect_timeout_ms: u64,
-    #[serde(default = "defaults::handshake_timeout_ms")]
+    #[serde(deserialize_with = "crate::config::units::millis", default = "defaults::handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
     /// From the request sent to the response's headers.
-    #[serde(default = "defaults::response_timeout_ms")]
+    #[serde(deserialize_with = "crate::config::units::millis", default = "defaults::response_timeout_ms")]
     pub response_timeout_ms: u64,
     /// From the response's headers to the end of its body.
-    #[serde(default = "defaults::response_timeout_ms")]
+    #[serde(deserialize_with = "crate::config::units::millis", default = "defaults::response_timeout_ms")]
     pub body_timeout_ms: u64,
-    #[serde(default = "defaults::max_response_bytes")]
+    #[serde(deserialize_with = "crate::config::units::bytes", default = "defaults::max_response_bytes")]
     pub max_response_bytes: usize,
     /// HTTP/1.1 connections to this upstream at once (each carries one exchange at a time);
     /// a request finding them all busy waits for one, up to `response_timeout_ms` (it waits on
@@ -50,14 +50,14 @@ pub struct UpstreamConfig {
     pub pool_max_connections: usize,
     #[serde(default = "defaults::pool_max_idle")]
     pub pool_max_idle: usize,
-    #[serde(default = "defaults::pool_idle_timeout_ms")]
+    #[serde(deserialize_with = "crate::config::units::millis", default = "defaults::pool_idle_timeout_ms")]
     pub pool_idle_timeout_ms: u64,
     /// Attempts in a row that cannot reach the upstream before the circuit breaker opens
     /// (requests refused at once); 0 turns it off.
     #[serde(default = "defaults::breaker_failures")]
     pub breaker_failures: u32,
     /// How long the breaker stays open before one trial request may go.
-    #[serde(default = "defaults::breaker_open_ms")]
+    #[serde(deserialize_with = "crate::config::units::millis", default = "defaults::breaker_open_ms")]
     pub breaker_open_ms: u64,
 }
 
