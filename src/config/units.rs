@@ -32,7 +32,7 @@ fn unit_factor(kind: &Kind, unit: &str) -> Option<u64> {
                 "d" => 86_400_000,
                 _ => return None,
             };
-            (ms % per == 0).then_some(ms / per)
+            ms.is_multiple_of(*per).then_some(ms / per)
         }
     }
 }
