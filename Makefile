@@ -6,11 +6,11 @@ CARGO ?= cargo
 
 # command:package pairs the tests and the demo need
 TOOLS := curl:curl openssl:openssl xmllint:libxml2-utils pkg-config:pkg-config swtpm:swtpm tpm2_checkquote:tpm2-tools \
-  haproxy:haproxy promtool:prometheus
+  haproxy:haproxy promtool:prometheus lintian:lintian
 # pkg-config module:package pairs the build links against (tss-esapi)
 LIBS := tss2-esys:libtss2-dev tss2-tctildr:libtss2-dev
 
-.PHONY: all deps deps-graph size-report soap-venv bench-deps demo pair-demo test lint check fmt clean bench bench-xsd bench-sbs fuzz \
+.PHONY: all deps deps-graph size-report soap-venv bench-deps demo pair-demo deb test lint check fmt clean bench bench-xsd bench-sbs fuzz \
 	image-deps image image-test
 
 all: check
@@ -61,6 +61,13 @@ bench-deps: deps
 
 demo: deps
 	$(CARGO) run --quiet --locked -- demo
+
+# The Debian package (packaging/deb.sh): the release binary stripped, unit, user, manual pages,
+# completions; fails unless lintian reports no error and no warning. SPOCGW_BIN=... packages
+# another build.
+deb: deps
+	@if [ -z "$(SPOCGW_BIN)" ]; then $(CARGO) build --release --locked --bin spocgw; fi
+	SPOCGW_BIN=$${SPOCGW_BIN:-target/release/spocgw} bash packaging/deb.sh
 
 # Two appliances behind HAProxy on loopback: failover, callbacks, witnesses, recovery (docs/pair.md).
 pair-demo: deps

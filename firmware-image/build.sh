@@ -61,6 +61,10 @@ objcopy --strip-debug "$BIN" "$B/extra/usr/bin/spocgw"
 openssl pkey -in "$KEY" -pubout -out "$B/extra/usr/share/spocgw/image-signing.pub.pem"
 cp "$B/extra/usr/share/spocgw/image-signing.pub.pem" "$OUT/image-signing.pub.pem"
 cp docs/appliance.md "$B/extra/usr/share/doc/spocgw/appliance.md"
+# The unit and the user are the Debian package's (packaging/); the image adds a drop-in.
+mkdir -p "$B/extra/usr/lib/systemd/system" "$B/extra/usr/lib/sysusers.d"
+cp packaging/spocgw.service "$B/extra/usr/lib/systemd/system/spocgw.service"
+cp packaging/sysusers.conf "$B/extra/usr/lib/sysusers.d/spocgw.conf"
 
 # 1. The root: Debian's packages, with the package downloads kept in the build directory.
 PACKAGES=systemd,systemd-sysv,udev,kmod,linux-image-cloud-amd64,busybox-static,cryptsetup-bin,e2fsprogs,nftables

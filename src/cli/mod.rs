@@ -5,6 +5,7 @@ pub mod attest;
 pub mod audit;
 pub mod demo;
 pub mod dev_pki;
+pub mod docs;
 pub mod log;
 pub mod notify;
 pub mod pair;
@@ -129,6 +130,19 @@ pub enum Command {
         #[arg(long, default_value = "/var/lib/spocgw/tpm/csr")]
         csr_dir: PathBuf,
     },
+    /// Print shell completions (bash, zsh or fish) for spocgw.
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: docs::Shell,
+    },
+    /// Write the manual pages (spocgw(1) and one per command) into a directory.
+    #[command(hide = true)]
+    Man {
+        /// The directory to write the pages into
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// The pair link (docs/pair.md).
     Pair {
         #[command(subcommand)]
@@ -192,6 +206,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Waiting { listen, csr_dir } => waiting::run(listen, &csr_dir),
         Command::Demo { keep } => demo::run(keep.as_deref()),
         Command::PairDemo { keep } => pair_demo::run(keep.as_deref()),
+        Command::Completions { shell } => docs::completions(shell),
+        Command::Man { out } => docs::man(&out),
         Command::Pair { cmd: PairCommand::Vkey { config, name } } => pair::vkey(&config, name.as_deref()),
         Command::DevPki {
             out,
