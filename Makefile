@@ -6,7 +6,7 @@ CARGO ?= cargo
 
 # command:package pairs the tests and the demo need
 TOOLS := curl:curl openssl:openssl xmllint:libxml2-utils pkg-config:pkg-config swtpm:swtpm tpm2_checkquote:tpm2-tools \
-  haproxy:haproxy promtool:prometheus lintian:lintian
+  haproxy:haproxy promtool:prometheus lintian:lintian chromium:chromium
 # pkg-config module:package pairs the build links against (tss-esapi)
 LIBS := tss2-esys:libtss2-dev tss2-tctildr:libtss2-dev
 

@@ -13,6 +13,7 @@ pub mod merkle;
 pub mod note;
 pub mod record;
 pub mod recovery;
+pub mod report;
 pub mod verify;
 pub mod witness;
 mod writer;

@@ -74,6 +74,25 @@ pub enum AuditCommand {
         #[arg(long)]
         until: Option<String>,
     },
+    /// Write the officer's report: one self-contained HTML page (consultations per day, purpose,
+    /// crossing point and officer; refusals; minimised fields; callbacks; every consultation,
+    /// filterable; the log's verification). The access is recorded like a query.
+    Report {
+        /// The audit log directory
+        dir: PathBuf,
+        /// From this time: RFC 3339 with any offset, or a date (UTC)
+        #[arg(long)]
+        since: Option<String>,
+        /// Up to this time, inclusive: RFC 3339 with any offset, or a date (to its end, UTC)
+        #[arg(long)]
+        until: Option<String>,
+        /// The HTML file to write (mode 0600)
+        #[arg(long)]
+        out: PathBuf,
+        /// Checkpoint public key (PEM) the log is verified with; default: the copy beside the log
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
     /// Inclusion proof of an incident's record against the latest checkpoint (JSON).
     Prove {
         /// The audit log directory
@@ -99,6 +118,9 @@ pub fn run(cmd: AuditCommand) -> ExitCode {
         }
         AuditCommand::Restore { from, to, key } => restore(&from, &to, &key),
         AuditCommand::Query(q) => read::query(q),
+        AuditCommand::Report { dir, since, until, out, key } => {
+            read::report(&dir, since.as_deref(), until.as_deref(), &out, key.as_deref())
+        }
         AuditCommand::Export { dir, format, since, until } => {
             read::export(&dir, &format, since.as_deref(), until.as_deref())
         }

@@ -5,6 +5,7 @@
 //! or a directory that is not an audit log is an error (exit 2), never an empty answer.
 
 use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -295,6 +296,61 @@ pub(super) fn export(dir: &Path, format: &str, since: Option<&str>, until: Optio
         return code;
     }
     print_records(dir, &|r| window.holds(&r.time), f)
+}
+
+/// `spocgw audit report`: the officer's HTML page over a window, the access recorded first.
+pub(super) fn report(dir: &Path, since: Option<&str>, until: Option<&str>, out: &Path, key: Option<&Path>) -> ExitCode {
+    let window = match Window::new(since, until).and_then(|w| check_log_dir(dir).map(|()| w)) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("spocgw audit report: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut what = vec!["audit report".to_owned()];
+    what.extend(window.describe());
+    if let Err(code) = record_access(dir, what.join(" ")) {
+        return code;
+    }
+    let key = key.map_or_else(|| dir.join(crate::audit::PUBLIC_KEY_FILE), Path::to_path_buf);
+    let verified = verify::verify(dir, &key);
+    let log = match verify::read_log(dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("spocgw audit report: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let records: Vec<Record> = log.records.into_iter().map(|(r, _, _)| r).collect();
+    let described = window.describe();
+    let ctx = crate::audit::report::Context {
+        title: "spocgw audit report",
+        window: &if described.is_empty() { "the whole log".to_owned() } else { described.join(", ") },
+        generated: &crate::encoding::now_rfc3339_micros(),
+        verified: &verified,
+        key: &key.display().to_string(),
+    };
+    let (page, tally) = crate::audit::report::render(&records, &|r| window.holds(&r.time), &ctx);
+    // Officer IDs and case references: readable by its owner only.
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(out)
+        .and_then(|mut f| f.write_all(page.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("spocgw audit report: {}: {e}", out.display());
+        return ExitCode::from(2);
+    }
+    println!(
+        "report written to {}: {} consultations, {} refusals; log verification {}",
+        out.display(),
+        tally.consultations,
+        tally.refusals.values().sum::<u64>(),
+        if verified.is_ok() { "passed" } else { "FAILED" }
+    );
+    ExitCode::SUCCESS
 }
 
 /// The terminal's name: the CN of the client certificate's subject.
