@@ -234,29 +234,36 @@ pub fn render(records: &[Record], within: &dyn Fn(&Record) -> bool, ctx: &Contex
         generated = esc(ctx.generated),
     );
     page.push_str(&verification(ctx));
-    let _ = write!(
-        page,
-        "<section><h2>Consultations: <span id=\"total-consultations\">{}</span></h2>{}{}{}{}</section>",
-        t.consultations,
-        bars("per-day", "Consultations per day", &t.per_day),
-        bars("per-purpose", "Per purpose", &t.per_purpose),
-        bars("per-bcp", "Per border crossing point", &t.per_bcp),
-        bars("per-officer", "Per officer", &t.per_officer),
-    );
-    let _ = write!(
-        page,
-        "<section><h2>Refusals, minimisation, callbacks</h2>{}{}{}</section>",
-        bars("refusals", "Refusals by code", &t.refusals),
-        bars("minimised", "Reply fields removed by minimisation", &t.minimised),
-        bars("callbacks", "CSN callbacks by outcome", &t.callbacks),
-    );
+    let charts = |title: String, list: [(&str, &str, &BTreeMap<String, u64>); 4]| {
+        let figures: String = list.iter().filter(|(id, ..)| !id.is_empty()).map(|(id, t, m)| bars(id, t, m)).collect();
+        format!("<section><h2>{title}</h2>{figures}</section>")
+    };
+    let none = BTreeMap::new();
+    page.push_str(&charts(
+        format!("Consultations: <span id=\"total-consultations\">{}</span>", t.consultations),
+        [
+            ("per-day", "Consultations per day", &t.per_day),
+            ("per-purpose", "Per purpose", &t.per_purpose),
+            ("per-bcp", "Per border crossing point", &t.per_bcp),
+            ("per-officer", "Per officer", &t.per_officer),
+        ],
+    ));
+    page.push_str(&charts(
+        "Refusals, minimisation, callbacks".to_owned(),
+        [
+            ("refusals", "Refusals by code", &t.refusals),
+            ("minimised", "Reply fields removed by minimisation", &t.minimised),
+            ("callbacks", "CSN callbacks by outcome", &t.callbacks),
+            ("", "", &none),
+        ],
+    ));
     let _ = write!(
         page,
         "<section><h2>Individual consultations (<span id=\"shown\">{}</span> shown)</h2>{}</section>",
         list.len(),
         table(&list)
     );
-    let _ = write!(page, "<script>{SCRIPT}</script></body></html>\n");
+    let _ = writeln!(page, "<script>{SCRIPT}</script></body></html>");
     (page, t)
 }
 
