@@ -1,6 +1,7 @@
 //! Audit log figures (run by `make bench`; not criterion: these are throughput runs):
 //! durable records per second with group commit at several concurrencies, the latency one
-//! durable append adds, and `audit verify` speed over 1,000,000 records.
+//! durable append adds, and `audit verify` speed over 1,000,000 records; then an officer's
+//! `audit query --document` over a month of them (the binary, as an officer runs it).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,8 +27,24 @@ fn config(dir: &std::path::Path, key: &std::path::Path, ps: &std::path::Path) ->
     .expect("config")
 }
 
+/// A month, spread over a million records: record `i`'s time.
+fn month_time(i: u64) -> String {
+    let start = std::time::UNIX_EPOCH + Duration::from_secs(1_793_491_200); // 2026-11-01T00:00:00Z
+    spocgw::encoding::rfc3339_micros(start + Duration::from_micros(i * 2_592_000_000_000 / 1_000_000))
+}
+
 fn record(i: u64) -> Record {
     let mut r = Record::now("request");
+    r.time = month_time(i % 1_000_000);
+    // One document looked up every 1000 requests; the one searched for below every 100,000th.
+    if i % 1000 == 0 {
+        r.document = Some(if i % 100_000 == 0 {
+            // The pseudonym of X1234567 under the bench's key (32 bytes of 0xab).
+            spocgw::audit::pseudonymise(&[0xab; 32], "X1234567")
+        } else {
+            format!("{i:064x}")
+        });
+    }
     r.incident_id = Some(format!("6f1c1c4e-3f0a-4d53-9a43-{i:012x}"));
     r.listener = Some("police".into());
     r.route = Some("bio_v1".into());
@@ -100,4 +117,25 @@ fn main() {
     let started = Instant::now();
     let s = spocgw::audit::verify::verify(&cfg.dir, &public).expect("verify");
     println!("  audit verify: {} records, {} checkpoints in {:?}", s.records, s.checkpoints, started.elapsed());
+    query_a_month(&cfg.dir, &ps);
+}
+
+/// `spocgw audit query --document ... --since ... --until ...` over the month, as an officer
+/// runs it: the binary, its access recorded, the pseudonym computed from the document number.
+fn query_a_month(dir: &std::path::Path, ps: &std::path::Path) {
+    let started = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spocgw"))
+        .args(["audit", "query"])
+        .arg(dir)
+        .args(["--document", "X1234567", "--pseudonym-key"])
+        .arg(ps)
+        .args(["--since", "2026-11-01", "--until", "2026-11-30T23:59:59+01:00", "--format", "json"])
+        .output()
+        .expect("spocgw audit query");
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    println!(
+        "  audit query --document over a month of 1,000,000 records: {} rows in {took:?}",
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    );
 }

@@ -113,4 +113,20 @@ fn the_package_is_lintian_clean_complete_and_never_starts_unconfigured() {
     assert!(!calls.contains("deb-systemd-invoke"), "started without a configuration: {calls}");
     let calls = postinst(&root, &stubs, true);
     assert!(calls.contains("deb-systemd-invoke restart spocgw.service"), "{calls}");
+    // Started: the packaged binary serves a configuration as the unit would run it.
+    let mut w = World::new();
+    w.start_ministry();
+    w.start_receiver();
+    let cfg = w.path("gateway.toml");
+    let gateway = Command::new(root.join("usr/bin/spocgw"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    w.procs.push(Proc { child: gateway, log: w.path("packaged.log") });
+    wait_port(w.admin_port);
+    w.wait_ready();
+    assert_eq!(admin_get(w.admin_port, "/healthz").0, 200);
 }
