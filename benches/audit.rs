@@ -37,8 +37,8 @@ fn record(i: u64) -> Record {
     let mut r = Record::now("request");
     r.time = month_time(i % 1_000_000);
     // One document looked up every 1000 requests; the one searched for below every 100,000th.
-    if i % 1000 == 0 {
-        r.document = Some(if i % 100_000 == 0 {
+    if i.is_multiple_of(1000) {
+        r.document = Some(if i.is_multiple_of(100_000) {
             // The pseudonym of X1234567 under the bench's key (32 bytes of 0xab).
             spocgw::audit::pseudonymise(&[0xab; 32], "X1234567")
         } else {
