@@ -67,7 +67,7 @@ demo: deps
 # another build.
 deb: deps
 	@if [ -z "$(SPOCGW_BIN)" ]; then $(CARGO) build --release --locked --bin spocgw; fi
-	SPOCGW_BIN=$${SPOCGW_BIN:-target/release/spocgw} bash packaging/deb.sh
+	SPOCGW_BIN=$(or $(SPOCGW_BIN),target/release/spocgw) bash packaging/deb.sh
 
 # Two appliances behind HAProxy on loopback: failover, callbacks, witnesses, recovery (docs/pair.md).
 pair-demo: deps
