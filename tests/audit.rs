@@ -450,9 +450,8 @@ async fn retention_prunes_old_segments_and_the_rest_still_verifies() {
     assert!(!ok, "{out}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reading_the_log_is_itself_recorded_and_one_writer_owns_the_log() {
-    let w = World::full();
+/// The officer's identity check, answered 200 (its request and outcome then stand in the log).
+async fn officer_checks_identity(w: &World) {
     let r = post(
         &w.client("officer", false),
         "/bio/v1",
@@ -466,6 +465,12 @@ async fn reading_the_log_is_itself_recorded_and_one_writer_owns_the_log() {
     .await
     .unwrap();
     assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_the_log_is_itself_recorded_and_one_writer_owns_the_log() {
+    let w = World::full();
+    officer_checks_identity(&w).await;
     let query = || {
         let out = Command::new(BIN)
             .args(["audit", "query"])
@@ -768,19 +773,7 @@ async fn a_kept_checkpoint_proves_truncation_and_rewritten_history() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_mean_what_they_say_or_refuse() {
     let w = World::full();
-    let r = post(
-        &w.client("officer", false),
-        "/bio/v1",
-        XML11,
-        Some("CheckIdentityRequest"),
-        messages::envelope(
-            SoapVersion::V11,
-            &BioRequest::matching("6f1c1c4e-3f0a-4d53-9a43-2b5c1e0f9a01", 1024).check_identity(),
-        ),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 200);
+    officer_checks_identity(&w).await;
     let run = |args: &[&str]| {
         let out = Command::new(BIN).args(["audit"]).args(args).output().unwrap();
         (

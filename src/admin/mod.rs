@@ -98,22 +98,32 @@ impl AdminState {
     }
 }
 
-/// Serves the admin endpoints until `stop` turns true.
-pub async fn serve(tcp: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
+/// Accepts connections on `tcp` until `stop` turns true and hands each to `serve`; a failed
+/// accept (out of file descriptors and the like) backs off instead of spinning.
+pub async fn accept_until_stopped(
+    tcp: TcpListener,
+    listener: &'static str,
+    mut stop: watch::Receiver<bool>,
+    serve: impl Fn(tokio::net::TcpStream),
+) {
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             a = tcp.accept() => a,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        match accepted {
+            Ok((stream, _)) => serve(stream),
             Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(listener = "admin", error = %e, "accept failed");
+                tracing::warn!(listener, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
-        };
+        }
+    }
+}
+
+/// Serves the admin endpoints until `stop` turns true.
+pub async fn serve(tcp: TcpListener, state: Arc<AdminState>, stop: watch::Receiver<bool>) {
+    accept_until_stopped(tcp, "admin", stop, |stream| {
         let state = state.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
@@ -122,5 +132,6 @@ pub async fn serve(tcp: TcpListener, state: Arc<AdminState>, mut stop: watch::Re
             });
             let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
         });
-    }
+    })
+    .await;
 }

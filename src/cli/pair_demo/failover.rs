@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::super::demo::{client, describe, post};
 use super::Pair;
-use super::scenarios::{Rows, cosigned, is_recorded, log_text, ministry_client, vkey, wait_until, witnessed};
+use super::scenarios::{Rows, cosigned, is_recorded, log_text, vkey, wait_until, witnessed};
 use crate::audit::{recovery, verify};
 use crate::sim::messages::{self, BioRequest};
 use crate::sim::receiver::Receiver;
@@ -96,29 +96,13 @@ pub(super) async fn kill_under_load(p: &mut Pair, rows: &mut Rows, received: &Re
 async fn restart(p: &mut Pair, rows: &mut Rows, received: &Receiver) -> anyhow::Result<()> {
     let dir = p.dir.clone();
     let before = witnessed(&dir, "pair-b/witness", "spocgw-a").map_or(0, |w| w.body.size);
-    let dv = client(&dir, p.ports.b_police, "document-verifier", false)?;
-    let message_id = format!("PAIR-DOWN-{}", uuid::Uuid::new_v4());
-    let r = post(
-        &dv,
-        "/spoc/csn369791",
-        "\"\"",
-        messages::envelope(SoapVersion::V11, &messages::request_certificate(&message_id)),
-    )
-    .await;
-    let asked = describe(&r, "<result>ok_reception_ack</result>");
+    let (message_id, asked) = super::scenarios::ask_certificate(&dir, p.ports.b_police, "PAIR-DOWN").await?;
     p.start_gateway('a')?;
     let ready = p.wait_ready('a', Duration::from_secs(30));
     // The first sync takes B's table; give it a tick.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let ministry = ministry_client(&dir, p.ports.a.callback)?;
-    let r = post(
-        &ministry,
-        "/spoc/csn369791",
-        "\"\"",
-        messages::envelope(SoapVersion::V11, &messages::send_certificates(&message_id)),
-    )
-    .await;
-    let answered = describe(&r, "<result>ok_received_correctly</result>");
+    super::scenarios::call_back(&dir, p.ports.a.callback, &message_id, "<result>ok_received_correctly</result>")
+        .await?;
     let delivered = wait_until(Duration::from_secs(5), || received.received().contains(&message_id)).await;
     rows.row(
         "A restarted: a callback for what B forwarded while A was down, at A",
@@ -130,7 +114,6 @@ async fn restart(p: &mut Pair, rows: &mut Rows, received: &Receiver) -> anyhow::
         ),
         ready && asked == "200 ok_reception_ack" && delivered,
     );
-    let _ = answered;
     let b_vkey = vkey(&dir, "gateway-b")?;
     let again = wait_until(Duration::from_secs(15), || {
         witnessed(&dir, "pair-b/witness", "spocgw-a").is_some_and(|w| w.body.size > before)

@@ -136,7 +136,7 @@ async fn spread(p: &Pair, rows: &mut Rows) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(super) fn ministry_client(dir: &Path, port: u16) -> anyhow::Result<Upstream> {
+fn ministry_client(dir: &Path, port: u16) -> anyhow::Result<Upstream> {
     Ok(Upstream::new(&UpstreamConfig::client(
         format!("https://127.0.0.1:{port}"),
         &dir.join("ca/ministry-ca.pem"),
@@ -145,19 +145,28 @@ pub(super) fn ministry_client(dir: &Path, port: u16) -> anyhow::Result<Upstream>
     ))?)
 }
 
+/// A RequestCertificateRequest for a new messageID, by the document verifier at the police
+/// listener on `port`: the messageID, and how it was answered.
+pub(super) async fn ask_certificate(dir: &Path, port: u16, tag: &str) -> anyhow::Result<(String, String)> {
+    let dv = client(dir, port, "document-verifier", false)?;
+    let message_id = format!("{tag}-{}", uuid::Uuid::new_v4());
+    let body = messages::envelope(SoapVersion::V11, &messages::request_certificate(&message_id));
+    let r = post(&dv, "/spoc/csn369791", "\"\"", body).await;
+    Ok((message_id, describe(&r, "<result>ok_reception_ack</result>")))
+}
+
+/// The Ministry's SendCertificatesRequest for `message_id` at the callback listener on `port`:
+/// how it was answered (`needle`: the result expected).
+pub(super) async fn call_back(dir: &Path, port: u16, message_id: &str, needle: &str) -> anyhow::Result<String> {
+    let body = messages::envelope(SoapVersion::V11, &messages::send_certificates(message_id));
+    let r = post(&ministry_client(dir, port)?, "/spoc/csn369791", "\"\"", body).await;
+    Ok(describe(&r, needle))
+}
+
 /// A RequestCertificate forwarded through A is answered by the Ministry's callback at B (the
 /// simulated Ministry calls B back); a replay of that callback at A is refused.
 async fn callbacks(p: &Pair, rows: &mut Rows, received: &Receiver) -> anyhow::Result<String> {
-    let dv = client(&p.dir, p.ports.a.gateway, "document-verifier", false)?;
-    let message_id = format!("PAIR-{}", uuid::Uuid::new_v4());
-    let r = post(
-        &dv,
-        "/spoc/csn369791",
-        "\"\"",
-        messages::envelope(SoapVersion::V11, &messages::request_certificate(&message_id)),
-    )
-    .await;
-    let asked = describe(&r, "<result>ok_reception_ack</result>");
+    let (message_id, asked) = ask_certificate(&p.dir, p.ports.a.gateway, "PAIR").await?;
     let delivered = wait_until(Duration::from_secs(15), || received.received().contains(&message_id)).await;
     rows.row(
         "callback for a request forwarded through A, arriving at B",
@@ -165,15 +174,8 @@ async fn callbacks(p: &Pair, rows: &mut Rows, received: &Receiver) -> anyhow::Re
         format!("{asked}, {}", if delivered { "delivered" } else { "not delivered" }),
         asked == "200 ok_reception_ack" && delivered,
     );
-    let ministry = ministry_client(&p.dir, p.ports.a.callback)?;
-    let r = post(
-        &ministry,
-        "/spoc/csn369791",
-        "\"\"",
-        messages::envelope(SoapVersion::V11, &messages::send_certificates(&message_id)),
-    )
-    .await;
-    let replay = describe(&r, "<result>failure_messageID_unknown</result>");
+    let replay =
+        call_back(&p.dir, p.ports.a.callback, &message_id, "<result>failure_messageID_unknown</result>").await?;
     let twice = received.received().iter().filter(|id| **id == message_id).count();
     rows.row(
         "the same callback replayed at A",

@@ -154,22 +154,10 @@ pub(super) async fn serve(
     tcp: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     served: Arc<Served>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            a = tcp.accept() => a,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!(listener = "pair", error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    crate::admin::accept_until_stopped(tcp, "pair", stop, |stream| {
         let (acceptor, served) = (acceptor.clone(), served.clone());
         tokio::spawn(async move {
             let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await else {
@@ -195,5 +183,6 @@ pub(super) async fn serve(
             });
             let _ = http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
         });
-    }
+    })
+    .await;
 }
