@@ -131,7 +131,8 @@ impl NoteBody {
     /// The spocgw checkpoint this body and the log's signature line stand for, for
     /// [`super::verify::check_signature`]; None when the line is not the log key's.
     pub fn checkpoint(&self, line: &SigLine, point: &[u8]) -> Option<Checkpoint> {
-        if line.name != self.origin || line.data[..4] != log_key_id(&self.origin, point) {
+        let (id, signature) = line.data.split_at_checked(4)?;
+        if line.name != self.origin || id != log_key_id(&self.origin, point) {
             return None;
         }
         let time = self.extension("spocgw-time")?.to_owned();
@@ -145,7 +146,7 @@ impl NoteBody {
             root_hash: merkle::hex(&self.root),
             time,
             key_id: super::key_id(point),
-            signature: B64.encode(&line.data[4..]),
+            signature: B64.encode(signature),
             tpm_counter,
         })
     }
