@@ -158,7 +158,7 @@ impl PairMetrics {
         );
         registry.register(
             "pair_calls",
-            "Calls over the pair link by kind (remember, claim, forget, snapshot, ship, witness) and result",
+            "Calls over the pair link by kind (remember, forget, flush, claim, snapshot, ship, witness) and result",
             self.calls.clone(),
         );
         registry.register(
