@@ -181,9 +181,15 @@ impl Shipper {
         }
     }
 
+    /// The last line of `checkpoints.jsonl`, read from its end (the file grows for as long
+    /// as the log does).
     fn newest_checkpoint(&self) -> Option<Checkpoint> {
-        let text = std::fs::read_to_string(self.dir.join(CHECKPOINTS)).ok()?;
-        serde_json::from_str(text.lines().last()?).ok()
+        let mut f = std::fs::File::open(self.dir.join(CHECKPOINTS)).ok()?;
+        let len = f.metadata().ok()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024))).ok()?;
+        let mut tail = String::new();
+        f.read_to_string(&mut tail).ok()?;
+        serde_json::from_str(tail.lines().last()?).ok()
     }
 
     async fn tick(&mut self) -> String {
@@ -207,6 +213,10 @@ impl Shipper {
         for path in log_files(&self.dir) {
             let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else { continue };
             let offset = have.get(&name).copied().unwrap_or(0);
+            // A closed segment the copy holds whole is not read again.
+            if std::fs::metadata(&path).is_ok_and(|m| m.len() == offset) {
+                continue;
+            }
             match whole_lines(&path, offset) {
                 Ok(bytes) if !bytes.is_empty() => out.push((name, offset, bytes)),
                 _ => {}
