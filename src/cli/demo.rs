@@ -28,17 +28,22 @@ pub(super) struct Row {
 }
 
 pub fn run(keep: Option<&Path>) -> ExitCode {
-    match run_inner(keep) {
+    exit_code("demo", run_inner(keep))
+}
+
+/// A demo's exit: 0 when every scenario behaved, 1 when one did not, 2 when it could not run.
+pub(super) fn exit_code(name: &str, ran: anyhow::Result<bool>) -> ExitCode {
+    match ran {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("spocgw demo: {e:#}");
+            eprintln!("spocgw {name}: {e:#}");
             ExitCode::from(2)
         }
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(super) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

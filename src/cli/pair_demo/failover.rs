@@ -7,13 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::super::demo::{client, describe, post};
+use super::super::demo::{client, describe};
 use super::Pair;
 use super::scenarios::{Rows, cosigned, is_recorded, log_text, vkey, wait_until, witnessed};
 use crate::audit::{recovery, verify};
-use crate::sim::messages::{self, BioRequest};
 use crate::sim::receiver::Receiver;
-use crate::xml::SoapVersion;
 
 /// Load clients through the balancer.
 const WORKERS: usize = 8;
@@ -27,14 +25,7 @@ type Outcome = (Instant, Result<String, String>);
 async fn worker(dir: std::path::PathBuf, port: u16, stop: Arc<AtomicBool>, out: Arc<Mutex<Vec<Outcome>>>) {
     let Ok(c) = client(&dir, port, "officer", false) else { return };
     while !stop.load(Ordering::Relaxed) {
-        let bio = BioRequest::matching(&uuid::Uuid::new_v4().to_string(), 1024);
-        let r = post(
-            &c,
-            "/bio/v1",
-            "VerifyFingerprintRequest",
-            messages::envelope(SoapVersion::V11, &bio.verify_fingerprint()),
-        )
-        .await;
+        let r = super::scenarios::verify_fingerprint(&c).await;
         let outcome = match &r {
             Ok(reply) if reply.status == 200 => reply.request_id.clone().ok_or_else(|| "no incident ID".to_owned()),
             _ => Err(describe(&r, "")),

@@ -9,29 +9,19 @@ mod scenarios;
 pub mod setup;
 
 use std::io::{Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use super::demo::free_port;
 use super::dev_pki::Ports;
 use setup::PairPorts;
 
 pub fn run(keep: Option<&Path>) -> ExitCode {
-    match run_inner(keep) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("spocgw pair-demo: {e:#}");
-            ExitCode::from(2)
-        }
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    super::demo::exit_code("pair-demo", run_inner(keep))
 }
 
 /// A child process, killed when dropped.

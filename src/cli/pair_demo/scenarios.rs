@@ -12,7 +12,7 @@ use crate::audit::note::Vkey;
 use crate::audit::witness::{Witness, Witnessed};
 use crate::audit::{recovery, verify};
 use crate::gateway::config::UpstreamConfig;
-use crate::gateway::upstream::Upstream;
+use crate::gateway::upstream::{Reply, Upstream, UpstreamError};
 use crate::sim::messages::{self, BioRequest};
 use crate::sim::receiver::Receiver;
 use crate::xml::SoapVersion;
@@ -103,20 +103,20 @@ pub(super) async fn run(p: &mut Pair, received: &Receiver) -> anyhow::Result<Vec
     Ok(rows.0)
 }
 
+/// An officer's fingerprint verification (a matching print) through `c`.
+pub(super) async fn verify_fingerprint(c: &Upstream) -> Result<Reply, UpstreamError> {
+    let bio = BioRequest::matching(&uuid::Uuid::new_v4().to_string(), 1024);
+    post(c, "/bio/v1", "VerifyFingerprintRequest", messages::envelope(SoapVersion::V11, &bio.verify_fingerprint()))
+        .await
+}
+
 /// Requests through the balancer reach both appliances, each records its own.
 async fn spread(p: &Pair, rows: &mut Rows) -> anyhow::Result<()> {
     let mut ids = Vec::new();
     for _ in 0..12 {
         // A new client each time: a new connection, which the balancer sends round robin.
         let c = client(&p.dir, p.ports.lb_police, "officer", false)?;
-        let bio = BioRequest::matching(&uuid::Uuid::new_v4().to_string(), 1024);
-        let r = post(
-            &c,
-            "/bio/v1",
-            "VerifyFingerprintRequest",
-            messages::envelope(SoapVersion::V11, &bio.verify_fingerprint()),
-        )
-        .await;
+        let r = verify_fingerprint(&c).await;
         if let Ok(reply) = &r
             && reply.status == 200
             && let Some(id) = &reply.request_id
