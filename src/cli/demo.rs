@@ -43,8 +43,29 @@ pub(super) fn exit_code(name: &str, ran: anyhow::Result<bool>) -> ExitCode {
     }
 }
 
-pub(super) fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `N` distinct free ports for the demo's servers, below the kernel's ephemeral range (where an
+/// outgoing connection could take one before its server binds it), all held until all are
+/// chosen so that none is handed out twice.
+pub(super) fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+    const LOWEST: u32 = 10_000;
+    let ephemeral: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral.saturating_sub(LOWEST).max(1_000);
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    let mut held = Vec::with_capacity(N);
+    for i in 0..span {
+        let port = (LOWEST + (start + i) % span) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+            if held.len() == N {
+                break;
+            }
+        }
+    }
+    let ports: Vec<u16> = held.iter().filter_map(|l| l.local_addr().ok().map(|a| a.port())).collect();
+    ports.try_into().map_err(|_| anyhow::anyhow!("not {N} free ports between {LOWEST} and {ephemeral}"))
 }
 
 fn run_inner(keep: Option<&Path>) -> anyhow::Result<bool> {
@@ -59,13 +80,8 @@ fn run_inner(keep: Option<&Path>) -> anyhow::Result<bool> {
             tmp.path().to_path_buf()
         }
     };
-    let ports = Ports {
-        gateway: free_port()?,
-        callback: free_port()?,
-        admin: free_port()?,
-        ministry: free_port()?,
-        receiver: free_port()?,
-    };
+    let [gateway, callback, admin, ministry, receiver] = free_ports()?;
+    let ports = Ports { gateway, callback, admin, ministry, receiver };
     // TPM-backed by default: a software TPM for this run, provisioned by dev-pki.
     let swtpm = if crate::tpm::swtpm::installed() {
         Some(crate::tpm::swtpm::SoftTpm::start(&dir.join("swtpm-state")).context("cannot start swtpm")?)

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use super::demo::free_port;
+use super::demo::free_ports;
 use super::dev_pki::Ports;
 use setup::PairPorts;
 
@@ -130,21 +130,29 @@ impl Pair {
 }
 
 fn ports() -> anyhow::Result<PairPorts> {
+    let [
+        gateway,
+        callback,
+        admin,
+        ministry,
+        receiver,
+        b_police,
+        b_callback,
+        b_admin,
+        a_pair,
+        b_pair,
+        lb_police,
+        lb_callback,
+    ] = free_ports()?;
     Ok(PairPorts {
-        a: Ports {
-            gateway: free_port()?,
-            callback: free_port()?,
-            admin: free_port()?,
-            ministry: free_port()?,
-            receiver: free_port()?,
-        },
-        b_police: free_port()?,
-        b_callback: free_port()?,
-        b_admin: free_port()?,
-        a_pair: free_port()?,
-        b_pair: free_port()?,
-        lb_police: free_port()?,
-        lb_callback: free_port()?,
+        a: Ports { gateway, callback, admin, ministry, receiver },
+        b_police,
+        b_callback,
+        b_admin,
+        a_pair,
+        b_pair,
+        lb_police,
+        lb_callback,
     })
 }
 
