@@ -463,7 +463,21 @@ fn broken_configs_exit_2_with_one_line_naming_file_key_and_problem() {
         parsed.map(|_| ()).map_err(|e| e.to_string())
     };
     assert_eq!(with("max_response_bytes = \"4 MiB\"\nresponse_timeout_ms = \"2 s\"", "upstream.ministry"), Ok(()));
-    assert_eq!(with("retention_s = \"30 d\"\ncheckpoint_interval_ms = \"500 ms\"", "audit"), Ok(()));
+    assert_eq!(with("retention_s = \"400 d\"\ncheckpoint_interval_ms = \"500 ms\"", "audit"), Ok(()));
+    // Durations are bounded where the law or the arithmetic needs it (config/units.rs): a
+    // retention that would delete evidence within a year, one that overflows the date
+    // arithmetic, a zero or overflowing TPM timeout.
+    for (extra, table, key, why) in [
+        ("retention_s = \"1 s\"", "audit", "audit.retention_s", "below the minimum of 365 d"),
+        ("retention_s = \"30 d\"", "audit", "audit.retention_s", "below the minimum of 365 d"),
+        ("retention_s = \"10000000 d\"", "audit", "audit.retention_s", "above the maximum"),
+        ("segment_max_age_s = \"1 s\"", "audit", "audit.segment_max_age_s", "below the minimum"),
+        ("timeout_ms = 0", "tpm", "tpm.timeout_ms", "below the minimum of 1 ms"),
+        ("timeout_ms = \"10000000 d\"", "tpm", "tpm.timeout_ms", "above the maximum"),
+    ] {
+        let err = with(extra, table).unwrap_err();
+        assert!(err.contains(key) && err.contains(why), "{extra}: {err}");
+    }
     for (extra, table, key) in [
         ("durable_timeout_ms = 0", "audit", "audit.durable_timeout_ms"),
         ("checkpoint_every = 0", "audit", "audit.checkpoint_every"),

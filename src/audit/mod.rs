@@ -67,11 +67,19 @@ pub struct AuditConfig {
     #[serde(default = "default_queue")]
     pub queue: usize,
     /// Whole segments whose newest record is older than this are pruned (0: keep everything).
-    /// Later checkpoints stay verifiable from the retention anchor (`anchor.json`).
-    #[serde(deserialize_with = "crate::config::units::seconds", default)]
+    /// Later checkpoints stay verifiable from the retention anchor (`anchor.json`). At least
+    /// one year ([`crate::config::units::MIN_RETENTION_S`]): a shorter value is refused.
+    #[serde(
+        deserialize_with = "crate::config::units::seconds_off_or_within::<_, { crate::config::units::MIN_RETENTION_S }, { crate::config::units::MAX_DURATION_S }>",
+        default
+    )]
     pub retention_s: u64,
-    /// A new segment after this many seconds (as well as after `segment_max_bytes`).
-    #[serde(deserialize_with = "crate::config::units::seconds", default = "default_segment_age")]
+    /// A new segment after this many seconds (as well as after `segment_max_bytes`): 1 min to
+    /// 1 year.
+    #[serde(
+        deserialize_with = "crate::config::units::seconds_within::<_, 60, { crate::config::units::YEAR_S }>",
+        default = "default_segment_age"
+    )]
     pub segment_max_age_s: u64,
 }
 

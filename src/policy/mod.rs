@@ -42,7 +42,10 @@ pub struct PolicyConfig {
     /// Forwarded CSN messageIDs remembered for callbacks, at most, and for how long.
     #[serde(default = "default_callback_ids")]
     pub callback_ids: usize,
-    #[serde(deserialize_with = "crate::config::units::seconds", default = "default_callback_ttl")]
+    #[serde(
+        deserialize_with = "crate::config::units::seconds_within::<_, 1, { crate::config::units::YEAR_S }>",
+        default = "default_callback_ttl"
+    )]
     pub callback_ttl_s: u64,
     /// Where the serial of the newest signed bundle loaded is kept, so that an older one is
     /// refused after a restart too (default: `policy.serial` in the audit directory).

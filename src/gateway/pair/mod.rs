@@ -76,10 +76,16 @@ pub struct PairConfig {
     #[serde(default)]
     pub backup_dir: Option<PathBuf>,
     /// How long a request waits for the peer to take a messageID before it is answered anyway.
-    #[serde(deserialize_with = "crate::config::units::millis", default = "default_timeout_ms")]
+    #[serde(
+        deserialize_with = "crate::config::units::millis_within::<_, 1, { crate::config::units::DAY_MS }>",
+        default = "default_timeout_ms"
+    )]
     pub timeout_ms: u64,
     /// How often the log is shipped and its newest checkpoint submitted to the peer's witness.
-    #[serde(deserialize_with = "crate::config::units::millis", default = "default_interval_ms")]
+    #[serde(
+        deserialize_with = "crate::config::units::millis_within::<_, 100, { crate::config::units::DAY_MS }>",
+        default = "default_interval_ms"
+    )]
     pub sync_interval_ms: u64,
 }
 
