@@ -20,6 +20,7 @@ pub mod json;
 pub mod keys;
 pub mod policy;
 pub mod reload;
+pub mod signed;
 pub mod sim;
 pub mod tls;
 pub mod tpm;

@@ -9,13 +9,11 @@ use std::path::{Path, PathBuf};
 use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 use serde::Deserialize;
 
-use crate::encoding::sha256_hex;
-
 /// The files of a bundle, by their names relative to the bundle directory.
 pub const SCHEMA_FILE: &str = "spocgw.cedarschema";
 pub const ENTITIES_FILE: &str = "entities.json";
 pub const ROUTES_FILE: &str = "routes.toml";
-pub const SIGNATURE_FILE: &str = "bundle.sig";
+pub const SIGNATURE_FILE: &str = crate::signed::SIGNATURE_FILE;
 
 /// The default bundle (`policies/`), compiled in.
 pub const EMBEDDED: &[(&str, &str)] = &[
@@ -118,20 +116,9 @@ pub struct Bundle {
     pub cache: super::cache::DecisionCache,
 }
 
-/// The bundle's digest: SHA-256 over, for each file in sorted name order, the name, a NUL, the
-/// length in decimal, a NUL and the bytes. The signature file is not part of it.
+/// The bundle's digest: [`crate::signed::canonical_digest`] (the signature file left out).
 pub fn canonical_digest(files: &[(String, Vec<u8>)]) -> String {
-    let mut sorted: Vec<&(String, Vec<u8>)> = files.iter().filter(|(n, _)| n != SIGNATURE_FILE).collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut buf = Vec::new();
-    for (name, bytes) in sorted {
-        buf.extend_from_slice(name.as_bytes());
-        buf.push(0);
-        buf.extend_from_slice(bytes.len().to_string().as_bytes());
-        buf.push(0);
-        buf.extend_from_slice(bytes);
-    }
-    sha256_hex(&buf)
+    crate::signed::canonical_digest(files)
 }
 
 /// Reads the bundle files of `dir`: the schema, `*.cedar`, entities, routes, `tests/*.toml`,
