@@ -419,4 +419,169 @@ async fn a_truncated_log_fails_verification_against_the_tpm_counter() {
     assert!(ok, "the signature-only check passes a clean truncation (docs/audit.md says so): {out}");
     let (ok, out) = run(&tpm_mode);
     assert!(!ok && out.contains("missing from the disk (truncated)"), "{out}");
+
+    // Root (or someone with the TPM in another OS) replaces the counter with an ordinary index
+    // holding the truncated log's counter value: refused, whatever the value says.
+    let logged = std::fs::read_to_string(&cps)
+        .unwrap()
+        .lines()
+        .filter_map(|c| serde_json::from_str::<spocgw::audit::Checkpoint>(c).ok()?.tpm_counter)
+        .max()
+        .unwrap();
+    let index = format!("{:#010x}", spocgw::tpm::AUDIT_COUNTER);
+    let value = dir_file(&w, "forged-counter.bin", &logged.to_be_bytes());
+    for args in [
+        vec!["tpm2_nvundefine", "-C", "o", index.as_str()],
+        vec!["tpm2_nvdefine", index.as_str(), "-C", "o", "-s", "8", "-a", "ownerread|ownerwrite|authread|authwrite"],
+        vec!["tpm2_nvwrite", index.as_str(), "-C", "o", "-i", value.as_str()],
+    ] {
+        let o = tpm.tool(&args);
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let read = tpm.tool(&["tpm2_nvread", index.as_str(), "-C", "o", "-s", "8"]);
+    assert_eq!(read.stdout, logged.to_be_bytes(), "the forged index holds the truncated log's counter");
+    let (ok, out) = run(&tpm_mode);
+    assert!(!ok && out.contains("is not the audit counter provisioning defined"), "{out}");
+    assert!(out.contains("not a counter"), "{out}");
+    // With --tcti alone (no provisioning record), the type check alone refuses it too.
+    let (ok, out) = run(&["--tpm", "--tcti", &tpm.tcti()]);
+    assert!(!ok && out.contains("not a counter"), "{out}");
+}
+
+/// A file in the world's directory holding `bytes`; its path.
+fn dir_file(w: &World, name: &str, bytes: &[u8]) -> String {
+    let p = w.path(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.to_str().unwrap().to_owned()
+}
+
+/// The appliance's configuration as a signed bundle (`spocgw config sign | accept | check`)
+/// against a real TPM's configuration record: only the operator's key, only a newer serial,
+/// only a configuration that loads; a store altered on the disk or a record replaced in the
+/// TPM is caught.
+#[test]
+fn configuration_bundles_are_accepted_only_signed_newer_and_whole() {
+    let Some(tpm) = Swtpm::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let prov = d.join("tpm");
+    let policy = rcgen::KeyPair::generate().unwrap();
+    let (policy_key, policy_pub) = (d.join("policy.key.pem"), d.join("policy.pub.pem"));
+    std::fs::write(&policy_key, policy.serialize_pem()).unwrap();
+    std::fs::write(&policy_pub, policy.public_key_pem()).unwrap();
+    let target = ["--tcti", &tpm.tcti(), "--dir", prov.to_str().unwrap(), "--pcrs", "0,16"];
+    let k = policy_key.to_str().unwrap();
+    let out = spocgw(&[&["tpm", "authorize", "--current", "--signing-key", k], &target[..]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = spocgw(&[&["tpm", "provision", "--policy-key", policy_pub.to_str().unwrap()], &target[..]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tpm_toml = d.join("tpm.toml");
+    std::fs::write(&tpm_toml, format!("[tpm]\ntcti = \"{}\"\ndir = \"tpm\"\npcrs = [0, 16]\n", tpm.tcti())).unwrap();
+
+    let operator = |name: &str| {
+        let kp = rcgen::KeyPair::generate().unwrap();
+        let (key, public) = (d.join(format!("{name}.key.pem")), d.join(format!("{name}.pub.pem")));
+        std::fs::write(&key, kp.serialize_pem()).unwrap();
+        std::fs::write(&public, kp.public_key_pem()).unwrap();
+        (key, public)
+    };
+    let (a_key, a_pub) = operator("a");
+    let (b_key, b_pub) = operator("b");
+    let medium = d.join("medium");
+    let store = d.join("config");
+    let bundle = |operator_pub: &std::path::Path, note: &str| {
+        let _ = std::fs::remove_dir_all(&medium);
+        std::fs::create_dir_all(medium.join("certs")).unwrap();
+        std::fs::copy(operator_pub, medium.join("operator.pub.pem")).unwrap();
+        std::fs::write(medium.join("certs/note.txt"), note).unwrap();
+    };
+    let sign = |key: &std::path::Path, serial: u64| {
+        let s = serial.to_string();
+        let out = spocgw(&["config", "sign", "--key", key.to_str().unwrap(), "--serial", &s, medium.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let record = ["--tpm-config", tpm_toml.to_str().unwrap(), "--policy-key", policy_pub.to_str().unwrap()];
+    let accept = || {
+        let args = ["config", "accept", "--from", medium.to_str().unwrap(), "--to", store.to_str().unwrap()];
+        let out = spocgw(&[&args[..], &record[..]].concat());
+        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let check = || {
+        let out = spocgw(&[&["config", "check", "--store", store.to_str().unwrap()], &record[..]].concat());
+        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let note = || std::fs::read_to_string(store.join("certs/note.txt")).ok();
+
+    assert_eq!(check().0, Some(3), "nothing accepted yet");
+    bundle(&a_pub, "one");
+    let (code, out) = accept();
+    assert!(code == Some(1) && out.contains("not signed") && note().is_none(), "unsigned: {out}");
+    sign(&a_key, 1);
+    let (code, out) = accept();
+    assert!(code == Some(0) && out.contains("serial 1 accepted"), "{out}");
+    assert_eq!(note().as_deref(), Some("one"));
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(store.join("certs/note.txt")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "the service reads the configuration; only root writes it");
+    assert_eq!(check().0, Some(0), "{}", check().1);
+    assert!(accept().1.contains("already in force"));
+
+    // Changed after signing; signed by a stranger; an older serial; a configuration that does
+    // not load: each refused, the configuration in force untouched.
+    std::fs::write(medium.join("certs/note.txt"), "one, altered").unwrap();
+    let (code, out) = accept();
+    assert!(code == Some(1) && out.contains("changed after it was signed"), "{out}");
+    bundle(&a_pub, "two");
+    sign(&b_key, 2);
+    let (code, out) = accept();
+    assert!(code == Some(1) && out.contains("not signed by the operator key"), "{out}");
+    sign(&a_key, 1);
+    let (code, out) = accept();
+    assert!(code == Some(1) && out.contains("not above the last accepted"), "{out}");
+    std::fs::write(medium.join("gateway.toml"), "[police]\nlisten = \"nonsense\"\n").unwrap();
+    sign(&a_key, 2);
+    let (code, out) = accept();
+    assert!(code == Some(1) && out.contains("gateway.toml does not load"), "{out}");
+    assert_eq!(note().as_deref(), Some("one"));
+    assert_eq!(check().0, Some(0), "{}", check().1);
+
+    // The operator key rotated: the bundle naming B is signed by A; then only B signs.
+    bundle(&b_pub, "three");
+    sign(&a_key, 3);
+    assert_eq!(accept().0, Some(0));
+    bundle(&b_pub, "four");
+    sign(&a_key, 4);
+    assert!(accept().1.contains("not signed by the operator key"));
+    sign(&b_key, 4);
+    assert_eq!(accept().0, Some(0), "{}", accept().1);
+    assert_eq!(note().as_deref(), Some("four"));
+
+    // Someone with the disk edits the stored configuration: caught at the next check.
+    std::fs::write(store.join("certs/note.txt"), "four, edited offline").unwrap();
+    let (code, out) = check();
+    assert!(code == Some(1) && out.contains("altered or replaced on the disk"), "{out}");
+    std::fs::write(store.join("certs/note.txt"), "four").unwrap();
+    assert_eq!(check().0, Some(0));
+
+    // Someone with the TPM replaces the record with an index of their own (empty: "first
+    // boot"): refused, and no bundle of theirs is taken on first use.
+    let index = format!("{:#010x}", spocgw::tpm::CONFIG_RECORD);
+    for args in [
+        vec!["tpm2_nvundefine", "-C", "o", index.as_str()],
+        vec!["tpm2_nvdefine", index.as_str(), "-C", "o", "-s", "72", "-a", "ownerread|ownerwrite|authread|authwrite"],
+    ] {
+        let o = tpm.tool(&args);
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let zeros = d.join("zeros");
+    std::fs::write(&zeros, [0u8; 72]).unwrap();
+    assert!(tpm.tool(&["tpm2_nvwrite", index.as_str(), "-C", "o", "-i", zeros.to_str().unwrap()]).status.success());
+    let (code, out) = check();
+    assert!(code == Some(1) && out.contains("not the configuration record provisioning defined"), "{out}");
+    let (c_key, c_pub) = operator("c");
+    bundle(&c_pub, "attacker");
+    sign(&c_key, 99);
+    let (code, out) = accept();
+    assert!(code == Some(1) && out.contains("not the configuration record"), "{out}");
+    assert_eq!(note().as_deref(), Some("four"));
 }

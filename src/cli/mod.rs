@@ -3,6 +3,7 @@
 
 pub mod attest;
 pub mod audit;
+pub mod config;
 pub mod demo;
 pub mod dev_pki;
 pub mod docs;
@@ -111,6 +112,11 @@ pub enum Command {
         #[command(subcommand)]
         cmd: policy::PolicyCommand,
     },
+    /// The appliance's configuration as a bundle signed by the operator: sign, accept, check.
+    Config {
+        #[command(subcommand)]
+        cmd: config::ConfigCommand,
+    },
     /// The appliance's keys in the TPM: provision, status, attestation quotes.
     Tpm {
         #[command(subcommand)]
@@ -202,6 +208,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve { config } => serve::run(&config, false),
         Command::Bench { cmd: BenchCommand::Serve { config } } => serve::run(&config, true),
         Command::Tpm { cmd } => tpm::run(cmd),
+        Command::Config { cmd } => config::run(cmd),
         Command::Attest { cmd } => attest::run(cmd),
         Command::Waiting { listen, csr_dir } => waiting::run(listen, &csr_dir),
         Command::Demo { keep } => demo::run(keep.as_deref()),

@@ -7,11 +7,13 @@
 //! context; the next job connects again, so the gateway recovers when the TPM returns.
 
 pub mod attest;
-mod counter;
+pub mod counter;
 mod der;
+pub mod eventlog;
 mod key;
 pub mod policy;
 pub mod provision;
+pub mod record;
 mod session;
 pub mod status;
 pub mod swtpm;
@@ -36,9 +38,10 @@ use tss_esapi::traits::Marshall;
 use tss_esapi::{Context, TctiNameConf};
 use zeroize::Zeroizing;
 
-pub use counter::AUDIT_COUNTER;
+pub use counter::{AUDIT_COUNTER, Pinned};
 pub use key::TpmKey;
 pub use policy::{Authorization, SignedPolicy};
+pub use record::{CONFIG_RECORD, ConfigRecord};
 pub use session::{SealedBlob, ecdsa_der, point_of};
 
 /// `[tpm]` in gateway.toml.
@@ -54,7 +57,10 @@ pub struct TpmConfig {
     #[serde(default = "default_pcrs")]
     pub pcrs: Vec<u8>,
     /// How long a TPM command may take before the caller gives up.
-    #[serde(deserialize_with = "crate::config::units::millis", default = "default_timeout_ms")]
+    #[serde(
+        deserialize_with = "crate::config::units::millis_within::<_, 1, { crate::config::units::DAY_MS }>",
+        default = "default_timeout_ms"
+    )]
     pub timeout_ms: u64,
     /// The signed PCR policy the keys are used under (`spocgw tpm authorize` writes it); a
     /// new image release ships a new one. Default: `pcr-policy.json` in `dir`.
@@ -398,12 +404,35 @@ impl Tpm {
         self.call("nv_increment", move |c| counter::increment(c, &auth))
     }
 
-    /// The audit checkpoint counter's value.
+    /// The audit checkpoint counter's value, read only once the index checks out against
+    /// `pinned` ([`counter::Pinned`]).
     ///
     /// # Errors
-    /// The counter is not defined, or the TPM does not answer.
-    pub fn checkpoint_counter(&self) -> Result<u64, TpmError> {
-        self.call("nv_read", counter::read)
+    /// The counter is not defined, is not the counter provisioning defined (an index replaced),
+    /// or the TPM does not answer.
+    pub fn checkpoint_counter(&self, pinned: Pinned) -> Result<u64, TpmError> {
+        self.call("nv_read", move |c| counter::read(c, &pinned))
+    }
+
+    /// The configuration record ([`record`]), checked against the policy of keys bound to
+    /// `policy_key` (an uncompressed P-256 point); `None` when the TPM has none.
+    ///
+    /// # Errors
+    /// The index is not the record provisioning defined, or the TPM does not answer.
+    pub fn config_record(&self, policy_key: Vec<u8>) -> Result<Option<ConfigRecord>, TpmError> {
+        self.call("nv_read", move |c| {
+            let policy = policy::keys_policy(c, &policy_key)?;
+            record::read(c, &policy)
+        })
+    }
+
+    /// Writes the configuration record, under the signed PCR policy.
+    ///
+    /// # Errors
+    /// As [`Tpm::sign`]: only in a boot state the signed policy approves.
+    pub fn write_config_record(&self, r: ConfigRecord) -> Result<(), TpmError> {
+        let auth = self.authorization()?;
+        self.call("nv_write", move |c| record::write(c, &auth, &r))
     }
 
     /// The uncompressed P-256 point of a persistent key (None when the handle is empty).

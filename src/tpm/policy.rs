@@ -275,6 +275,13 @@ pub(crate) struct Loaded {
 
 /// Loads the policy key's public part (owner hierarchy: a null-hierarchy key's tickets are
 /// refused by PolicyAuthorize) and returns its handle and name; the caller flushes it.
+/// The authorisation policy of every key bound to the policy key `point`, as the TPM names it.
+pub(crate) fn keys_policy(c: &mut Conn, point: &[u8]) -> Result<[u8; 32], TpmError> {
+    let (key, name) = load_policy_key(c, point)?;
+    let _ = c.ctx.flush_context(key.into());
+    Ok(authorize_digest(name.value()))
+}
+
 pub(crate) fn load_policy_key(c: &mut Conn, point: &[u8]) -> Result<(KeyHandle, Name), TpmError> {
     let public = policy_key_public(point)?;
     let key = c

@@ -80,6 +80,10 @@ pub struct Manifest {
     pub policy_digest: String,
     /// The NV counter index audit checkpoints advance, hex.
     pub audit_counter: String,
+    /// Its Name once written (hex), pinned here: `audit verify --tpm` trusts the counter only
+    /// while the TPM's index has this Name (and the type, attributes and write policy it covers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_counter_name: Option<String>,
     pub keys: BTreeMap<String, KeyEntry>,
 }
 
@@ -171,6 +175,18 @@ impl Manifest {
         unhex(&self.policy_key)
             .filter(|p| p.len() == 65)
             .ok_or_else(|| TpmError::Provisioning(format!("{MANIFEST}: policy_key is not a P-256 point")))
+    }
+
+    /// What the audit counter must be, as this record pins it: its write policy and, when
+    /// recorded, its Name.
+    ///
+    /// # Errors
+    /// The record's policy digest or counter Name is not hex.
+    pub fn pinned_counter(&self) -> Result<super::Pinned, TpmError> {
+        let bad = |what: &str| TpmError::Provisioning(format!("{MANIFEST}: {what} is not hex"));
+        let policy = unhex(&self.policy_digest).filter(|p| p.len() == 32).ok_or_else(|| bad("policy_digest"))?;
+        let name = self.audit_counter_name.as_deref().map(|n| unhex(n).ok_or_else(|| bad("audit_counter_name")));
+        Ok(super::Pinned { policy: Some(policy), name: name.transpose()? })
     }
 
     /// Reads the signed PCR policy named by `cfg`, checks it against the recorded policy key
@@ -345,6 +361,7 @@ struct Made {
     points: Vec<(String, Vec<u8>)>,
     sealed: Vec<(String, SealedBlob)>,
     policy_digest: Vec<u8>,
+    counter_name: Vec<u8>,
 }
 
 /// Subjects of the CSRs provisioning writes; the CA decides the rest.
@@ -443,6 +460,7 @@ pub fn provision(cfg: &TpmConfig, tpm: &Arc<Tpm>, force: bool, policy_key: &[u8]
         policy_key: hex(policy_key),
         policy_digest: hex(&made.policy_digest),
         audit_counter: format!("{:#010x}", super::AUDIT_COUNTER),
+        audit_counter_name: Some(hex(&made.counter_name)),
         keys,
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| perr(e.to_string()))?;
@@ -516,7 +534,10 @@ fn make_in_tpm(tpm: &Tpm, policy_key: &[u8], secrets: Vec<Secret>) -> Result<Mad
             }
             persist(c, primary.into(), PRIMARY_HANDLE)?;
             super::counter::define(c, &policy, &auth)?;
-            Ok(Made { points, sealed, policy_digest: policy.value().to_vec() })
+            super::record::define(c, &policy, &auth)?;
+            let pinned = super::Pinned { policy: Some(policy.value().to_vec()), name: None };
+            let counter_name = super::counter::name(c, &pinned)?;
+            Ok(Made { points, sealed, policy_digest: policy.value().to_vec(), counter_name })
         })();
         let _ = c.ctx.flush_context(primary.into());
         c.forget();

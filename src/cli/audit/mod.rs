@@ -308,8 +308,15 @@ fn against_tpm(
     mut s: verify::Summary,
 ) -> Result<verify::Summary, String> {
     let tpm = crate::tpm::Tpm::start(cfg).map_err(|e| e.to_string())?;
+    // With the provisioning record (--config), the counter's write policy and pinned Name; with
+    // --tcti alone, its type and attributes (a counter never goes back, even defined anew).
+    let pinned = if cfg.dir.as_os_str().is_empty() {
+        crate::tpm::Pinned::default()
+    } else {
+        crate::tpm::provision::Manifest::load(&cfg.dir).and_then(|m| m.pinned_counter()).map_err(|e| e.to_string())?
+    };
     for attempt in 0.. {
-        let counted = tpm.checkpoint_counter().map_err(|e| e.to_string())?;
+        let counted = tpm.checkpoint_counter(pinned.clone()).map_err(|e| format!("--tpm: {e}"))?;
         let logged = s.last_checkpoint.as_ref().and_then(|c| c.tpm_counter);
         match logged {
             None => return Err("--tpm: the newest checkpoint carries no TPM counter (not written by a gateway with a TPM checkpoint key)".into()),
