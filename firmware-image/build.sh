@@ -4,17 +4,25 @@
 #   firmware-image/out/disk.img          GPT disk: ESP (the UKI), root (erofs), verity hashes,
 #                                        data (empty; formatted ext4 on first boot)
 #   firmware-image/out/spocgw.efi        the unified kernel image (kernel, initramfs, command
-#                                        line with the root hash, os-release)
-#   firmware-image/out/expected-pcrs.json  the PCR 11 value the UKI measures to, predicted by
-#                                        systemd-measure, and the image's digests
-#   firmware-image/out/pcr-policy.json   that value signed with the image-signing key (the keys'
-#                                        signed PCR policy; also inside the image)
+#                                        line with the root hash, os-release), signed for
+#                                        Secure Boot with the db key
+#   firmware-image/out/OVMF_VARS.fd      the reference platform's UEFI variables: the project's
+#                                        PK, KEK and db enrolled, Secure Boot on
+#   firmware-image/out/secureboot/       PK.pem, KEK.pem, db.pem: the certificates to enroll
+#   firmware-image/out/expected-pcrs.json  PCR 7 (Secure Boot state, predicted from the enrolled
+#                                        variables) and PCR 11 (the UKI and the boot phases,
+#                                        predicted by systemd-measure), and the image's digests
+#   firmware-image/out/pcr-policy.json   those values signed with the image-signing key (the
+#                                        keys' signed PCR policy; on the ESP)
 #   firmware-image/out/manifest.txt      every package and version in the root
 #
 # Inputs: SPOCGW_BIN (default target/release/spocgw), SOURCE_DATE_EPOCH (default: the last
 # commit's time), IMAGE_SIGNING_KEY (PKCS#8 P-256 PEM; default: a development key made once in
-# firmware-image/build/keys/, git-ignored). Packages are fetched once into
-# firmware-image/build/cache/ and reused. Needs root (mmdebstrap --mode=root).
+# firmware-image/build/keys/, git-ignored), SECUREBOOT_KEYS (a directory with PK, KEK and db
+# as NAME.pem certificates and db.key; default: development keys made once in
+# firmware-image/build/keys/secureboot/). Packages are fetched once into
+# firmware-image/build/cache/ and the Python tools into firmware-image/build/venv/, and reused.
+# Needs root (mmdebstrap --mode=root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HERE=firmware-image
@@ -36,12 +44,16 @@ DATA_MB=${DATA_MB:-512}
 
 [ "$(id -u)" = 0 ] || { echo "make image needs root (mmdebstrap --mode=root, a chroot)" >&2; exit 1; }
 [ -x "$BIN" ] || { echo "no spocgw binary at $BIN (cargo build --release, or SPOCGW_BIN=...)" >&2; exit 1; }
-for t in mmdebstrap mkfs.erofs veritysetup mkfs.vfat mcopy sfdisk objcopy cpio; do
+for t in mmdebstrap mkfs.erofs veritysetup mkfs.vfat mcopy sfdisk objcopy cpio sbsign; do
   command -v "$t" >/dev/null || { echo "missing $t: make image-deps" >&2; exit 1; }
 done
 STUB=/usr/lib/systemd/boot/efi/linuxx64.efi.stub
 MEASURE=/usr/lib/systemd/systemd-measure
 [ -f "$STUB" ] && [ -x "$MEASURE" ] || { echo "missing systemd-boot-efi / systemd-measure: make image-deps" >&2; exit 1; }
+OVMF_VARS_TEMPLATE=/usr/share/OVMF/OVMF_VARS_4M.fd
+[ -f "$OVMF_VARS_TEMPLATE" ] || { echo "missing $OVMF_VARS_TEMPLATE: make image-deps" >&2; exit 1; }
+# The owner GUID of the project's Secure Boot entries (fixed: it is part of what PCR 7 measures).
+SB_OWNER=5350434f-6777-4000-8000-73706f636777
 
 started=$(date +%s)
 mkdir -p "$B/cache" "$B/keys" "$OUT"
@@ -55,12 +67,35 @@ KEY=${IMAGE_SIGNING_KEY:-$B/keys/image-signing.key.pem}
 if [ ! -f "$KEY" ]; then
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$KEY" 2>/dev/null
 fi
+# The Secure Boot keys: PK and KEK (kept offline in production: they sign db and dbx
+# updates) and db, whose key signs the UKI. The firmware boots nothing else.
+SBK=${SECUREBOOT_KEYS:-$B/keys/secureboot}
+mkdir -p "$SBK" "$OUT/secureboot"
+for k in PK KEK db; do
+  if [ ! -f "$SBK/$k.pem" ]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 -subj "/O=spocgw/CN=spocgw $k" \
+      -keyout "$SBK/$k.key" -out "$SBK/$k.pem" 2>/dev/null
+  fi
+  cp "$SBK/$k.pem" "$OUT/secureboot/$k.pem"
+done
+[ -f "$SBK/db.key" ] || { echo "$SBK/db.key: the db key signs the UKI" >&2; exit 1; }
+# The Python tools (virt-firmware), pinned, in the build directory.
+VENV=$B/venv
+if ! cmp -s "$HERE/requirements.txt" "$VENV/.installed" 2>/dev/null; then
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$HERE/requirements.txt"
+  cp "$HERE/requirements.txt" "$VENV/.installed"
+fi
 mkdir -p "$B/extra/usr/share/spocgw" "$B/extra/usr/share/doc/spocgw" "$B/extra/usr/bin"
 # The gateway, without its debug line tables (the release build keeps them for profiling).
 objcopy --strip-debug "$BIN" "$B/extra/usr/bin/spocgw"
 openssl pkey -in "$KEY" -pubout -out "$B/extra/usr/share/spocgw/image-signing.pub.pem"
 cp "$B/extra/usr/share/spocgw/image-signing.pub.pem" "$OUT/image-signing.pub.pem"
 cp docs/appliance.md "$B/extra/usr/share/doc/spocgw/appliance.md"
+# The partitions the appliance uses, by UUID, on the disk that holds its verified root
+# (/usr/lib/spocgw/disks): never a partition of another disk with the same name.
+printf 'ESP_UUID=%s\nDATA_UUID=%s\n' "$ESP_UUID" "$DATA_UUID" >"$B/extra/usr/share/spocgw/partitions.env"
 # The unit and the user are the Debian package's (packaging/); the image adds a drop-in.
 mkdir -p "$B/extra/usr/lib/systemd/system" "$B/extra/usr/lib/sysusers.d"
 cp packaging/spocgw.service "$B/extra/usr/lib/systemd/system/spocgw.service"
@@ -69,6 +104,8 @@ cp packaging/sysusers.conf "$B/extra/usr/lib/sysusers.d/spocgw.conf"
 # 1. The root: Debian's packages, with the package downloads kept in the build directory.
 PACKAGES=systemd,systemd-sysv,udev,kmod,linux-image-cloud-amd64,busybox-static,cryptsetup-bin,e2fsprogs,nftables
 PACKAGES+=,libtss2-esys-3.0.2-0,libtss2-tctildr0,libtss2-mu0,libtss2-sys1,libtss2-tcti-device0
+# systemd-pcrphase dlopens libtss2-rc too (without it the phases are not measured and no key opens)
+PACKAGES+=,libtss2-rc0
 echo "image: root filesystem (mmdebstrap $SUITE)" >&2
 mmdebstrap --mode=root --variant=minbase --include="$PACKAGES" \
   --aptopt='APT::Install-Recommends "false"' \
@@ -145,10 +182,10 @@ objcopy \
   --add-section .cmdline="$B/parts/cmdline" --change-section-vma .cmdline="$(printf 0x%x "$cmdline")" \
   --add-section .linux="$B/parts/vmlinuz" --change-section-vma .linux="$(printf 0x%x "$linux")" \
   --add-section .initrd="$B/parts/initrd" --change-section-vma .initrd="$(printf 0x%x "$initrd")" \
-  "$STUB" "$OUT/spocgw.efi"
+  "$STUB" "$B/parts/unsigned.efi"
 # objcopy stamps the PE header with the time of the build: SOURCE_DATE_EPOCH instead, and no
 # checksum (neither is measured: PCR 11 covers the sections, not the header).
-python3 - "$OUT/spocgw.efi" "$SOURCE_DATE_EPOCH" <<'PY'
+python3 - "$B/parts/unsigned.efi" "$SOURCE_DATE_EPOCH" <<'PY'
 import struct, sys
 path, stamp = sys.argv[1], int(sys.argv[2])
 with open(path, "r+b") as f:
@@ -160,21 +197,37 @@ with open(path, "r+b") as f:
     f.seek(pe + 24 + 64)
     f.write(struct.pack("<I", 0))
 PY
+# Signed for Secure Boot with the db key (Authenticode; an RSA PKCS#1 v1.5 signature is the same
+# each time it is made, so the signed UKI is reproducible).
+sbsign --key "$SBK/db.key" --cert "$SBK/db.pem" --output "$OUT/spocgw.efi" "$B/parts/unsigned.efi" 2>"$B/sbsign.log" \
+  || { cat "$B/sbsign.log" >&2; exit 1; }
+# The reference platform's variables (OVMF): the project's PK, KEK and db, Secure Boot on.
+rm -f "$OUT/OVMF_VARS.fd"
+"$VENV/bin/virt-fw-vars" --input "$OVMF_VARS_TEMPLATE" --set-pk "$SB_OWNER" "$SBK/PK.pem" \
+  --add-kek "$SB_OWNER" "$SBK/KEK.pem" --add-db "$SB_OWNER" "$SBK/db.pem" --secure-boot \
+  --output "$OUT/OVMF_VARS.fd" >"$B/virt-fw-vars.log" 2>&1 || { cat "$B/virt-fw-vars.log" >&2; exit 1; }
 
-# 5. What PCR 11 will hold once systemd-stub measured the UKI, and that value signed.
-# `--phase=`: the value right after systemd-stub (the boot-phase measurements are masked).
+# 5. What PCR 7 and PCR 11 will hold while the gateway runs, and those values signed.
+# PCR 7: the Secure Boot state (the variables enrolled above and the db entry that verified
+# the UKI). PCR 11: what systemd-stub measured of the UKI, then the boot phases
+# systemd-pcrphase measures (the main system has no systemd initrd: `sysinit`, then `ready`;
+# the setup and the gateway are ordered after `ready`, and `shutdown` closes the keys).
+PHASES=sysinit:ready
+"$VENV/bin/python" "$HERE/pcr7.py" "$OUT/OVMF_VARS.fd" "$SBK/db.pem" >"$B/pcr7.json"
+PCR7=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["7"])' "$B/pcr7.json")
 "$MEASURE" calculate --linux="$B/parts/vmlinuz" --initrd="$B/parts/initrd" --cmdline="$B/parts/cmdline" \
-  --osrel="$B/parts/os-release" --bank=sha256 --phase= >"$B/measure.txt"
+  --osrel="$B/parts/os-release" --bank=sha256 --phase="$PHASES" >"$B/measure.txt"
 PCR11=$(sed -n 's/^11:sha256=//p' "$B/measure.txt")
 [ "${#PCR11}" = 64 ] || { echo "systemd-measure gave no PCR 11 value" >&2; cat "$B/measure.txt" >&2; exit 1; }
+[ "${#PCR7}" = 64 ] || { echo "no PCR 7 prediction" >&2; cat "$B/pcr7.json" >&2; exit 1; }
 # ECDSA signatures differ each time they are made: a value signed once is signed for good (the
 # same PCR 11 with the same key gives the same file, and so the same image).
 openssl pkey -in "$KEY" -pubout 2>/dev/null | sha256sum | cut -c1-16 >"$B/key.id"
-SIGNED=$B/keys/pcr-policy.$(cat "$B/key.id").$PCR11.json
+SIGNED=$B/keys/pcr-policy.$(cat "$B/key.id").$(printf '%s' "$PCR7$PCR11" | sha256sum | cut -c1-32).json
 if [ ! -f "$SIGNED" ]; then
-  printf '{"11": "%s"}\n' "$PCR11" >"$B/pcr11.json"
-  "$BIN" tpm authorize --signing-key "$KEY" --values "$B/pcr11.json" --out "$SIGNED" \
-    --comment "spocgw image, PCR 11 of its UKI" >/dev/null
+  printf '{"7": "%s", "11": "%s"}\n' "$PCR7" "$PCR11" >"$B/pcrs.json"
+  "$BIN" tpm authorize --signing-key "$KEY" --values "$B/pcrs.json" --out "$SIGNED" \
+    --comment "spocgw image: PCR 7 (Secure Boot, the project's keys) and PCR 11 (its UKI, phase $PHASES)" >/dev/null
 fi
 cp "$SIGNED" "$OUT/pcr-policy.json"
 
@@ -212,10 +265,13 @@ put "$B/parts/root.verity" $((1 + ESP_MB + ROOT_MB))
 # 7. The record a verifier and an operator need.
 IMAGE_SHA=$(sha256sum "$OUT/disk.img" | cut -d' ' -f1)
 UKI_SHA=$(sha256sum "$OUT/spocgw.efi" | cut -d' ' -f1)
+SB=$(python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); d.pop("7"); print(json.dumps(d))' "$B/pcr7.json")
 cat >"$OUT/expected-pcrs.json" <<EOF
 {
   "bank": "sha256",
-  "pcrs": { "11": "$PCR11" },
+  "pcrs": { "7": "$PCR7", "11": "$PCR11" },
+  "phases": "$PHASES",
+  "secure_boot": $SB,
   "roothash": "$ROOTHASH",
   "uki_sha256": "$UKI_SHA",
   "image_sha256": "$IMAGE_SHA",
@@ -225,4 +281,4 @@ cat >"$OUT/expected-pcrs.json" <<EOF
 }
 EOF
 echo "$IMAGE_SHA  disk.img" >"$OUT/image.sha256"
-echo "image: $OUT/disk.img ($(du -h --apparent-size "$OUT/disk.img" | cut -f1) apparent, root $(du -h "$B/parts/root.erofs" | cut -f1)), sha256 $IMAGE_SHA, PCR 11 $PCR11, spocgw.service exposure $EXPOSURE, built in $(( $(date +%s) - started )) s" >&2
+echo "image: $OUT/disk.img ($(du -h --apparent-size "$OUT/disk.img" | cut -f1) apparent, root $(du -h "$B/parts/root.erofs" | cut -f1)), sha256 $IMAGE_SHA, PCR 7 $PCR7, PCR 11 $PCR11, spocgw.service exposure $EXPOSURE, built in $(( $(date +%s) - started )) s" >&2

@@ -1,25 +1,36 @@
 #!/usr/bin/env python3
-"""make image-test: the appliance image booted under qemu (TCG, q35, OVMF) with a fresh swtpm
-as its TPM, used as an operator and a verifier would, then tampered with.
+"""make image-test: the appliance image booted under qemu (TCG, q35 with SMM, OVMF with Secure
+Boot and the variables the build enrolled) with a fresh swtpm as its TPM, used as an operator
+and a verifier would, then attacked.
 
   1. first boot: the data partition is formatted, the TPM provisioned, the CSRs written to the
      provisioning medium (a FAT disk labelled SPOCGW-PROV); nothing serves yet
   2. the CSRs certified by a development CA on the host; the medium carries gateway.toml, the
      certificates, the Ministry's outbound rule and a verifier's nonce; second boot: the
      gateway starts (Type=notify), an officer's request through port forwarding reaches the
-     simulated Ministry on the host: 200 MATCH; the boot's quote verifies against the PCR 11
-     value the build predicted (`spocgw attest verify`, and `tpm2_checkquote`)
+     simulated Ministry on the host: 200 MATCH; the boot's quote verifies against the PCR 7
+     and PCR 11 values the build predicted, with the firmware's event log (`spocgw attest
+     verify`, and `tpm2_checkquote`)
   3. one byte of the root filesystem flipped: dm-verity refuses the root, nothing serves
-  4. the UKI rebuilt with another command line: the root is fine, but PCR 11 differs, so no
-     key opens, nothing serves, and that boot's quote fails verification
+  4. the UKI rebuilt with another command line and signed with the db key: it boots, but
+     PCR 11 differs, so no key opens, nothing serves, and that boot's quote fails verification
+  5. the same UKI unsigned: the firmware refuses it (Secure Boot), nothing serves
+  6. an attacker with the machine in hand: Secure Boot off, another kernel boot (qemu's direct
+     kernel load: no systemd-stub) whose initramfs replays into PCR 11 the UKI's section
+     digests and the boot phases from user space, then hands over to the genuine root. PCR 11
+     reaches the predicted value, but PCR 7 does not: no key opens, nothing serves, the quote
+     fails verification naming PCR 7
 
 Prints a table like the demo's; exit 1 if any row fails. Run as root (mtools, qemu, swtpm)."""
 
+import gzip
+import hashlib
 import json
 import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -30,8 +41,12 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "firmware-image" / "out"
 PARTS = ROOT / "firmware-image" / "build" / "parts"
 SPOCGW = Path(os.environ.get("SPOCGW_BIN", ROOT / "target" / "debug" / "spocgw"))
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+# The variables the build enrolled (Secure Boot on, the project's keys), and the firmware's
+# defaults (no keys: Secure Boot off), for the attacker.
+OVMF_VARS = OUT / "OVMF_VARS.fd"
+OVMF_VARS_PLAIN = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+SB_KEYS = Path(os.environ.get("SECUREBOOT_KEYS", ROOT / "firmware-image" / "build" / "keys" / "secureboot"))
 STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 BOOT_LIMIT = float(os.environ.get("BOOT_LIMIT", "240"))
 
@@ -55,8 +70,9 @@ def free_port():
 
 def require_tools():
     missing = [t for t in ["qemu-system-x86_64", "qemu-img", "swtpm", "mcopy", "mkfs.vfat", "openssl", "curl",
-                           "objcopy", "tpm2_checkquote"] if shutil.which(t) is None]
-    missing += [str(p) for p in [OVMF_CODE, OVMF_VARS, STUB, SPOCGW, OUT / "disk.img"] if not p.exists()]
+                           "objcopy", "tpm2_checkquote", "sbsign", "cpio"] if shutil.which(t) is None]
+    missing += [str(p) for p in [OVMF_CODE, OVMF_VARS, OVMF_VARS_PLAIN, STUB, SPOCGW, OUT / "disk.img",
+                                 SB_KEYS / "db.key"] if not p.exists()]
     if missing:
         print(f"image-test: missing {', '.join(missing)} (make image-deps image)", file=sys.stderr)
         sys.exit(1)
@@ -76,6 +92,9 @@ class Pki:
         self.issue("police-ca", "officer", "/C=CZ/O=Border Police/OU=border-verifier/CN=officer-0001", "clientAuth")
         self.issue("ministry-ca", "ministry", "/O=Ministry of Interior/CN=ministry.test", "serverAuth",
                    "DNS:ministry.test,IP:127.0.0.1")
+        # The operator's key: it signs the appliance's configuration bundles.
+        run("openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", d / "operator.key")
+        run("openssl", "pkey", "-in", d / "operator.key", "-pubout", "-out", d / "operator.pub.pem")
 
     def issue(self, ca, name, subject, eku, san=None):
         run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
@@ -97,18 +116,20 @@ class Vm:
     """One appliance under qemu: its disk (an overlay over the image), its TPM (swtpm, state
     kept across boots), its UEFI variables and its provisioning medium."""
 
-    def __init__(self, w: Path, disk: Path):
+    def __init__(self, w: Path, disk: Path, variables: Path = OVMF_VARS):
         self.w = w
         w.mkdir(parents=True, exist_ok=True)
         (w / "tpm").mkdir(exist_ok=True)
-        shutil.copy(OVMF_VARS, w / "vars.fd")
+        shutil.copy(variables, w / "vars.fd")
         run("qemu-img", "create", "-q", "-f", "qcow2", "-b", disk, "-F", "raw", w / "disk.qcow2")
         self.medium = w / "medium.img"
         run("mkfs.vfat", "-C", "-n", "SPOCGW-PROV", self.medium, "16384")
         self.procs = []
 
-    def boot(self, name, forward=None):
-        """Starts swtpm and qemu; the serial console goes to `name`.log."""
+    def boot(self, name, forward=None, kernel=None, extra_disk=None):
+        """Starts swtpm and qemu; the serial console goes to `name`.log. `kernel`: (kernel,
+        initrd, command line) loaded by qemu instead of the disk's UKI; `extra_disk`: another
+        raw disk attached (a stick someone plugged in)."""
         self.console = self.w / f"{name}.log"
         self.qmp = self.w / "qmp.sock"
         sock = self.w / "swtpm.sock"
@@ -120,16 +141,20 @@ class Vm:
                 break
             time.sleep(0.1)
         net = "user,id=n0" + (f",hostfwd=tcp:127.0.0.1:{forward}-:8443" if forward else "")
+        direct = ["-kernel", kernel[0], "-initrd", kernel[1], "-append", kernel[2]] if kernel else []
+        if extra_disk:
+            direct += ["-drive", f"file={extra_disk},format=raw,if=virtio"]
         qemu = subprocess.Popen([
-            "qemu-system-x86_64", "-accel", "tcg", "-machine", "q35", "-m", "1024", "-smp", "2",
-            "-display", "none", "-no-reboot",
+            "qemu-system-x86_64", "-accel", "tcg", "-machine", "q35,smm=on", "-m", "1024", "-smp", "2",
+            "-global", "driver=cfi.pflash01,property=secure,value=on", "-global", "ICH9-LPC.disable_s3=1",
+            "-display", "none", "-no-reboot", *map(str, direct),
             "-drive", f"if=pflash,format=raw,unit=0,file={OVMF_CODE},readonly=on",
             "-drive", f"if=pflash,format=raw,unit=1,file={self.w / 'vars.fd'}",
             "-chardev", f"socket,id=chrtpm,path={sock}", "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
             "-device", "tpm-tis,tpmdev=tpm0",
             "-drive", f"file={self.w / 'disk.qcow2'},format=qcow2,if=virtio",
             "-drive", f"file={self.medium},format=raw,if=virtio",
-            "-netdev", net, "-device", "virtio-net-pci,netdev=n0",
+            "-netdev", net, "-device", "virtio-net-pci,netdev=n0,romfile=",
             "-serial", f"file:{self.console}", "-qmp", f"unix:{self.qmp},server,nowait",
         ], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.procs = [qemu, swtpm]
@@ -209,7 +234,7 @@ pseudonym_key = "tpm:audit-pseudonym"
 [tpm]
 tcti = "device:/dev/tpmrm0"
 dir = "/var/lib/spocgw/tpm"
-pcrs = [11]
+pcrs = [7, 11]
 signed_policy = "/efi/spocgw/pcr-policy.json"
 """
 
@@ -236,16 +261,34 @@ def serves_within(port, pki, samples, seconds):
     return False
 
 
-def attest(vm, nonce, expected):
-    """The quote a boot left on the medium (copied to attest-out/), checked by `spocgw attest
-    verify`: (exit code, what it printed)."""
+def attest(vm, nonce, expected, ak):
+    """The quote and event log a boot left on the medium (copied to attest-out/), checked by
+    `spocgw attest verify` with the attestation key recorded at first boot: (exit code, what
+    it printed)."""
     q = vm.w / "attest-out"
     q.mkdir(exist_ok=True)
-    for f in ["quote.msg", "quote.sig", "quote.pcrs", "attestation.pub.pem"]:
+    for f in ["quote.msg", "quote.sig", "quote.pcrs", "eventlog"]:
         vm.medium_read(f"attest/{f}", q / f)
-    v = subprocess.run([str(SPOCGW), "attest", "verify", "--expected", str(expected), "--ak",
-                        str(q / "attestation.pub.pem"), "--nonce", nonce, str(q)], capture_output=True, text=True)
+    v = subprocess.run([str(SPOCGW), "attest", "verify", "--expected", str(expected), "--ak", str(ak),
+                        "--eventlog", str(q / "eventlog"), "--nonce", nonce, str(q)], capture_output=True, text=True)
     return v.returncode, (v.stdout + v.stderr).strip()
+
+
+def with_nonce(vm, w, name):
+    """A fresh verifier's nonce on the VM's medium; the nonce."""
+    nonce = os.urandom(16).hex()
+    (w / name).write_text(nonce)
+    run("mmd", "-i", vm.medium, "::/attest")
+    vm.medium_write(w / name, "attest/nonce")
+    return nonce
+
+
+def provisioned(w, name, disk, variables=OVMF_VARS):
+    """A VM with the first appliance's TPM state (the same machine, booted otherwise)."""
+    vm = Vm(w / name, disk, variables)
+    shutil.rmtree(w / name / "tpm")
+    shutil.copytree(w / "vm" / "tpm", w / name / "tpm")
+    return vm
 
 
 def main():
@@ -298,13 +341,14 @@ def main():
         (cfg / "gateway.toml").write_text(gateway_toml(mp))
         (cfg / "nftables.d" / "ministry.nft").write_text(
             f"add rule inet spocgw output ip daddr 10.0.2.2 tcp dport {mp} ct state new accept\n")
+        shutil.copy(pki.d / "operator.pub.pem", cfg / "operator.pub.pem")
+        run(SPOCGW, "config", "sign", "--key", pki.d / "operator.key", "--serial", "1", cfg)
         vm.medium_write(cfg, "config")
-        nonce = os.urandom(16).hex()
-        (w / "nonce").write_text(nonce)
-        run("mmd", "-i", vm.medium, "::/attest")
-        vm.medium_write(w / "nonce", "attest/nonce")
+        nonce = with_nonce(vm, w, "nonce")
         port = free_port()
-        vm.boot("boot2", forward=port)
+        decoy = decoy_disk(w / "decoy.img")
+        decoy_before = hashlib.sha256(decoy.read_bytes()).hexdigest()
+        vm.boot("boot2", forward=port, extra_disk=decoy)
         served = serves_within(port, pki, dev / "samples", BOOT_LIMIT)
         ready_s = time.monotonic() - vm.started
         code, body = officer_request(port, pki, dev / "samples")
@@ -315,16 +359,49 @@ def main():
         row("spocgw.service (Type=notify) reported ready to systemd", "Started spocgw.service",
             "started" if notified else "not reported", notified)
         vm.power_off()
-        rc, text = attest(vm, nonce, expected_file)
-        row("the boot's quote verifies against the predicted PCR 11", "spocgw attest verify: 0",
-            f"{rc}: {text.splitlines()[-1] if text else ''}", rc == 0)
+        untouched = hashlib.sha256(decoy.read_bytes()).hexdigest() == decoy_before
+        boot_disk = re.search(r"spocgw-disks: boot disk (\w+): ESP (\S+), data (\S+)", vm.text())
+        row("a second disk with spocgw-esp and spocgw-data partitions: neither mounted nor written",
+            "the boot disk's partitions used, the decoy untouched",
+            f"{boot_disk.group(0)[len('spocgw-disks: '):] if boot_disk else 'no boot disk line'}, "
+            f"decoy {'untouched' if untouched else 'WRITTEN'}",
+            boot_disk and boot_disk.group(1) == "vda" and untouched and served)
+        accepted = re.search(r"spocgw: configuration serial 1 accepted", vm.text())
+        row("a configuration bundle signed by the operator: accepted and applied", "serial 1 accepted, serving",
+            f"{'accepted' if accepted else 'not accepted'}, {'serving' if served else 'no answer'}", accepted and served)
+        ak = csr / "attestation.pub.pem"
+        rc, text = attest(vm, nonce, expected_file, ak)
+        row("the boot's quote and event log verify: PCR 7 (Secure Boot on, the project's keys) and PCR 11",
+            "spocgw attest verify: 0", f"{rc}: {' / '.join(text.splitlines()[-2:]) if text else ''}", rc == 0)
         q = w / "vm" / "attest-out"
-        cq = subprocess.run(["tpm2_checkquote", "-u", str(q / "attestation.pub.pem"), "-m", str(q / "quote.msg"),
-                             "-s", str(q / "quote.sig"), "-f", str(q / "quote.pcrs"), "-l", "sha256:11", "-g", "sha256",
-                             "-q", nonce], capture_output=True, text=True)
+        cq = subprocess.run(["tpm2_checkquote", "-u", str(ak), "-m", str(q / "quote.msg"),
+                             "-s", str(q / "quote.sig"), "-f", str(q / "quote.pcrs"), "-l", "sha256:7,11", "-g",
+                             "sha256", "-q", nonce], capture_output=True, text=True)
         pcrs_file = (q / "quote.pcrs").read_bytes() if (q / "quote.pcrs").exists() else b""
-        row("tpm2_checkquote agrees, and the quoted PCR 11 is the predicted one", "valid, predicted value",
-            f"rc {cq.returncode}, PCR 11 {pcrs_file.hex()[:16]}", cq.returncode == 0 and pcrs_file.hex() == expected["pcrs"]["11"])
+        predicted = expected["pcrs"]["7"] + expected["pcrs"]["11"]
+        row("tpm2_checkquote agrees, and the quoted PCRs 7 and 11 are the predicted ones", "valid, predicted values",
+            f"rc {cq.returncode}, PCR 7 {pcrs_file.hex()[:16]}, PCR 11 {pcrs_file.hex()[64:80]}",
+            cq.returncode == 0 and pcrs_file.hex() == predicted)
+
+        # 2b. A configuration changed after the operator signed it (another client CA and a
+        # retention that would prune the log), and one not signed at all: refused, the one in
+        # force keeps serving.
+        forged = w / "forged-config"
+        shutil.copytree(cfg, forged)
+        shutil.copy(pki.d / "ministry-ca.pem", forged / "certs" / "police-ca.pem")
+        (forged / "gateway.toml").write_text(gateway_toml(mp).replace("[audit]\n", "[audit]\nretention_s = 0\n"))
+        run("mdeltree", "-i", vm.medium, "::/config")
+        vm.medium_write(forged, "config")
+        port2b = free_port()
+        vm.boot("boot2b", forward=port2b)
+        served = serves_within(port2b, pki, dev / "samples", BOOT_LIMIT)
+        vm.power_off()
+        refused = re.search(r"configuration REFUSED: the bundle changed after it was signed", vm.text())
+        in_force = re.search(r"configuration serial 1 in force", vm.text())
+        row("the signed configuration altered on the medium: refused, the one in force keeps serving",
+            "refused, serial 1 in force, serving",
+            f"{'refused' if refused else 'not refused'}, {'serial 1 in force' if in_force else 'not in force'}, "
+            f"{'serving' if served else 'no answer'}", refused and in_force and served)
 
         # 3. One byte of the root flipped.
         tampered = w / "tampered-root.img"
@@ -335,9 +412,7 @@ def main():
             b = f.read(1)
             f.seek(start * 512 + 1024 + 8)
             f.write(bytes([b[0] ^ 0x01]))
-        vm3 = Vm(w / "vm3", tampered)
-        shutil.rmtree(w / "vm3" / "tpm")
-        shutil.copytree(w / "vm" / "tpm", w / "vm3" / "tpm")
+        vm3 = provisioned(w, "vm3", tampered)
         port3 = free_port()
         vm3.boot("boot3", forward=port3)
         refused = vm3.wait_for(r"BOOT REFUSED|verity.*(corrupt|fail)|Kernel panic", 180)
@@ -347,33 +422,68 @@ def main():
             ("refused" if refused else "booted") + (", serving" if serving else ", no answer"),
             refused and not serving)
 
-        # 4. The UKI with another command line, on the provisioned appliance.
-        uki = w / "changed.efi"
+        # 4. The UKI with another command line, signed with the db key, on the provisioned appliance.
+        unsigned = w / "changed.efi"
         cmdline = w / "cmdline"
         cmdline.write_text((PARTS / "cmdline").read_text() + " spocgw.changed=1")
-        build_uki(uki, cmdline)
+        build_uki(unsigned, cmdline)
+        signed = w / "changed-signed.efi"
+        run("sbsign", "--key", SB_KEYS / "db.key", "--cert", SB_KEYS / "db.pem", "--output", signed, unsigned)
         changed = w / "changed-uki.img"
         run("qemu-img", "convert", "-O", "raw", w / "vm" / "disk.qcow2", changed)
-        run("mcopy", "-o", "-i", f"{changed}@@1M", uki, "::/EFI/BOOT/BOOTX64.EFI")
-        vm4 = Vm(w / "vm4", changed)
-        shutil.rmtree(w / "vm4" / "tpm")
-        shutil.copytree(w / "vm" / "tpm", w / "vm4" / "tpm")
-        run("mmd", "-i", vm4.medium, "::/attest")
-        nonce4 = os.urandom(16).hex()
-        (w / "nonce4").write_text(nonce4)
-        vm4.medium_write(w / "nonce4", "attest/nonce")
+        run("mcopy", "-o", "-i", f"{changed}@@1M", signed, "::/EFI/BOOT/BOOTX64.EFI")
+        vm4 = provisioned(w, "vm4", changed)
+        nonce4 = with_nonce(vm4, w, "nonce4")
         port4 = free_port()
         vm4.boot("boot4", forward=port4)
         booted = vm4.wait_for(r"spocgw: (configuration present|WAITING)", BOOT_LIMIT)
         serving = serves_within(port4, pki, dev / "samples", 45)
         keys_refused = re.search(r"PCR values no longer match the signed PCR policy", vm4.text())
         vm4.power_off()
-        row("a UKI with another command line: no key opens, nothing serves", "keys refused, no answer",
+        row("a signed UKI with another command line: no key opens, nothing serves", "keys refused, no answer",
             f"{'booted' if booted else 'no boot'}, {'keys refused' if keys_refused else 'no key refusal seen'}, "
             f"{'serving' if serving else 'no answer'}", booted and keys_refused and not serving)
-        rc, text = attest(vm4, nonce4, expected_file)
-        row("that boot's quote fails verification", "spocgw attest verify: 1",
-            f"{rc}: {text.splitlines()[-1] if text else ''}", rc == 1)
+        rc, text = attest(vm4, nonce4, expected_file, ak)
+        row("that boot's quote fails verification, naming PCR 11", "spocgw attest verify: 1, PCR 11",
+            f"{rc}: {text.splitlines()[-1] if text else ''}", rc == 1 and "PCR 11 differs" in text)
+
+        # 5. The same UKI unsigned: Secure Boot refuses it.
+        run("mcopy", "-o", "-i", f"{changed}@@1M", unsigned, "::/EFI/BOOT/BOOTX64.EFI")
+        vm5 = provisioned(w, "vm5", changed)
+        port5 = free_port()
+        vm5.boot("boot5", forward=port5)
+        denied = vm5.wait_for(r"Access Denied|Security Violation", 150)
+        linux = re.search(r"spocgw-initramfs|Linux version", vm5.text())
+        serving = serves_within(port5, pki, dev / "samples", 5)
+        vm5.power_off(limit=5)
+        row("an unsigned UKI under Secure Boot: the firmware refuses it, nothing serves", "Access Denied, no answer",
+            f"{'denied' if denied else 'not denied'}, {'Linux started' if linux else 'no Linux'}, "
+            f"{'serving' if serving else 'no answer'}", denied and not linux and not serving)
+
+        # 6. An attacker with the machine: Secure Boot off, another kernel boot whose initramfs
+        # replays PCR 11 from user space, then the genuine root.
+        replay = attacker_initrd(w / "attacker.cpio.gz", PARTS)
+        # (The provisioned appliance's disk: the ESP's UKI plays no part in a direct kernel boot.)
+        vm6 = provisioned(w, "vm6", changed, OVMF_VARS_PLAIN)
+        nonce6 = with_nonce(vm6, w, "nonce6")
+        port6 = free_port()
+        vm6.boot("boot6", forward=port6, kernel=(PARTS / "vmlinuz", w / "attacker.cpio.gz",
+                                                 (PARTS / "cmdline").read_text()))
+        booted = vm6.wait_for(r"spocgw: (configuration present|WAITING)", BOOT_LIMIT)
+        serving = serves_within(port6, pki, dev / "samples", 45)
+        keys_refused = re.search(r"PCR values no longer match the signed PCR policy", vm6.text())
+        vm6.power_off()
+        rc, text = attest(vm6, nonce6, expected_file, ak)
+        quoted = (w / "vm6" / "attest-out" / "quote.pcrs")
+        quoted = quoted.read_bytes().hex() if quoted.exists() else ""
+        row("Secure Boot off, PCR 11 replayed from user space: it reaches the predicted value",
+            "PCR 11 as predicted", f"replay {replay[:16]}, quoted PCR 11 {quoted[64:80] or 'none'}",
+            replay == expected["pcrs"]["11"] and quoted[64:] == replay)
+        row("... yet no key opens, nothing serves", "keys refused, no answer",
+            f"{'booted' if booted else 'no boot'}, {'keys refused' if keys_refused else 'no key refusal seen'}, "
+            f"{'serving' if serving else 'no answer'}", booted and keys_refused and not serving)
+        row("... and the quote fails verification, naming PCR 7", "spocgw attest verify: 1, PCR 7",
+            f"{rc}: {text.splitlines()[-1] if text else ''}", rc == 1 and "PCR 7 differs" in text)
     finally:
         for p in procs:
             p.terminate()
@@ -407,6 +517,51 @@ def build_uki(out, cmdline):
         args += ["--add-section", f"{name}={path}", "--change-section-vma", f"{name}={hex(at)}"]
         at += path.stat().st_size
     run("objcopy", *args, STUB, out)
+
+
+def decoy_disk(path):
+    """A stick carrying partitions named as the appliance's ESP and data partition (empty: an
+    appliance that took it for its data partition would format it)."""
+    run("truncate", "-s", "80M", path)
+    subprocess.run(["sfdisk", "--quiet", str(path)], check=True, text=True, input=(
+        "label: gpt\n"
+        "size=32M, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=spocgw-esp\n"
+        "type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=spocgw-data\n"))
+    return path
+
+
+def attacker_initrd(out, parts):
+    """The attacker's initramfs: the genuine one, then an /init that replays into PCR 11 what
+    systemd-stub would have measured of the UKI (each section's name, then its data, in the
+    stub's order) and the boot phases, with raw TPM2_PCR_Extend commands written to /dev/tpm0,
+    and hands over to the genuine init. The PCR 11 value the replay gives, hex."""
+    events = []
+    for name, path in [(".linux", "vmlinuz"), (".osrel", "os-release"), (".cmdline", "cmdline"), (".initrd", "initrd")]:
+        events += [hashlib.sha256(name.encode() + b"\0").digest(), hashlib.sha256((parts / path).read_bytes()).digest()]
+    events += [hashlib.sha256(phase.encode()).digest() for phase in ["sysinit", "ready"]]
+    pcr = bytes(32)
+    tree = out.parent / "attacker-tree"
+    (tree / "attack").mkdir(parents=True)
+    for i, digest in enumerate(events):
+        pcr = hashlib.sha256(pcr + digest).digest()
+        # TPM2_PCR_Extend(PCR 11) with a password session: the digest, SHA-256 bank.
+        body = struct.pack(">I", 11) + struct.pack(">IIHBH", 9, 0x40000009, 0, 0, 0) + struct.pack(">IH", 1, 0x000B) + digest
+        (tree / "attack" / f"{i:02}.bin").write_bytes(struct.pack(">HII", 0x8002, 10 + len(body), 0x182) + body)
+    shutil.copy(ROOT / "firmware-image" / "initramfs" / "init", tree / "init.genuine")
+    (tree / "init").write_text("""#!/bin/busybox sh
+/bin/busybox mount -t devtmpfs devtmpfs /dev
+for f in /attack/*.bin; do /bin/busybox cat "$f" > /dev/tpm0; done
+echo "attacker: PCR 11 replayed" > /dev/console
+/bin/busybox umount /dev
+exec /init.genuine
+""")
+    os.chmod(tree / "init", 0o755)
+    os.chmod(tree / "init.genuine", 0o755)
+    names = subprocess.run(["find", ".", "-mindepth", "1"], cwd=tree, capture_output=True, text=True).stdout
+    extra = subprocess.run(["cpio", "--create", "--format=newc", "--quiet"], cwd=tree, input=names.encode(),
+                           capture_output=True, check=True).stdout
+    out.write_bytes((parts / "initrd").read_bytes() + gzip.compress(extra))
+    return pcr.hex()
 
 
 if __name__ == "__main__":
