@@ -78,7 +78,8 @@ pair-demo: deps
 IMAGE_TOOLS := mmdebstrap:mmdebstrap mkfs.erofs:erofs-utils veritysetup:cryptsetup-bin \
   mkfs.vfat:dosfstools mcopy:mtools sfdisk:fdisk cpio:cpio objcopy:binutils \
   qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils swtpm:swtpm tpm2_checkquote:tpm2-tools \
-  openssl:openssl curl:curl systemd-analyze:systemd sbsign:sbsigntool
+  openssl:openssl curl:curl systemd-analyze:systemd sbsign:sbsigntool \
+  sign-efi-sig-list:efitools
 IMAGE_FILES := /usr/lib/systemd/boot/efi/linuxx64.efi.stub:systemd-boot-efi \
   /usr/share/OVMF/OVMF_CODE_4M.secboot.fd:ovmf
 image-deps: deps

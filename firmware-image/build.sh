@@ -50,10 +50,8 @@ done
 STUB=/usr/lib/systemd/boot/efi/linuxx64.efi.stub
 MEASURE=/usr/lib/systemd/systemd-measure
 [ -f "$STUB" ] && [ -x "$MEASURE" ] || { echo "missing systemd-boot-efi / systemd-measure: make image-deps" >&2; exit 1; }
-OVMF_VARS_TEMPLATE=/usr/share/OVMF/OVMF_VARS_4M.fd
-[ -f "$OVMF_VARS_TEMPLATE" ] || { echo "missing $OVMF_VARS_TEMPLATE: make image-deps" >&2; exit 1; }
-# The owner GUID of the project's Secure Boot entries (fixed: it is part of what PCR 7 measures).
-SB_OWNER=5350434f-6777-4000-8000-73706f636777
+[ -f /usr/share/OVMF/OVMF_VARS_4M.fd ] || { echo "missing OVMF_VARS_4M.fd: make image-deps" >&2; exit 1; }
+command -v sign-efi-sig-list >/dev/null || { echo "missing sign-efi-sig-list: make image-deps" >&2; exit 1; }
 
 started=$(date +%s)
 mkdir -p "$B/cache" "$B/keys" "$OUT"
@@ -163,75 +161,21 @@ veritysetup format "$B/parts/root.erofs" "$B/parts/root.verity" --salt="$VERITY_
   >"$B/verity.txt"
 ROOTHASH=$(awk '/^Root hash:/ {print $3}' "$B/verity.txt")
 
-# 4. The UKI: kernel, initramfs, command line (with the root hash) and os-release in one PE
-# file that systemd-stub measures into PCR 11.
-echo "image: unified kernel image" >&2
-CMDLINE=${CMDLINE:-"console=ttyS0 ro panic=5 systemd.gpt_auto=0 spocgw.roothash=$ROOTHASH systemd.show_status=auto"}
+# 4. The release's boot artefacts (firmware-image/release.sh): the UKI (kernel, initramfs,
+# command line with the root hash and the release number, os-release), signed with the db
+# key; the reference variables with the releases firmware-image/revoked.txt revokes in dbx;
+# PCR 7 and PCR 11 predicted (7: the Secure Boot state; 11: what systemd-stub measures, then
+# the boot phases `sysinit` and `ready` systemd-pcrphase measures before the setup and the
+# gateway start) and signed with the image-signing key.
+echo "image: unified kernel image, Secure Boot variables, signed PCR policy" >&2
+RELEASE=${RELEASE:-1}
+CMDLINE=${CMDLINE:-"console=ttyS0 ro panic=5 systemd.gpt_auto=0 spocgw.roothash=$ROOTHASH spocgw.release=$RELEASE systemd.show_status=auto"}
 printf '%s' "$CMDLINE" >"$B/parts/cmdline"
 cp "$R/usr/lib/os-release" "$B/parts/os-release"
-align() { echo $(( ($1 + 0xfff) / 0x1000 * 0x1000 )); }
-# The stub's sections end here (VMA + size of its last); the added ones follow, page-aligned.
-stub_end=$(objdump -h "$STUB" | awk 'NF == 7 && $1 ~ /^[0-9]+$/ { print $3, $4 }' \
-  | while read -r size vma; do echo $((0x$vma + 0x$size)); done | sort -n | tail -1)
-osrel=$(align "$stub_end")
-cmdline=$(align $((osrel + $(stat -c%s "$B/parts/os-release"))))
-linux=$(align $((cmdline + $(stat -c%s "$B/parts/cmdline"))))
-initrd=$(align $((linux + $(stat -c%s "$B/parts/vmlinuz"))))
-objcopy \
-  --add-section .osrel="$B/parts/os-release" --change-section-vma .osrel="$(printf 0x%x "$osrel")" \
-  --add-section .cmdline="$B/parts/cmdline" --change-section-vma .cmdline="$(printf 0x%x "$cmdline")" \
-  --add-section .linux="$B/parts/vmlinuz" --change-section-vma .linux="$(printf 0x%x "$linux")" \
-  --add-section .initrd="$B/parts/initrd" --change-section-vma .initrd="$(printf 0x%x "$initrd")" \
-  "$STUB" "$B/parts/unsigned.efi"
-# objcopy stamps the PE header with the time of the build: SOURCE_DATE_EPOCH instead, and no
-# checksum (neither is measured: PCR 11 covers the sections, not the header).
-python3 - "$B/parts/unsigned.efi" "$SOURCE_DATE_EPOCH" <<'PY'
-import struct, sys
-path, stamp = sys.argv[1], int(sys.argv[2])
-with open(path, "r+b") as f:
-    f.seek(0x3C)
-    pe = struct.unpack("<I", f.read(4))[0]
-    f.seek(pe + 8)
-    f.write(struct.pack("<I", stamp & 0xFFFFFFFF))
-    # The optional header's checksum covered the old stamp: zero (UEFI does not check it).
-    f.seek(pe + 24 + 64)
-    f.write(struct.pack("<I", 0))
-PY
-# Signed for Secure Boot with the db key (Authenticode; an RSA PKCS#1 v1.5 signature is the same
-# each time it is made, so the signed UKI is reproducible).
-sbsign --key "$SBK/db.key" --cert "$SBK/db.pem" --output "$OUT/spocgw.efi" "$B/parts/unsigned.efi" 2>"$B/sbsign.log" \
-  || { cat "$B/sbsign.log" >&2; exit 1; }
-# The reference platform's variables (OVMF): the project's PK, KEK and db, Secure Boot on.
-rm -f "$OUT/OVMF_VARS.fd"
-"$VENV/bin/virt-fw-vars" --input "$OVMF_VARS_TEMPLATE" --set-pk "$SB_OWNER" "$SBK/PK.pem" \
-  --add-kek "$SB_OWNER" "$SBK/KEK.pem" --add-db "$SB_OWNER" "$SBK/db.pem" --secure-boot \
-  --output "$OUT/OVMF_VARS.fd" >"$B/virt-fw-vars.log" 2>&1 || { cat "$B/virt-fw-vars.log" >&2; exit 1; }
+SBK=$SBK KEY=$KEY VENV=$VENV BIN=$BIN RELEASE=$RELEASE REVOKED=$HERE/revoked.txt POLICY_CACHE=$B/keys \
+  bash "$HERE/release.sh" "$B/parts" "$OUT"
 
-# 5. What PCR 7 and PCR 11 will hold while the gateway runs, and those values signed.
-# PCR 7: the Secure Boot state (the variables enrolled above and the db entry that verified
-# the UKI). PCR 11: what systemd-stub measured of the UKI, then the boot phases
-# systemd-pcrphase measures (the main system has no systemd initrd: `sysinit`, then `ready`;
-# the setup and the gateway are ordered after `ready`, and `shutdown` closes the keys).
-PHASES=sysinit:ready
-"$VENV/bin/python" "$HERE/pcr7.py" "$OUT/OVMF_VARS.fd" "$SBK/db.pem" >"$B/pcr7.json"
-PCR7=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["7"])' "$B/pcr7.json")
-"$MEASURE" calculate --linux="$B/parts/vmlinuz" --initrd="$B/parts/initrd" --cmdline="$B/parts/cmdline" \
-  --osrel="$B/parts/os-release" --bank=sha256 --phase="$PHASES" >"$B/measure.txt"
-PCR11=$(sed -n 's/^11:sha256=//p' "$B/measure.txt")
-[ "${#PCR11}" = 64 ] || { echo "systemd-measure gave no PCR 11 value" >&2; cat "$B/measure.txt" >&2; exit 1; }
-[ "${#PCR7}" = 64 ] || { echo "no PCR 7 prediction" >&2; cat "$B/pcr7.json" >&2; exit 1; }
-# ECDSA signatures differ each time they are made: a value signed once is signed for good (the
-# same PCR 11 with the same key gives the same file, and so the same image).
-openssl pkey -in "$KEY" -pubout 2>/dev/null | sha256sum | cut -c1-16 >"$B/key.id"
-SIGNED=$B/keys/pcr-policy.$(cat "$B/key.id").$(printf '%s' "$PCR7$PCR11" | sha256sum | cut -c1-32).json
-if [ ! -f "$SIGNED" ]; then
-  printf '{"7": "%s", "11": "%s"}\n' "$PCR7" "$PCR11" >"$B/pcrs.json"
-  "$BIN" tpm authorize --signing-key "$KEY" --values "$B/pcrs.json" --out "$SIGNED" \
-    --comment "spocgw image: PCR 7 (Secure Boot, the project's keys) and PCR 11 (its UKI, phase $PHASES)" >/dev/null
-fi
-cp "$SIGNED" "$OUT/pcr-policy.json"
-
-# 6. The ESP, and the disk: GPT with fixed identifiers, partitions written in place.
+# 5. The ESP, and the disk: GPT with fixed identifiers, partitions written in place.
 echo "image: disk" >&2
 rm -f "$B/parts/esp.img"
 mkfs.vfat --invariant -C -n SPOCGW-ESP "$B/parts/esp.img" $((64 * 1024)) >/dev/null
@@ -262,23 +206,18 @@ put "$B/parts/esp.img" 1
 put "$B/parts/root.erofs" $((1 + ESP_MB))
 put "$B/parts/root.verity" $((1 + ESP_MB + ROOT_MB))
 
-# 7. The record a verifier and an operator need.
+# 6. The record a verifier and an operator need.
 IMAGE_SHA=$(sha256sum "$OUT/disk.img" | cut -d' ' -f1)
-UKI_SHA=$(sha256sum "$OUT/spocgw.efi" | cut -d' ' -f1)
-SB=$(python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); d.pop("7"); print(json.dumps(d))' "$B/pcr7.json")
-cat >"$OUT/expected-pcrs.json" <<EOF
-{
-  "bank": "sha256",
-  "pcrs": { "7": "$PCR7", "11": "$PCR11" },
-  "phases": "$PHASES",
-  "secure_boot": $SB,
-  "roothash": "$ROOTHASH",
-  "uki_sha256": "$UKI_SHA",
-  "image_sha256": "$IMAGE_SHA",
-  "kernel": "$KVER",
-  "service_exposure": "$EXPOSURE",
-  "source_date_epoch": $SOURCE_DATE_EPOCH
-}
-EOF
+python3 - "$OUT/release.json" "$OUT/expected-pcrs.json" "$ROOTHASH" "$IMAGE_SHA" "$KVER" "$EXPOSURE" \
+  "$SOURCE_DATE_EPOCH" <<'PY'
+import json, sys
+release, out, roothash, image, kernel, exposure, epoch = sys.argv[1:]
+r = json.load(open(release))
+r.update({"bank": "sha256", "roothash": roothash, "image_sha256": image, "kernel": kernel,
+          "service_exposure": exposure, "source_date_epoch": int(epoch)})
+json.dump(r, open(out, "w"), indent=2)
+PY
+PCR7=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["pcrs"]["7"])' "$OUT/release.json")
+PCR11=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["pcrs"]["11"])' "$OUT/release.json")
 echo "$IMAGE_SHA  disk.img" >"$OUT/image.sha256"
 echo "image: $OUT/disk.img ($(du -h --apparent-size "$OUT/disk.img" | cut -f1) apparent, root $(du -h "$B/parts/root.erofs" | cut -f1)), sha256 $IMAGE_SHA, PCR 7 $PCR7, PCR 11 $PCR11, spocgw.service exposure $EXPOSURE, built in $(( $(date +%s) - started )) s" >&2

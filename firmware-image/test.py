@@ -383,6 +383,13 @@ def main():
             f"rc {cq.returncode}, PCR 7 {pcrs_file.hex()[:16]}, PCR 11 {pcrs_file.hex()[64:80]}",
             cq.returncode == 0 and pcrs_file.hex() == predicted)
 
+        # Release 2, a security update: built from the same parts with release 1's UKI in
+        # dbx (firmware-image/release.sh, as `make image` runs it); its dbx update goes on the
+        # medium with the next boot's configuration.
+        r2 = release_2(w, expected)
+        run("mmd", "-i", vm.medium, "::/update")
+        vm.medium_write(r2 / "dbx.auth", "update/dbx.auth")
+
         # 2b. A configuration changed after the operator signed it (another client CA and a
         # retention that would prune the log), and one not signed at all: refused, the one in
         # force keeps serving.
@@ -402,6 +409,9 @@ def main():
             "refused, serial 1 in force, serving",
             f"{'refused' if refused else 'not refused'}, {'serial 1 in force' if in_force else 'not in force'}, "
             f"{'serving' if served else 'no answer'}", refused and in_force and served)
+        dbx = re.search(r"dbx update applied", vm.text())
+        row("release 2's dbx update (signed with the KEK) applied by release 1's setup", "dbx update applied",
+            "applied" if dbx else "not applied", dbx)
 
         # 3. One byte of the root flipped.
         tampered = w / "tampered-root.img"
@@ -484,6 +494,39 @@ def main():
             f"{'serving' if serving else 'no answer'}", booted and keys_refused and not serving)
         row("... and the quote fails verification, naming PCR 7", "spocgw attest verify: 1, PCR 7",
             f"{rc}: {text.splitlines()[-1] if text else ''}", rc == 1 and "PCR 7 differs" in text)
+        # 7. The update revokes release 1: its UKI no longer boots; release 2 with release 1's
+        # signed policy opens no key; release 2 with its own policy serves, keys unchanged.
+        updated_vars = w / "vm" / "vars.fd"
+        rel = w / "release-disk.img"
+        run("qemu-img", "convert", "-O", "raw", w / "vm" / "disk.qcow2", rel)
+        vm7 = provisioned(w, "vm7", rel, updated_vars)
+        port7 = free_port()
+        vm7.boot("boot7", forward=port7)
+        denied = vm7.wait_for(r"Access Denied|Security Violation", 150)
+        linux = re.search(r"spocgw-initramfs|Linux version", vm7.text())
+        vm7.power_off(limit=5)
+        row("after the update, release 1's UKI: the firmware refuses it (dbx)", "Access Denied",
+            f"{'denied' if denied else 'not denied'}, {'Linux started' if linux else 'no Linux'}", denied and not linux)
+        run("mcopy", "-o", "-i", f"{rel}@@1M", r2 / "spocgw.efi", "::/EFI/BOOT/BOOTX64.EFI")
+        vm8 = provisioned(w, "vm8", rel, updated_vars)
+        port8 = free_port()
+        vm8.boot("boot8", forward=port8)
+        booted = vm8.wait_for(r"spocgw: (configuration present|WAITING)", BOOT_LIMIT)
+        serving = serves_within(port8, pki, dev / "samples", 45)
+        keys_refused = re.search(r"PCR values no longer match the signed PCR policy", vm8.text())
+        vm8.power_off()
+        row("release 2 with release 1's signed policy put back on the ESP: no key opens", "keys refused, no answer",
+            f"{'booted' if booted else 'no boot'}, {'keys refused' if keys_refused else 'no key refusal seen'}, "
+            f"{'serving' if serving else 'no answer'}", booted and keys_refused and not serving)
+        run("mcopy", "-o", "-i", f"{rel}@@1M", r2 / "pcr-policy.json", "::/spocgw/pcr-policy.json")
+        vm9 = provisioned(w, "vm9", rel, updated_vars)
+        port9 = free_port()
+        vm9.boot("boot9", forward=port9)
+        served = serves_within(port9, pki, dev / "samples", BOOT_LIMIT)
+        code, body = officer_request(port9, pki, dev / "samples")
+        vm9.power_off()
+        row("release 2 with its own policy: the same keys open, no re-provisioning", "200 MATCH",
+            f"{code} {'MATCH' if 'MATCH' in body else body[:60]}", served and code == 200 and "MATCH" in body)
     finally:
         for p in procs:
             p.terminate()
@@ -517,6 +560,24 @@ def build_uki(out, cmdline):
         args += ["--add-section", f"{name}={path}", "--change-section-vma", f"{name}={hex(at)}"]
         at += path.stat().st_size
     run("objcopy", *args, STUB, out)
+
+
+def release_2(w, expected):
+    """Release 2's boot artefacts: release 1's parts with another release number, and release
+    1's UKI revoked (firmware-image/release.sh, with the build's keys)."""
+    parts = w / "parts-r2"
+    shutil.copytree(PARTS, parts, ignore=shutil.ignore_patterns("*.erofs", "*.verity", "esp.img", "unsigned.efi"))
+    (parts / "cmdline").write_text((PARTS / "cmdline").read_text().replace("spocgw.release=1", "spocgw.release=2"))
+    revoked = w / "revoked.txt"
+    revoked.write_text(f"{expected['uki_authenticode_sha256']}  release 1\n")
+    build = ROOT / "firmware-image" / "build"
+    env = dict(os.environ, SBK=str(SB_KEYS), KEY=os.environ.get("IMAGE_SIGNING_KEY", str(build / "keys" / "image-signing.key.pem")),
+               VENV=str(build / "venv"), BIN=str(SPOCGW), RELEASE="2", REVOKED=str(revoked),
+               POLICY_CACHE=str(w / "policies"), SOURCE_DATE_EPOCH=str(expected["source_date_epoch"]))
+    out = w / "release-2"
+    subprocess.run(["bash", str(ROOT / "firmware-image" / "release.sh"), str(parts), str(out)], env=env, check=True,
+                   capture_output=True)
+    return out
 
 
 def decoy_disk(path):

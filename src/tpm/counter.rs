@@ -15,7 +15,7 @@
 //! and, where the provisioning record is at hand, the write policy it recorded and the Name
 //! it pinned. An ordinary index defined in its place, holding any value, is refused.
 
-use tss_esapi::attributes::NvIndexAttributesBuilder;
+use tss_esapi::attributes::NvIndexAttributes;
 use tss_esapi::constants::NvIndexType;
 use tss_esapi::handles::{NvIndexHandle, NvIndexTpmHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
@@ -29,6 +29,8 @@ use super::{Authorization, Conn, TpmError, cmd};
 /// The NV index of the audit checkpoint counter (owner range).
 pub const AUDIT_COUNTER: u32 = 0x0150_0110;
 const TPM_ALG_SHA256: u16 = 0x000B;
+/// TPMA_NV_WRITTEN: set by the TPM at an index's first write.
+const WRITTEN: u32 = 0x2000_0000;
 
 /// An NV index as provisioning defines it: what its public area must be once written.
 #[derive(Debug, Clone, Copy)]
@@ -87,29 +89,23 @@ pub(crate) fn close(c: &mut Conn, h: NvIndexHandle) {
     let _ = c.ctx.tr_close(&mut obj);
 }
 
-/// Defines the counter afresh (removing an old one) with `policy` as its write policy, and
-/// advances it once so that it can be read.
-pub(crate) fn define(c: &mut Conn, policy: &Digest, auth: &Authorization) -> Result<u64, TpmError> {
-    if c.exists(AUDIT_COUNTER).map_err(|e| cmd("GetCapability", &e))? {
-        let h = nv_handle(c, AUDIT_COUNTER)?;
+/// Defines the index `spec` afresh (removing an old one) with `policy` as its write policy:
+/// its attributes are the spec's, less WRITTEN (which the TPM sets at the first write), so the
+/// index is defined exactly as it is later checked.
+pub(crate) fn define_index(c: &mut Conn, spec: &IndexSpec, policy: &Digest) -> Result<(), TpmError> {
+    if c.exists(spec.index).map_err(|e| cmd("GetCapability", &e))? {
+        let h = nv_handle(c, spec.index)?;
         c.ctx
             .execute_with_session(Some(AuthSession::Password), |ctx| ctx.nv_undefine_space(Provision::Owner, h))
             .map_err(|e| cmd("NV_UndefineSpace", &e))?;
     }
-    let attrs = NvIndexAttributesBuilder::new()
-        .with_nv_index_type(NvIndexType::Counter)
-        .with_policy_write(true)
-        .with_auth_read(true)
-        .with_no_da(true)
-        .with_orderly(true)
-        .build()
-        .map_err(|e| cmd("NV_DefineSpace", &e))?;
+    let attrs = NvIndexAttributes::try_from(spec.attributes & !WRITTEN).map_err(|e| cmd("NV_DefineSpace", &e))?;
     let public = NvPublicBuilder::new()
-        .with_nv_index(NvIndexTpmHandle::new(AUDIT_COUNTER).map_err(|e| cmd("NV_DefineSpace", &e))?)
+        .with_nv_index(NvIndexTpmHandle::new(spec.index).map_err(|e| cmd("NV_DefineSpace", &e))?)
         .with_index_name_algorithm(HashingAlgorithm::Sha256)
         .with_index_attributes(attrs)
         .with_index_auth_policy(policy.clone())
-        .with_data_area_size(8)
+        .with_data_area_size(usize::from(spec.size))
         .build()
         .map_err(|e| cmd("NV_DefineSpace", &e))?;
     let h = c
@@ -117,6 +113,13 @@ pub(crate) fn define(c: &mut Conn, policy: &Digest, auth: &Authorization) -> Res
         .execute_with_session(Some(AuthSession::Password), |ctx| ctx.nv_define_space(Provision::Owner, None, public))
         .map_err(|e| cmd("NV_DefineSpace", &e))?;
     close(c, h);
+    Ok(())
+}
+
+/// Defines the counter afresh with `policy` as its write policy, and advances it once so that
+/// it can be read.
+pub(crate) fn define(c: &mut Conn, policy: &Digest, auth: &Authorization) -> Result<u64, TpmError> {
+    define_index(c, &COUNTER, policy)?;
     increment(c, auth)
 }
 
@@ -174,7 +177,7 @@ pub(crate) fn check_public(
     }
     let bits = TPMA_NV::try_from(attrs).map_err(|e| not_ours(spec, format!("its attributes do not parse ({e})")))?;
     if bits != spec.attributes {
-        let unwritten = bits | 0x2000_0000 == spec.attributes;
+        let unwritten = bits | WRITTEN == spec.attributes;
         return Err(not_ours(
             spec,
             if unwritten {

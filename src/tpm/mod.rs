@@ -225,6 +225,12 @@ fn owner(rx: Receiver<Job>) {
     }
 }
 
+impl Drop for Tpm {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 impl Tpm {
     /// Starts the owner thread. Connects lazily: a TPM that is down at start is reported by
     /// the first operation (and by [`Tpm::probe`]).
@@ -248,6 +254,17 @@ impl Tpm {
             observer: OnceLock::new(),
             authorization: RwLock::new(None),
         }))
+    }
+
+    /// Flushes the policy session and closes the handles this process holds (also when the
+    /// `Tpm` is dropped): without a resource manager (swtpm, a TPM reached directly) the TPM
+    /// would keep the session past the process, and a few short-lived commands would fill its
+    /// session slots.
+    pub fn close(&self) {
+        let _ = self.call("flush", |c| {
+            c.forget();
+            Ok(())
+        });
     }
 
     /// Tells `observer` of every operation from now on (the gateway's metrics).

@@ -8,15 +8,11 @@
 //! Layout (72 bytes): SHA-256 of the operator key's point, the serial (big-endian u64), the
 //! bundle's canonical digest. All zeros: provisioned, no configuration accepted yet.
 
-use tss_esapi::attributes::NvIndexAttributesBuilder;
-use tss_esapi::constants::NvIndexType;
-use tss_esapi::handles::NvIndexTpmHandle;
-use tss_esapi::interface_types::algorithm::HashingAlgorithm;
-use tss_esapi::interface_types::resource_handles::{NvAuth, Provision};
+use tss_esapi::interface_types::resource_handles::NvAuth;
 use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::{Digest, MaxNvBuffer, NvPublicBuilder};
+use tss_esapi::structures::{Digest, MaxNvBuffer};
 
-use super::counter::{IndexSpec, Pinned, check_public, close, nv_handle};
+use super::counter::{IndexSpec, Pinned, check_public, close, define_index, nv_handle};
 use super::{Authorization, Conn, TpmError, cmd};
 
 /// The NV index of the configuration record (owner range, beside the audit counter).
@@ -66,32 +62,7 @@ impl ConfigRecord {
 /// Defines the record afresh (removing an old one) with `policy` as its write policy, and
 /// writes it empty under the signed PCR policy.
 pub(crate) fn define(c: &mut Conn, policy: &Digest, auth: &Authorization) -> Result<(), TpmError> {
-    if c.exists(CONFIG_RECORD).map_err(|e| cmd("GetCapability", &e))? {
-        let h = nv_handle(c, CONFIG_RECORD)?;
-        c.ctx
-            .execute_with_session(Some(AuthSession::Password), |ctx| ctx.nv_undefine_space(Provision::Owner, h))
-            .map_err(|e| cmd("NV_UndefineSpace", &e))?;
-    }
-    let attrs = NvIndexAttributesBuilder::new()
-        .with_nv_index_type(NvIndexType::Ordinary)
-        .with_policy_write(true)
-        .with_auth_read(true)
-        .with_no_da(true)
-        .build()
-        .map_err(|e| cmd("NV_DefineSpace", &e))?;
-    let public = NvPublicBuilder::new()
-        .with_nv_index(NvIndexTpmHandle::new(CONFIG_RECORD).map_err(|e| cmd("NV_DefineSpace", &e))?)
-        .with_index_name_algorithm(HashingAlgorithm::Sha256)
-        .with_index_attributes(attrs)
-        .with_index_auth_policy(policy.clone())
-        .with_data_area_size(usize::from(SIZE))
-        .build()
-        .map_err(|e| cmd("NV_DefineSpace", &e))?;
-    let h = c
-        .ctx
-        .execute_with_session(Some(AuthSession::Password), |ctx| ctx.nv_define_space(Provision::Owner, None, public))
-        .map_err(|e| cmd("NV_DefineSpace", &e))?;
-    close(c, h);
+    define_index(c, &SPEC, policy)?;
     write(c, auth, &ConfigRecord::default())
 }
 
