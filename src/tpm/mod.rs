@@ -17,6 +17,7 @@ pub mod record;
 mod session;
 pub mod status;
 pub mod swtpm;
+mod templates;
 
 use std::path::PathBuf;
 use std::str::FromStr;

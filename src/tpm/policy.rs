@@ -130,7 +130,7 @@ pub fn policy_key_public(point: &[u8]) -> Result<Public, TpmError> {
         .with_decrypt(false)
         .build()
         .map_err(bad)?;
-    let params = super::provision::ecdsa_params(false).map_err(bad)?;
+    let params = super::templates::ecdsa_params(false).map_err(bad)?;
     let x = EccParameter::try_from(point[1..33].to_vec()).map_err(bad)?;
     let y = EccParameter::try_from(point[33..65].to_vec()).map_err(bad)?;
     PublicBuilder::new()

@@ -26,19 +26,14 @@ use std::sync::Arc;
 use aws_lc_rs::encoding::{AsBigEndian, EcPrivateKeyBin};
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
 use serde::{Deserialize, Serialize};
-use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle};
-use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::dynamic_handles::Persistent;
-use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
 use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::{
-    Digest, EccPoint, EccScheme, HashScheme, KeyDerivationFunctionScheme, Public, PublicBuilder,
-    PublicEccParametersBuilder, SymmetricDefinitionObject,
-};
+use tss_esapi::structures::{Digest, Public};
 use zeroize::Zeroizing;
 
+use super::templates::{signing_template, storage_primary_template};
 use super::{Authorization, Conn, SealedBlob, SignedPolicy, Tpm, TpmConfig, TpmError, cmd, session};
 
 pub const PRIMARY_HANDLE: u32 = 0x8100_0001;
@@ -244,75 +239,6 @@ pub(crate) fn write_file(path: &Path, contents: &[u8]) -> Result<(), TpmError> {
         .map_err(|e| perr(format!("{}: {e}", tmp.display())))?;
     f.write_all(contents).and_then(|()| f.sync_all()).map_err(|e| perr(format!("{}: {e}", tmp.display())))?;
     fs::rename(&tmp, path).map_err(|e| perr(format!("{}: {e}", path.display())))
-}
-
-fn storage_primary_template() -> Result<Public, TpmError> {
-    let attrs = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_restricted(true)
-        .with_decrypt(true)
-        .with_no_da(true)
-        .build()
-        .map_err(|e| cmd("CreatePrimary", &e))?;
-    PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attrs)
-        .with_ecc_parameters(
-            PublicEccParametersBuilder::new_restricted_decryption_key(
-                SymmetricDefinitionObject::AES_128_CFB,
-                EccCurve::NistP256,
-            )
-            .build()
-            .map_err(|e| cmd("CreatePrimary", &e))?,
-        )
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
-        .map_err(|e| cmd("CreatePrimary", &e))
-}
-
-/// The parameters of an ECDSA P-256 / SHA-256 signing key.
-pub(crate) fn ecdsa_params(restricted: bool) -> tss_esapi::Result<tss_esapi::structures::PublicEccParameters> {
-    PublicEccParametersBuilder::new()
-        .with_symmetric(SymmetricDefinitionObject::Null)
-        .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)))
-        .with_curve(EccCurve::NistP256)
-        .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
-        .with_is_signing_key(true)
-        .with_is_decryption_key(false)
-        .with_restricted(restricted)
-        .build()
-}
-
-/// An ECDSA P-256 / SHA-256 signing key: the attestation key (restricted, usable with the
-/// empty password) without `policy`, a key usable only under `policy` with it.
-fn signing_template(policy: Option<&Digest>) -> Result<Public, TpmError> {
-    let restricted = policy.is_none();
-    let attrs = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(restricted)
-        .with_admin_with_policy(!restricted)
-        .with_no_da(true)
-        .with_sign_encrypt(true)
-        .with_decrypt(false)
-        .with_restricted(restricted)
-        .build()
-        .map_err(|e| cmd("Create", &e))?;
-    let params = ecdsa_params(restricted).map_err(|e| cmd("Create", &e))?;
-    PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attrs)
-        .with_auth_policy(policy.cloned().unwrap_or_default())
-        .with_ecc_parameters(params)
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
-        .map_err(|e| cmd("Create", &e))
 }
 
 fn persist(c: &mut Conn, object: ObjectHandle, handle: u32) -> Result<(), TpmError> {
