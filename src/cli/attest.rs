@@ -46,6 +46,7 @@ pub fn run(cmd: AttestCommand) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let release = expected.release;
     let ev = Evidence { msg: &msg, sig: &sig, values: values.as_deref(), eventlog: log.as_deref() };
     match crate::tpm::attest::verify_quote(&ev, &ak, &nonce, &expected) {
         Ok(a) => {
@@ -63,6 +64,9 @@ pub fn run(cmd: AttestCommand) -> ExitCode {
                     "event log: replays to the quoted PCR 7; Secure Boot {on}, dbx {dbx}, {} image authorities",
                     log.authorities.len()
                 );
+            }
+            if let Some(n) = release {
+                println!("release {n} (its UKI's command line, measured into PCR 11)");
             }
             println!("quote verified: the appliance booted the image the build predicted");
             ExitCode::SUCCESS

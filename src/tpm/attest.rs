@@ -27,6 +27,9 @@ pub struct Expected {
     pub pcrs: BTreeMap<u8, [u8; 32]>,
     /// The Secure Boot state the build enrolled, when it did.
     pub secure_boot: Option<SecureBoot>,
+    /// The release the build made (`release` in expected-pcrs.json): its UKI's command line,
+    /// and so PCR 11, names it.
+    pub release: Option<u64>,
 }
 
 /// What the build enrolled (`secure_boot` in expected-pcrs.json): digests of the databases'
@@ -203,5 +206,6 @@ pub fn expected_pcrs(text: &str) -> Result<Expected, TpmError> {
             Some(SecureBoot { databases, authority })
         }
     };
-    Ok(Expected { pcrs, secure_boot })
+    let release = v.get("release").and_then(serde_json::Value::as_u64);
+    Ok(Expected { pcrs, secure_boot, release })
 }

@@ -77,5 +77,26 @@ pub fn status(cfg: &TpmConfig, tpm: &Tpm) -> Result<(bool, String), TpmError> {
     for (pcr, v) in tpm.pcr_values(pcrs)? {
         out.push_str(&format!("  PCR {pcr:>2} = {}\n", hex(&v)));
     }
+    out.push_str(&firmware_state());
     Ok((ok, out))
+}
+
+/// The firmware's event log on this machine: whether Secure Boot is on and which dbx is in
+/// force (what a security update changes), as the log says it (`attest verify --eventlog`
+/// checks the log against a quote).
+fn firmware_state() -> String {
+    const LOG: &str = "/sys/kernel/security/tpm0/binary_bios_measurements";
+    let Ok(bytes) = std::fs::read(LOG) else { return String::new() };
+    match super::eventlog::replay(&bytes) {
+        Ok(r) => format!(
+            "firmware event log: Secure Boot {}, dbx sha256 {}\n",
+            match r.secure_boot {
+                Some(true) => "on",
+                Some(false) => "OFF",
+                None => "not measured",
+            },
+            r.databases.get("dbx").map(|d| hex(&d[..8])).unwrap_or_else(|| "not measured".into())
+        ),
+        Err(e) => format!("firmware event log: unreadable ({e})\n"),
+    }
 }
