@@ -556,6 +556,16 @@ fn configuration_bundles_are_accepted_only_signed_newer_and_whole() {
     assert_eq!(accept().0, Some(0), "{}", accept().1);
     assert_eq!(note().as_deref(), Some("four"));
 
+    // A power cut after the record was written but before the swap: the staged configuration
+    // is the recorded one, and the next check finishes the swap.
+    std::fs::rename(&store, d.join(".config.next")).unwrap();
+    std::fs::create_dir(&store).unwrap();
+    std::fs::write(store.join("stale.toml"), "the configuration before").unwrap();
+    let (code, out) = check();
+    assert!(code == Some(0) && out.contains("serial 4 in force"), "{out}");
+    assert_eq!(note().as_deref(), Some("four"));
+    assert!(!store.join("stale.toml").exists() && !d.join(".config.next").exists());
+
     // Someone with the disk edits the stored configuration: caught at the next check.
     std::fs::write(store.join("certs/note.txt"), "four, edited offline").unwrap();
     let (code, out) = check();

@@ -188,13 +188,8 @@ fn accept(from: &Path, to: &Path, tpm: &Tpm, policy_key: &[u8]) -> Result<String
     let signer = if rec.is_empty() {
         operator_point(&files)?
     } else {
-        let stored = signed::read_tree(to)?;
-        if signed::canonical_digest(&stored) != crate::encoding::hex(&rec.digest) {
-            return Err(Refused::Bad(
-                "the stored configuration is not the one the TPM recorded (altered on the disk)".into(),
-            ));
-        }
-        let point = operator_point(&stored)?;
+        settle(to, &rec)?;
+        let point = operator_point(&signed::read_tree(to)?)?;
         if hash_point(&point) != rec.operator_key {
             return Err(Refused::Bad("the stored operator key is not the one the TPM recorded".into()));
         }
@@ -228,22 +223,29 @@ fn accept(from: &Path, to: &Path, tpm: &Tpm, policy_key: &[u8]) -> Result<String
     Ok(format!("configuration serial {} accepted (digest {})", v.serial, &v.digest[..16]))
 }
 
-/// Whether the store holds what the record names, finishing a swap a power cut interrupted.
+/// Whether the store holds what the record names.
 fn check(store: &Path, tpm: &Tpm, policy_key: &[u8]) -> Result<Option<String>, Refused> {
     let rec = record(tpm, policy_key)?;
     if rec.is_empty() {
         return Ok(None);
     }
+    settle(store, &rec)?;
+    let want = crate::encoding::hex(&rec.digest);
+    Ok(Some(format!("configuration serial {} in force (digest {})", rec.serial, &want[..16])))
+}
+
+/// The store holds what `rec` names, once a swap a power cut interrupted (the record written,
+/// the new configuration staged beside the old) is finished; or why not.
+fn settle(store: &Path, rec: &ConfigRecord) -> Result<(), Refused> {
     let want = crate::encoding::hex(&rec.digest);
     let digest_of = |d: &Path| signed::read_tree(d).map(|f| signed::canonical_digest(&f));
     let next = sibling(store, "next");
     if store.is_dir() && digest_of(store)? == want {
         let _ = std::fs::remove_dir_all(&next);
-        return Ok(Some(format!("configuration serial {} in force (digest {})", rec.serial, &want[..16])));
+        return Ok(());
     }
     if next.is_dir() && digest_of(&next)? == want {
-        swap_in(&next, store)?;
-        return Ok(Some(format!("configuration serial {} in force (its interrupted swap finished)", rec.serial)));
+        return swap_in(&next, store);
     }
     Err(Refused::Bad(format!(
         "the stored configuration is not serial {} as the TPM recorded it (altered or replaced on the disk)",
