@@ -146,8 +146,9 @@ class Vm:
             time.sleep(0.1)
         net = "user,id=n0" + (f",hostfwd=tcp:127.0.0.1:{forward}-:8443" if forward else "")
         direct = ["-kernel", kernel[0], "-initrd", kernel[1], "-append", kernel[2]] if kernel else []
-        if extra_disk:
-            direct += ["-drive", f"file={extra_disk},format=raw,if=virtio"]
+        # The stick is plugged in last: the firmware's boot entries point at the appliance's disk
+        # by its slot, and a stick in that slot would send it through minutes of network boot.
+        stick = ["-drive", f"file={extra_disk},format=raw,if=virtio"] if extra_disk else []
         qemu = subprocess.Popen([
             "qemu-system-x86_64", "-accel", "tcg", "-machine", "q35,smm=on", "-m", "1024", "-smp", "2",
             "-global", "driver=cfi.pflash01,property=secure,value=on", "-global", "ICH9-LPC.disable_s3=1",
@@ -159,7 +160,7 @@ class Vm:
             "-drive", f"file={self.w / 'disk.qcow2'},format=qcow2,if=virtio",
             "-drive", f"file={self.medium},format=raw,if=virtio",
             "-netdev", net, "-device", "virtio-net-pci,netdev=n0,romfile=",
-            "-serial", f"file:{self.console}", "-qmp", f"unix:{self.qmp},server,nowait",
+            "-serial", f"file:{self.console}", "-qmp", f"unix:{self.qmp},server,nowait", *map(str, stick),
         ], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.procs = [qemu, swtpm]
         self.started = time.monotonic()
@@ -371,8 +372,8 @@ def main():
             "the boot disk's partitions used, the decoy untouched",
             f"{boot_disk.group(0)[len('spocgw-disks: '):] if boot_disk else 'no boot disk line'}, "
             f"decoy {'untouched' if untouched else 'WRITTEN'}",
-            # (the decoy is attached first: it is vda, the appliance's disk comes after it)
-            boot_disk and boot_disk.group(1) != "vda" and untouched and served)
+            # (the appliance's disk is vda, the medium vdb, the decoy vdc)
+            boot_disk and boot_disk.group(1) == "vda" and untouched and served)
         accepted = re.search(r"spocgw: configuration serial 1 accepted", vm.text())
         row("a configuration bundle signed by the operator: accepted and applied", "serial 1 accepted, serving",
             f"{'accepted' if accepted else 'not accepted'}, {'serving' if served else 'no answer'}", accepted and served)
