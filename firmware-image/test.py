@@ -452,15 +452,9 @@ def main():
         run("mcopy", "-o", "-i", f"{changed}@@1M", signed, "::/EFI/BOOT/BOOTX64.EFI")
         vm4 = provisioned(w, "vm4", changed)
         nonce4 = with_nonce(vm4, w, "nonce4")
-        port4 = free_port()
-        vm4.boot("boot4", forward=port4)
-        booted = vm4.wait_for(r"spocgw: (configuration present|WAITING)", BOOT_LIMIT)
-        keys_refused = vm4.wait_for(KEYS_REFUSED, BOOT_LIMIT)
-        serving = serves_within(port4, pki, dev / "samples", 10)
-        vm4.power_off()
+        ok, observed = refused_boot(vm4, "boot4", pki, dev / "samples")
         row("a signed UKI with another command line: no key opens, nothing serves", "keys refused, no answer",
-            f"{'booted' if booted else 'no boot'}, {'keys refused' if keys_refused else 'no key refusal seen'}, "
-            f"{'serving' if serving else 'no answer'}", booted and keys_refused and not serving)
+            observed, ok)
         rc, text = attest(vm4, nonce4, expected_file, ak)
         row("that boot's quote fails verification, naming PCR 11", "spocgw attest verify: 1, PCR 11",
             f"{rc}: {text.splitlines()[-1] if text else ''}", rc == 1 and "PCR 11 differs" in text)
@@ -484,22 +478,15 @@ def main():
         # (The provisioned appliance's disk: the ESP's UKI plays no part in a direct kernel boot.)
         vm6 = provisioned(w, "vm6", changed, OVMF_VARS_PLAIN)
         nonce6 = with_nonce(vm6, w, "nonce6")
-        port6 = free_port()
-        vm6.boot("boot6", forward=port6, kernel=(PARTS / "vmlinuz", w / "attacker.cpio.gz",
-                                                 (PARTS / "cmdline").read_text()))
-        booted = vm6.wait_for(r"spocgw: (configuration present|WAITING)", BOOT_LIMIT)
-        keys_refused = vm6.wait_for(KEYS_REFUSED, BOOT_LIMIT)
-        serving = serves_within(port6, pki, dev / "samples", 10)
-        vm6.power_off()
+        ok6, observed6 = refused_boot(vm6, "boot6", pki, dev / "samples", kernel=(
+            PARTS / "vmlinuz", w / "attacker.cpio.gz", (PARTS / "cmdline").read_text()))
         rc, text = attest(vm6, nonce6, expected_file, ak)
         quoted = (w / "vm6" / "attest-out" / "quote.pcrs")
         quoted = quoted.read_bytes().hex() if quoted.exists() else ""
         row("Secure Boot off, PCR 11 replayed from user space: it reaches the predicted value",
             "PCR 11 as predicted", f"replay {replay[:16]}, quoted PCR 11 {quoted[64:80] or 'none'}",
             replay == expected["pcrs"]["11"] and quoted[64:] == replay)
-        row("... yet no key opens, nothing serves", "keys refused, no answer",
-            f"{'booted' if booted else 'no boot'}, {'keys refused' if keys_refused else 'no key refusal seen'}, "
-            f"{'serving' if serving else 'no answer'}", booted and keys_refused and not serving)
+        row("... yet no key opens, nothing serves", "keys refused, no answer", observed6, ok6)
         row("... and the quote fails verification, naming PCR 7", "spocgw attest verify: 1, PCR 7",
             f"{rc}: {text.splitlines()[-1] if text else ''}", rc == 1 and "PCR 7 differs" in text)
         # 7. The update revokes release 1: its UKI no longer boots; release 2 with release 1's
@@ -517,15 +504,9 @@ def main():
             f"{'denied' if denied else 'not denied'}, {'Linux started' if linux else 'no Linux'}", denied and not linux)
         run("mcopy", "-o", "-i", f"{rel}@@1M", r2 / "spocgw.efi", "::/EFI/BOOT/BOOTX64.EFI")
         vm8 = provisioned(w, "vm8", rel, updated_vars)
-        port8 = free_port()
-        vm8.boot("boot8", forward=port8)
-        booted = vm8.wait_for(r"spocgw: (configuration present|WAITING)", BOOT_LIMIT)
-        keys_refused = vm8.wait_for(KEYS_REFUSED, BOOT_LIMIT)
-        serving = serves_within(port8, pki, dev / "samples", 10)
-        vm8.power_off()
+        ok, observed = refused_boot(vm8, "boot8", pki, dev / "samples")
         row("release 2 with release 1's signed policy put back on the ESP: no key opens", "keys refused, no answer",
-            f"{'booted' if booted else 'no boot'}, {'keys refused' if keys_refused else 'no key refusal seen'}, "
-            f"{'serving' if serving else 'no answer'}", booted and keys_refused and not serving)
+            observed, ok)
         run("mcopy", "-o", "-i", f"{rel}@@1M", r2 / "pcr-policy.json", "::/spocgw/pcr-policy.json")
         vm9 = provisioned(w, "vm9", rel, updated_vars)
         port9 = free_port()
@@ -591,6 +572,20 @@ def release_2(w, expected):
     subprocess.run(["bash", str(ROOT / "firmware-image" / "release.sh"), str(parts), str(out)], env=env, check=True,
                    capture_output=True)
     return out
+
+
+def refused_boot(vm, name, pki, samples, **boot):
+    """Boots `vm` where no key may open: whether it booted, whether the gateway said the TPM
+    refused its keys, and whether anything served; the row's observed text with them."""
+    port = free_port()
+    vm.boot(name, forward=port, **boot)
+    booted = vm.wait_for(r"spocgw: (configuration present|WAITING)", BOOT_LIMIT)
+    keys_refused = vm.wait_for(KEYS_REFUSED, BOOT_LIMIT)
+    serving = serves_within(port, pki, samples, 10)
+    vm.power_off()
+    observed = (f"{'booted' if booted else 'no boot'}, {'keys refused' if keys_refused else 'no key refusal seen'}, "
+                f"{'serving' if serving else 'no answer'}")
+    return bool(booted and keys_refused and not serving), observed
 
 
 def decoy_disk(path):

@@ -158,10 +158,6 @@ fn sign(dir: &Path, key: &Path, serial: Option<u64>) -> Result<(u64, String), St
     Ok((serial, signed::canonical_digest(&files)))
 }
 
-fn hash_point(point: &[u8]) -> [u8; 32] {
-    crate::encoding::sha256(point)
-}
-
 fn operator_point(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>, Refused> {
     let pem = files.iter().find(|(n, _)| n == OPERATOR_KEY).map(|(_, b)| b).ok_or_else(|| {
         Refused::Bad(format!("the bundle has no {OPERATOR_KEY} (every bundle names the key that signs the next)"))
@@ -190,7 +186,7 @@ fn accept(from: &Path, to: &Path, tpm: &Tpm, policy_key: &[u8]) -> Result<String
     } else {
         settle(to, &rec)?;
         let point = operator_point(&signed::read_tree(to)?)?;
-        if hash_point(&point) != rec.operator_key {
+        if crate::encoding::sha256(&point) != rec.operator_key {
             return Err(Refused::Bad("the stored operator key is not the one the TPM recorded".into()));
         }
         point
@@ -217,7 +213,8 @@ fn accept(from: &Path, to: &Path, tpm: &Tpm, policy_key: &[u8]) -> Result<String
             .map_err(|e| Refused::Bad(format!("gateway.toml does not load: {e}")))?;
     }
     let digest = crate::encoding::unhex_array::<32>(&v.digest).ok_or_else(|| Refused::Bad("digest".into()))?;
-    let new = ConfigRecord { operator_key: hash_point(&operator_point(&files)?), serial: v.serial, digest };
+    let new =
+        ConfigRecord { operator_key: crate::encoding::sha256(&operator_point(&files)?), serial: v.serial, digest };
     tpm.write_config_record(new)?;
     swap_in(&next, to)?;
     Ok(format!("configuration serial {} accepted (digest {})", v.serial, &v.digest[..16]))

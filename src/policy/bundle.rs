@@ -116,10 +116,8 @@ pub struct Bundle {
     pub cache: super::cache::DecisionCache,
 }
 
-/// The bundle's digest: [`crate::signed::canonical_digest`] (the signature file left out).
-pub fn canonical_digest(files: &[(String, Vec<u8>)]) -> String {
-    crate::signed::canonical_digest(files)
-}
+/// The bundle's digest: the one every signed bundle has (the signature file left out).
+pub use crate::signed::canonical_digest;
 
 /// Reads the bundle files of `dir`: the schema, `*.cedar`, entities, routes, `tests/*.toml`,
 /// and the signature if present.
