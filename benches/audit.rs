@@ -115,7 +115,7 @@ fn main() {
     });
     println!("  wrote 999,936 records (and the start record) in {:?}", started.elapsed());
     let started = Instant::now();
-    let s = spocgw::audit::verify::verify(&cfg.dir, &public).expect("verify");
+    let s = spocgw::audit::verify::verify(&cfg.dir, &public, &Default::default()).expect("verify");
     println!("  audit verify: {} records, {} checkpoints in {:?}", s.records, s.checkpoints, started.elapsed());
     query_a_month(&cfg.dir, &ps);
 }

@@ -156,10 +156,16 @@ fn a_lone_appliance_serves_and_its_pair_link_answers_only_the_peer() {
         let b = pair_client(dir.path(), ports.a_pair, "pair/gateway-b.pem", "pair/gateway-b.key", "pair/pair-ca.pem");
         assert_eq!(call(&b, "/pair/v1/ids/snapshot", "").await.unwrap().0, 200);
         assert_eq!(call(&b, "/pair/v1/ids/claim", "\"never-forwarded\"").await.unwrap().0, 404);
-        // What B shipped stays as shipped.
+        // The copy takes whole records that continue it, and what B shipped stays as shipped.
         let seg = "/pair/v1/log/append?file=segment-000001.jsonl&offset=0";
-        assert_eq!(call(&b, seg, "{\"seq\":0}\n").await.unwrap().0, 200);
-        assert_eq!(call(&b, seg, "{\"seq\":9}\n").await.unwrap().0, 409, "a rewrite");
+        assert_eq!(call(&b, seg, "junk that is no record\n").await.unwrap().0, 409, "not a record");
+        assert_eq!(call(&b, seg, &"x".repeat(4096)).await.unwrap().0, 409, "not whole lines");
+        let first = String::from_utf8(spocgw::audit::Record::now("start").canonical()).unwrap() + "\n";
+        let third = first.replacen("{\"seq\":0", "{\"seq\":2", 1);
+        assert_eq!(call(&b, seg, &third).await.unwrap().0, 409, "out of sequence");
+        assert_eq!(call(&b, seg, &first).await.unwrap().0, 200);
+        let other = String::from_utf8(spocgw::audit::Record::now("other").canonical()).unwrap() + "\n";
+        assert_eq!(call(&b, seg, &other).await.unwrap().0, 409, "a rewrite");
         assert_eq!(call(&b, "/pair/v1/log/append?file=..%2Fgateway-a.toml&offset=0", "x").await.unwrap().0, 409);
         // A checkpoint of B's origin that B's key did not sign is not cosigned.
         let forged = "old 0\n\nspocgw-b\n1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\nspocgw-time t\n\n\u{2014} spocgw-b AAAAAAAAAAAAAAAAAAAAAAAAAAAA\n";

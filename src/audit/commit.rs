@@ -44,6 +44,9 @@ pub(super) struct Core {
     dozing: AtomicBool,
     /// Set when the gateway's metrics are attached.
     written: OnceLock<Written>,
+    /// The duties thread runs: without it no checkpoint is signed and no spooled record is
+    /// taken, so its end (a panic included) turns the log unhealthy.
+    duties_running: AtomicBool,
 }
 
 /// What the log has written, for the metrics: records, batches (one fsync each), how long a
@@ -54,6 +57,7 @@ pub struct Written {
     pub batches: Counter,
     pub failures: Counter,
     pub healthy: prometheus_client::metrics::gauge::Gauge,
+    pub duties: prometheus_client::metrics::gauge::Gauge,
     pub write_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
@@ -64,6 +68,7 @@ impl Default for Written {
             batches: Counter::default(),
             failures: Counter::default(),
             healthy: Default::default(),
+            duties: Default::default(),
             write_seconds: crate::admin::metrics::latency_histogram(),
         }
     }
@@ -87,6 +92,11 @@ impl Written {
             "audit_healthy",
             "1 while the audit log writes; 0 after a failed write, until one succeeds",
             self.healthy.clone(),
+        );
+        registry.register(
+            "audit_duties_running",
+            "1 while the audit duties thread (checkpoints, spool, rotation, retention) runs; 0 once it ended",
+            self.duties.clone(),
         );
         registry.register(
             "audit_write_duration_seconds",
@@ -149,14 +159,19 @@ impl Core {
             wake: Condvar::new(),
             dozing: AtomicBool::new(false),
             written: OnceLock::new(),
+            duties_running: AtomicBool::new(true),
         });
         let c = core.clone();
-        std::thread::Builder::new().name("audit-duties".into()).spawn(move || c.keep(checkpointer))?;
+        std::thread::Builder::new().name("audit-duties".into()).spawn(move || {
+            let _end = DutiesEnd(c.clone());
+            c.keep(checkpointer);
+        })?;
         Ok(core)
     }
 
     pub(super) fn attach(&self, written: Written) {
         written.healthy.set(i64::from(self.is_healthy()));
+        written.duties.set(i64::from(self.duties_running.load(Ordering::Relaxed)));
         let _ = self.written.set(written);
     }
 
@@ -183,7 +198,7 @@ impl Core {
     }
 
     pub(super) fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.healthy.load(Ordering::Relaxed) && self.duties_running.load(Ordering::Relaxed)
     }
 
     pub(super) fn set_unhealthy(&self) {
@@ -194,6 +209,10 @@ impl Core {
     /// Records nobody waits on never lead: they go with the next batch.
     pub(super) fn submit(&self, job: Job) -> Result<bool, String> {
         let waited = job.done.is_some();
+        // Records no checkpoint would ever sign are not taken (the request is refused).
+        if !self.duties_running.load(Ordering::Relaxed) {
+            return Err(DUTIES_ENDED.into());
+        }
         let mut q = lock(&self.queue);
         if q.jobs.len() >= self.capacity {
             return Err("the audit queue is full".into());
@@ -305,7 +324,14 @@ impl Core {
 
     /// Asks the duties thread for a checkpoint now, cutting the active segment to its records.
     pub(super) fn force_checkpoint(&self, done: oneshot::Sender<Result<(), String>>) {
-        lock(&self.duties).forced.push(done);
+        let mut d = lock(&self.duties);
+        // Under the duties lock: the thread's end answers what was queued before it.
+        if !self.duties_running.load(Ordering::SeqCst) {
+            let _ = done.send(Err(DUTIES_ENDED.into()));
+            return;
+        }
+        d.forced.push(done);
+        drop(d);
         self.wake.notify_one();
     }
 
@@ -441,6 +467,34 @@ impl Core {
     }
 }
 
+const DUTIES_ENDED: &str = "the audit duties thread has ended: no checkpoint can be written";
+
+/// Held by the duties thread: when it ends, however (a panic too), the log turns unhealthy,
+/// `/readyz` fails, and whoever waits for a checkpoint is answered instead of waiting forever.
+struct DutiesEnd(Arc<Core>);
+
+impl Drop for DutiesEnd {
+    fn drop(&mut self) {
+        let core = &self.0;
+        let stopped = {
+            let mut d = lock(&core.duties);
+            core.duties_running.store(false, Ordering::SeqCst);
+            for done in d.forced.drain(..) {
+                let _ = done.send(Err(DUTIES_ENDED.into()));
+            }
+            d.stop
+        };
+        if !stopped {
+            core.healthy.store(false, Ordering::Relaxed);
+            tracing::error!(panicked = std::thread::panicking(), "{DUTIES_ENDED}; requests are refused");
+        }
+        if let Some(w) = core.written.get() {
+            w.duties.set(0);
+            w.healthy.set(i64::from(stopped));
+        }
+    }
+}
+
 /// The lead while a leader gathers: dropped before it writes, it hands the lead on.
 struct Leading(Option<Arc<Core>>);
 
@@ -453,7 +507,7 @@ impl Drop for Leading {
 }
 
 fn prune_old(dir: &Path, active: u32, retention: Duration, cp: &writer::Checkpointer) {
-    if let Err(e) = writer::prune(dir, active, retention, cp) {
+    if let Err(e) = super::retention::prune(dir, active, retention, cp) {
         tracing::error!(error = %e, "audit retention: pruning failed; nothing was removed");
     }
 }

@@ -6,14 +6,18 @@
 //! If a record cannot be made durable in time (disk full, read-only, I/O error), the request
 //! is refused with `AuditUnavailable` and `/readyz` turns 503.
 //!
-//! On disk: `segment-NNNNNN.jsonl` (records, one per line), `checkpoints.jsonl`.
+//! On disk: `segment-NNNNNN.jsonl` (records, one per line), `checkpoints.jsonl`, `anchor.json`
+//! once retention pruned ([`retention`]), `writer.lock` ([`WriterLock`]).
 
 mod commit;
+pub mod copy;
 pub mod merkle;
 pub mod note;
+pub mod proof;
 pub mod record;
 pub mod recovery;
 pub mod report;
+pub mod retention;
 pub mod verify;
 pub mod witness;
 mod writer;
@@ -31,10 +35,10 @@ use zeroize::Zeroizing;
 
 use commit::Core;
 pub use commit::Written;
-use merkle::CompactTree;
 pub use record::{ClientCert, Record};
-pub use writer::records_end;
+pub use retention::{Anchor, read_anchor};
 use writer::{Checkpointer, Writer};
+pub use writer::{LOCK_FILE, WriterLock, records_end};
 
 /// Beside the log: the peer witness's cosigned checkpoints of it, one note per line (JSON).
 pub const COSIGNATURES: &str = "cosignatures.jsonl";
@@ -56,7 +60,12 @@ pub struct AuditConfig {
     pub origin: String,
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: u64,
-    #[serde(deserialize_with = "crate::config::units::millis", default = "default_checkpoint_ms")]
+    /// A checkpoint at least this often while records come (10 ms to 1 h): records after the
+    /// newest checkpoint older than this fail `audit verify`.
+    #[serde(
+        deserialize_with = "crate::config::units::millis_within::<_, 10, 3_600_000>",
+        default = "default_checkpoint_ms"
+    )]
     pub checkpoint_interval_ms: u64,
     /// How long a request waits for its record to be durable before it is refused.
     #[serde(deserialize_with = "crate::config::units::millis", default = "default_durable_ms")]
@@ -154,43 +163,6 @@ impl Checkpoint {
     /// The bytes this checkpoint's signature covers.
     pub fn message(&self) -> Vec<u8> {
         Checkpoint::signed_bytes(&self.origin, self.tree_size, &self.root_hash, &self.time, self.tpm_counter)
-    }
-}
-
-/// Where the log starts after retention pruned its oldest segments: the tree state (size and
-/// peaks) before the first remaining record.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Anchor {
-    pub tree_size: u64,
-    /// (height, hash hex), largest first.
-    pub peaks: Vec<(u32, String)>,
-    /// When the pruning happened, and up to which segment.
-    pub time: String,
-    pub pruned_through: String,
-    /// The checkpoint of the tree at `tree_size`, signed when the anchor was written: without
-    /// it (or with one that does not match the peaks) the anchor is not trusted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checkpoint: Option<Checkpoint>,
-}
-
-impl Anchor {
-    pub fn tree(&self) -> Option<CompactTree> {
-        let peaks: Option<Vec<(u32, merkle::Hash)>> =
-            self.peaks.iter().map(|(h, x)| merkle::unhex(x).map(|x| (*h, x))).collect();
-        CompactTree::from_peaks(self.tree_size, peaks?)
-    }
-}
-
-/// The retention anchor of `dir`, if segments were pruned.
-///
-/// # Errors
-/// `anchor.json` that cannot be read or parsed.
-pub fn read_anchor(dir: &Path) -> Result<Option<Anchor>, String> {
-    match std::fs::read_to_string(dir.join("anchor.json")) {
-        Ok(t) => serde_json::from_str(&t).map(Some).map_err(|e| format!("anchor.json: {e}")),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("anchor.json: {e}")),
     }
 }
 

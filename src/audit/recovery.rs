@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use super::note::{NoteBody, Vkey};
-use super::verify::{LogContents, check_signature};
+use super::verify::{LogContents, Summary, check_signature, holds};
 use super::witness::Witnessed;
 use super::{COSIGNATURES, Checkpoint};
 
@@ -66,28 +66,23 @@ pub fn check_cosignatures(
     Ok(newest)
 }
 
-/// Checks the log against the peer's record of the newest checkpoint it witnessed: the log must
-/// hold that checkpoint (so nothing before it was cut or rewritten).
+/// Checks the log against the peer's record of the newest checkpoint it witnessed: the records
+/// (already verified) must hash to that checkpoint's root at its size, so nothing before it was
+/// cut, rewritten or hidden behind a retention anchor.
 ///
 /// # Errors
-/// The note is not signed by this log's key and the witness, or the log is shorter than what the
-/// peer witnessed, or does not hold that checkpoint.
-pub fn check_witnessed(
-    log: &LogContents,
-    records: u64,
-    point: &[u8],
-    vkey: &Vkey,
-    w: &Witnessed,
-) -> Result<u64, String> {
+/// The note is not signed by this log's key and the witness, the log is shorter than what the
+/// peer witnessed, the witnessed size lies below a pruned prefix, or the records there give
+/// another root.
+pub fn check_witnessed(s: &Summary, point: &[u8], vkey: &Vkey, w: &Witnessed) -> Result<u64, String> {
     vkey.verify(&w.body, &w.sigs)
         .ok_or_else(|| format!("the witnessed note carries no valid cosignature of {}", vkey.name))?;
-    if w.body.size > records {
-        return Err(format!(
-            "truncated: {} witnessed {} records of this log, which holds {records}",
-            vkey.name, w.body.size
-        ));
-    }
-    in_log(log, &w.body, &w.sigs, point).map(|cp| cp.tree_size)
+    let cp =
+        w.sigs.iter().filter_map(|l| w.body.checkpoint(l, point)).find(|cp| check_signature(cp, point)).ok_or_else(
+            || format!("the witnessed note (tree size {}) carries no valid signature of this log's key", w.body.size),
+        )?;
+    holds(s, cp.tree_size, &cp.root_hash, &format!("{} witnessed", vkey.name))?;
+    Ok(cp.tree_size)
 }
 
 /// Rebuilds a lost log in `to` (absent or empty) from a copy (`from`: the peer's `pair.dir/log`,

@@ -152,12 +152,16 @@ fn verification(ctx: &Context<'_>) -> String {
                     )
                 },
             );
+            let notes: String = s.describe().iter().skip(1).map(|l| format!("<li>{}</li>", esc(l))).collect();
             format!(
                 "<section id=\"verification\" class=\"ok\" data-verified=\"true\"><h2>Log verification: passed</h2>\
-                 <p>Every record, the sequence, the Merkle tree and every checkpoint signature verified with {}.</p>\
+                 <p>Every record, the sequence, the Merkle tree and every checkpoint signature verified with {} \
+                 (key ID <code id=\"key-id\">{}</code>, the first 16 hex digits of SHA-256 over the public key: \
+                 compare it with the key you hold).</p><ul>{notes}</ul>\
                  <dl><dt>records</dt><dd id=\"records\">{}</dd><dt>checkpoints</dt><dd>{}</dd>\
                  <dt>chain head (RFC 9162 root)</dt><dd><code>{}</code></dd><dt>newest checkpoint</dt><dd>{last}</dd></dl></section>",
                 esc(ctx.key),
+                esc(&s.key_id),
                 s.records,
                 s.checkpoints,
                 esc(&s.root)

@@ -1,6 +1,11 @@
-//! Officer tools on an audit log: verify it end to end (every record, the sequence, the Merkle
-//! tree and every checkpoint signature), and read it (query, export, inclusion proofs).
+//! Verifying an audit log end to end against an explicit trust root (the checkpoint public key
+//! the verifier brings, never one found beside the log): every record, the sequence, the Merkle
+//! tree, every checkpoint's signature and root. Records past the newest checkpoint are reported
+//! apart and fail unless the log's writer is running and they await its next checkpoint; a
+//! pruned prefix is accepted only when the verifier says pruning is expected, or a copy that
+//! still holds it proves it.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -12,7 +17,9 @@ use rustls_pki_types::SubjectPublicKeyInfoDer;
 use rustls_pki_types::pem::PemObject;
 use x509_parser::prelude::FromDer;
 
-use super::merkle::{self, CompactTree, Hash};
+use super::merkle::{self, CompactTree};
+use super::retention::{Anchor, read_anchor};
+use super::writer::WriterLock;
 use super::{Checkpoint, Record, segments};
 
 /// Where a record is.
@@ -78,39 +85,114 @@ pub fn public_point(path: &Path) -> Result<Vec<u8>, String> {
     Ok(info.subject_public_key.data.to_vec())
 }
 
+/// Whether `signature` (base64, ASN.1 ECDSA P-256) signs `message` under `point`.
+pub fn signature_ok(signature: &str, message: &[u8], point: &[u8]) -> bool {
+    let Ok(sig) = B64.decode(signature) else { return false };
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, point).verify(message, &sig).is_ok()
+}
+
 pub fn check_signature(cp: &Checkpoint, point: &[u8]) -> bool {
-    let Ok(sig) = B64.decode(&cp.signature) else { return false };
-    let msg = cp.message();
-    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, point).verify(&msg, &sig).is_ok()
+    signature_ok(&cp.signature, &cp.message(), point)
+}
+
+/// What the verifier is told besides the key.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Retention pruning is expected: records older than this (a record time, UTC) may be gone.
+    pub allow_pruned_before: Option<String>,
+    /// A copy that still holds the pruned records (the peer's `pair.dir/log`, a backup).
+    pub peer_copy: Option<PathBuf>,
+    /// Sizes whose root the records must give besides the checkpoints' (a kept or witnessed
+    /// checkpoint).
+    pub roots_at: Vec<u64>,
+    /// Records past the newest checkpoint are reported, not refused (a copy being restored:
+    /// the gateway's first checkpoint after the restore signs them).
+    pub unsealed_reported: bool,
+}
+
+/// What a pruned prefix was, and what vouched for it.
+#[derive(Debug, Clone)]
+pub struct Pruned {
+    pub count: u64,
+    pub newest_pruned: String,
+    pub anchor_time: String,
+    /// The copy whose records were checked against the anchor, if one was given.
+    pub proven_by: Option<PathBuf>,
 }
 
 /// What a successful verification found.
 #[derive(Debug)]
 pub struct Summary {
+    /// The tree's size: every record the log ever had, the pruned ones included.
     pub records: u64,
+    /// The first record the log still holds (0 unless retention pruned, or a copy proved, a
+    /// prefix).
+    pub first_held: u64,
     pub checkpoints: usize,
     pub root: String,
     pub last_checkpoint: Option<Checkpoint>,
+    /// Records covered by the newest checkpoint, and after it.
+    pub sealed: u64,
+    pub unsealed: u64,
+    /// Why the records after the newest checkpoint were accepted, if there are any.
+    pub unsealed_note: Option<String>,
+    pub pruned: Option<Pruned>,
+    /// The root the records give at each checkpoint's size (from `first_held` on) and at each
+    /// size asked for in [`Options::roots_at`].
+    pub roots: HashMap<u64, String>,
+    /// The key the log was verified with: its key ID.
+    pub key_id: String,
+}
+
+impl Summary {
+    /// What a verification vouches for, besides its last line: the key, a pruned prefix, records
+    /// past the newest checkpoint.
+    pub fn describe(&self) -> Vec<String> {
+        let s = self;
+        let mut lines = vec![format!("checkpoint key {} (the key given with --key)", s.key_id)];
+        if let Some(p) = &s.pruned {
+            lines.push(match &p.proven_by {
+                Some(copy) => format!(
+                    "records 0..{} were pruned here; {} holds them and they give the anchor's tree",
+                    p.count.saturating_sub(1),
+                    copy.display()
+                ),
+                None => format!(
+                    "pruned by retention: {} records (0..{}), the newest of {}; the log holds records from {} on (anchor written {})",
+                    p.count,
+                    p.count.saturating_sub(1),
+                    p.newest_pruned,
+                    s.first_held,
+                    p.anchor_time
+                ),
+            });
+        }
+        lines.push(format!("sealed by checkpoints: {} records, up to tree size {}", s.sealed - s.first_held, s.sealed));
+        if let Some(n) = &s.unsealed_note {
+            lines.push(n.clone());
+        }
+        lines
+    }
 }
 
 /// Verifies the whole log; the error names the first bad record or checkpoint and what is wrong.
 ///
 /// # Errors
 /// The first record or checkpoint that does not verify, and why: a sequence gap, a record not in
-/// canonical form, a root that does not match, a bad signature, an anchor without its signed
-/// checkpoint, a TPM counter going backwards.
-pub fn verify(dir: &Path, key: &Path) -> Result<Summary, String> {
+/// canonical form, a root that does not match, a bad signature, a pruned prefix not expected or
+/// not proven, records past the newest checkpoint no signature covers, a TPM counter going
+/// backwards.
+pub fn verify(dir: &Path, key: &Path, opts: &Options) -> Result<Summary, String> {
     let point = public_point(key)?;
-    let log = read_log(dir)?;
-    // After retention pruning the log resumes from its anchor; checkpoints of the pruned part
-    // can no longer be recomputed and are only signature-checked.
-    let anchor = super::read_anchor(dir)?;
-    let mut tree = match &anchor {
-        Some(a) => anchored_tree(a, &point, key)?,
-        None => CompactTree::default(),
+    let mut log = read_log(dir)?;
+    let (mut tree, pruned) = match read_anchor(dir)? {
+        Some(a) => resume(&a, &point, &mut log, opts)?,
+        None => (CompactTree::default(), None),
     };
     let base = tree.size();
-    let roots = replay(&log, &mut tree)?;
+    let roots = replay(&log, &mut tree, &opts.roots_at)?;
+    let origin = log.checkpoints.first().map(|c| c.origin.clone());
+    let mut sealed = base;
     for (i, cp) in log.checkpoints.iter().enumerate() {
         if !check_signature(cp, &point) {
             return Err(format!(
@@ -119,9 +201,13 @@ pub fn verify(dir: &Path, key: &Path) -> Result<Summary, String> {
                 key.display()
             ));
         }
-        // Before the retention anchor: the signature is all that can be checked.
+        if origin.as_ref() != Some(&cp.origin) {
+            return Err(format!("checkpoint {i}: of log {:?}, the others of {origin:?}: spliced", cp.origin));
+        }
+        // Below the retention anchor the signature is all that can be checked.
         if cp.tree_size >= base {
             covers(&log, i, &roots, tree.size())?;
+            sealed = sealed.max(cp.tree_size);
         }
     }
     // The TPM counter, where checkpoints carry it, only goes up.
@@ -133,28 +219,156 @@ pub fn verify(dir: &Path, key: &Path) -> Result<Summary, String> {
             w[1].0, w[0].1, w[1].1
         ));
     }
+    let unsealed = tree.size() - sealed;
+    let unsealed_note = match unsealed {
+        0 => None,
+        _ => Some(past_newest(dir, &log, base, sealed, tree.size(), opts.unsealed_reported)?),
+    };
     Ok(Summary {
         records: tree.size(),
+        first_held: base,
         checkpoints: log.checkpoints.len(),
         root: merkle::hex(&tree.root()),
         last_checkpoint: log.checkpoints.last().cloned(),
+        sealed,
+        unsealed,
+        unsealed_note,
+        pruned,
+        roots,
+        key_id: super::key_id(&point),
     })
 }
 
+/// The longest a running writer may leave records without a checkpoint, whatever its lock says.
+const MAX_UNSEALED_MS: u64 = 3_600_000;
+
+/// Records `sealed..size` follow the newest checkpoint: accepted only while the log's writer
+/// runs and they are younger than its checkpoint interval (they await its next checkpoint), or
+/// reported when the caller restores a copy.
+fn past_newest(
+    dir: &Path,
+    log: &LogContents,
+    base: u64,
+    sealed: u64,
+    size: u64,
+    reported: bool,
+) -> Result<String, String> {
+    let (first, _, loc) = &log.records[(sealed - base) as usize];
+    let what = format!(
+        "{} record(s) after the newest checkpoint (tree size {sealed}), from {}:{}",
+        size - sealed,
+        loc.file.display(),
+        loc.line
+    );
+    if reported {
+        return Ok(format!("{what}: no signature covers them yet (the gateway's next checkpoint will)"));
+    }
+    let writer = WriterLock::held(dir)?.ok_or_else(|| {
+        format!(
+            "{what} are covered by no signature, and no gateway is writing this log: appended after it,              or the gateway stopped without its final checkpoint"
+        )
+    })?;
+    let window_ms = writer.checkpoint_interval_ms.min(MAX_UNSEALED_MS) + 10_000;
+    let oldest_allowed = std::time::SystemTime::now()
+        .checked_sub(std::time::Duration::from_millis(window_ms))
+        .map(super::record::rfc3339_micros)
+        .unwrap_or_default();
+    if first.time < oldest_allowed {
+        return Err(format!(
+            "{what} are covered by no signature and older than the writer's checkpoint interval ({} ms):              the checkpoint signer is failing, or records were appended",
+            writer.checkpoint_interval_ms
+        ));
+    }
+    Ok(format!("{what}: they await the running gateway's next checkpoint (pid {})", writer.pid))
+}
+
+/// The tree a pruned log resumes from, and what was pruned: the anchor's signature (as an
+/// anchor) verified, and either the pruned records proven by a copy or pruning expected before
+/// a date the anchor respects.
+fn resume(
+    a: &Anchor,
+    point: &[u8],
+    log: &mut LogContents,
+    opts: &Options,
+) -> Result<(CompactTree, Option<Pruned>), String> {
+    let tree = a.verified_tree(point)?;
+    if let Some(c) = log.checkpoints.first()
+        && c.origin != a.origin
+    {
+        return Err(format!("anchor.json: of log {:?}, the checkpoints of {:?}", a.origin, c.origin));
+    }
+    if let Some((first, _, loc)) = log.records.first()
+        && first.time < a.newest_pruned
+    {
+        return Err(format!(
+            "record {} at {}:{} is older than the newest record the anchor says was pruned ({}): reordered",
+            first.seq,
+            loc.file.display(),
+            loc.line,
+            a.newest_pruned
+        ));
+    }
+    let mut pruned = Pruned {
+        count: a.tree_size,
+        newest_pruned: a.newest_pruned.clone(),
+        anchor_time: a.time.clone(),
+        proven_by: None,
+    };
+    if let Some(copy) = &opts.peer_copy {
+        // The copy's first `tree_size` records must hash to the anchor's tree: then they are the
+        // pruned records, and the log verifies whole.
+        let held = read_log(copy)?;
+        let mut prefix = LogContents {
+            records: held.records.into_iter().take(a.tree_size as usize).collect(),
+            checkpoints: Vec::new(),
+        };
+        let mut t = CompactTree::default();
+        replay(&prefix, &mut t, &[]).map_err(|e| format!("--peer-copy {}: {e}", copy.display()))?;
+        if t.size() != a.tree_size || t.root() != tree.root() {
+            return Err(format!(
+                "--peer-copy {}: its first {} records do not hash to the tree the anchor stands for ({} records): \
+                 not this log's pruned prefix",
+                copy.display(),
+                t.size(),
+                a.tree_size
+            ));
+        }
+        prefix.records.append(&mut log.records);
+        log.records = prefix.records;
+        pruned.proven_by = Some(copy.clone());
+        return Ok((CompactTree::default(), Some(pruned)));
+    }
+    match &opts.allow_pruned_before {
+        Some(before) if a.newest_pruned < *before => Ok((tree, Some(pruned))),
+        Some(before) => Err(format!(
+            "anchor.json: records up to {} were pruned, not only before {before} (--allow-pruned-before)",
+            a.newest_pruned
+        )),
+        None => Err(format!(
+            "the log starts at record {}: records 0..{} were pruned (anchor.json, written {}, newest pruned record {}); \
+             pass --allow-pruned-before DATE if retention pruning is expected, or --peer-copy DIR to prove them",
+            a.tree_size,
+            a.tree_size.saturating_sub(1),
+            a.time,
+            a.newest_pruned
+        )),
+    }
+}
+
 /// Replays the records after `tree`'s (the anchor's) into it, each in sequence and canonical;
-/// the roots at every size a checkpoint covers.
-fn replay(log: &LogContents, tree: &mut CompactTree) -> Result<std::collections::HashMap<u64, String>, String> {
+/// the roots at every size a checkpoint covers, and at `also`.
+fn replay(log: &LogContents, tree: &mut CompactTree, also: &[u64]) -> Result<HashMap<u64, String>, String> {
     let base = tree.size();
     // Roots at every checkpointed size, computed in the same pass.
-    let mut wanted: Vec<u64> = log.checkpoints.iter().map(|c| c.tree_size).collect();
+    let mut wanted: Vec<u64> = log.checkpoints.iter().map(|c| c.tree_size).chain(also.iter().copied()).collect();
     wanted.sort_unstable();
-    let mut roots = std::collections::HashMap::new();
+    let mut roots = HashMap::new();
     if wanted.binary_search(&base).is_ok() {
         roots.insert(base, merkle::hex(&tree.root()));
     }
     for (i, (r, bytes, loc)) in log.records.iter().enumerate() {
-        let i = i + base as usize;
-        if r.seq != i as u64 {
+        let i = i as u64 + base;
+        if r.seq != i {
             return Err(format!(
                 "record {i} at {}:{}: sequence number {} (records are missing, added or reordered)",
                 loc.file.display(),
@@ -175,12 +389,7 @@ fn replay(log: &LogContents, tree: &mut CompactTree) -> Result<std::collections:
 
 /// Checkpoint `i` against the roots the records hash to: its size reached, its root the
 /// records' root at that size, sizes not going backwards.
-fn covers(
-    log: &LogContents,
-    i: usize,
-    roots: &std::collections::HashMap<u64, String>,
-    log_size: u64,
-) -> Result<(), String> {
+fn covers(log: &LogContents, i: usize, roots: &HashMap<u64, String>, log_size: u64) -> Result<(), String> {
     let cp = &log.checkpoints[i];
     match roots.get(&cp.tree_size) {
         None => {
@@ -190,8 +399,7 @@ fn covers(
             ));
         }
         Some(root) if *root != cp.root_hash => {
-            // Find the first record that differs from what the checkpoint signed is not
-            // possible from a root alone; name the range.
+            // Which record differs cannot be told from a root alone; name the range.
             let prev = log.checkpoints[..i]
                 .iter()
                 .filter(|c| c.tree_size < cp.tree_size && roots.get(&c.tree_size) == Some(&c.root_hash))
@@ -200,7 +408,8 @@ fn covers(
                 .unwrap_or(0);
             let first = log
                 .records
-                .get(prev as usize)
+                .iter()
+                .find(|(r, _, _)| r.seq == prev)
                 .map(|(_, _, l)| format!("{}:{}", l.file.display(), l.line))
                 .unwrap_or_default();
             return Err(format!(
@@ -217,135 +426,32 @@ fn covers(
     Ok(())
 }
 
-/// The tree a pruned log resumes from: the anchor's peaks, trusted only because a checkpoint
-/// signed by `point` for exactly that size and root comes with them.
-fn anchored_tree(a: &super::Anchor, point: &[u8], key: &Path) -> Result<CompactTree, String> {
-    let tree = a.tree().ok_or("anchor.json: its peaks do not fit its tree size")?;
-    let cp = a.checkpoint.as_ref().ok_or(
-        "anchor.json carries no signed checkpoint: the start of the log cannot be trusted (segments removed by hand?)",
-    )?;
-    if !check_signature(cp, point) {
-        return Err(format!("anchor.json: its checkpoint's signature does not verify under {}", key.display()));
-    }
-    if cp.tree_size != tree.size() || cp.root_hash != merkle::hex(&tree.root()) {
-        return Err(format!(
-            "anchor.json: its peaks ({} records) are not the tree its signed checkpoint covers ({} records): altered",
-            tree.size(),
-            cp.tree_size
-        ));
-    }
-    Ok(tree)
-}
-
-/// How a log stands against a checkpoint an auditor kept.
-#[derive(Debug)]
-pub struct Consistency {
-    pub from: u64,
-    pub to: u64,
-    pub proof_len: usize,
-}
-
-/// Proves that the log (already verified) extends `kept`, a checkpoint signed by `key` that an
-/// auditor kept: an RFC 9162 consistency proof from its tree to the log's newest checkpoint,
-/// built from the records and checked as a remote verifier would.
+/// A checkpoint vouched for from outside the log (one an auditor kept, or the peer's witness
+/// state) against a verified log: its size at or above the first record the log holds, and the
+/// root the records give at that size its root.
 ///
 /// # Errors
-/// `kept` does not verify under `key`, is larger than the log, or the log's records do not extend
-/// it (history rewritten or truncated).
-pub fn consistent_with(dir: &Path, key: &Path, kept: &Checkpoint) -> Result<Consistency, String> {
-    let point = public_point(key)?;
-    if !check_signature(kept, &point) {
-        return Err(format!("the kept checkpoint's signature does not verify under {}", key.display()));
-    }
-    if super::read_anchor(dir)?.is_some_and(|a| a.tree_size > 0) {
-        return Err("the log was pruned by retention: prove consistency before pruning, or from the anchor's checkpoint                     with a log that still holds every record"
-            .into());
-    }
-    let log = read_log(dir)?;
-    let newest = log.checkpoints.iter().max_by_key(|c| c.tree_size).ok_or("the log has no checkpoint")?;
-    if newest.origin != kept.origin {
-        return Err(format!("the kept checkpoint is of log {:?}, this one is {:?}", kept.origin, newest.origin));
-    }
-    if kept.tree_size > newest.tree_size || kept.tree_size > log.records.len() as u64 {
+/// The checkpoint lies below a pruned prefix, is larger than the log, or its root is not the
+/// records' (history rewritten).
+/// `who` says what vouches, e.g. "gateway-b/witness witnessed" or "the kept checkpoint covers".
+pub fn holds(s: &Summary, size: u64, root: &str, who: &str) -> Result<(), String> {
+    if size > s.records {
         return Err(format!(
-            "the kept checkpoint signs {} records but this log's newest checkpoint covers {}: records were removed",
-            kept.tree_size, newest.tree_size
+            "truncated: {who} {size} records of this log, which holds {} (records were removed)",
+            s.records
         ));
     }
-    let leaves: Vec<Hash> =
-        log.records.iter().take(newest.tree_size as usize).map(|(_, b, _)| merkle::leaf_hash(b)).collect();
-    let proof = merkle::consistency_proof(&leaves, kept.tree_size as usize);
-    let (old, new) = match (merkle::unhex(&kept.root_hash), merkle::unhex(&newest.root_hash)) {
-        (Some(o), Some(n)) => (o, n),
-        _ => return Err("a checkpoint's root is not a hex hash".into()),
-    };
-    if !merkle::verify_consistency(kept.tree_size, newest.tree_size, &old, &new, &proof) {
+    if size < s.first_held {
         return Err(format!(
-            "this log does not extend the kept checkpoint of {} records: its history was rewritten",
-            kept.tree_size
+            "{who} {size} records, below the retention anchor (this log holds records from {} on): what it vouches \
+             for cannot be checked; pass --peer-copy DIR, a copy that still holds them",
+            s.first_held
         ));
     }
-    Ok(Consistency { from: kept.tree_size, to: newest.tree_size, proof_len: proof.len() })
-}
-
-/// An inclusion proof for one record against a checkpoint, self-contained for an external
-/// verifier who has only the checkpoint public key.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Proof {
-    /// The record's exact bytes (its canonical JSON).
-    pub record: String,
-    pub leaf_index: u64,
-    pub checkpoint: Checkpoint,
-    /// Audit path, hex, leaf to root.
-    pub path: Vec<String>,
-}
-
-/// Builds the proof for the record of `incident` (its first record) against the latest
-/// checkpoint that covers it.
-///
-/// # Errors
-/// No record of `incident`, or no checkpoint covers it yet.
-pub fn prove(dir: &Path, incident: &str) -> Result<Proof, String> {
-    if super::read_anchor(dir)?.is_some() {
-        return Err("inclusion proofs for a log pruned by retention are not supported yet".into());
+    match s.roots.get(&size) {
+        Some(r) if r == root => Ok(()),
+        _ => Err(format!(
+            "{who} {size} records, with a root this log's records do not give at that size: its history was rewritten"
+        )),
     }
-    let log = read_log(dir)?;
-    let (index, (_, bytes, _)) = log
-        .records
-        .iter()
-        .enumerate()
-        .find(|(_, (r, _, _))| r.incident_id.as_deref() == Some(incident))
-        .ok_or_else(|| format!("no record has incident ID {incident}"))?;
-    let cp = log
-        .checkpoints
-        .iter()
-        .filter(|c| c.tree_size > index as u64)
-        .max_by_key(|c| c.tree_size)
-        .ok_or("no checkpoint covers this record yet; try again in a moment")?
-        .clone();
-    let leaves: Vec<Hash> =
-        log.records.iter().take(cp.tree_size as usize).map(|(_, b, _)| merkle::leaf_hash(b)).collect();
-    let path = merkle::inclusion_proof(&leaves, index).iter().map(merkle::hex).collect();
-    Ok(Proof { record: String::from_utf8_lossy(bytes).into_owned(), leaf_index: index as u64, checkpoint: cp, path })
-}
-
-/// Checks a proof with only the checkpoint public key.
-///
-/// # Errors
-/// The checkpoint's signature does not verify under `key`, or the path does not lead from the
-/// record to the checkpoint's root.
-pub fn verify_proof(proof: &Proof, key: &Path) -> Result<(), String> {
-    let point = public_point(key)?;
-    if !check_signature(&proof.checkpoint, &point) {
-        return Err("the checkpoint's signature does not verify".into());
-    }
-    let path: Option<Vec<Hash>> = proof.path.iter().map(|h| merkle::unhex(h)).collect();
-    let path = path.ok_or("the proof's path is not hex hashes")?;
-    let leaf = merkle::leaf_hash(proof.record.as_bytes());
-    let root = merkle::root_from_proof(leaf, proof.leaf_index, proof.checkpoint.tree_size, &path)
-        .ok_or("the proof's path does not fit the tree size")?;
-    if merkle::hex(&root) != proof.checkpoint.root_hash {
-        return Err("the record is not in the log the checkpoint signs (root differs)".into());
-    }
-    Ok(())
 }

@@ -13,9 +13,53 @@ use base64::engine::general_purpose::STANDARD as B64;
 
 use super::merkle::{self, CompactTree, Hash};
 use super::{
-    Anchor, AuditConfig, AuditError, Checkpoint, CheckpointSigner, Job, Record, SEQ_PREFIX, SPOOL_DIR, io_err, key_id,
-    read_anchor, record, segment_name, segments,
+    AuditConfig, AuditError, Checkpoint, CheckpointSigner, Job, Record, SEQ_PREFIX, SPOOL_DIR, io_err, key_id, record,
+    segment_name, segments,
 };
+
+/// The writer's lock file, beside the log.
+pub const LOCK_FILE: &str = "writer.lock";
+
+/// What the lock file says while a writer holds it: `audit verify` reads it to tell records that
+/// await the running writer's next checkpoint from records someone appended.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct WriterLock {
+    pub pid: u32,
+    pub checkpoint_interval_ms: u64,
+}
+
+impl WriterLock {
+    fn write(&self, lock: &File) -> std::io::Result<()> {
+        lock.set_len(0)?;
+        lock.write_all_at(&serde_json::to_vec(self).unwrap_or_default(), 0)?;
+        lock.sync_data()
+    }
+
+    /// The writer that holds `dir`'s lock now, if one does.
+    ///
+    /// # Errors
+    /// The lock file cannot be opened or tried (whether a gateway writes the log cannot be told).
+    pub fn held(dir: &Path) -> Result<Option<WriterLock>, String> {
+        let path = dir.join(LOCK_FILE);
+        let cannot = |e: &dyn std::fmt::Display| {
+            format!("{}: {e} (whether a gateway is writing this log cannot be told)", path.display())
+        };
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(cannot(&e)),
+        };
+        match f.try_lock_shared() {
+            Ok(()) => Ok(None),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut text = Vec::new();
+                (&f).read_to_end(&mut text).map_err(|e| cannot(&e))?;
+                serde_json::from_slice(&text).map(Some).map_err(|e| cannot(&e))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(cannot(&e)),
+        }
+    }
+}
 
 pub(super) struct Writer {
     dir: PathBuf,
@@ -123,7 +167,7 @@ impl Writer {
     /// Opens the log: replays every segment into the tree, cuts a torn tail of the last one.
     pub(super) fn open(cfg: &AuditConfig) -> Result<(Writer, Option<String>), AuditError> {
         let dir = cfg.dir.clone();
-        let lock_path = dir.join("writer.lock");
+        let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -131,7 +175,10 @@ impl Writer {
             .open(&lock_path)
             .map_err(|e| io_err(&lock_path, e))?;
         lock.try_lock().map_err(|_| AuditError::InUse(dir.clone()))?;
-        let mut tree = match read_anchor(&dir).map_err(AuditError::Damaged)? {
+        WriterLock { pid: std::process::id(), checkpoint_interval_ms: cfg.checkpoint_interval_ms }
+            .write(&lock)
+            .map_err(|e| io_err(&lock_path, e))?;
+        let mut tree = match super::retention::read_anchor(&dir).map_err(AuditError::Damaged)? {
             Some(a) => {
                 a.tree().ok_or_else(|| AuditError::Damaged("anchor.json: peaks do not fit the tree size".into()))?
             }
@@ -337,64 +384,6 @@ impl Writer {
     }
 }
 
-/// Removes whole closed segments (those before segment `active`) whose newest record is older
-/// than `retention`, oldest first, after writing the anchor (tree state at the new start)
-/// durably. Runs beside the writer: it reads closed segments only.
-pub(super) fn prune(dir: &Path, active: u32, retention: Duration, cp: &Checkpointer) -> Result<(), String> {
-    let cutoff = time::OffsetDateTime::now_utc() - retention;
-    let cutoff = format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-        cutoff.year(),
-        u8::from(cutoff.month()),
-        cutoff.day(),
-        cutoff.hour(),
-        cutoff.minute(),
-        cutoff.second()
-    );
-    let segs = segments(dir).map_err(|e| e.to_string())?;
-    // Names sort by index: those before the active one are closed.
-    let active = dir.join(segment_name(active));
-    let mut tree = match read_anchor(dir)? {
-        Some(a) => a.tree().ok_or("anchor.json does not fit")?,
-        None => CompactTree::default(),
-    };
-    let mut prune = Vec::new();
-    for path in segs.iter().filter(|p| **p < active) {
-        let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let lines: Vec<&[u8]> = text[..records_end(&text)].split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
-        let newest =
-            lines.last().and_then(|l| serde_json::from_slice::<Record>(l).ok()).map(|r| r.time).unwrap_or_default();
-        if newest.as_str() >= cutoff.as_str() {
-            break; // segments are in time order: the rest are newer
-        }
-        for l in lines {
-            tree.push(merkle::leaf_hash(l));
-        }
-        prune.push(path.clone());
-    }
-    let Some(last) = prune.last() else { return Ok(()) };
-    let anchor = Anchor {
-        tree_size: tree.size(),
-        peaks: tree.peaks().iter().map(|(h, x)| (*h, merkle::hex(x))).collect(),
-        time: record::now_rfc3339_micros(),
-        pruned_through: last.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned(),
-        checkpoint: Some(cp.sign_anchor(&tree)?),
-    };
-    let tmp = dir.join("anchor.json.tmp");
-    let bytes = serde_json::to_vec(&anchor).map_err(|e| e.to_string())?;
-    let mut f = File::create(&tmp).map_err(|e| e.to_string())?;
-    f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(|e| e.to_string())?;
-    std::fs::rename(&tmp, dir.join("anchor.json")).map_err(|e| e.to_string())?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    for p in &prune {
-        std::fs::remove_file(p).map_err(|e| format!("{}: {e}", p.display()))?;
-    }
-    tracing::info!(segments = prune.len(), tree_size = anchor.tree_size, "audit retention: pruned old segments");
-    Ok(())
-}
-
 /// Signs tree heads and appends them to `checkpoints.jsonl`.
 pub(super) struct Checkpointer {
     origin: String,
@@ -478,10 +467,17 @@ impl Checkpointer {
         })
     }
 
-    /// The checkpoint a retention anchor carries: the tree where the log now starts, signed
-    /// (without the counter, which only the newest checkpoints advance).
-    pub(super) fn sign_anchor(&self, tree: &CompactTree) -> Result<Checkpoint, String> {
-        self.sign(tree.size(), &tree.root(), None).map_err(|e| e.to_string())
+    /// Signs `message` (an anchor's bytes) with the checkpoint key: base64.
+    pub(super) fn sign_message(&self, message: &[u8]) -> Result<String, String> {
+        self.key.sign(message).map(|s| B64.encode(&s))
+    }
+
+    pub(super) fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    pub(super) fn public_key(&self) -> Vec<u8> {
+        self.key.public_key()
     }
 }
 

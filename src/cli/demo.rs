@@ -222,7 +222,7 @@ fn audit_rows(dir: &Path, incidents: &[String], secrets: &[String], rows: &mut V
         rows.push(Row { scenario, expected, observed, pass });
     };
     let log_dir = dir.join("audit");
-    match crate::audit::verify::verify(&log_dir, &dir.join("gateway/audit-checkpoint.pub.pem")) {
+    match crate::audit::verify::verify(&log_dir, &dir.join("gateway/audit-checkpoint.pub.pem"), &Default::default()) {
         Ok(s) => {
             println!("audit chain head: {} records, root {}", s.records, s.root);
             row("audit verify", "passes", "passes".into());

@@ -7,7 +7,8 @@ use clap::Subcommand;
 
 mod read;
 
-use crate::audit::verify::{self, Proof};
+use crate::audit::proof::{self, Proof};
+use crate::audit::verify;
 use crate::keys::load_pseudonym_key;
 pub use read::QueryArgs;
 
@@ -16,36 +17,7 @@ pub use read::QueryArgs;
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Verify every record, the Merkle tree and every checkpoint signature.
-    Verify {
-        /// The audit log directory
-        dir: PathBuf,
-        /// Checkpoint public key (PEM). Default: the copy the gateway keeps beside the log; for an
-        /// independent check pass a copy kept away from the appliance.
-        #[arg(long)]
-        key: Option<PathBuf>,
-        /// Also compare the newest checkpoint with the TPM's audit counter (the TPM of
-        /// --config's [tpm] table, or --tcti): detects checkpoints removed from the disk
-        #[arg(long)]
-        tpm: bool,
-        /// gateway.toml whose [tpm] table names the TPM (with --tpm)
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// The TPM (with --tpm), e.g. device:/dev/tpmrm0
-        #[arg(long)]
-        tcti: Option<String>,
-        /// A checkpoint kept away from the appliance (one line of checkpoints.jsonl): prove with
-        /// an RFC 9162 consistency proof that this log extends it
-        #[arg(long)]
-        expect: Option<PathBuf>,
-        /// The peer appliance's witness vkey (NAME+KEYID+BASE64): check its cosignatures on this
-        /// log's checkpoints (cosignatures.jsonl) and report the newest both signed
-        #[arg(long)]
-        witness: Option<PathBuf>,
-        /// The peer's record of the newest checkpoint of this log it witnessed (its
-        /// pair.dir/witness/*.note, with --witness): the log must hold it (a cut log fails)
-        #[arg(long, requires = "witness")]
-        witnessed: Option<PathBuf>,
-    },
+    Verify(VerifyArgs),
     /// Rebuild a lost audit log from the copy the peer appliance (or a backup) holds, then verify it.
     Restore {
         /// The copy: the peer's pair.dir/log, or this appliance's pair.backup_dir
@@ -89,9 +61,14 @@ pub enum AuditCommand {
         /// The HTML file to write (mode 0600)
         #[arg(long)]
         out: PathBuf,
-        /// Checkpoint public key (PEM) the log is verified with; default: the copy beside the log
+        /// The checkpoint public key (PEM) the log is verified with: the trust root, a copy kept
+        /// away from the appliance (its key ID is printed on the page)
         #[arg(long)]
-        key: Option<PathBuf>,
+        key: PathBuf,
+        /// Retention pruning is expected: accept a signed anchor whose pruned records are all
+        /// older than DATE
+        #[arg(long, value_name = "DATE")]
+        allow_pruned_before: Option<String>,
     },
     /// Inclusion proof of an incident's record against the latest checkpoint (JSON).
     Prove {
@@ -113,13 +90,21 @@ pub enum AuditCommand {
 
 pub fn run(cmd: AuditCommand) -> ExitCode {
     match cmd {
-        AuditCommand::Verify { dir, key, tpm, config, tcti, expect, witness, witnessed } => {
-            verify(&dir, key, tpm, config, tcti, expect, Witnessing { witness, witnessed })
-        }
+        AuditCommand::Verify(args) => verify_args(args),
         AuditCommand::Restore { from, to, key } => restore(&from, &to, &key),
         AuditCommand::Query(q) => read::query(q),
-        AuditCommand::Report { dir, since, until, out, key } => {
-            read::report(&dir, since.as_deref(), until.as_deref(), &out, key.as_deref())
+        AuditCommand::Report { dir, since, until, out, key, allow_pruned_before } => {
+            match allow_pruned_before.as_deref().map(|d| read::time_bound("allow-pruned-before", d, false)).transpose()
+            {
+                Ok(allow_pruned_before) => {
+                    let opts = verify::Options { allow_pruned_before, ..Default::default() };
+                    read::report(&dir, (since.as_deref(), until.as_deref()), &out, &key, &opts)
+                }
+                Err(e) => {
+                    eprintln!("spocgw audit report: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         AuditCommand::Export { dir, format, since, until } => {
             read::export(&dir, &format, since.as_deref(), until.as_deref())
@@ -132,7 +117,7 @@ pub fn run(cmd: AuditCommand) -> ExitCode {
                 })
                 .and_then(|()| read::record_access(&dir, format!("audit prove --incident {incident}")))
                 .and_then(|()| {
-                    verify::prove(&dir, &incident).map_err(|e| {
+                    proof::prove(&dir, &incident).map_err(|e| {
                         eprintln!("spocgw audit prove: {e}");
                         ExitCode::from(1)
                     })
@@ -155,7 +140,7 @@ pub fn run(cmd: AuditCommand) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match verify::verify_proof(&p, &key) {
+            match proof::verify_proof(&p, &key) {
                 Ok(()) => {
                     println!(
                         "proof verified: record {} is in the log of size {} with root {}",
@@ -172,70 +157,96 @@ pub fn run(cmd: AuditCommand) -> ExitCode {
     }
 }
 
-/// `spocgw audit verify`: the key beside the log unless one is given, the TPM's counter with
-/// `--tpm`.
-fn verify(
-    dir: &Path,
-    key: Option<PathBuf>,
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The audit log directory
+    dir: PathBuf,
+    /// The checkpoint public key (PEM) the log must verify under: the trust root, a copy kept
+    /// away from the appliance (never the one beside the log)
+    #[arg(long)]
+    key: PathBuf,
+    /// Retention pruning is expected: accept a signed retention anchor whose pruned records are
+    /// all older than DATE (RFC 3339, or a date: its start, UTC)
+    #[arg(long, value_name = "DATE")]
+    allow_pruned_before: Option<String>,
+    /// A copy that still holds the records retention pruned (the peer's pair.dir/log, a backup):
+    /// they are checked against the anchor and the log verifies whole
+    #[arg(long, value_name = "DIR")]
+    peer_copy: Option<PathBuf>,
+    /// Also compare the newest checkpoint with the TPM's audit counter (the TPM of
+    /// --config's [tpm] table, or --tcti): detects checkpoints removed from the disk
+    #[arg(long)]
     tpm: bool,
+    /// gateway.toml whose [tpm] table names the TPM (with --tpm)
+    #[arg(long)]
     config: Option<PathBuf>,
+    /// The TPM (with --tpm), e.g. device:/dev/tpmrm0
+    #[arg(long)]
     tcti: Option<String>,
+    /// A checkpoint kept away from the appliance (one line of checkpoints.jsonl): the log's
+    /// records must give its root at its size (nothing before it rewritten or cut)
+    #[arg(long)]
     expect: Option<PathBuf>,
-    pair: Witnessing,
-) -> ExitCode {
-    let key = key.unwrap_or_else(|| {
-        eprintln!(
-            "note: using the checkpoint key stored beside the log ({}); pass --key for an independent check",
-            crate::audit::PUBLIC_KEY_FILE
-        );
-        dir.join(crate::audit::PUBLIC_KEY_FILE)
-    });
-    let anchor = match (tpm, config, tcti) {
-        (false, _, _) => None,
-        (true, _, Some(t)) => Some(crate::tpm::TpmConfig::new(t, PathBuf::new(), Vec::new())),
-        (true, Some(c), None) => match super::tpm::read_tpm_table(&c) {
-            Ok(cfg) => Some(cfg),
-            Err(e) => {
-                eprintln!("spocgw audit verify: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        (true, None, None) => {
-            eprintln!("spocgw audit verify: --tpm needs --config gateway.toml or --tcti");
-            return ExitCode::from(2);
-        }
-    };
-    verify_cmd(dir, &key, anchor.as_ref(), expect.as_deref(), &pair)
-}
-
-/// `--witness` and `--witnessed`: what the peer appliance signed of this log.
-struct Witnessing {
+    /// The peer appliance's witness vkey (NAME+KEYID+BASE64): check its cosignatures on this
+    /// log's checkpoints (cosignatures.jsonl) and report the newest both signed
+    #[arg(long)]
     witness: Option<PathBuf>,
+    /// The peer's record of the newest checkpoint of this log it witnessed (its
+    /// pair.dir/witness/*.note, with --witness): the log's records must give its root (a cut or
+    /// rewritten log fails)
+    #[arg(long, requires = "witness")]
     witnessed: Option<PathBuf>,
 }
 
-impl Witnessing {
-    /// One line per check, or the first failure.
-    fn check(&self, dir: &Path, key: &Path, records: u64) -> Result<Vec<String>, String> {
-        let Some(vkey_file) = &self.witness else { return Ok(Vec::new()) };
-        let text = std::fs::read_to_string(vkey_file).map_err(|e| format!("{}: {e}", vkey_file.display()))?;
-        let vkey = crate::audit::note::Vkey::parse(&text).map_err(|e| format!("{}: {e}", vkey_file.display()))?;
-        let point = verify::public_point(key)?;
-        let log = verify::read_log(dir)?;
-        let mut lines = vec![match crate::audit::recovery::check_cosignatures(dir, &log, &point, &vkey)? {
-            Some(c) => format!(
-                "cosigned by {}: {} notes verified; newest checkpoint both signed: size {} root {}",
-                vkey.name, c.notes, c.newest_size, c.newest_root
-            ),
-            None => format!("cosigned by {}: no cosignature beside the log yet", vkey.name),
-        }];
-        if let Some(note) = &self.witnessed {
-            let w = crate::audit::witness::Witnessed::read(note)?;
-            let size = crate::audit::recovery::check_witnessed(&log, records, &point, &vkey, &w)?;
-            lines.push(format!("witnessed by {} through size {size}: the log holds that checkpoint", vkey.name));
+/// What `audit verify` checks besides the log itself, read before it (exit 2 when unreadable).
+struct Checks {
+    key: PathBuf,
+    tpm: Option<crate::tpm::TpmConfig>,
+    kept: Option<crate::audit::Checkpoint>,
+    witness: Option<crate::audit::note::Vkey>,
+    witnessed: Option<crate::audit::witness::Witnessed>,
+    opts: verify::Options,
+}
+
+fn verify_args(a: VerifyArgs) -> ExitCode {
+    match checks(a) {
+        Ok((dir, c)) => verify_cmd(&dir, &c),
+        Err(e) => {
+            eprintln!("spocgw audit verify: {e}");
+            ExitCode::from(2)
         }
-        Ok(lines)
     }
+}
+
+fn checks(a: VerifyArgs) -> Result<(PathBuf, Checks), String> {
+    let tpm = match (a.tpm, a.config, a.tcti) {
+        (false, _, _) => None,
+        (true, _, Some(t)) => Some(crate::tpm::TpmConfig::new(t, PathBuf::new(), Vec::new())),
+        (true, Some(c), None) => Some(super::tpm::read_tpm_table(&c)?),
+        (true, None, None) => return Err("--tpm needs --config gateway.toml or --tcti".into()),
+    };
+    let kept = a.expect.as_deref().map(read_kept).transpose()?;
+    let witness = a
+        .witness
+        .as_deref()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+            crate::audit::note::Vkey::parse(&text).map_err(|e| format!("{}: {e}", f.display()))
+        })
+        .transpose()?;
+    let witnessed = a.witnessed.as_deref().map(crate::audit::witness::Witnessed::read).transpose()?;
+    let allow_pruned_before =
+        a.allow_pruned_before.as_deref().map(|d| read::time_bound("allow-pruned-before", d, false)).transpose()?;
+    let roots_at = kept.iter().map(|k| k.tree_size).chain(witnessed.iter().map(|w| w.body.size)).collect();
+    let opts = verify::Options { allow_pruned_before, peer_copy: a.peer_copy, roots_at, unsealed_reported: false };
+    Ok((a.dir, Checks { key: a.key, tpm, kept, witness, witnessed, opts }))
+}
+
+/// `--expect`: the last line of the file, a checkpoint.
+fn read_kept(file: &Path) -> Result<crate::audit::Checkpoint, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let line = text.lines().rfind(|l| !l.trim().is_empty()).ok_or_else(|| format!("{}: empty", file.display()))?;
+    serde_json::from_str(line).map_err(|e| format!("{}: not a checkpoint: {e}", file.display()))
 }
 
 fn restore(from: &Path, to: &Path, key: &Path) -> ExitCode {
@@ -246,39 +257,57 @@ fn restore(from: &Path, to: &Path, key: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    verify_cmd(to, key, None, None, &Witnessing { witness: None, witnessed: None })
+    let opts = verify::Options { unsealed_reported: true, ..Default::default() };
+    let checks = Checks { key: key.to_path_buf(), tpm: None, kept: None, witness: None, witnessed: None, opts };
+    verify_cmd(to, &checks)
 }
 
-fn verify_cmd(
-    dir: &Path,
-    key: &Path,
-    tpm: Option<&crate::tpm::TpmConfig>,
-    expect: Option<&Path>,
-    pair: &Witnessing,
-) -> ExitCode {
+/// Every check `c` asks for, each line printed as it passes; the first failure ends it.
+fn verified_lines(dir: &Path, c: &Checks) -> Result<(verify::Summary, Vec<String>), String> {
+    let mut s = verify::verify(dir, &c.key, &c.opts)?;
+    let mut lines = Vec::new();
+    let point = verify::public_point(&c.key)?;
+    if let Some(cfg) = &c.tpm {
+        let (t, line) = against_tpm(dir, c, cfg, s)?;
+        s = t;
+        lines.push(line);
+    }
+    if let Some(kept) = &c.kept {
+        if !verify::check_signature(kept, &point) {
+            return Err(format!("the kept checkpoint's signature does not verify under {}", c.key.display()));
+        }
+        verify::holds(&s, kept.tree_size, &kept.root_hash, "the kept checkpoint covers")?;
+        lines.push(format!(
+            "consistent with the kept checkpoint: the log's {} records give its root at size {}",
+            s.records, kept.tree_size
+        ));
+    }
+    if let Some(vkey) = &c.witness {
+        let log = verify::read_log(dir)?;
+        lines.push(match crate::audit::recovery::check_cosignatures(dir, &log, &point, vkey)? {
+            Some(n) => format!(
+                "cosigned by {}: {} notes verified; newest checkpoint both signed: size {} root {}",
+                vkey.name, n.notes, n.newest_size, n.newest_root
+            ),
+            None => format!("cosigned by {}: no cosignature beside the log yet", vkey.name),
+        });
+        if let Some(w) = &c.witnessed {
+            let size = crate::audit::recovery::check_witnessed(&s, &point, vkey, w)?;
+            lines.push(format!("witnessed by {} through size {size}: the log's records give that root", vkey.name));
+        }
+    }
+    Ok((s, lines))
+}
+
+fn verify_cmd(dir: &Path, c: &Checks) -> ExitCode {
     use std::io::Write;
     // Written with writeln so a closed pipe (`| head`) is not a panic.
     let mut out = std::io::stdout();
-    let verified = verify::verify(dir, key)
-        .and_then(|s| match tpm {
-            Some(cfg) => against_tpm(dir, key, cfg, s),
-            None => Ok(s),
-        })
-        .and_then(|s| match expect {
-            Some(file) => against_kept(dir, key, file).map(|line| {
-                let _ = writeln!(out, "{line}");
-                s
-            }),
-            None => Ok(s),
-        })
-        .and_then(|s| {
-            for line in pair.check(dir, key, s.records)? {
+    match verified_lines(dir, c) {
+        Ok((s, lines)) => {
+            for line in s.describe().into_iter().chain(lines) {
                 let _ = writeln!(out, "{line}");
             }
-            Ok(s)
-        });
-    match verified {
-        Ok(s) => {
             let _ = writeln!(
                 out,
                 "audit log {} verified: {} records, {} checkpoints, head {}",
@@ -299,14 +328,15 @@ fn verify_cmd(
     }
 }
 
-/// `--tpm`: the newest checkpoint must carry the counter value the TPM holds. A gateway that
-/// is running may be between counting and writing a checkpoint: asked again, a few times.
+/// `--tpm`: the newest checkpoint must carry the counter value the TPM holds, and lie above any
+/// pruned prefix. A gateway that is running may be between counting and writing a checkpoint:
+/// asked again, a few times.
 fn against_tpm(
     dir: &Path,
-    key: &Path,
+    c: &Checks,
     cfg: &crate::tpm::TpmConfig,
     mut s: verify::Summary,
-) -> Result<verify::Summary, String> {
+) -> Result<(verify::Summary, String), String> {
     let tpm = crate::tpm::Tpm::start(cfg).map_err(|e| e.to_string())?;
     // With the provisioning record (--config), the counter's write policy and pinned Name; with
     // --tcti alone, its type and attributes (a counter never goes back, even defined anew).
@@ -317,12 +347,17 @@ fn against_tpm(
     };
     for attempt in 0.. {
         let counted = tpm.checkpoint_counter(pinned.clone()).map_err(|e| format!("--tpm: {e}"))?;
-        let logged = s.last_checkpoint.as_ref().and_then(|c| c.tpm_counter);
-        match logged {
+        let newest = s.last_checkpoint.as_ref();
+        if let Some(cp) = newest.filter(|cp| cp.tree_size < s.first_held) {
+            return Err(format!(
+                "--tpm: the newest checkpoint (size {}) lies below the retention anchor (records from {}): what the TPM counted cannot be checked",
+                cp.tree_size, s.first_held
+            ));
+        }
+        match newest.and_then(|c| c.tpm_counter) {
             None => return Err("--tpm: the newest checkpoint carries no TPM counter (not written by a gateway with a TPM checkpoint key)".into()),
             Some(n) if n == counted => {
-                println!("TPM audit counter {counted}: the newest checkpoint is the last one the TPM counted");
-                return Ok(s);
+                return Ok((s, format!("TPM audit counter {counted}: the newest checkpoint is the last one the TPM counted")));
             }
             Some(n) if n > counted => {
                 return Err(format!(
@@ -339,24 +374,11 @@ fn against_tpm(
             }
             Some(_) => {
                 std::thread::sleep(std::time::Duration::from_millis(1500));
-                s = verify::verify(dir, key)?;
+                s = verify::verify(dir, &c.key, &c.opts)?;
             }
         }
     }
     Err("unreachable".into())
-}
-
-/// `--expect`: the log extends the kept checkpoint.
-fn against_kept(dir: &Path, key: &Path, file: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let line = text.lines().rfind(|l| !l.trim().is_empty()).ok_or_else(|| format!("{}: empty", file.display()))?;
-    let kept: crate::audit::Checkpoint =
-        serde_json::from_str(line).map_err(|e| format!("{}: not a checkpoint: {e}", file.display()))?;
-    let c = verify::consistent_with(dir, key, &kept)?;
-    Ok(format!(
-        "consistent with the kept checkpoint: the log's {} records extend its {} (RFC 9162 proof of {} hashes)",
-        c.to, c.from, c.proof_len
-    ))
 }
 
 /// The pseudonymisation key from a file, or unsealed by the TPM of `config`'s `[tpm]` table.

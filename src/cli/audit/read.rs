@@ -78,7 +78,7 @@ pub(super) enum Format {
 }
 
 /// A time bound as the records write times (UTC, microseconds), which then compare as text.
-fn time_bound(option: &str, value: &str, end_of_day: bool) -> Result<String, String> {
+pub(super) fn time_bound(option: &str, value: &str, end_of_day: bool) -> Result<String, String> {
     let t = match time::OffsetDateTime::parse(value, &Rfc3339) {
         Ok(t) => t,
         Err(_) => {
@@ -299,8 +299,15 @@ pub(super) fn export(dir: &Path, format: &str, since: Option<&str>, until: Optio
 }
 
 /// `spocgw audit report`: the officer's HTML page over a window, the access recorded first.
-pub(super) fn report(dir: &Path, since: Option<&str>, until: Option<&str>, out: &Path, key: Option<&Path>) -> ExitCode {
-    let window = match Window::new(since, until).and_then(|w| check_log_dir(dir).map(|()| w)) {
+/// Exit 1 when the log does not verify (the page says so too), so a scheduled job notices.
+pub(super) fn report(
+    dir: &Path,
+    window: (Option<&str>, Option<&str>),
+    out: &Path,
+    key: &Path,
+    opts: &verify::Options,
+) -> ExitCode {
+    let window = match Window::new(window.0, window.1).and_then(|w| check_log_dir(dir).map(|()| w)) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("spocgw audit report: {e}");
@@ -312,8 +319,7 @@ pub(super) fn report(dir: &Path, since: Option<&str>, until: Option<&str>, out: 
     if let Err(code) = record_access(dir, what.join(" ")) {
         return code;
     }
-    let key = key.map_or_else(|| dir.join(crate::audit::PUBLIC_KEY_FILE), Path::to_path_buf);
-    let verified = verify::verify(dir, &key);
+    let verified = verify::verify(dir, key, opts);
     let log = match verify::read_log(dir) {
         Ok(l) => l,
         Err(e) => {
@@ -332,14 +338,7 @@ pub(super) fn report(dir: &Path, since: Option<&str>, until: Option<&str>, out: 
     };
     let (page, tally) = crate::audit::report::render(&records, &|r| window.holds(&r.time), &ctx);
     // Officer IDs and case references: readable by its owner only.
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(out)
-        .and_then(|mut f| f.write_all(page.as_bytes()));
-    if let Err(e) = written {
+    if let Err(e) = write_private(out, page.as_bytes()) {
         eprintln!("spocgw audit report: {}: {e}", out.display());
         return ExitCode::from(2);
     }
@@ -348,9 +347,31 @@ pub(super) fn report(dir: &Path, since: Option<&str>, until: Option<&str>, out: 
         out.display(),
         tally.consultations,
         tally.refusals.values().sum::<u64>(),
-        if verified.is_ok() { "passed" } else { "FAILED" }
+        match &verified {
+            Ok(s) => format!("passed (key ID {})", s.key_id),
+            Err(e) => format!("FAILED: {e}"),
+        }
     );
-    ExitCode::SUCCESS
+    if verified.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+/// Writes `bytes` to `out` as a new file of mode 0600: into a temporary file beside it, created
+/// with `O_CREAT|O_EXCL` (which never follows a symbolic link: a link planted at the temporary
+/// name fails the open), synced, then renamed over `out` (a link at `out` is replaced, not
+/// followed; an existing file's mode is not kept).
+fn write_private(out: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = out.file_name().ok_or_else(|| std::io::Error::other("not a file name"))?;
+    let tmp = parent.join(format!(".{}.{}.tmp", name.to_string_lossy(), uuid::Uuid::new_v4()));
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    let done = f.write_all(bytes).and_then(|()| f.sync_all()).and_then(|()| std::fs::rename(&tmp, out));
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done
 }
 
 /// The terminal's name: the CN of the client certificate's subject.

@@ -132,14 +132,20 @@ fn agree(dir: &Path) -> Option<(u64, u64)> {
 }
 
 /// One log checked whole and against what the peer witnessed of it.
+/// A log restored from a copy may end in records its newest checkpoint does not cover yet (the
+/// gateway's first checkpoint after the restore signs them): reported, not refused.
 fn check(dir: &Path, log: &str, key: &str, state: &str, origin: &str, witness: &str) -> Result<String, String> {
     let key = dir.join(key);
-    let s = verify::verify(&dir.join(log), &key)?;
-    let contents = verify::read_log(&dir.join(log))?;
     let w = witnessed(dir, state, origin).ok_or("no witnessed checkpoint")?;
+    let opts = verify::Options {
+        roots_at: vec![w.body.size],
+        unsealed_reported: log.starts_with("restored"),
+        ..Default::default()
+    };
+    let s = verify::verify(&dir.join(log), &key, &opts)?;
     let vkey = vkey(dir, witness).map_err(|e| e.to_string())?;
     let point = verify::public_point(&key)?;
-    let size = recovery::check_witnessed(&contents, s.records, &point, &vkey, &w)?;
+    let size = recovery::check_witnessed(&s, &point, &vkey, &w)?;
     Ok(format!("{} records, witnessed through {size}", s.records))
 }
 
@@ -177,7 +183,8 @@ pub(super) async fn verify_and_recover(p: &mut Pair, rows: &mut Rows) -> anyhow:
     let cut = cut_log(&dir).and_then(|()| {
         check(&dir, "cut-a", "gateway/audit-checkpoint.pub.pem", "pair-b/witness", "spocgw-a", "gateway-b")
     });
-    let alone = verify::verify(&dir.join("cut-a"), &dir.join("gateway/audit-checkpoint.pub.pem")).is_ok();
+    let alone =
+        verify::verify(&dir.join("cut-a"), &dir.join("gateway/audit-checkpoint.pub.pem"), &Default::default()).is_ok();
     rows.row(
         "A's log cut back by root (verifies alone), checked against B's witness",
         "truncation detected",

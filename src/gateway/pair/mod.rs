@@ -37,11 +37,11 @@ use tokio::task::JoinHandle;
 use super::config::UpstreamConfig;
 use super::upstream::{Reply, Upstream, UpstreamError};
 use crate::audit::Audit;
+pub use crate::audit::copy::Replica;
 use crate::audit::note::{Vkey, WitnessKey};
 use crate::audit::witness::{TrustedLog, Witness};
 use crate::config::{ConfigError, resolve_file};
 use crate::policy::PolicyState;
-pub use ship::Replica;
 
 /// `[pair]` in gateway.toml: this appliance's side of the pair link.
 #[derive(Debug, Clone, Deserialize)]
@@ -357,11 +357,10 @@ pub async fn start(
         .map_err(|e| err("witness_key", e.to_string()))?;
     let point =
         crate::audit::verify::public_point(&cfg.peer_checkpoint_key).map_err(|e| err("peer_checkpoint_key", e))?;
-    let witness =
-        Witness::open(&cfg.dir.join("witness"), key, vec![TrustedLog { origin: cfg.peer_origin.clone(), point }])
-            .map_err(|e| err("dir", e))?;
+    let replica = Arc::new(Replica::open(&cfg.dir.join("log"), point.clone()).map_err(|e| err("dir", e))?);
+    let trusted = TrustedLog { origin: cfg.peer_origin.clone(), point, copy: replica.clone() };
+    let witness = Witness::open(&cfg.dir.join("witness"), key, vec![trusted]).map_err(|e| err("dir", e))?;
     tracing::info!(vkey = %witness.key().vkey().text(), "pair witness key");
-    let replica = Replica::open(&cfg.dir.join("log")).map_err(|e| err("dir", e))?;
     let tls = crate::tls::server_config(
         &crate::tls::ServerTlsConfig {
             cert: cfg.cert.clone(),

@@ -15,8 +15,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::IdOp;
-use super::ship::Replica;
 use crate::audit::Audit;
+use crate::audit::copy::Replica;
 use crate::audit::witness::Witness;
 use crate::policy::PolicyState;
 
@@ -28,7 +28,7 @@ pub(super) struct Served {
     pub(super) peer_name: String,
     pub(super) policy: Arc<PolicyState>,
     pub(super) witness: Witness,
-    pub(super) replica: Replica,
+    pub(super) replica: Arc<Replica>,
     pub(super) audit: Arc<Audit>,
 }
 

@@ -3,90 +3,28 @@
 //! lines of `checkpoints.jsonl`. Only then does it submit the newest checkpoint to the peer's
 //! witness with a consistency proof from the size the witness cosigned last; the cosigned note
 //! goes to `cosignatures.jsonl` beside the log. A copy is append-only: bytes once shipped are
-//! never rewritten, so neither appliance can change what the other holds of its history.
+//! never rewritten, so neither appliance can change what the other holds of its history, and a
+//! copy takes only whole records and checkpoints that continue it ([`Replica`]).
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::{PairConfig, PairLink};
+use crate::audit::copy::Replica;
 use crate::audit::merkle::{self, Hash};
 use crate::audit::note::{NoteBody, SigLine, Vkey, checkpoint_note};
 use crate::audit::witness::request_body;
 use crate::audit::{Checkpoint, records_end};
 
-const CHECKPOINTS: &str = "checkpoints.jsonl";
+const CHECKPOINTS: &str = crate::audit::CHECKPOINTS_FILE;
 /// At most this much of a file goes in one call.
 const CHUNK: usize = 8 << 20;
-
-fn shippable(name: &str) -> bool {
-    name == CHECKPOINTS
-        || name
-            .strip_prefix("segment-")
-            .and_then(|n| n.strip_suffix(".jsonl"))
-            .is_some_and(|n| n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// An append-only copy of a log (the peer's, or this appliance's backup).
-pub struct Replica {
-    dir: PathBuf,
-    lock: Mutex<()>,
-}
-
-impl Replica {
-    /// # Errors
-    /// The directory cannot be created.
-    pub fn open(dir: &Path) -> Result<Replica, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        Ok(Replica { dir: dir.to_path_buf(), lock: Mutex::new(()) })
-    }
-
-    /// Each file's length.
-    pub fn sizes(&self) -> BTreeMap<String, u64> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return BTreeMap::new() };
-        entries
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                Some((e.file_name().to_str().filter(|n| shippable(n))?.to_owned(), e.metadata().ok()?.len()))
-            })
-            .collect()
-    }
-
-    /// Appends `bytes` at `offset` of `file`: bytes already there must be the same (a retry);
-    /// the file's new length.
-    ///
-    /// # Errors
-    /// Not a log file name, an offset past the end, bytes that differ from those already
-    /// shipped, or an I/O error.
-    pub fn append(&self, file: &str, offset: u64, bytes: &[u8]) -> Result<u64, String> {
-        if !shippable(file) {
-            return Err(format!("{file}: not a log file"));
-        }
-        let _held = self.lock.lock().map_err(|_| "the copy's lock is poisoned".to_owned())?;
-        let path = self.dir.join(file);
-        let io = |e: std::io::Error| format!("{}: {e}", path.display());
-        let mut f = std::fs::OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(io)?;
-        let len = f.metadata().map_err(io)?.len();
-        if offset > len {
-            return Err(format!("{file}: offset {offset} is past the copy's end {len}"));
-        }
-        let overlap = ((len - offset) as usize).min(bytes.len());
-        let mut held = vec![0u8; overlap];
-        f.seek(SeekFrom::Start(offset)).map_err(io)?;
-        f.read_exact(&mut held).map_err(io)?;
-        if held != bytes[..overlap] {
-            return Err(format!("{file}: refused, the bytes from {offset} differ from those shipped before"));
-        }
-        f.write_all(&bytes[overlap..]).map_err(io)?;
-        f.sync_data().map_err(io)?;
-        Ok(offset + bytes.len() as u64)
-    }
-}
 
 /// The whole records of a file from `offset`: up to the last newline before the zero-filled
 /// space (segments), or the file's end.
@@ -153,7 +91,7 @@ pub(super) struct Shipper {
 
 impl Shipper {
     pub(super) fn new(dir: &Path, point: Vec<u8>, cfg: &PairConfig, link: Arc<PairLink>) -> Result<Self, String> {
-        let backup = cfg.backup_dir.as_deref().map(Replica::open).transpose()?;
+        let backup = cfg.backup_dir.as_deref().map(|d| Replica::open(d, point.clone())).transpose()?;
         Ok(Shipper {
             dir: dir.to_path_buf(),
             point,
@@ -314,23 +252,5 @@ impl Shipper {
         self.link.cosigned.store(cp.tree_size, Ordering::Relaxed);
         self.link.metrics.cosigned.set(cp.tree_size as i64);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_copy_takes_appends_and_retries_but_never_a_rewrite() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = Replica::open(dir.path()).unwrap();
-        assert_eq!(r.append("segment-000001.jsonl", 0, b"a\nb\n").unwrap(), 4);
-        assert_eq!(r.append("segment-000001.jsonl", 2, b"b\nc\n").unwrap(), 6, "a retry overlapping what is there");
-        assert!(r.append("segment-000001.jsonl", 2, b"X\n").is_err(), "a rewrite");
-        assert!(r.append("segment-000001.jsonl", 9, b"d\n").is_err(), "a gap");
-        assert!(r.append("../gateway.toml", 0, b"x").is_err(), "not a log file");
-        assert_eq!(std::fs::read(dir.path().join("segment-000001.jsonl")).unwrap(), b"a\nb\nc\n");
-        assert_eq!(r.sizes().get("segment-000001.jsonl"), Some(&6));
     }
 }
