@@ -696,11 +696,19 @@ async fn a_kept_checkpoint_proves_truncation_and_rewritten_history() {
     let (ok, out) = verify_with(&w, d.path(), &["--expect", kept_s]);
     assert!(ok && out.contains("consistent with the kept checkpoint"), "{out}");
 
-    // Dropping the last 7 records and the checkpoints that cover them: the signatures and the
-    // tree of what is left still verify; the kept checkpoint does not.
+    // Dropping the last records, back to a checkpoint at least 7 records earlier, and the
+    // checkpoints that cover them: the signatures and the tree of what is left still verify (a
+    // cut anywhere else leaves records no checkpoint covers, which fail); the kept checkpoint
+    // does not.
     let mut l = lines(d.path());
     l.retain(|x| !x.trim_matches('\0').is_empty());
-    let keep = l.len() - 7;
+    let keep = std::fs::read_to_string(d.path().join("checkpoints.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|c| serde_json::from_str::<spocgw::audit::Checkpoint>(c).unwrap().tree_size as usize)
+        .filter(|&n| n + 7 <= l.len())
+        .max()
+        .unwrap();
     write_lines(d.path(), &l[..keep]);
     let cps: Vec<String> = std::fs::read_to_string(d.path().join("checkpoints.jsonl"))
         .unwrap()
@@ -809,4 +817,91 @@ async fn queries_mean_what_they_say_or_refuse() {
     assert!(exported.lines().count() >= 1 && exported.lines().all(|l| l.contains("\"time\":\"")), "{exported}");
     let (_, none, _) = run(&["export", dir, "--until", "2000-01-01"]);
     assert_eq!(none, "");
+}
+
+/// A checkpoint signer that signs once (the checkpoint at start, on the caller's thread), then
+/// panics: the duties thread, which signs every later checkpoint, dies.
+struct SignsOnce(spocgw::audit::FileSigner, std::sync::atomic::AtomicBool);
+
+impl spocgw::audit::CheckpointSigner for SignsOnce {
+    fn public_key(&self) -> Vec<u8> {
+        self.0.public_key()
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        assert!(!self.1.swap(true, std::sync::atomic::Ordering::SeqCst), "the signer broke (test)");
+        self.0.sign(message)
+    }
+}
+
+/// A duties thread that ends (here a panic, as an overflowing retention caused) turns the log
+/// unhealthy, refuses new records, and answers a checkpoint request instead of hanging the stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_duties_thread_fails_readiness_and_does_not_hang_the_stop() {
+    let w = World::new();
+    let d = tempfile::tempdir().unwrap();
+    let cfg = audit_config(&w, d.path());
+    let signer = spocgw::audit::FileSigner::load(&w.path("gateway/audit-checkpoint.key")).unwrap();
+    let key = zeroize::Zeroizing::new(vec![1; 32]);
+    let audit = Audit::start_with(&cfg, Box::new(SignsOnce(signer, Default::default())), key).unwrap();
+    assert!(audit.is_healthy());
+    // The next checkpoint (50 ms later) kills the duties thread.
+    audit.append_durable(&Record::now("request")).await.unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while audit.is_healthy() && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!audit.is_healthy(), "the duties thread died and the log still says healthy");
+    let stop = tokio::time::timeout(Duration::from_secs(5), audit.checkpoint_now()).await;
+    assert!(matches!(stop, Ok(Err(ref e)) if e.contains("duties thread has ended")), "{stop:?}");
+    let refused = audit.append_durable(&Record::now("request")).await;
+    assert!(refused.is_err_and(|e| e.contains("duties thread has ended")));
+}
+
+/// `audit report` needs the trust root (`--key`), writes its page as a new 0600 file (never
+/// through a link planted at `--out`, never keeping an old file's mode), and exits 1 when the
+/// log does not verify, so that a scheduled job notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_trusts_only_the_key_given_writes_privately_and_fails_on_tampering() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let w = World::new();
+    let d = tempfile::tempdir().unwrap();
+    small_log(&w, d.path()).await;
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("report.html");
+    let report = |key: Option<&std::path::Path>| {
+        let mut c = Command::new(BIN);
+        c.args(["audit", "report"]).arg(d.path()).arg("--out").arg(&out);
+        if let Some(k) = key {
+            c.arg("--key").arg(k);
+        }
+        let o = c.output().unwrap();
+        (o.status.code(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    };
+    let key = w.path("gateway/audit-checkpoint.pub.pem");
+    assert_eq!(report(None).0, Some(2), "no trust root given");
+    // A link planted at --out, to a file the officer can write.
+    let victim = out_dir.path().join("victim.txt");
+    std::fs::write(&victim, "keep").unwrap();
+    std::os::unix::fs::symlink(&victim, &out).unwrap();
+    let (code, text) = report(Some(&key));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("passed (key ID "), "{text}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep", "the link was followed");
+    let meta = std::fs::symlink_metadata(&out).unwrap();
+    assert!(meta.file_type().is_file() && meta.mode() & 0o777 == 0o600, "{:o}", meta.mode());
+    // An existing readable file does not keep its mode.
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(report(Some(&key)).0, Some(0));
+    assert_eq!(std::fs::metadata(&out).unwrap().mode() & 0o777, 0o600);
+    // The log altered and re-signed with a new key that replaces the one beside it: the page and
+    // the exit code say so, whatever the file beside the log says.
+    let other = World::new();
+    std::fs::copy(other.path("gateway/audit-checkpoint.pub.pem"), d.path().join("checkpoint.pub.pem")).unwrap();
+    let mut l = lines(d.path());
+    l[5] = l[5].replace("incident-4", "incident-X");
+    write_lines(d.path(), &l);
+    let (code, text) = report(Some(&key));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("FAILED") && std::fs::read_to_string(&out).unwrap().contains("Log verification: FAILED"));
 }

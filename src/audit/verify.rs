@@ -265,7 +265,8 @@ fn past_newest(
     }
     let writer = WriterLock::held(dir)?.ok_or_else(|| {
         format!(
-            "{what} are covered by no signature, and no gateway is writing this log: appended after it,              or the gateway stopped without its final checkpoint"
+            "{what} are covered by no signature, and no gateway is writing this log: appended after it, \
+             or the gateway stopped without its final checkpoint"
         )
     })?;
     let window_ms = writer.checkpoint_interval_ms.min(MAX_UNSEALED_MS) + 10_000;
@@ -275,7 +276,8 @@ fn past_newest(
         .unwrap_or_default();
     if first.time < oldest_allowed {
         return Err(format!(
-            "{what} are covered by no signature and older than the writer's checkpoint interval ({} ms):              the checkpoint signer is failing, or records were appended",
+            "{what} are covered by no signature and older than the writer's checkpoint interval ({} ms): \
+             the checkpoint signer is failing, or records were appended",
             writer.checkpoint_interval_ms
         ));
     }
