@@ -905,3 +905,116 @@ async fn the_report_trusts_only_the_key_given_writes_privately_and_fails_on_tamp
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("FAILED") && std::fs::read_to_string(&out).unwrap().contains("Log verification: FAILED"));
 }
+
+/// How many records of the log carry `needle`.
+fn count_in_log(dir: &std::path::Path, needle: &str) -> usize {
+    spocgw::audit::segments(dir)
+        .unwrap()
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap().lines().filter(|l| l.contains(needle)).count())
+        .sum()
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// A spooled record is appended once: a file the writer could not remove (it comes back here,
+/// as a root-owned file in a root-owned spool did) is not appended again, at the next look or
+/// after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spooled_record_is_appended_once_even_when_its_file_stays() {
+    let w = World::new();
+    let d = tempfile::tempdir().unwrap();
+    let cfg = audit_config(&w, d.path());
+    let audit = Audit::start(&cfg).unwrap();
+    let mut r = Record::now("audit_access");
+    r.detail = Some("audit query --officer X by uid 4242 (test)".into());
+    let file = spocgw::audit::spool(d.path(), &r).unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    let needle = "by uid 4242 (test)";
+    assert!(wait_until(Duration::from_secs(5), || count_in_log(d.path(), needle) == 1));
+    // The file comes back (the writer could not remove it): never appended again.
+    std::fs::write(&file, &bytes).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !file.exists()), "the writer removes what it already holds");
+    std::fs::write(&file, &bytes).unwrap();
+    drop(audit);
+    released(d.path());
+    let audit = Audit::start(&cfg).unwrap();
+    audit.checkpoint_now().await.unwrap();
+    drop(audit);
+    released(d.path());
+    assert_eq!(count_in_log(d.path(), needle), 1, "appended again");
+    assert!(!file.exists());
+}
+
+/// Officer tools run as another user, as a package install sets them up: the log's directory
+/// belongs to the gateway (here root) and to the officers' group (here nogroup, set-group-ID),
+/// and an officer (here nobody) reads it and leaves its access record without sudo; the
+/// gateway appends it once and removes the file. With sudo (root, umask 077) the same. A tool
+/// never creates a spool in a log another user owns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn officers_read_the_log_as_themselves_and_each_access_is_recorded_once() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
+    if !root || !spocgw_common_have("setpriv") {
+        assert!(std::env::var_os("CI").is_none(), "this test runs tools as another uid: root and setpriv in CI");
+        eprintln!("SKIPPED: not root, or no setpriv");
+        return;
+    }
+    let w = World::new();
+    let top = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = top.path().join("audit");
+    std::fs::create_dir(&d).unwrap();
+    assert!(Command::new("chgrp").arg("65534").arg(&d).status().unwrap().success());
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o2750)).unwrap();
+    let audit = Audit::start(&audit_config(&w, &d)).unwrap();
+    audit.append_durable(&Record::now("request")).await.unwrap();
+    let as_officer = |umask: &str, user: Option<&str>| {
+        let mut c = Command::new("setpriv");
+        match user {
+            Some(u) => c.args(["--reuid", u, "--regid", u, "--clear-groups"]),
+            None => c.args(["--reuid", "0"]),
+        };
+        let script = format!("umask {umask}; exec \"$0\" audit query \"$1\" --format json");
+        let out = c.args(["sh", "-c", &script, BIN]).arg(&d).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = as_officer("077", Some("65534"));
+    assert_eq!(code, Some(0), "an officer in the log's group reads it: {err}");
+    let (code, err) = as_officer("077", None);
+    assert_eq!(code, Some(0), "{err}");
+    let spool = d.join("spool");
+    assert!(wait_until(Duration::from_secs(5), || count_in_log(&d, "by uid 65534") == 1
+        && count_in_log(&d, "by uid 0") == 1));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!((count_in_log(&d, "by uid 65534"), count_in_log(&d, "by uid 0")), (1, 1), "each access once");
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0, "the spool is emptied");
+    drop(audit);
+    released(&d);
+
+    // A log owned by another user, without a spool: the tool refuses rather than make one the
+    // gateway could not empty.
+    let theirs = top.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    for f in ["segment-000001.jsonl", "checkpoints.jsonl"] {
+        std::fs::copy(d.join(f), theirs.join(f)).unwrap();
+    }
+    assert!(Command::new("chown").arg("-R").arg("65534:65534").arg(&theirs).status().unwrap().success());
+    let out = Command::new(BIN).args(["audit", "query"]).arg(&theirs).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("creates it at start"));
+    assert!(!theirs.join("spool").exists());
+}
+
+fn spocgw_common_have(tool: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
+}

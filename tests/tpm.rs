@@ -400,19 +400,23 @@ async fn a_truncated_log_fails_verification_against_the_tpm_counter() {
     let (ok, out) = run(&tpm_mode);
     assert!(ok && out.contains("the newest checkpoint is the last one the TPM counted"), "{out}");
 
-    // Drop the last 7 records and every checkpoint that covers them.
-    let seg = spocgw::audit::segments(&audit).unwrap().pop().unwrap();
-    let text = std::fs::read_to_string(&seg).unwrap();
+    // Drop the last records, back to a checkpoint at least 7 records earlier, and every
+    // checkpoint that covers them (a cut anywhere else leaves records no checkpoint covers).
+    let segs = spocgw::audit::segments(&audit).unwrap();
+    assert_eq!(segs.len(), 1, "one segment");
+    let text = std::fs::read_to_string(&segs[0]).unwrap();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim_matches('\0').is_empty()).collect();
-    let total = spocgw::audit::verify::read_log(&audit).unwrap().records.len();
-    std::fs::write(&seg, lines[..lines.len() - 7].join("\n") + "\n").unwrap();
     let cps = audit.join("checkpoints.jsonl");
-    let kept: Vec<String> = std::fs::read_to_string(&cps)
-        .unwrap()
-        .lines()
-        .filter(|c| serde_json::from_str::<spocgw::audit::Checkpoint>(c).unwrap().tree_size <= (total - 7) as u64)
-        .map(str::to_owned)
-        .collect();
+    let sizes = || {
+        std::fs::read_to_string(&cps)
+            .unwrap()
+            .lines()
+            .map(|c| (serde_json::from_str::<spocgw::audit::Checkpoint>(c).unwrap().tree_size as usize, c.to_owned()))
+            .collect::<Vec<_>>()
+    };
+    let cut = sizes().iter().map(|(n, _)| *n).filter(|&n| n + 7 <= lines.len()).max().unwrap();
+    std::fs::write(&segs[0], lines[..cut].join("\n") + "\n").unwrap();
+    let kept: Vec<String> = sizes().into_iter().filter(|(n, _)| *n <= cut).map(|(_, c)| c).collect();
     assert!(!kept.is_empty());
     std::fs::write(&cps, kept.join("\n") + "\n").unwrap();
     let (ok, out) = run(&[]);

@@ -353,7 +353,7 @@ impl Core {
             let mut batch = lock(&self.queue).take_unattended(finishing);
             let spooled = if finishing || spool_checked.elapsed() >= SPOOL_EVERY {
                 spool_checked = Instant::now();
-                w.take_spool(&mut batch)
+                w.spool.take(&mut batch)
             } else {
                 Vec::new()
             };
@@ -362,9 +362,7 @@ impl Core {
                 written = self.write(&mut w, batch);
                 // A spooled record's file goes only once the record is durable.
                 if written.is_ok() {
-                    for p in spooled {
-                        let _ = std::fs::remove_file(p);
-                    }
+                    w.spool.durable(spooled);
                 }
             }
             if let Err(e) = w.rotate_if_old() {

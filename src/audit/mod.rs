@@ -18,12 +18,11 @@ pub mod record;
 pub mod recovery;
 pub mod report;
 pub mod retention;
+pub mod spool;
 pub mod verify;
 pub mod witness;
 mod writer;
 
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,6 +36,7 @@ use commit::Core;
 pub use commit::Written;
 pub use record::{ClientCert, Record};
 pub use retention::{Anchor, read_anchor};
+pub use spool::{SPOOL_DIR, spool};
 use writer::{Checkpointer, Writer};
 pub use writer::{LOCK_FILE, WriterLock, records_end};
 
@@ -167,26 +167,6 @@ impl Checkpoint {
 }
 
 pub use crate::keys::{CheckpointSigner, FileSigner, spki_pem};
-
-/// Records other processes (the officer tools) leave for the writer: `DIR/spool/*.json`.
-pub const SPOOL_DIR: &str = "spool";
-
-/// Leaves a record for the log's writer to append (at once if a gateway is running, else at its
-/// next start). Written under a temporary name and renamed, so the writer never sees half a file.
-///
-/// # Errors
-/// The spool directory cannot be created or the record cannot be written and renamed into it.
-pub fn spool(dir: &Path, record: &Record) -> Result<PathBuf, String> {
-    let spool = dir.join(SPOOL_DIR);
-    std::fs::create_dir_all(&spool).map_err(|e| format!("{}: {e}", spool.display()))?;
-    let name = format!("{}-{}.json", record.time, uuid::Uuid::new_v4());
-    let tmp = spool.join(format!(".{name}.tmp"));
-    let path = spool.join(&name);
-    let mut f = File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    f.write_all(&record.canonical()).and_then(|()| f.sync_all()).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(path)
-}
 
 /// The checkpoint public key, as the gateway writes it beside the log.
 pub const PUBLIC_KEY_FILE: &str = "checkpoint.pub.pem";

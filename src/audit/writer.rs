@@ -12,8 +12,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
 use super::merkle::{self, CompactTree, Hash};
+use super::spool::{Spool, create_spool_dir, shared};
 use super::{
-    AuditConfig, AuditError, Checkpoint, CheckpointSigner, Job, Record, SEQ_PREFIX, SPOOL_DIR, io_err, key_id, record,
+    AuditConfig, AuditError, Checkpoint, CheckpointSigner, Job, Record, SEQ_PREFIX, io_err, key_id, record,
     segment_name, segments,
 };
 
@@ -30,6 +31,7 @@ pub struct WriterLock {
 
 impl WriterLock {
     fn write(&self, lock: &File) -> std::io::Result<()> {
+        shared(lock)?;
         lock.set_len(0)?;
         lock.write_all_at(&serde_json::to_vec(self).unwrap_or_default(), 0)?;
         lock.sync_data()
@@ -76,6 +78,8 @@ pub(super) struct Writer {
     segment_max_age: Duration,
     /// Held for the writer's life: one writer per log.
     _lock: File,
+    /// Records the officer tools leave.
+    pub(super) spool: Spool,
     /// The tree size at which a checkpoint is due by count, and whether it was asked for.
     pub(super) checkpoint_at: u64,
     checkpoint_asked: bool,
@@ -101,7 +105,12 @@ pub fn records_end(bytes: &[u8]) -> usize {
 /// end short of the file (the zero-filled space ahead of them, or a tail a crash tore): what
 /// follows them was never acknowledged and is cut; the cut is described. Any other segment must
 /// end with its last record.
-fn replay_segment(path: &Path, tree: &mut CompactTree, last: bool) -> Result<Option<String>, AuditError> {
+fn replay_segment(
+    path: &Path,
+    tree: &mut CompactTree,
+    last: bool,
+    spool: &mut Spool,
+) -> Result<Option<String>, AuditError> {
     // Streamed a line at a time: a start never holds a whole segment in memory.
     let file = File::open(path).map_err(|e| io_err(path, e))?;
     let len = file.metadata().map_err(|e| io_err(path, e))?.len();
@@ -131,6 +140,7 @@ fn replay_segment(path: &Path, tree: &mut CompactTree, last: bool) -> Result<Opt
                 )));
             }
             tree.push(merkle::leaf_hash(record));
+            spool.holds(&r);
         }
         complete += n as u64;
     }
@@ -187,8 +197,12 @@ impl Writer {
         let segs = segments(&dir)?;
         let mut recovered = None;
         let last_index = segs.len().saturating_sub(1);
+        let mut spool = Spool::new(&dir);
+        if let Err(e) = create_spool_dir(&dir) {
+            tracing::error!(error = %e, "audit spool: officer tools cannot leave their access records");
+        }
         for (i, path) in segs.iter().enumerate() {
-            if let Some(cut) = replay_segment(path, &mut tree, i == last_index)? {
+            if let Some(cut) = replay_segment(path, &mut tree, i == last_index, &mut spool)? {
                 recovered = Some(cut);
             }
         }
@@ -213,40 +227,12 @@ impl Writer {
                 segment_opened: Instant::now(),
                 segment_max_age: Duration::from_secs(cfg.segment_max_age_s.max(1)),
                 _lock: lock,
+                spool,
                 checkpoint_asked: false,
                 prune_due: false,
             },
             recovered,
         ))
-    }
-
-    /// Adds the spooled records (officer tools' access records) to the batch; returns their files,
-    /// to be removed once the batch is durable.
-    pub(super) fn take_spool(&self, batch: &mut Vec<Job>) -> Vec<PathBuf> {
-        let spool = self.dir.join(SPOOL_DIR);
-        let Ok(entries) = std::fs::read_dir(&spool) else { return Vec::new() };
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension().is_some_and(|x| x == "json")
-                    && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            })
-            .collect();
-        files.sort();
-        let mut taken = Vec::new();
-        for p in files.into_iter().take(1024) {
-            match std::fs::read(&p).ok().and_then(|b| serde_json::from_slice::<Record>(&b).ok()) {
-                Some(record) => {
-                    batch.push(Job::new(&record, None));
-                    taken.push(p);
-                }
-                None => {
-                    tracing::error!(file = %p.display(), "unreadable spooled audit record set aside");
-                    let _ = std::fs::rename(&p, p.with_extension("rejected"));
-                }
-            }
-        }
-        taken
     }
 
     /// Writes and fsyncs a batch; acknowledges each record only once it is durable. On any
@@ -407,6 +393,7 @@ impl Checkpointer {
     pub(super) fn open(cfg: &AuditConfig, key: Box<dyn CheckpointSigner>, size: u64) -> Result<Self, AuditError> {
         let path = cfg.dir.join("checkpoints.jsonl");
         let file = OpenOptions::new().create(true).append(true).read(true).open(&path).map_err(|e| io_err(&path, e))?;
+        shared(&file).map_err(|e| io_err(&path, e))?;
         let bytes = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
         let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         if whole < bytes.len() {
@@ -512,9 +499,12 @@ fn append_whole<F: Lines>(file: &mut F, line: &[u8], whole: u64, dirty: &mut boo
     Ok(())
 }
 
-/// A segment for positional writes (records go at the writer's own offset, not the file's end).
+/// A segment for positional writes (records go at the writer's own offset, not the file's end),
+/// readable by the log's group.
 fn open_segment(path: &std::path::Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path)
+    let f = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path)?;
+    shared(&f)?;
+    Ok(f)
 }
 
 pub(super) enum CheckpointFailure {
