@@ -55,6 +55,19 @@ async fn the_report_counts_what_the_log_holds_in_a_browser() {
         post("analyst", "VerifyFingerprintRequest", BioRequest::matching(&id(), 512).verify_fingerprint()).await.status,
         403
     );
+    // A terminal whose certificate was revoked: refused at the handshake, and on record.
+    let revoked = w.client("revoked", false);
+    let tried = revoked
+        .post(
+            "/bio/v1",
+            spocgw::gateway::upstream::soap_headers("text/xml; charset=utf-8", Some("VerifyFingerprintRequest"), None),
+            bytes::Bytes::from(messages::envelope(
+                SoapVersion::V11,
+                &BioRequest::matching(&id(), 512).verify_fingerprint(),
+            )),
+        )
+        .await;
+    assert!(tried.is_err(), "a revoked certificate is refused");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let dir = w.path("audit");
     // What the log holds: police requests (consultations), and refusals.
@@ -62,6 +75,24 @@ async fn the_report_counts_what_the_log_holds_in_a_browser() {
     let consultations =
         log.records.iter().filter(|(r, _, _)| r.event == "request" && r.listener.as_deref() == Some("police")).count();
     assert!(consultations >= 4, "{consultations}");
+    // Refused before a request record was written: the outcome carries who asked.
+    let incidents: std::collections::HashSet<&str> = log
+        .records
+        .iter()
+        .filter(|(r, _, _)| r.event == "request")
+        .filter_map(|(r, _, _)| r.incident_id.as_deref())
+        .collect();
+    let attempts = log
+        .records
+        .iter()
+        .filter(|(r, _, _)| {
+            r.event == "outcome"
+                && r.listener.as_deref() == Some("police")
+                && r.code.as_deref() != Some("ok")
+                && r.incident_id.as_deref().is_none_or(|i| !incidents.contains(i))
+        })
+        .count();
+    assert!(attempts >= 1, "the analyst's denied attempt");
     let out = tempfile::tempdir().unwrap();
     let html = out.path().join("report.html");
     let made = Command::new(BIN)
@@ -89,8 +120,13 @@ async fn the_report_counts_what_the_log_holds_in_a_browser() {
         rest[rest.find('>').unwrap() + 1..].split('<').next().unwrap().to_owned()
     };
     assert_eq!(field("total-consultations"), consultations.to_string());
-    // The script ran: the filter count is the table's rows.
-    assert_eq!(field("shown"), consultations.to_string());
+    // The script ran: the filter count is the table's rows, denied attempts among them.
+    assert_eq!(field("shown"), (consultations + attempts).to_string());
+    assert_eq!(field("refused-attempts"), attempts.to_string());
+    assert!(dom.contains("data-label=\"analyst-0001\" data-count=\"1\""), "refusals by terminal: {dom}");
+    assert!(dom.contains("data-label=\"revoked\""), "handshake refusals by reason");
+    assert_eq!(field("handshake-certificates-count"), "1");
+    assert!(dom.contains("CN=revoked-0001</td>"), "the revoked certificate is listed");
     assert!(dom.contains("data-verified=\"true\""), "the log verified");
     assert!(dom.contains("data-label=\"PolicyDenied\" data-count=\"1\""), "one policy refusal");
     assert!(dom.contains("data-label=\"Holder/Address\" data-count=\"1\""), "the minimised Address");

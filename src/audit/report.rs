@@ -2,8 +2,12 @@
 //! asset, no request anywhere) over a time window of the log. It shows:
 //!
 //! - consultations per day, per purpose, per border crossing point and per officer;
-//! - refusals by code, the reply fields minimisation removed, and the callbacks;
-//! - the table of individual consultations, with filters;
+//! - refusals by code, by terminal and by officer, the reply fields minimisation removed, and the
+//!   callbacks;
+//! - refused TLS handshakes by reason and by certificate (who tried with a revoked, expired,
+//!   untrusted or wrong-purpose certificate, and how often);
+//! - the table of individual consultations and of attempts refused before their request was
+//!   recorded, with filters;
 //! - the log's verification status.
 //!
 //! Charts are inline SVG. Every value from a record is HTML-escaped: officer IDs and case
@@ -15,16 +19,40 @@ use std::fmt::Write as _;
 use super::Record;
 use super::verify::Summary;
 
-/// One consultation: a request record from a police system, with how it ended.
+/// One consultation (a request record from a police system, with how it ended), or an attempt
+/// refused before its request record was written (its outcome record carries the context).
 struct Consultation<'a> {
     request: &'a Record,
     outcome: Option<&'a Record>,
+}
+
+/// A refused handshake's certificate, as it presented itself.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Presented {
+    pub subject: String,
+    pub fingerprint: String,
+    pub reason: String,
+}
+
+/// How often a certificate was refused, first and last time.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    pub count: u64,
+    pub first: String,
+    pub last: String,
 }
 
 /// What the report counts, in the window.
 #[derive(Default)]
 pub struct Tally {
     pub consultations: usize,
+    /// Attempts refused before their request record was written (rows of the table too).
+    pub refused_attempts: usize,
+    pub refusals_by_terminal: BTreeMap<String, u64>,
+    pub refusals_by_officer: BTreeMap<String, u64>,
+    /// Refused TLS handshakes by reason (each recorded one, and those summarised per window).
+    pub handshakes: BTreeMap<String, u64>,
+    pub handshake_certificates: BTreeMap<Presented, Seen>,
     pub per_day: BTreeMap<String, u64>,
     pub per_purpose: BTreeMap<String, u64>,
     pub per_bcp: BTreeMap<String, u64>,
@@ -64,24 +92,48 @@ fn or_dash(v: &Option<String>) -> &str {
     v.as_deref().unwrap_or("-")
 }
 
-fn terminal(r: &Record) -> &str {
-    r.client.as_ref().and_then(|c| c.subject.split(", ").find_map(|p| p.strip_prefix("CN="))).unwrap_or("-")
+/// The terminal: its certificate's CN, else the start of its fingerprint.
+fn terminal(r: &Record) -> String {
+    let Some(c) = r.client.as_ref() else { return "-".into() };
+    match c.subject.split(", ").find_map(|p| p.strip_prefix("CN=")) {
+        Some(cn) => cn.to_owned(),
+        None => format!("sha256:{}", c.fingerprint.get(..16).unwrap_or(&c.fingerprint)),
+    }
+}
+
+fn refused(r: &Record) -> bool {
+    r.event == "outcome" && !matches!(r.code.as_deref(), Some("ok") | None)
+}
+
+fn by_incident<'a>(records: &'a [Record], event: &str) -> BTreeMap<&'a str, &'a Record> {
+    records.iter().filter(|r| r.event == event).filter_map(|r| Some((r.incident_id.as_deref()?, r))).collect()
 }
 
 fn consultations<'a>(records: &'a [Record], within: &dyn Fn(&Record) -> bool) -> Vec<Consultation<'a>> {
-    let outcomes: BTreeMap<&str, &Record> =
-        records.iter().filter(|r| r.event == "outcome").filter_map(|r| Some((r.incident_id.as_deref()?, r))).collect();
-    records
+    let outcomes = by_incident(records, "outcome");
+    let requests = by_incident(records, "request");
+    let police = |r: &Record| r.listener.as_deref() == Some("police") && within(r);
+    let mut list: Vec<Consultation<'a>> = records
         .iter()
-        .filter(|r| r.event == "request" && r.listener.as_deref() == Some("police") && within(r))
+        .filter(|r| r.event == "request" && police(r))
         .map(|r| Consultation { request: r, outcome: r.incident_id.as_deref().and_then(|i| outcomes.get(i).copied()) })
-        .collect()
+        .collect();
+    // Refused before a request record was written: the outcome holds who asked and why not.
+    list.extend(
+        records
+            .iter()
+            .filter(|r| refused(r) && police(r) && r.incident_id.as_deref().is_none_or(|i| !requests.contains_key(i)))
+            .map(|r| Consultation { request: r, outcome: Some(r) }),
+    );
+    list
 }
 
 fn tally(records: &[Record], list: &[Consultation<'_>], within: &dyn Fn(&Record) -> bool) -> Tally {
-    let mut t = Tally { consultations: list.len(), ..Tally::default() };
+    let consultations = list.iter().filter(|c| c.request.event == "request").count();
+    let mut t = Tally { consultations, refused_attempts: list.len() - consultations, ..Tally::default() };
     let bump = |m: &mut BTreeMap<String, u64>, k: &str| *m.entry(k.to_owned()).or_default() += 1;
-    for c in list {
+    let requests = by_incident(records, "request");
+    for c in list.iter().filter(|c| c.request.event == "request") {
         let r = c.request;
         bump(&mut t.per_day, r.time.get(..10).unwrap_or("-"));
         bump(&mut t.per_purpose, or_dash(&r.purpose));
@@ -89,9 +141,14 @@ fn tally(records: &[Record], list: &[Consultation<'_>], within: &dyn Fn(&Record)
         bump(&mut t.per_officer, or_dash(&r.officer_id));
     }
     for r in records.iter().filter(|r| r.event == "outcome" && within(r)) {
-        match r.code.as_deref() {
-            Some("ok") | None => {}
-            Some(code) => bump(&mut t.refusals, code),
+        if let Some(code) = r.code.as_deref().filter(|_| refused(r)) {
+            bump(&mut t.refusals, code);
+            // Who was refused: the request record's context, or the outcome's own.
+            let who = r.incident_id.as_deref().and_then(|i| requests.get(i).copied()).unwrap_or(r);
+            if who.client.is_some() || who.officer_id.is_some() {
+                bump(&mut t.refusals_by_terminal, &terminal(who));
+                bump(&mut t.refusals_by_officer, or_dash(&who.officer_id));
+            }
         }
         for f in &r.removed {
             bump(&mut t.minimised, f);
@@ -100,7 +157,66 @@ fn tally(records: &[Record], list: &[Consultation<'_>], within: &dyn Fn(&Record)
             bump(&mut t.callbacks, r.code.as_deref().unwrap_or("-"));
         }
     }
+    handshakes(records, within, &mut t);
     t
+}
+
+/// Refused handshakes: each recorded one by reason and certificate; the window summaries (a
+/// flood, counted rather than recorded one by one) by reason.
+fn handshakes(records: &[Record], within: &dyn Fn(&Record) -> bool, t: &mut Tally) {
+    for r in records.iter().filter(|r| within(r)) {
+        match r.event.as_str() {
+            "handshake_refusal" => {
+                let reason = or_dash(&r.code).to_owned();
+                *t.handshakes.entry(reason.clone()).or_default() += 1;
+                let c = r.client.as_ref();
+                let key = Presented {
+                    subject: c.map_or_else(|| "(no certificate)".to_owned(), |c| c.subject.clone()),
+                    fingerprint: c.map(|c| c.fingerprint.clone()).unwrap_or_default(),
+                    reason,
+                };
+                let seen = t.handshake_certificates.entry(key).or_default();
+                seen.count += 1;
+                if seen.first.is_empty() {
+                    seen.first.clone_from(&r.time);
+                }
+                seen.last.clone_from(&r.time);
+            }
+            "handshake_refusals" => {
+                for d in &r.data {
+                    let parsed = d.strip_prefix("reason ").and_then(|x| x.rsplit_once(" x"));
+                    if let Some((reason, n)) = parsed.and_then(|(r, n)| Some((r, n.parse::<u64>().ok()?))) {
+                        *t.handshakes.entry(format!("{reason} (summarised)")).or_default() += n;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The certificates refused at the handshake, most often first.
+fn handshake_table(t: &Tally) -> String {
+    let mut rows: Vec<(&Presented, &Seen)> = t.handshake_certificates.iter().collect();
+    rows.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
+    let mut out = String::from(
+        "<table id=\"handshake-certificates\"><thead><tr><th>certificate subject (as presented)</th>\
+         <th>SHA-256 fingerprint</th><th>reason</th><th>times</th><th>first (UTC)</th><th>last (UTC)</th></tr></thead><tbody>",
+    );
+    for (p, s) in rows {
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&p.subject),
+            esc(&p.fingerprint),
+            esc(&p.reason),
+            s.count,
+            esc(&s.first),
+            esc(&s.last)
+        );
+    }
+    out.push_str("</tbody></table>");
+    out
 }
 
 /// A horizontal bar chart, one bar per entry, as inline SVG.
@@ -199,7 +315,7 @@ fn table(list: &[Consultation<'_>]) -> String {
             esc(or_dash(&r.case_reference)),
             esc(or_dash(&r.border_crossing_point)),
             esc(or_dash(&r.officer_id)),
-            esc(terminal(r)),
+            esc(&terminal(r)),
             esc(&doc),
             esc(or_dash(&r.decision)),
             esc(outcome)
@@ -261,10 +377,27 @@ pub fn render(records: &[Record], within: &dyn Fn(&Record) -> bool, ctx: &Contex
             ("", "", &none),
         ],
     ));
+    page.push_str(&charts(
+        "Who was refused".to_owned(),
+        [
+            ("refusals-by-terminal", "Refusals by terminal", &t.refusals_by_terminal),
+            ("refusals-by-officer", "Refusals by officer", &t.refusals_by_officer),
+            ("handshakes", "Refused TLS handshakes by reason", &t.handshakes),
+            ("", "", &none),
+        ],
+    ));
     let _ = write!(
         page,
-        "<section><h2>Individual consultations (<span id=\"shown\">{}</span> shown)</h2>{}</section>",
+        "<section><h2>Certificates refused at the TLS handshake (<span id=\"handshake-certificates-count\">{}</span>)</h2>{}</section>",
+        t.handshake_certificates.len(),
+        handshake_table(&t)
+    );
+    let _ = write!(
+        page,
+        "<section><h2>Individual consultations and refused attempts (<span id=\"shown\">{}</span> shown; \
+         <span id=\"refused-attempts\">{}</span> refused before their request was recorded)</h2>{}</section>",
         list.len(),
+        t.refused_attempts,
         table(&list)
     );
     let _ = writeln!(page, "<script>{SCRIPT}</script></body></html>");
