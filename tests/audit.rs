@@ -810,7 +810,33 @@ async fn queries_mean_what_they_say_or_refuse() {
         "{csv}"
     );
     assert!(csv.lines().count() >= 2, "{csv}");
-    assert_eq!(run(&["query", dir, "--officer", "OFF-0001", "--purpose", "NO_SUCH_PURPOSE", "--format", "json"]).1, "");
+    // Filters normalise what has one spelling (a purpose's case, a fingerprint's case and
+    // colons, a document number's hyphens) and refuse what names nothing.
+    let (code, _, err) = run(&["query", dir, "--purpose", "NO_SUCH_PURPOSE"]);
+    assert!(code == Some(2) && err.contains("not a purpose") && err.contains("IDENTITY_DOUBT"), "{err}");
+    let by = |args: &[&str]| run(&[&["query", dir, "--format", "json"][..], args].concat());
+    let exact = by(&["--purpose", "IDENTITY_DOUBT"]).1;
+    assert!(!exact.is_empty());
+    assert_eq!(by(&["--purpose", "identity_doubt"]).1, exact);
+    let first: serde_json::Value = serde_json::from_str(exact.lines().next().unwrap()).unwrap();
+    let fp = first["client"]["fingerprint"].as_str().unwrap().to_owned();
+    let colons: Vec<String> =
+        fp.to_uppercase().as_bytes().chunks(2).map(|c| String::from_utf8(c.to_vec()).unwrap()).collect();
+    let by_fp = by(&["--client", &fp]).1;
+    assert!(!by_fp.is_empty());
+    assert_eq!(by(&["--client", &colons.join(":")]).1, by_fp);
+    let (code, _, err) = run(&["query", dir, "--client", "AB:CD"]);
+    assert!(code == Some(2) && err.contains("64 hex digits"), "{err}");
+    let (code, _, err) = run(&["query", dir, "--code", "revoked"]);
+    assert_eq!(code, Some(0), "handshake refusals are queryable by their code: {err}");
+    let key = w.path("gateway/audit-pseudonym.key");
+    let key = key.to_str().unwrap();
+    let doc =
+        |number: &str, state: &str| by(&["--document", number, "--issuing-state", state, "--pseudonym-key", key]).1;
+    let found = doc("X1234567", "CZE");
+    assert!(found.contains("CheckIdentityRequest") && !found.contains("X1234567"), "{found}");
+    assert_eq!(doc("x123-4567", "cze"), found, "the number's spelling does not matter");
+    assert_eq!(doc("X1234567", "SVK"), "", "the same number of another state is another document");
     // export in a window.
     let (code, exported, _) = run(&["export", dir, "--since", &utc]);
     assert_eq!(code, Some(0));

@@ -340,10 +340,37 @@ impl Audit {
         self.core.attach(written);
     }
 
-    /// HMAC-SHA256 of a document number under the pseudonymisation key, hex.
-    pub fn pseudonym(&self, document_number: &str) -> String {
-        pseudonym_under(&self.pseudonym, document_number)
+    /// HMAC-SHA256 of a value under the pseudonymisation key, hex.
+    pub fn pseudonym(&self, value: &str) -> String {
+        pseudonym_under(&self.pseudonym, value)
     }
+
+    /// A document's pseudonym in a record ([`document_pseudonym`]).
+    pub fn document_pseudonym(&self, issuing_state: Option<&str>, number: &str) -> String {
+        format!("{DOCUMENT_V2}{}", self.pseudonym(&document_key(issuing_state, number)))
+    }
+}
+
+/// How a document pseudonym that covers the issuing state begins; one without it (records written
+/// before) is the bare HMAC of the number as the request carried it.
+pub const DOCUMENT_V2: &str = "v2:";
+
+/// A document number as pseudonyms take it: upper case, letters and digits only (spaces,
+/// hyphens and the `<` filler of a machine-readable zone dropped).
+pub fn normalise_document(number: &str) -> String {
+    number.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_uppercase()).collect()
+}
+
+/// What a document pseudonym is the HMAC of: the issuing state and the number, normalised, so
+/// that equal numbers of different states differ.
+fn document_key(issuing_state: Option<&str>, number: &str) -> String {
+    format!("{}\u{1f}{}", issuing_state.unwrap_or("").trim().to_ascii_uppercase(), normalise_document(number))
+}
+
+/// The pseudonym `key` gives a document of `issuing_state` numbered `number`, in the record's
+/// form ([`DOCUMENT_V2`]).
+pub fn document_pseudonym(key: &[u8], issuing_state: Option<&str>, number: &str) -> String {
+    format!("{DOCUMENT_V2}{}", pseudonymise(key, &document_key(issuing_state, number)))
 }
 
 /// HMAC-SHA256 of `value` under `key`, hex (what [`Audit::pseudonym`] gives with its key).

@@ -56,7 +56,8 @@ pub struct Record {
     pub caller_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub issuing_state: Option<String>,
-    /// HMAC-SHA256 of the document number under the pseudonymisation key (hex).
+    /// The document's pseudonym: `v2:` and the HMAC-SHA256 (hex) of its issuing state and
+    /// normalised number under the pseudonymisation key ([`super::document_pseudonym`]).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub document: Option<String>,
     /// Categories of data, e.g. `fingerprint/WSQ x2`.

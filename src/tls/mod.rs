@@ -216,7 +216,24 @@ pub fn client_config(u: &ClientTlsConfig, key: Arc<dyn SigningKey>) -> Result<Ar
     Ok(Arc::new(cfg))
 }
 
-/// Why a handshake failed, as one word for metrics and logs.
+/// Every word [`handshake_failure_reason`] gives: the codes of `handshake_refusal` records.
+pub const HANDSHAKE_REASONS: [&str; 13] = [
+    "closed",
+    "io",
+    "no_certificate",
+    "revoked",
+    "expired",
+    "not_yet_valid",
+    "untrusted",
+    "wrong_purpose",
+    "revocation_unknown",
+    "bad_certificate",
+    "incompatible",
+    "alert_received",
+    "protocol",
+];
+
+/// Why a handshake failed, as one word for metrics and logs (one of [`HANDSHAKE_REASONS`]).
 pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
     use rustls::{CertificateError as C, Error as E};
     let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<E>()) else {

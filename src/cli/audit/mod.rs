@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+mod filters;
 mod read;
 
 use crate::audit::proof::{self, Proof};

@@ -27,7 +27,7 @@ pub struct QueryArgs {
     /// An officer's ID, as the request carried it
     #[arg(long)]
     pub officer: Option<String>,
-    /// Client certificate SHA-256 fingerprint.
+    /// Client certificate SHA-256 fingerprint (64 hex digits, any case, colons allowed)
     #[arg(long)]
     pub client: Option<String>,
     /// The operation's request element (VerifyFingerprintRequest, CheckIdentityRequest...)
@@ -36,10 +36,11 @@ pub struct QueryArgs {
     /// allow or deny
     #[arg(long)]
     pub decision: Option<String>,
-    /// Outcome code: ok, or a contract fault code (PolicyDenied, XmlThreat...)
+    /// Outcome code: ok, a contract fault code (PolicyDenied, XmlThreat...), or a refused
+    /// handshake's reason (revoked, expired, untrusted, wrong_purpose...)
     #[arg(long)]
     pub code: Option<String>,
-    /// The purpose the request declared
+    /// The purpose the request declared (IDENTITY_DOUBT..., any case)
     #[arg(long)]
     pub purpose: Option<String>,
     /// The border crossing point the request named
@@ -52,9 +53,14 @@ pub struct QueryArgs {
     /// Up to this time, inclusive: RFC 3339 with any offset, or a date (to its end, UTC)
     #[arg(long)]
     pub until: Option<String>,
-    /// A document number, matched through its pseudonym (needs --pseudonym-key).
+    /// A document number, matched through its pseudonym (needs --pseudonym-key); spaces,
+    /// hyphens and case do not matter
     #[arg(long)]
     pub document: Option<String>,
+    /// The document's issuing state (ICAO code, e.g. CZE): equal numbers of other states are not
+    /// matched
+    #[arg(long)]
+    pub issuing_state: Option<String>,
     /// The pseudonymisation key: a file, or tpm:audit-pseudonym (unsealed by the TPM named
     /// in --config's [tpm] table)
     #[arg(long)]
@@ -195,7 +201,11 @@ fn check_values(q: &QueryArgs) -> Result<Format, String> {
     if let Some(d) = q.decision.as_deref().filter(|d| !["allow", "deny"].contains(d)) {
         return Err(format!("--decision {d:?}: allow or deny"));
     }
-    let codes: Vec<&str> = std::iter::once("ok").chain(Refusal::ALL.iter().map(|r| r.code())).collect();
+    let codes: Vec<&str> = ["ok", "refused"]
+        .into_iter()
+        .chain(Refusal::ALL.iter().map(|r| r.code()))
+        .chain(crate::tls::HANDSHAKE_REASONS)
+        .collect();
     if let Some(c) = q.code.as_deref().filter(|c| !codes.contains(c)) {
         return Err(format!("--code {c:?}: one of {}", codes.join(", ")));
     }
@@ -212,8 +222,9 @@ fn check_values(q: &QueryArgs) -> Result<Format, String> {
 }
 
 /// `spocgw audit query`: the records matching every filter, the access itself recorded first.
-pub(super) fn query(q: QueryArgs) -> ExitCode {
-    let checked = check_values(&q)
+pub(super) fn query(mut q: QueryArgs) -> ExitCode {
+    let checked = super::filters::normalise(&mut q)
+        .and_then(|()| check_values(&q))
         .and_then(|f| Ok((f, Window::new(q.since.as_deref(), q.until.as_deref())?)))
         .and_then(|fw| check_log_dir(&q.dir).map(|()| fw));
     let (format, window) = match checked {
@@ -223,19 +234,12 @@ pub(super) fn query(q: QueryArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let pseudonym = match (&q.document, &q.pseudonym_key) {
-        (Some(d), Some(k)) => match super::pseudonym_key_from(k, q.config.as_deref()) {
-            Ok(key) => Some(crate::audit::pseudonymise(&key, d)),
-            Err(e) => {
-                eprintln!("spocgw audit query: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        (Some(_), None) => {
-            eprintln!("spocgw audit query: --document needs --pseudonym-key");
+    let document = match super::filters::DocumentFilter::new(&q) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("spocgw audit query: {e}");
             return ExitCode::from(2);
         }
-        _ => None,
     };
     let mut filters: Vec<String> = [
         ("incident", &q.incident),
@@ -251,7 +255,7 @@ pub(super) fn query(q: QueryArgs) -> ExitCode {
     .filter_map(|(name, v)| Some(format!("{name}={}", v.as_ref()?)))
     .collect();
     filters.extend(window.describe());
-    filters.extend(pseudonym.as_ref().map(|p| format!("document-pseudonym={p}")));
+    filters.extend(document.as_ref().map(super::filters::DocumentFilter::describe));
     if let Err(code) = record_access(&q.dir, format!("audit query {}", filters.join(" "))) {
         return code;
     }
@@ -266,7 +270,7 @@ pub(super) fn query(q: QueryArgs) -> ExitCode {
             && m(&q.code, &r.code)
             && m(&q.purpose, &r.purpose)
             && m(&q.bcp, &r.border_crossing_point)
-            && m(&pseudonym, &r.document)
+            && document.as_ref().is_none_or(|d| d.matches(r))
             && q.client.as_ref().is_none_or(|c| r.client.as_ref().is_some_and(|rc| &rc.fingerprint == c))
             && window.holds(&r.time)
     };

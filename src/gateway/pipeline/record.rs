@@ -50,7 +50,7 @@ impl Pipeline {
         r.message_id = f.message_id.clone();
         r.caller_id = f.caller_id.clone();
         r.issuing_state = f.issuing_state.clone();
-        r.document = f.document_number.as_ref().map(|d| self.audit.pseudonym(d));
+        r.document = f.document_number.as_ref().map(|d| self.audit.document_pseudonym(f.issuing_state.as_deref(), d));
         r.data = data;
         if let Some(d) = &x.decision {
             r.decision = Some(d.word().to_owned());
