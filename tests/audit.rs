@@ -431,6 +431,12 @@ async fn retention_prunes_old_segments_and_the_rest_still_verifies() {
     };
     let audit = Audit::start(&cfg).unwrap();
     write(audit.clone(), 0, 60).await;
+    // The peer's copy, taken now: it keeps what retention will prune here.
+    let copy = tempfile::tempdir().unwrap();
+    for f in spocgw::audit::segments(d.path()).unwrap() {
+        let text = std::fs::read(&f).unwrap();
+        std::fs::write(copy.path().join(f.file_name().unwrap()), &text[..spocgw::audit::records_end(&text)]).unwrap();
+    }
     let before = spocgw::audit::segments(d.path()).unwrap().len();
     assert!(before >= 2, "{before} segments");
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -449,6 +455,14 @@ async fn retention_prunes_old_segments_and_the_rest_still_verifies() {
     assert!(out.contains("121 records"), "{out}");
     let (ok, out) = verify_with(&w, d.path(), &["--allow-pruned-before", "2020-01-01"]);
     assert!(!ok && out.contains("not only before"), "records pruned after the date given: {out}");
+    // The copy that still holds the pruned records proves them: the log verifies whole.
+    let (ok, out) = verify_with(&w, d.path(), &["--peer-copy", copy.path().to_str().unwrap()]);
+    assert!(ok && out.contains("holds them and they give the anchor's tree"), "{out}");
+    // Another log's records do not.
+    let other = tempfile::tempdir().unwrap();
+    small_log(&w, other.path()).await;
+    let (ok, out) = verify_with(&w, d.path(), &["--peer-copy", other.path().to_str().unwrap()]);
+    assert!(!ok && out.contains("not this log's pruned prefix"), "{out}");
     // A record altered after the anchor is still caught.
     let last = after.last().unwrap();
     let text = std::fs::read_to_string(last).unwrap().replacen("incident-1", "incident-X", 1);
