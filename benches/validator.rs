@@ -11,7 +11,7 @@ use quick_xml::events::Event;
 use spocgw::gateway::routes::BIO_NS;
 use spocgw::sim::messages::{self, BioRequest, Finger, synthetic_image};
 use spocgw::xml::SoapVersion;
-use spocgw::xml::firewall::Limits;
+use spocgw::xml::limits::Limits;
 use spocgw::xml::validate::{Expect, validate, validate_outlined};
 use spocgw::xml::xsd::Schema;
 

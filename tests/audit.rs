@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use spocgw::audit::{Audit, AuditConfig, Record, Written};
+use spocgw::audit::{Audit, AuditConfig, AuditMetrics, Record};
 use spocgw::sim::messages::{self, BioRequest};
 use spocgw::xml::SoapVersion;
 
@@ -656,7 +656,7 @@ async fn a_leader_gathers_the_records_of_requests_about_to_run_into_one_batch() 
     let w = World::new();
     let d = tempfile::tempdir().unwrap();
     let audit = Audit::start(&audit_config(&w, d.path())).unwrap();
-    let written = Written::default();
+    let written = AuditMetrics::default();
     audit.attach_metrics(written.clone());
     let request = |i: usize| {
         let a = audit.clone();

@@ -4,7 +4,7 @@
 use spocgw::gateway::routes::BIO_NS;
 use spocgw::sim::messages::{self, BioRequest};
 use spocgw::xml::SoapVersion;
-use spocgw::xml::firewall::{Breach, Limits};
+use spocgw::xml::limits::{Breach, Limits};
 use spocgw::xml::validate::{Expect, XmlRefusal, validate};
 use spocgw::xml::xsd::Schema;
 

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use spocgw::gateway::routes::BIO_NS;
 use spocgw::sim::messages::{self, BioRequest};
 use spocgw::xml::SoapVersion;
-use spocgw::xml::firewall::Limits;
+use spocgw::xml::limits::Limits;
 use spocgw::xml::validate::{Expect, XmlRefusal, validate};
 use spocgw::xml::xsd::Schema;
 use spocgw::xml::xsd::simple::{Base64Check, Decimal};

@@ -1,7 +1,7 @@
 //! The request-path validator on arbitrary bytes, as SOAP and as a bare document.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use spocgw::xml::firewall::Limits;
+use spocgw::xml::limits::Limits;
 use spocgw::xml::validate::{Expect, validate};
 use spocgw::xml::xsd::Schema;
 

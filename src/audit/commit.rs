@@ -31,7 +31,7 @@ const GATHER_PASSES: usize = 8;
 /// How often the duties thread looks for spooled records (a directory scan).
 const SPOOL_EVERY: Duration = Duration::from_millis(100);
 
-pub(super) struct Core {
+pub(super) struct Committer {
     queue: Mutex<Queue>,
     writer: Mutex<Writer>,
     healthy: AtomicBool,
@@ -43,7 +43,7 @@ pub(super) struct Core {
     /// queued without a leader wakes it.
     dozing: AtomicBool,
     /// Set when the gateway's metrics are attached.
-    written: OnceLock<Written>,
+    written: OnceLock<AuditMetrics>,
     /// The duties thread runs: without it no checkpoint is signed and no spooled record is
     /// taken, so its end (a panic included) turns the log unhealthy.
     duties_running: AtomicBool,
@@ -52,7 +52,7 @@ pub(super) struct Core {
 /// What the log has written, for the metrics: records, batches (one fsync each), how long a
 /// batch took to be durable, failed writes, and whether the log writes.
 #[derive(Clone)]
-pub struct Written {
+pub struct AuditMetrics {
     pub records: Counter,
     pub batches: Counter,
     pub failures: Counter,
@@ -61,7 +61,7 @@ pub struct Written {
     pub write_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
-impl Default for Written {
+impl Default for AuditMetrics {
     fn default() -> Self {
         Self {
             records: Counter::default(),
@@ -74,7 +74,7 @@ impl Default for Written {
     }
 }
 
-impl Written {
+impl AuditMetrics {
     /// Registers the log's metrics in the gateway's exposition.
     pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
         registry.register("audit_records_written", "Audit records written and made durable", self.records.clone());
@@ -147,10 +147,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Core {
+impl Committer {
     /// Takes over an opened writer and checkpointer and starts the duties thread.
-    pub(super) fn start(writer: Writer, checkpointer: Checkpointer, capacity: usize) -> std::io::Result<Arc<Core>> {
-        let core = Arc::new(Core {
+    pub(super) fn start(
+        writer: Writer,
+        checkpointer: Checkpointer,
+        capacity: usize,
+    ) -> std::io::Result<Arc<Committer>> {
+        let core = Arc::new(Committer {
             queue: Mutex::new(Queue { jobs: Vec::new(), since: None, leading: false }),
             writer: Mutex::new(writer),
             healthy: AtomicBool::new(true),
@@ -169,7 +173,7 @@ impl Core {
         Ok(core)
     }
 
-    pub(super) fn attach(&self, written: Written) {
+    pub(super) fn attach(&self, written: AuditMetrics) {
         written.healthy.set(i64::from(self.is_healthy()));
         written.duties.set(i64::from(self.duties_running.load(Ordering::Relaxed)));
         let _ = self.written.set(written);
@@ -205,7 +209,7 @@ impl Core {
         self.healthy.store(false, Ordering::Relaxed);
     }
 
-    /// Queues a record. Ok(true): the caller is now the leader and must call [`Core::lead`].
+    /// Queues a record. Ok(true): the caller is now the leader and must call [`Committer::lead`].
     /// Records nobody waits on never lead: they go with the next batch.
     pub(super) fn submit(&self, job: Job) -> Result<bool, String> {
         let waited = job.done.is_some();
@@ -469,7 +473,7 @@ const DUTIES_ENDED: &str = "the audit duties thread has ended: no checkpoint can
 
 /// Held by the duties thread: when it ends, however (a panic too), the log turns unhealthy,
 /// `/readyz` fails, and whoever waits for a checkpoint is answered instead of waiting forever.
-struct DutiesEnd(Arc<Core>);
+struct DutiesEnd(Arc<Committer>);
 
 impl Drop for DutiesEnd {
     fn drop(&mut self) {
@@ -494,7 +498,7 @@ impl Drop for DutiesEnd {
 }
 
 /// The lead while a leader gathers: dropped before it writes, it hands the lead on.
-struct Leading(Option<Arc<Core>>);
+struct Leading(Option<Arc<Committer>>);
 
 impl Drop for Leading {
     fn drop(&mut self) {
@@ -575,7 +579,7 @@ mod tests {
     async fn records_nobody_waits_on_go_with_a_leader_or_after_the_delay() {
         let tmp = tempfile::tempdir().unwrap();
         let audit = log_in(tmp.path(), "checkpoint_every = 1000000\ncheckpoint_interval_ms = 3600000");
-        let written = Written::default();
+        let written = AuditMetrics::default();
         audit.attach_metrics(written.clone());
 
         audit.append(&Record::now("outcome"));

@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
-use commit::Core;
-pub use commit::Written;
+pub use commit::AuditMetrics;
+use commit::Committer;
 pub use record::{ClientCert, Record};
 pub use retention::{Anchor, read_anchor};
 pub use spool::{SPOOL_DIR, spool};
@@ -218,7 +218,7 @@ impl Job {
 /// The audit log's handle, shared by every request. Dropping the last one stops the log: a
 /// final checkpoint, the segment cut to its records.
 pub struct Audit {
-    core: Arc<Core>,
+    core: Arc<Committer>,
     durable_timeout: Duration,
     /// The HMAC key, its schedule computed once (aws-lc wipes it when dropped).
     pseudonym: hmac::Key,
@@ -279,7 +279,8 @@ impl Audit {
         let size = writer.tree.size();
         checkpointer.write(size, &writer.tree.root()).map_err(|e| AuditError::NotDurable(e.to_string()))?;
         writer.checkpointed(size, checkpointer.every);
-        let core = Core::start(writer, checkpointer, cfg.queue).map_err(|e| AuditError::NotDurable(e.to_string()))?;
+        let core =
+            Committer::start(writer, checkpointer, cfg.queue).map_err(|e| AuditError::NotDurable(e.to_string()))?;
         let pseudonym = hmac::Key::new(hmac::HMAC_SHA256, &pseudonym);
         Ok(Arc::new(Audit { core, durable_timeout: Duration::from_millis(cfg.durable_timeout_ms), pseudonym }))
     }
@@ -336,7 +337,7 @@ impl Audit {
     }
 
     /// Counts what is written from now on into these counters (the gateway's metrics).
-    pub fn attach_metrics(&self, written: Written) {
+    pub fn attach_metrics(&self, written: AuditMetrics) {
         self.core.attach(written);
     }
 

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use crate::policy::bundle::{self, Bundle};
 use crate::policy::engine::local_time;
 use crate::policy::{Caller, cases, signature};
-use crate::xml::firewall::Limits;
+use crate::xml::limits::Limits;
 use crate::xml::validate::{Expect, validate};
 use crate::xml::xsd::Schema;
 

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::xml::firewall::Limits;
+use crate::xml::limits::Limits;
 use crate::xml::validate::{Expect, XmlRefusal, line_col, validate};
 use crate::xml::xsd::Schema;
 

@@ -7,7 +7,10 @@
 //! directory of the file that names them, and every file a key names must exist when the
 //! configuration is loaded: a gateway never starts half-configured.
 
+mod route_name;
 pub mod units;
+
+pub use route_name::RouteName;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

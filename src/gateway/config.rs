@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 pub use super::upstream::UpstreamConfig;
 pub use crate::config::{ConfigError, read_toml, resolve_file};
-use crate::xml::firewall::LimitsOverride;
+use crate::xml::limits::LimitsOverride;
 
 /// `gateway.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -410,11 +410,11 @@ impl GatewayConfig {
         for (table, name) in
             self.xml.routes.keys().map(|n| ("routes", n)).chain(self.xml.headers.keys().map(|n| ("headers", n)))
         {
-            if !["bio_v1", "csn369791", "csn369791_callback"].contains(&name.as_str()) {
+            if crate::config::RouteName::parse(name).is_none() {
                 return Err(ConfigError::new(
                     file,
                     format!("xml.{table}.{name}"),
-                    "unknown route (bio_v1, csn369791, csn369791_callback)",
+                    format!("unknown route ({})", crate::config::RouteName::list()),
                 ));
             }
         }

@@ -1,16 +1,16 @@
 //! The gateway: listeners, routes, the request pipeline and the upstream pools, started from a
 //! [`GatewayConfig`] and stopped with a graceful drain.
 
-pub mod admission;
 pub mod body;
 pub mod breaker;
 pub mod config;
 mod custody;
-pub mod fault;
 pub mod listener;
 pub mod pair;
+pub mod per_key;
 pub mod pipeline;
-pub mod refusals;
+pub mod refusal;
+pub mod refusal_log;
 pub mod routes;
 pub mod schemas;
 pub mod upstream;
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
@@ -34,9 +34,9 @@ use crate::tls;
 use crate::tls::crl::CrlSet;
 use config::{GatewayConfig, ListenerConfig};
 use custody::{Keys, key_event};
-pub use fault::Refusal;
-use listener::{ListenerMetrics, ListenerSpec, Open};
+use listener::{ListenerMetrics, ListenerSpec, OpenConnections};
 use pipeline::{Pipeline, RequestMetrics};
+pub use refusal::Refusal;
 use routes::{ListenerKind, RouteTable};
 use rustls::sign::SigningKey;
 use schemas::{Schemas, SchemasError};
@@ -49,11 +49,11 @@ pub struct Gateway {
     pub callback_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     stop: watch::Sender<bool>,
-    listeners: Vec<JoinHandle<Open>>,
+    listeners: Vec<JoinHandle<OpenConnections>>,
     background: Vec<JoinHandle<()>>,
     admin: Arc<AdminState>,
     audit: Arc<Audit>,
-    load_refusals: Arc<refusals::RequestRefusals>,
+    load_refusals: Arc<refusal_log::RequestRefusals>,
     drain_timeout: Duration,
 }
 
@@ -65,7 +65,7 @@ struct Metrics {
     upstream: Arc<UpstreamMetrics>,
     reload: Arc<ReloadMetrics>,
     tpm: Arc<TpmMetrics>,
-    audit: crate::audit::Written,
+    audit: crate::audit::AuditMetrics,
     pair: Arc<pair::PairMetrics>,
 }
 
@@ -102,7 +102,7 @@ fn spec(
     let (tls, crls) =
         tls::server_config_with_crls(name, &l.server_tls(), key).map_err(|e| ConfigError::new(file, name, e))?;
     let spec = ListenerSpec {
-        refusals: Some(Arc::new(refusals::HandshakeRefusals::new(name, audit.clone()))),
+        refusals: Some(Arc::new(refusal_log::HandshakeRefusals::new(name, audit.clone()))),
         name,
         tls,
         handshake_timeout: l.handshake_timeout(),
@@ -166,13 +166,13 @@ fn schemas(cfg: &GatewayConfig, file: &Path) -> Result<(Arc<Schemas>, RouteTable
 }
 
 /// The listening sockets, bound before anything is served, and their addresses.
-struct Bound {
+struct BoundSockets {
     police: TcpListener,
     callback: Option<TcpListener>,
     admin: TcpListener,
 }
 
-impl Bound {
+impl BoundSockets {
     async fn bind(cfg: &GatewayConfig, file: &Path) -> Result<Self, ConfigError> {
         async fn bind(addr: SocketAddr, file: &Path, key: &str) -> Result<TcpListener, ConfigError> {
             TcpListener::bind(addr)
@@ -215,14 +215,14 @@ fn listen(
     pipeline: &Arc<Pipeline>,
     metrics: &Metrics,
     stopped: &watch::Receiver<bool>,
-) -> JoinHandle<Open> {
+) -> JoinHandle<OpenConnections> {
     let p = pipeline.clone();
     let handler = move |peer: Arc<tls::PeerIdentity>, req| {
         let p = p.clone();
         async move { p.handle(kind, &peer, req).await.map_err(|e| std::io::Error::new(std::io::ErrorKind::TimedOut, e)) }
     };
     tracing::info!(listener = spec.name, addr = %tcp.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
-    metrics.listener.expect(spec.name);
+    metrics.listener.zero_series(spec.name);
     tokio::spawn(listener::serve(tcp, spec, Some(metrics.listener.clone()), handler, stopped.clone()))
 }
 
@@ -232,7 +232,7 @@ struct Background<'a> {
     admin: &'a Arc<AdminState>,
     policy: Arc<PolicyState>,
     audit: &'a Arc<Audit>,
-    load_refusals: &'a Arc<refusals::RequestRefusals>,
+    load_refusals: &'a Arc<refusal_log::RequestRefusals>,
     upstreams: Vec<(&'static str, Upstream)>,
     tpm: Option<Arc<crate::tpm::Tpm>>,
     crls: Vec<Arc<CrlSet>>,
@@ -253,7 +253,7 @@ fn background(b: Background<'_>) -> Vec<JoinHandle<()>> {
         stopped.clone(),
     )));
     let r = b.load_refusals.clone();
-    tasks.push(tokio::spawn(refusals::every_window(move || r.end_window())));
+    tasks.push(tokio::spawn(refusal_log::every_window(move || r.end_window())));
     for (name, u) in b.upstreams {
         metrics.upstream.attach(name, &u);
         tasks.push(tokio::spawn(watchers::watch_upstream(name, u, metrics.upstream.clone(), stopped.clone())));
@@ -261,7 +261,7 @@ fn background(b: Background<'_>) -> Vec<JoinHandle<()>> {
     if let Some(t) = b.tpm {
         tasks.push(tokio::spawn(watchers::watch_tpm(t, stopped.clone())));
     }
-    if b.pipeline.schemas.reloadable() {
+    if b.pipeline.schemas().reloadable() {
         let (p, m, a) = (b.pipeline.clone(), metrics.reload.clone(), b.audit.clone());
         tasks.push(tokio::spawn(watchers::watch_schemas(p, m, a, stopped.clone())));
     }
@@ -281,7 +281,7 @@ async fn load_keys(cfg: &GatewayConfig, file: &Path, metrics: &Metrics) -> Resul
         .await
         .map_err(|e| ConfigError::new(file, "tpm", format!("key loading stopped: {e}")))??;
     if let Some(t) = &keys.tpm {
-        metrics.tpm.expect();
+        metrics.tpm.zero_series();
         t.observe(metrics.tpm.clone());
     }
     Ok(keys)
@@ -343,15 +343,15 @@ impl Gateway {
         let policy = Arc::new(PolicyState::load(&cfg.policy).map_err(|e| ConfigError::new(file, "policy", e))?);
         tracing::info!(digest = %policy.current().digest, origin = %policy.current().origin, "policy bundle loaded");
         audit.append(&key_event(cfg));
-        let bound = Bound::bind(cfg, file).await?;
+        let bound = BoundSockets::bind(cfg, file).await?;
         let (police_addr, callback_addr, admin_addr) = bound.addrs(file)?;
 
         let (stop, stopped) = watch::channel(false);
         let pair_wiring =
             PairWiring { keys: pair, checkpoint_point, policy: &policy, audit: &audit, metrics: &metrics };
         let (pair, pair_tasks) = pair_wiring.start(cfg, file, &stopped).await?;
-        let load_refusals = Arc::new(refusals::RequestRefusals::new(audit.clone()));
-        let pipeline = Arc::new(Pipeline {
+        let load_refusals = Arc::new(refusal_log::RequestRefusals::new(audit.clone()));
+        let pipeline = Arc::new(Pipeline::new(pipeline::PipelineParts {
             routes,
             schemas: schemas.clone(),
             policy: policy.clone(),
@@ -360,14 +360,14 @@ impl Gateway {
             police_callback: police_callback.clone(),
             metrics: metrics.requests.clone(),
             upstream_metrics: metrics.upstream.clone(),
-            in_flight: Semaphore::new(cfg.limits.max_in_flight),
-            in_flight_per_client: admission::PerKey::new(cfg.limits.max_in_flight_per_client),
+            max_in_flight: cfg.limits.max_in_flight,
+            max_in_flight_per_client: cfg.limits.max_in_flight_per_client,
             load_refusals: load_refusals.clone(),
             request_timeout: cfg.police.request_timeout(),
             bare: cfg.bare_proxy,
             bare_audit: cfg.bare_proxy_audit,
             pair: pair.clone(),
-        });
+        }));
         warn_benchmark_mode(cfg);
         let mut serving =
             vec![listen(bound.police, listeners.police, ListenerKind::Police, &pipeline, &metrics, &stopped)];

@@ -2,8 +2,9 @@
 //! (Body elements, by namespace and local name) each path carries, and where it forwards.
 
 use super::config::{RouteLimits, XmlConfig, clark_name};
+use crate::config::RouteName;
 use crate::xml::SoapVersion;
-use crate::xml::firewall::Limits;
+use crate::xml::limits::Limits;
 
 pub const BIO_NS: &str = "urn:spocgw:bio:1";
 pub const CSN_NS: &str = "http://namespaces.unmz.cz/csn369791";
@@ -137,7 +138,7 @@ impl RouteTable {
         let mut table = Self {
             routes: vec![
                 Route {
-                    name: "bio_v1",
+                    name: RouteName::BioV1.as_str(),
                     listener: ListenerKind::Police,
                     path: "/bio/v1",
                     namespace: BIO_NS,
@@ -151,7 +152,7 @@ impl RouteTable {
                     reply_headers: Vec::new(),
                 },
                 Route {
-                    name: "csn369791",
+                    name: RouteName::Csn369791.as_str(),
                     listener: ListenerKind::Police,
                     path: "/spoc/csn369791",
                     namespace: CSN_NS,
@@ -169,7 +170,7 @@ impl RouteTable {
                     reply_headers: Vec::new(),
                 },
                 Route {
-                    name: "csn369791_callback",
+                    name: RouteName::Csn369791Callback.as_str(),
                     listener: ListenerKind::Callback,
                     path: "/spoc/csn369791",
                     namespace: CSN_NS,

@@ -102,7 +102,7 @@ impl TpmMetrics {
     }
 
     /// The operations' series at 0, with a TPM (an alert on TPM failures needs them).
-    pub fn expect(&self) {
+    pub fn zero_series(&self) {
         for op in ["sign", "unseal", "nv_increment", "probe"] {
             for result in ["ok", "failed"] {
                 drop(self.operations.get_or_create(&TpmOpResult { op, result }));
@@ -202,7 +202,7 @@ pub(super) async fn watch_schemas(
     let count = |result| {
         metrics.schemas.get_or_create(&ResultLabels { result }).inc();
     };
-    watch_files(w, || pipeline.schemas.reload_if_changed(&pipeline.routes), count, audit, stop).await;
+    watch_files(w, || pipeline.schemas().reload_if_changed(pipeline.routes()), count, audit, stop).await;
 }
 
 /// Reloads the policy bundle on SIGHUP and whenever its files change (checked every

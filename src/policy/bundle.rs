@@ -267,8 +267,11 @@ fn routes_file(text: Option<&str>) -> Result<(RoutesFile, i32), BundleError> {
         None => RoutesFile::default(),
     };
     for (route, r) in &routes.rate {
-        if !["bio_v1", "csn369791", "csn369791_callback"].contains(&route.as_str()) {
-            return Err(invalid(ROUTES_FILE, format!("[rate.{route}]: unknown route")));
+        if crate::config::RouteName::parse(route).is_none() {
+            return Err(invalid(
+                ROUTES_FILE,
+                format!("[rate.{route}]: unknown route ({})", crate::config::RouteName::list()),
+            ));
         }
         if r.per_second == 0 || r.burst == 0 {
             return Err(invalid(ROUTES_FILE, format!("[rate.{route}]: per_second and burst must be at least 1")));

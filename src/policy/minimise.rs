@@ -67,7 +67,7 @@ pub fn without(body: &Bytes, cuts: &[Range<usize>]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xml::firewall::Limits;
+    use crate::xml::limits::Limits;
     use crate::xml::validate::{Expect, validate_outlined};
     use crate::xml::xsd::Schema;
 

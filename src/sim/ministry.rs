@@ -40,7 +40,7 @@ use crate::gateway::body::read_limited;
 use crate::gateway::config::{ListenerConfig, UpstreamConfig};
 use crate::gateway::routes::{BIO_NS, CSN_NS};
 use crate::gateway::upstream::{Upstream, soap_headers};
-use crate::xml::firewall::Limits;
+use crate::xml::limits::Limits;
 use crate::xml::validate::{Expect, Validated, validate};
 use crate::xml::xsd::Schema;
 use crate::xml::{self, SoapVersion};

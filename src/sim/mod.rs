@@ -22,7 +22,7 @@ use crate::tls;
 pub struct Running {
     pub addr: SocketAddr,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<crate::gateway::listener::Open>,
+    task: tokio::task::JoinHandle<crate::gateway::listener::OpenConnections>,
 }
 
 impl Running {

@@ -17,7 +17,7 @@ use crate::gateway::body::read_limited;
 use crate::gateway::config::ListenerConfig;
 use crate::gateway::routes::CSN_NS;
 use crate::xml::SoapVersion;
-use crate::xml::firewall::Limits;
+use crate::xml::limits::Limits;
 use crate::xml::validate::{Expect, validate};
 use crate::xml::xsd::Schema;
 

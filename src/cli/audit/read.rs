@@ -13,7 +13,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::verify;
 use crate::audit::Record;
-use crate::gateway::fault::Refusal;
+use crate::gateway::refusal::Refusal;
 use crate::gateway::routes::Operation;
 
 /// `spocgw audit query`: the filters, all of which a record must match.

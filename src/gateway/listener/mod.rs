@@ -13,11 +13,11 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
@@ -30,7 +30,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -39,7 +39,7 @@ mod park;
 pub use park::PARK_AFTER;
 use park::{Counted, InFlight, Tracked, Traffic, serve_http1};
 
-use super::admission::{PerKey, Slot};
+use super::per_key::{PerKey, Slot};
 use crate::tls::verifier::with_refused_certificate;
 use crate::tls::{PeerCache, PeerIdentity, ServerTls, handshake_failure_reason};
 
@@ -61,7 +61,7 @@ pub struct ListenerSpec {
     /// Deadline for a request's headers (HTTP/1.1) once a connection is idle or reading.
     pub header_timeout: Duration,
     /// Where refused handshakes are recorded (the gateway's listeners; not the simulators).
-    pub refusals: Option<Arc<super::refusals::HandshakeRefusals>>,
+    pub refusals: Option<Arc<super::refusal_log::HandshakeRefusals>>,
     /// The listener's revocation lists: when new ones come into force, an open connection's
     /// certificate is checked again before its next request.
     pub crls: Option<Arc<crate::tls::crl::CrlSet>>,
@@ -89,7 +89,7 @@ pub struct ListenerMetrics {
 
 impl ListenerMetrics {
     /// A listener's series at 0 from the start: its caps and its open connections.
-    pub fn expect(&self, listener: &'static str) {
+    pub fn zero_series(&self, listener: &'static str) {
         for reason in ["connection_cap", "source_cap", "client_cap", "header_timeout"] {
             drop(self.connections_refused.get_or_create(&ListenerReason { listener, reason }));
         }
@@ -119,7 +119,7 @@ impl ListenerMetrics {
 
 /// The connections a listener still has open, once it stopped accepting: [`drain`] waits for
 /// them. Each connection holds a sender; the channel closes when the last one ends.
-pub struct Open(mpsc::Receiver<()>);
+pub struct OpenConnections(mpsc::Receiver<()>);
 
 /// What every connection of one listener shares.
 struct Listener<H> {
@@ -180,7 +180,7 @@ pub async fn serve<H, Fut, B>(
     metrics: Option<Arc<ListenerMetrics>>,
     handler: H,
     mut shutdown: watch::Receiver<bool>,
-) -> Open
+) -> OpenConnections
 where
     H: Fn(Arc<PeerIdentity>, Request<Incoming>) -> Fut + Clone + Send + Sync + Unpin + 'static,
     Fut: Future<Output = Result<Response<B>, std::io::Error>> + Send + 'static,
@@ -189,7 +189,8 @@ where
 {
     let (open, open_rx) = mpsc::channel::<()>(1);
     let permits = Arc::new(Semaphore::new(spec.max_connections));
-    let summaries = spec.refusals.clone().map(|r| tokio::spawn(super::refusals::every_window(move || r.end_window())));
+    let summaries =
+        spec.refusals.clone().map(|r| tokio::spawn(super::refusal_log::every_window(move || r.end_window())));
     let listener = Arc::new(Listener {
         sources: PerKey::new(spec.max_per_source),
         clients: PerKey::new(spec.max_per_client),
@@ -240,7 +241,7 @@ where
     if let Some(r) = &listener.spec.refusals {
         r.end_window();
     }
-    Open(open_rx)
+    OpenConnections(open_rx)
 }
 
 /// One connection: the handshake within `budget`, the peer's identity and its client slot,
@@ -503,7 +504,7 @@ fn http2_builder() -> http2::Builder<TokioExecutor> {
 }
 
 /// Waits for every open connection to finish, at most `deadline`; true when all did.
-pub async fn drain(mut open: Open, deadline: Duration) -> bool {
+pub async fn drain(mut open: OpenConnections, deadline: Duration) -> bool {
     tokio::time::timeout(deadline, open.0.recv()).await.is_ok()
 }
 

@@ -2,7 +2,22 @@
 //! buffers) is let go without closing the TLS stream, and the client's next bytes build a new
 //! one; what one connection's IO and requests did, as the driver needs to know it.
 
-use super::*;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf as _, Bytes};
+use hyper::body::{Body, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::HttpService;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::sync::watch;
+
+use super::{BoxError, ListenerSpec, http1_builder, now_ms, stopped};
+use crate::tls::ServerTls;
 
 /// An HTTP/1.1 connection idle this long (no request in flight, nothing written or read, the
 /// client's next request awaited) is parked. Short, because the buffers of connections not yet

@@ -1,44 +1,67 @@
 //! One request, start to end (DESIGN.md): route, media type, body within its limit, envelope
-//! read once, operation and action checked, forwarded upstream, reply checked, returned.
-//! Every step that says no produces a [`Refusal`]; every request ends in one log line and one
-//! metrics update under its incident ID.
+//! read once, operation and action checked, decided, recorded, forwarded upstream, reply checked
+//! and minimised, returned. Each stage is a struct in the file named for it, holding what it
+//! uses and nothing else; [`Pipeline::stages`] is the one list that runs them. Every step that
+//! says no produces a [`Refusal`](super::Refusal); every request ends in one outcome record, one log line and
+//! one metrics update under its incident ID.
+//!
+//! | stage | struct | file | holds |
+//! |---|---|---|---|
+//! | route | `Router` | `route.rs` | the route table, the schemas (service descriptions) |
+//! | admit | `Admission` | `admit.rs` | the request deadline, the in-flight caps, the rates |
+//! | check | `Checker` | `check.rs` | the schemas |
+//! | decide | `Decider` | `decide.rs` | the policy |
+//! | correlate | `Correlator` | `correlate.rs` | the forwarded messageIDs, the pair's peer |
+//! | record | `Recorder` | `record.rs` | the audit log, the load-refusal summary |
+//! | forward | `Forwarder` | `forward.rs` | the upstreams, their metrics |
+//! | reply | `ReplyCheck` | `reply.rs` | the schemas, the upstreams' metrics |
+//! | respond | `Responder` | `respond.rs` | the request metrics |
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use http::HeaderName;
 use http::request::Parts;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::Full;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use tokio::sync::Semaphore;
 
 mod admit;
 mod bare;
 mod check;
+mod correlate;
 mod decide;
+mod exchange;
 mod forward;
 mod record;
+mod reply;
 mod respond;
+mod route;
 
 use super::body::MessageBody;
-use super::fault::Refusal;
-use super::routes::{ListenerKind, Operation, Route, RouteTable, SoapMediaType, UpstreamKind};
-use super::upstream::{Upstream, UpstreamError, UpstreamMetrics, soap_headers};
-use crate::audit::{Audit, ClientCert, Record};
-use crate::policy::{Bundle, Caller, PolicyState, minimise};
+use super::refusal_log::RequestRefusals;
+use super::routes::{ListenerKind, RouteTable};
+use super::schemas::Schemas;
+use super::upstream::{Upstream, UpstreamMetrics};
+use crate::audit::Audit;
+use crate::policy::PolicyState;
 use crate::tls::PeerIdentity;
-use crate::xml::facts::MessageFacts;
-use crate::xml::validate::{Expect, HeaderOutline, Validated, line_col, validate_outlined};
-use crate::xml::{self, FaultText, SoapVersion};
-use admit::expects_continue;
-use forward::forwarded_headers;
-use respond::unix_now;
+use admit::{Admission, expects_continue};
+use bare::Bare;
+use check::Checker;
+use correlate::Correlator;
+use decide::Decider;
+use exchange::{Exchange, Outcome};
+use forward::{Forwarder, forwarded_headers};
+use record::Recorder;
+use reply::ReplyCheck;
+use respond::{Ended, Responder};
+use route::Router;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FAULT: HeaderName = HeaderName::from_static("x-spocgw-fault");
@@ -48,29 +71,44 @@ pub const X_FAULT: HeaderName = HeaderName::from_static("x-spocgw-fault");
 #[error("the client went away before it was answered")]
 pub struct ClientGone;
 
-/// What the pipeline needs, shared by every connection.
-pub struct Pipeline {
+/// What the pipeline is built from, shared by every connection.
+pub struct PipelineParts {
     pub routes: RouteTable,
     /// The schemas in force, and the service descriptions served from them.
-    pub schemas: Arc<super::schemas::Schemas>,
+    pub schemas: Arc<Schemas>,
     pub policy: Arc<PolicyState>,
     pub audit: Arc<Audit>,
     pub ministry: Upstream,
     pub police_callback: Option<Upstream>,
     pub metrics: RequestMetrics,
     pub upstream_metrics: Arc<UpstreamMetrics>,
-    pub in_flight: Semaphore,
-    /// Requests in process per client certificate, bounded within `in_flight`.
-    pub in_flight_per_client: super::admission::PerKey<String>,
+    /// Requests in process at most, and per client certificate.
+    pub max_in_flight: usize,
+    pub max_in_flight_per_client: usize,
     /// Requests refused for load, recorded within bounds and summarised.
-    pub load_refusals: Arc<super::refusals::RequestRefusals>,
-    pub request_timeout: std::time::Duration,
+    pub load_refusals: Arc<RequestRefusals>,
+    pub request_timeout: Duration,
     /// Benchmark floor only (`bare_proxy = true`): route, body limit and forward, nothing else.
     pub bare: bool,
     /// Benchmarks only, with `bare`: the audit stage too (`bare_proxy_audit = true`).
     pub bare_audit: bool,
     /// The pair link to the other appliance, when this one is half of a pair.
     pub pair: Option<Arc<super::pair::PairLink>>,
+}
+
+/// The stages, each holding what it uses.
+pub struct Pipeline {
+    router: Router,
+    admission: Admission,
+    checker: Checker,
+    decider: Decider,
+    correlator: Correlator,
+    recorder: Recorder,
+    forwarder: Forwarder,
+    reply_check: ReplyCheck,
+    responder: Responder,
+    /// The benchmark floor instead of the stages.
+    bare: Option<Bare>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,90 +152,10 @@ impl RequestMetrics {
     }
 }
 
-/// What is known about a request as it travels; filled in stage by stage.
-struct Exchange<'a> {
-    incident: String,
-    listener: ListenerKind,
-    peer: &'a PeerIdentity,
-    /// The route, once the path named one.
-    route: Option<&'a Route>,
-    /// The operation, once the Body (or a GET for a service description) named one.
-    operation: Option<Operation>,
-    version: Option<SoapVersion>,
-    message_id: Option<String>,
-    /// What validation learned of the request, for policy and audit.
-    facts: MessageFacts,
-    upstream_status: Option<u16>,
-    /// The caller as policy sees it (built once, used for the decision and minimisation).
-    caller: Option<Caller>,
-    /// The policy decision, once made.
-    decision: Option<Decided>,
-    /// A callback's messageID, claimed (taken out of the forwarded set) until it is delivered;
-    /// put back if it is not.
-    claimed: Option<(String, Instant)>,
-    /// Seconds to wait, for a RateLimited refusal.
-    retry_after: Option<u64>,
-    /// For a schema violation: the element at fault and the kind of rule (the fault says so).
-    hint: Option<(String, &'static str)>,
-    /// Reply fields removed by data minimisation.
-    removed: Vec<String>,
-    request_sha256: Option<String>,
-    response_sha256: Option<String>,
-    recipient: Option<&'static str>,
-    /// Where the request's audit record stands; the outcome's record depends on it.
-    request_record: RequestRecord,
-    started: Instant,
-}
-
-impl Exchange<'_> {
-    /// The route's name on record and in metrics: `none` when the path named no route.
-    fn route_name(&self) -> &'static str {
-        self.route.map_or("none", |r| r.name)
-    }
-}
-
-/// What the policy decided, as the record and the log line say it.
-struct Decided {
-    allowed: bool,
-    /// The deciding policies' IDs, comma-separated.
-    policies: String,
-    /// The bundle's digest, short.
-    bundle: String,
-}
-
-impl Decided {
-    fn word(&self) -> &'static str {
-        if self.allowed { "allow" } else { "deny" }
-    }
-}
-
-/// The request's audit record, as the outcome's record needs to know it.
-enum RequestRecord {
-    /// None yet (the request was refused before it had one).
-    Missing,
-    /// Durable: the outcome's record carries only what is new (the request's record says the
-    /// rest under the same incident ID).
-    Durable,
-    /// Built but not made durable: the outcome's record carries it all.
-    Unwritten(Box<Record>),
-}
-
-/// Where a request ended: the reply to pass back, or a refusal with its detail for the log.
-enum Outcome {
-    Forwarded(Box<super::upstream::Reply>),
-    /// The gateway answers itself (a callback it cannot correlate).
-    Answered(Box<super::upstream::Reply>),
-    /// A service description (WSDL or schema) the gateway serves.
-    Document(Bytes),
-    Refused(Refusal, String),
-    /// Nobody is left to answer: the client's body broke off.
-    Abandoned(String),
-}
-
 /// A request under way. If its future is dropped before it ends (the client closed the
 /// connection or reset its HTTP/2 stream while the request was upstream), the drop still ends
 /// it: an outcome record `cancelled` (after a request record, so every forwarded request has
-/// its outcome), a log line and the metrics ([`Admitted`] gives the in-flight slot back).
+/// its outcome), a log line and the metrics (the in-flight slot is given back by its own drop).
 struct Underway<'a> {
     pipeline: &'a Pipeline,
     x: Exchange<'a>,
@@ -205,24 +163,16 @@ struct Underway<'a> {
     ended: bool,
 }
 
-/// A request admitted under the in-flight cap: its slot and its place in
-/// `spocgw_requests_in_flight`, both given back when it is dropped, however the request ends.
-struct Admitted<'p> {
-    _permit: tokio::sync::SemaphorePermit<'p>,
-    _client: super::admission::Slot<String>,
-    gauge: &'p Gauge,
-}
-
-impl Drop for Admitted<'_> {
-    fn drop(&mut self) {
-        self.gauge.dec();
-    }
-}
-
 impl Drop for Underway<'_> {
     fn drop(&mut self) {
         if !self.ended {
-            self.pipeline.account(&mut self.x, "cancelled", 0, "the client went away before the answer", false);
+            let ended = Ended {
+                code: "cancelled",
+                status: 0,
+                detail: "the client went away before the answer".into(),
+                delivered: false,
+            };
+            self.pipeline.account(&mut self.x, &ended);
         }
     }
 }
@@ -252,6 +202,37 @@ fn incident_id() -> String {
 }
 
 impl Pipeline {
+    pub fn new(p: PipelineParts) -> Pipeline {
+        let admission = Admission::new(
+            p.request_timeout,
+            (p.max_in_flight, p.max_in_flight_per_client),
+            p.metrics.in_flight.clone(),
+            p.policy.clone(),
+        );
+        Pipeline {
+            checker: Checker::new(p.schemas.clone()),
+            reply_check: ReplyCheck::new(p.schemas.clone(), p.upstream_metrics.clone()),
+            router: Router::new(p.routes, p.schemas),
+            admission,
+            decider: Decider::new(p.policy.clone()),
+            correlator: Correlator::new(p.policy, p.pair),
+            recorder: Recorder::new(p.audit, p.load_refusals, !p.bare || p.bare_audit),
+            forwarder: Forwarder::new(p.ministry, p.police_callback, p.upstream_metrics),
+            responder: Responder::new(p.metrics),
+            bare: p.bare.then_some(Bare { audit: p.bare_audit }),
+        }
+    }
+
+    /// The route table (the schemas' reload checks it).
+    pub fn routes(&self) -> &RouteTable {
+        self.router.routes()
+    }
+
+    /// The schemas in force.
+    pub fn schemas(&self) -> &Arc<Schemas> {
+        self.router.schemas()
+    }
+
     /// Runs one request through the pipeline.
     ///
     /// # Errors
@@ -263,28 +244,7 @@ impl Pipeline {
         peer: &'a PeerIdentity,
         req: Request<B>,
     ) -> Result<Response<Full<Bytes>>, ClientGone> {
-        let x = Exchange {
-            incident: incident_id(),
-            listener,
-            peer,
-            route: None,
-            operation: None,
-            version: None,
-            message_id: None,
-            facts: MessageFacts::default(),
-            upstream_status: None,
-            caller: None,
-            decision: None,
-            claimed: None,
-            retry_after: None,
-            hint: None,
-            removed: Vec::new(),
-            request_sha256: None,
-            response_sha256: None,
-            recipient: None,
-            request_record: RequestRecord::Missing,
-            started: Instant::now(),
-        };
+        let x = Exchange::new(incident_id(), listener, peer);
         let mut u = Underway { pipeline: self, x, ended: false };
         let (parts, mut body) = req.into_parts();
         let outcome = self.run(&mut u.x, &parts, &mut body).await;
@@ -303,7 +263,10 @@ impl Pipeline {
     /// The request path, as DESIGN.md draws it: each stage either hands the next what it
     /// learned or ends the request with its outcome.
     async fn run<'a, B: MessageBody>(&'a self, x: &mut Exchange<'a>, req: &Parts, body: &mut B) -> Outcome {
-        let ended = if self.bare { self.bare_stages(x, req, body).await } else { self.stages(x, req, body).await };
+        let ended = match self.bare {
+            Some(bare) => self.bare_stages(bare, x, req, body).await,
+            None => self.stages(x, req, body).await,
+        };
         match ended {
             Ok(outcome) | Err(outcome) => outcome,
         }
@@ -315,31 +278,87 @@ impl Pipeline {
         req: &Parts,
         body: &mut B,
     ) -> Result<Outcome, Outcome> {
-        let (route, media, action) = self.route(x, req)?;
-        let body = self.read_body(route, body).await?;
-        let _admitted = self.admit(x.peer).map_err(|cap| Outcome::Refused(Refusal::Overloaded, cap.into()))?;
-        self.check_rate(x, route)?;
-        let checked = self.check(x, route, media.version, action.as_deref(), &body)?;
-        let bundle = self.decide(x, route, checked.operation)?;
-        self.correlate(x, checked.operation, media.version).await?;
-        // What is forwarded: the message without the header entries the route does not let
-        // through; its Content-Type and SOAPAction written by the gateway.
-        let body = match &checked.header {
-            Some(h) => minimise::without(&body, &h.cuts()),
-            None => body,
-        };
-        self.audit_request(x, route, &body).await?;
-        let headers = forwarded_headers(media.version, checked.action.as_deref(), &x.incident);
-        Ok(self.forward(x, route, checked.operation, &bundle, headers, body).await)
+        let (route, media, action) = self.router.route(x, req)?;
+        let body = self.admission.read_body(route, body).await?;
+        let _admitted = self.admission.admit(x.peer())?;
+        self.admission.check_rate(x, route)?;
+        let checked = self.checker.check(x, route, media.version, action.as_deref(), &body)?;
+        let bundle = self.decider.decide(x, route, checked.operation)?;
+        self.correlator.correlate(x, checked.operation, media.version).await?;
+        let body = checked.forwardable(body);
+        self.recorder.audit_request(x, route, &body).await?;
+        let headers = forwarded_headers(media.version, checked.action.as_deref(), x.incident());
+        let answer = self.forwarder.forward(x, route, headers, body).await?;
+        let passed = self.reply_check.check(x, route, checked.operation, &bundle, answer)?;
+        self.correlator.remember(x, checked.operation, passed.result.as_deref()).await;
+        Ok(Outcome::Forwarded(Box::new(passed.reply)))
+    }
+
+    /// The response, then the accounting every request ends with ([`Self::account`]).
+    fn finish(&self, x: &mut Exchange<'_>, outcome: Outcome) -> Response<Full<Bytes>> {
+        let (response, ended) = self.responder.respond(x, outcome);
+        self.account(x, &ended);
+        response
+    }
+
+    /// Every request ends here, answered, refused or abandoned (status 0: nobody was left to
+    /// answer): a callback's messageID given back if it was not delivered, the outcome record,
+    /// the log line and the metrics.
+    fn account(&self, x: &mut Exchange<'_>, ended: &Ended) {
+        self.correlator.release(x, ended.delivered);
+        self.recorder.outcome(x, ended.code, ended.status);
+        self.responder.log(x, ended);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::AuditConfig;
+    use crate::audit::{AuditConfig, Record};
     use crate::gateway::config::{RouteLimits, UpstreamConfig, XmlConfig};
     use crate::policy::PolicyConfig;
+    use http::StatusCode;
+    use http::header::CONTENT_TYPE;
+
+    /// The stage table (this module's doc) is the code: each struct is defined in its file and
+    /// is a field of `Pipeline`, `stages()` calls them in the table's order, and
+    /// docs/request-path.md holds the same table.
+    #[test]
+    fn stages_are_documented_as_the_code_has_them() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let here = std::fs::read_to_string(root.join("src/gateway/pipeline/mod.rs")).unwrap();
+        let rows: Vec<Vec<String>> = here
+            .lines()
+            .filter_map(|l| l.strip_prefix("//! | "))
+            .skip(1)
+            .map(|l| l.trim_end_matches(" |").split(" | ").map(|c| c.trim_matches('`').to_owned()).collect())
+            .collect();
+        assert_eq!(rows.len(), 9, "{rows:?}");
+        let stages = &here[here.find("async fn stages<").unwrap()..];
+        let stages = &stages[..stages.find("\n    }\n").unwrap()];
+        let mut at = 0;
+        let mut table = String::from("| stage | struct | file | holds |\n|---|---|---|---|\n");
+        for row in &rows {
+            let [stage, name, file, holds] = &row[..] else { panic!("{row:?}") };
+            let text = std::fs::read_to_string(root.join("src/gateway/pipeline").join(file)).unwrap();
+            assert!(text.contains(&format!("pub(super) struct {name} ")), "{name} is not defined in {file}");
+            let field = here
+                .lines()
+                .find_map(|l| l.trim().strip_suffix(&format!(": {name},")).map(str::to_owned))
+                .unwrap_or_else(|| panic!("{name} is no field of Pipeline"));
+            // The response is made after the stages, however they ended.
+            if stage == "respond" {
+                assert!(here.contains(&format!("self.{field}.respond(")));
+            } else {
+                at += stages[at..].find(&format!("self.{field}.")).unwrap_or_else(|| panic!("{stage} out of order"));
+            }
+            table.push_str(&format!("| {stage} | `{name}` | `src/gateway/pipeline/{file}` | {holds} |\n"));
+        }
+        let doc = std::fs::read_to_string(root.join("docs/request-path.md")).unwrap();
+        let (begin, end) = ("<!-- stages: begin -->\n", "<!-- stages: end -->");
+        let a = doc.find(begin).unwrap() + begin.len();
+        assert_eq!(&doc[a..doc.find(end).unwrap()], table, "docs/request-path.md's stage table");
+    }
 
     /// Incident IDs are version 4 UUIDs and do not repeat across refills of the pool.
     #[test]
@@ -382,23 +401,23 @@ mod tests {
         let audit = crate::audit::Audit::start(&audit).unwrap();
         let routes = RouteTable::new(&limits, &XmlConfig::default());
         let schemas = super::super::schemas::Schemas::load(None, "https://gateway.test", &routes).unwrap();
-        let pipeline = Pipeline {
+        let pipeline = Pipeline::new(PipelineParts {
             routes,
             schemas: Arc::new(schemas),
             policy: Arc::new(PolicyState::load(&policy).unwrap()),
-            load_refusals: Arc::new(super::super::refusals::RequestRefusals::new(audit.clone())),
+            load_refusals: Arc::new(RequestRefusals::new(audit.clone())),
             audit,
             ministry: Upstream::new(&upstream).unwrap(),
             police_callback: None,
             metrics: RequestMetrics::default(),
             upstream_metrics: Arc::default(),
-            in_flight: Semaphore::new(8),
-            in_flight_per_client: super::super::admission::PerKey::new(8),
+            max_in_flight: 8,
+            max_in_flight_per_client: 8,
             request_timeout: std::time::Duration::from_secs(5),
             bare: false,
             bare_audit: false,
             pair: None,
-        };
+        });
         (pipeline, PeerIdentity::from_der(cert.der()).unwrap())
     }
 
@@ -408,7 +427,7 @@ mod tests {
 
     /// The outcome records the log holds, once written.
     async fn outcomes(p: &Pipeline, dir: &std::path::Path) -> Vec<Record> {
-        p.audit.checkpoint_now().await.unwrap();
+        p.recorder.audit().checkpoint_now().await.unwrap();
         let log = crate::audit::verify::read_log(&dir.join("log")).unwrap();
         log.records.into_iter().map(|(r, _, _)| r).filter(|r| r.event == "outcome").collect()
     }

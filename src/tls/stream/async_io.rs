@@ -1,7 +1,13 @@
 //! The stream as tokio sees it: reads hand out decrypted records, writes are encrypted and
 //! sent without holding more than a bounded amount.
 
-use super::*;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::{Close, MAX_OUTGOING, MAX_WRITE, Reached, ServerTls};
 
 impl AsyncRead for ServerTls {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {

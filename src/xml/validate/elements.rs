@@ -8,7 +8,7 @@ use quick_xml::name::ResolveResult;
 
 use super::{ContentState, ElementFrame, Frame, Run, XmlRefusal, utf8};
 use crate::xml::content::format_matches;
-use crate::xml::firewall::Breach;
+use crate::xml::limits::Breach;
 use crate::xml::xsd::simple::{Base64Check, Builtin};
 use crate::xml::xsd::{Content, Schema, TypeRef};
 

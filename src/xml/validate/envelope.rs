@@ -5,7 +5,7 @@
 use quick_xml::NsReader;
 use quick_xml::events::BytesStart;
 
-use super::fault::FaultFrame;
+use super::reply_fault::FaultFrame;
 use super::{Expect, Frame, HeaderOutline, Run, XmlRefusal};
 use crate::xml::soap::{SOAP11_NS, SOAP12_NS, SoapVersion};
 

@@ -6,7 +6,7 @@ use quick_xml::events::BytesStart;
 use quick_xml::name::{Namespace, ResolveResult};
 
 use super::{PREDEFINED, Run, XSI_NS, XmlRefusal};
-use crate::xml::firewall::Breach;
+use crate::xml::limits::Breach;
 
 impl Run<'_> {
     /// Firewall checks common to every start tag.

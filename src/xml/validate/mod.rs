@@ -12,14 +12,13 @@ use std::collections::HashSet;
 mod cvc;
 mod elements;
 mod envelope;
-mod fault;
 mod firewall;
 mod header;
 mod outline;
 mod refusal;
+mod reply_fault;
 
 pub use envelope::body_element;
-use fault::{Child, FaultFrame};
 use firewall::{check_declaration, malformed, screen};
 pub use header::HeaderOutline;
 pub use outline::Outlined;
@@ -27,9 +26,10 @@ use quick_xml::NsReader;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::{Namespace, ResolveResult};
 pub use refusal::{XmlRefusal, line_col};
+use reply_fault::{Child, FaultFrame};
 
 use super::facts::MessageFacts;
-use super::firewall::{Breach, Limits};
+use super::limits::{Breach, Limits};
 use super::soap::{SOAP11_NS, SOAP12_NS, SoapVersion};
 use super::xsd::Schema;
 use super::xsd::simple::Base64Check;

@@ -1,7 +1,7 @@
 //! Why a message was refused: the refusal kinds, where in the message, and what an
 //! integrator can act on (the element and the rule, never a value).
 
-use super::super::firewall::Breach;
+use super::super::limits::Breach;
 
 /// Why a message was refused, with the byte offset where it was noticed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -163,7 +163,7 @@ impl Run<'_> {
         match self.stack.last() {
             Some(Frame::Fault(FaultFrame::Text(_))) => {
                 if self.text_buf.len() + s.len() > self.limits.max_text_bytes {
-                    return Err(XmlRefusal::Threat { offset, breach: crate::xml::firewall::Breach::TextBytes });
+                    return Err(XmlRefusal::Threat { offset, breach: crate::xml::limits::Breach::TextBytes });
                 }
                 self.text_buf.push_str(s);
                 Ok(())

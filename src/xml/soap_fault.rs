@@ -72,7 +72,7 @@ pub fn plain_fault(f: &FaultText<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xml::firewall::Limits;
+    use crate::xml::limits::Limits;
     use crate::xml::validate::{Expect, validate};
     use crate::xml::xsd::Schema;
 

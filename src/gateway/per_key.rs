@@ -1,4 +1,4 @@
-//! Fair admission: how many connections (or requests) one source address or one client
+//! Fair shares per key: how many connections (or requests) one source address or one client
 //! certificate may hold at once, so that one flood or one misbehaving terminal cannot take
 //! every slot from the others. A slot is a guard: it is given back when dropped.
 
