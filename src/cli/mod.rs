@@ -3,6 +3,7 @@
 
 pub mod attest;
 pub mod audit;
+pub mod callbacks;
 pub mod config;
 pub mod demo;
 pub mod dev_pki;
@@ -149,6 +150,11 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Callbacks awaited (CSN 36 9791 certificate requests answered later).
+    Callbacks {
+        #[command(subcommand)]
+        cmd: CallbacksCommand,
+    },
     /// The pair link (docs/pair.md).
     Pair {
         #[command(subcommand)]
@@ -168,6 +174,20 @@ pub enum BenchCommand {
         /// gateway.toml
         #[arg(long)]
         config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CallbacksCommand {
+    /// List the requests forwarded whose callback is still awaited, oldest first (from the
+    /// correlation journal beside the audit log; read-only)
+    Pending {
+        /// gateway.toml
+        #[arg(long)]
+        config: PathBuf,
+        /// One JSON object a line
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -209,6 +229,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Bench { cmd: BenchCommand::Serve { config } } => serve::run(&config, true),
         Command::Tpm { cmd } => tpm::run(cmd),
         Command::Config { cmd } => config::run(cmd),
+        Command::Callbacks { cmd: CallbacksCommand::Pending { config, json } } => callbacks::pending(&config, json),
         Command::Attest { cmd } => attest::run(cmd),
         Command::Waiting { listen, csr_dir } => waiting::run(listen, &csr_dir),
         Command::Demo { keep } => demo::run(keep.as_deref()),

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod breaker;
 pub mod config;
+pub mod correlation;
 mod custody;
 pub mod listener;
 pub mod pair;
@@ -67,6 +68,7 @@ struct Metrics {
     tpm: Arc<TpmMetrics>,
     audit: crate::audit::AuditMetrics,
     pair: Arc<pair::PairMetrics>,
+    correlation: correlation::CorrelationMetrics,
 }
 
 impl Metrics {
@@ -80,6 +82,7 @@ impl Metrics {
         self.tpm.register(&mut registry);
         self.audit.register(&mut registry);
         self.pair.register(&mut registry);
+        self.correlation.register(&mut registry);
         admin::metrics::register_build_info(&mut registry);
         admin::metrics::Exposition::new(registry)
     }
@@ -291,7 +294,7 @@ async fn load_keys(cfg: &GatewayConfig, file: &Path, metrics: &Metrics) -> Resul
 struct PairWiring<'a> {
     keys: Option<custody::PairKeys>,
     checkpoint_point: Vec<u8>,
-    policy: &'a Arc<PolicyState>,
+    correlation: &'a Arc<correlation::Correlation>,
     audit: &'a Arc<Audit>,
     metrics: &'a Metrics,
 }
@@ -312,7 +315,7 @@ impl PairWiring<'_> {
             file,
             tls_key,
             witness_seed,
-            policy: self.policy.clone(),
+            correlation: self.correlation.clone(),
             audit: self.audit.clone(),
             metrics: self.metrics.pair.clone(),
         };
@@ -342,13 +345,19 @@ impl Gateway {
         let (schemas, routes) = schemas(cfg, file)?;
         let policy = Arc::new(PolicyState::load(&cfg.policy).map_err(|e| ConfigError::new(file, "policy", e))?);
         tracing::info!(digest = %policy.current().digest, origin = %policy.current().origin, "policy bundle loaded");
+        // The callbacks awaited, as the journal beside the audit log holds them.
+        let rule = correlation::Rule::csn369791(Duration::from_secs(cfg.policy.callback_ttl_s));
+        let correlation = Arc::new(
+            correlation::Correlation::open(&cfg.audit.dir, rule, cfg.policy.callback_ids, metrics.correlation.clone())
+                .map_err(|e| ConfigError::new(file, "audit.dir", format!("the correlation journal: {e}")))?,
+        );
         audit.append(&key_event(cfg));
         let bound = BoundSockets::bind(cfg, file).await?;
         let (police_addr, callback_addr, admin_addr) = bound.addrs(file)?;
 
         let (stop, stopped) = watch::channel(false);
         let pair_wiring =
-            PairWiring { keys: pair, checkpoint_point, policy: &policy, audit: &audit, metrics: &metrics };
+            PairWiring { keys: pair, checkpoint_point, correlation: &correlation, audit: &audit, metrics: &metrics };
         let (pair, pair_tasks) = pair_wiring.start(cfg, file, &stopped).await?;
         let load_refusals = Arc::new(refusal_log::RequestRefusals::new(audit.clone()));
         let pipeline = Arc::new(Pipeline::new(pipeline::PipelineParts {
@@ -367,6 +376,7 @@ impl Gateway {
             bare: cfg.bare_proxy,
             bare_audit: cfg.bare_proxy_audit,
             pair: pair.clone(),
+            correlation: correlation.clone(),
         }));
         warn_benchmark_mode(cfg);
         let mut serving =

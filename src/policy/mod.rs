@@ -6,7 +6,6 @@
 pub mod bundle;
 pub mod cache;
 pub mod cases;
-pub mod correlation;
 pub mod engine;
 pub mod minimise;
 pub mod rate;
@@ -85,7 +84,6 @@ pub struct PolicyState {
     /// The bundle in force, and the files refused last and why (kept for `/readyz`).
     bundle: Reloadable<Bundle>,
     rates: ArcSwap<rate::RateLimits>,
-    pub forwarded: correlation::ForwardedIds,
     config: PolicyConfig,
     /// The active signed bundle's serial and digest (signed bundles only).
     serial: Mutex<Option<(u64, String)>>,
@@ -155,7 +153,6 @@ impl PolicyState {
             serial: Mutex::new(serial),
             rates: ArcSwap::from_pointee(rate::RateLimits::new(&bundle.routes.rate)),
             bundle: Reloadable::new(bundle),
-            forwarded: correlation::ForwardedIds::new(config.callback_ids, Duration::from_secs(config.callback_ttl_s)),
             config: config.clone(),
         })
     }

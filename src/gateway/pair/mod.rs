@@ -41,7 +41,6 @@ pub use crate::audit::copy::Replica;
 use crate::audit::note::{Vkey, WitnessKey};
 use crate::audit::witness::{TrustedLog, Witness};
 use crate::config::{ConfigError, resolve_file};
-use crate::policy::PolicyState;
 
 /// `[pair]` in gateway.toml: this appliance's side of the pair link.
 #[derive(Debug, Clone, Deserialize)]
@@ -204,7 +203,7 @@ const PENDING_MAX: usize = 65_536;
 /// This appliance's end of the pair link, shared by the pipeline and the background tasks.
 pub struct PairLink {
     client: Upstream,
-    policy: Arc<PolicyState>,
+    correlation: Arc<super::correlation::Correlation>,
     timeout: Duration,
     pending: Mutex<VecDeque<(IdOp, std::time::Instant)>>,
     pub(crate) metrics: Arc<PairMetrics>,
@@ -315,7 +314,7 @@ impl PairLink {
         let Ok(r) = self.call("snapshot", "/pair/v1/ids/snapshot", Vec::new()).await else { return };
         let Ok(entries) = serde_json::from_slice::<Vec<(String, u64)>>(&r.body) else { return };
         for (id, age) in &entries {
-            self.policy.forwarded.remember_aged(id, Duration::from_millis(*age));
+            self.correlation.remember_aged(id, Duration::from_millis(*age));
         }
         tracing::info!(peer = "pair", entries = entries.len(), "took the peer's callback correlations");
         self.synced.store(true, Ordering::Relaxed);
@@ -337,7 +336,7 @@ pub struct PairStart<'a> {
     pub file: &'a Path,
     pub tls_key: Arc<dyn rustls::sign::SigningKey>,
     pub witness_seed: zeroize::Zeroizing<Vec<u8>>,
-    pub policy: Arc<PolicyState>,
+    pub correlation: Arc<super::correlation::Correlation>,
     pub audit: Arc<Audit>,
     pub metrics: Arc<PairMetrics>,
 }
@@ -377,7 +376,7 @@ pub async fn start(
         .map_err(|e| err("listen", format!("cannot listen on {}: {e}", cfg.listen)))?;
     let link = Arc::new(PairLink {
         client,
-        policy: p.policy.clone(),
+        correlation: p.correlation.clone(),
         timeout: Duration::from_millis(cfg.timeout_ms),
         pending: Mutex::new(VecDeque::new()),
         metrics: p.metrics,
@@ -385,8 +384,13 @@ pub async fn start(
         cosigned: AtomicU64::new(0),
         status: Mutex::new("starting".into()),
     });
-    let served =
-        server::Served { peer_name: cfg.peer_name.clone(), policy: p.policy, witness, replica, audit: p.audit };
+    let served = server::Served {
+        peer_name: cfg.peer_name.clone(),
+        correlation: p.correlation,
+        witness,
+        replica,
+        audit: p.audit,
+    };
     tracing::info!(listener = "pair", addr = %cfg.listen, "listening");
     let mut tasks = vec![tokio::spawn(server::serve(tcp, tls, Arc::new(served), stopped.clone()))];
     let shipper =

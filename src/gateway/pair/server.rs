@@ -18,7 +18,6 @@ use super::IdOp;
 use crate::audit::Audit;
 use crate::audit::copy::Replica;
 use crate::audit::witness::Witness;
-use crate::policy::PolicyState;
 
 /// A body over this is refused (a segment is shipped in pieces below it).
 const MAX_BODY: usize = 16 << 20;
@@ -26,7 +25,7 @@ const MAX_BODY: usize = 16 << 20;
 /// What the pair link serves.
 pub(super) struct Served {
     pub(super) peer_name: String,
-    pub(super) policy: Arc<PolicyState>,
+    pub(super) correlation: Arc<super::super::correlation::Correlation>,
     pub(super) witness: Witness,
     pub(super) replica: Arc<Replica>,
     pub(super) audit: Arc<Audit>,
@@ -69,20 +68,15 @@ impl Served {
         match path {
             "/pair/v1/ids" => self.ids(body),
             "/pair/v1/ids/claim" => match serde_json::from_slice::<String>(body) {
-                Ok(id) => match self.policy.forwarded.claim(&id) {
-                    Some(at) => json(&(at.elapsed().as_millis() as u64)),
+                Ok(id) => match self.correlation.claim(&id) {
+                    Some(p) => json(&super::super::correlation::now_ms().saturating_sub(p.at_ms)),
                     None => text(StatusCode::NOT_FOUND, "unknown messageID\n"),
                 },
                 Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
             },
             "/pair/v1/ids/snapshot" => {
-                let all: Vec<(String, u64)> = self
-                    .policy
-                    .forwarded
-                    .snapshot()
-                    .into_iter()
-                    .map(|(id, age)| (id, age.as_millis() as u64))
-                    .collect();
+                let all: Vec<(String, u64)> =
+                    self.correlation.snapshot().into_iter().map(|(id, age)| (id, age.as_millis() as u64)).collect();
                 json(&all)
             }
             "/pair/v1/witness/add-checkpoint" => self.add_checkpoint(body),
@@ -115,11 +109,9 @@ impl Served {
         };
         for op in ops {
             match op {
-                IdOp::Remember { id, age_ms } => {
-                    self.policy.forwarded.remember_aged(&id, Duration::from_millis(age_ms))
-                }
+                IdOp::Remember { id, age_ms } => self.correlation.remember_aged(&id, Duration::from_millis(age_ms)),
                 IdOp::Forget { id } => {
-                    self.policy.forwarded.claim(&id);
+                    self.correlation.claim(&id);
                 }
             }
         }

@@ -1,97 +1,99 @@
-//! Correlate: CSN 36 9791 certificate requests answered later. A RequestCertificateRequest the
-//! Ministry took on for a later answer has its messageID remembered (and told to the peer in a
-//! pair); a SendCertificatesRequest callback consumes the messageID it answers, and gives it back
-//! when the police side did not take the callback.
+//! Correlate: the pipeline's three calls into callback correlation ([`Correlation`], which owns
+//! the rule, the durable journal and the pair protocol's local side). A callback consumes the ID
+//! it answers before it is forwarded; a request the upstream took on for a later answer has its
+//! ID remembered before the police side hears of it; a callback the police side did not take
+//! gives its ID back.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use http::{HeaderValue, StatusCode};
 
+use super::super::correlation::{Correlation, Pending, now_ms};
 use super::super::pair::PairLink;
 use super::super::routes::Operation;
 use super::super::upstream::Reply;
 use super::exchange::{Exchange, Outcome};
-use crate::policy::PolicyState;
 use crate::xml::SoapVersion;
 
-/// The `statusInfo` of a SPOC's unsolicited notification that new certificates are available.
-const NEW_CERTIFICATES: &str = "new_cert_available_notification";
-
-/// CSN 36 9791 results of a RequestCertificateRequest that announce a SendCertificatesRequest
-/// callback: the request was received (or passed on) and is answered later. A synchronous answer
-/// (`ok_cert_available`), a failure or a SOAP Fault expects no callback, so none is accepted.
-pub(super) const CALLBACK_FOLLOWS: [&str; 2] = ["ok_reception_ack", "ok_request_forwarded"];
-
-/// The messageIDs forwarded (in the policy state), and the pair's peer.
+/// The callbacks awaited, and the pair's peer.
 pub(super) struct Correlator {
-    policy: Arc<PolicyState>,
+    correlation: Arc<Correlation>,
     pair: Option<Arc<PairLink>>,
 }
 
 impl Correlator {
-    pub(super) fn new(policy: Arc<PolicyState>, pair: Option<Arc<PairLink>>) -> Correlator {
-        Correlator { policy, pair }
+    pub(super) fn new(correlation: Arc<Correlation>, pair: Option<Arc<PairLink>>) -> Correlator {
+        Correlator { correlation, pair }
     }
 
-    /// A callback consumes the messageID it answers: one the gateway never forwarded, or one
-    /// already answered, is answered here. A SPOC's unsolicited notification of new certificates
-    /// carries no messageID: it is no callback, and passes as policy allows. In a pair, a
-    /// messageID the peer forwarded is claimed from the peer (within the pair link's deadline),
-    /// and one claimed here is withdrawn from the peer.
+    /// A callback consumes the ID it answers: one the gateway never forwarded, or one already
+    /// answered, is answered here. An unsolicited notification (no ID, the rule's result) is no
+    /// callback, and passes as policy allows. In a pair, an ID the peer forwarded is claimed
+    /// from the peer (within the pair link's deadline), and one claimed here is withdrawn from
+    /// the peer.
     pub(super) async fn correlate(
         &self,
         x: &mut Exchange<'_>,
         operation: Operation,
         version: SoapVersion,
     ) -> Result<(), Outcome> {
+        let rule = self.correlation.rule();
         let facts = x.facts();
-        let unsolicited = facts.message_id.is_none() && facts.result.as_deref() == Some(NEW_CERTIFICATES);
-        if operation != Operation::SendCertificates || unsolicited {
+        let unsolicited =
+            facts.message_id.is_none() && facts.result.as_deref().is_some_and(|r| rule.unsolicited == Some(r));
+        if operation != rule.callback || unsolicited {
             return Ok(());
         }
         let unknown = || Outcome::Answered(Box::new(callback_unknown(version)));
         let id = facts.message_id.clone().ok_or_else(unknown)?;
-        let at = match (self.policy.forwarded.claim(&id), &self.pair) {
-            (Some(at), pair) => {
-                if let Some(p) = pair {
-                    p.forget(id.clone());
+        let pending = match (self.correlation.claim(&id), &self.pair) {
+            (Some(p), pair) => {
+                if let Some(link) = pair {
+                    link.forget(id.clone());
                 }
-                at
+                p
             }
-            (None, Some(p)) => {
-                p.claim(&id).await.and_then(|age| Instant::now().checked_sub(age)).ok_or_else(unknown)?
+            (None, Some(link)) => {
+                let age = link.claim(&id).await.ok_or_else(unknown)?;
+                Pending {
+                    at_ms: now_ms().saturating_sub(age.as_millis() as u64),
+                    route: String::new(),
+                    caller: String::new(),
+                }
             }
             (None, None) => return Err(unknown()),
         };
-        x.claims(id, at);
+        x.claims(id, pending);
         Ok(())
     }
 
-    /// Only a request the Ministry took on for an answer later (`result`, of a reply that is no
-    /// Fault) is waited for: its messageID is remembered, and the peer told before the police
-    /// system hears of it (the callback may land on the peer).
+    /// A request the upstream took on for an answer later (a `result`, of a reply that is no
+    /// Fault, that the rule says announces a callback) has its ID remembered durably, and the
+    /// peer told, before the police system hears of it (the callback may land on the peer).
     pub(super) async fn remember(&self, x: &Exchange<'_>, operation: Operation, result: Option<&str>) {
-        if operation == Operation::RequestCertificate
-            && result.is_some_and(|r| CALLBACK_FOLLOWS.contains(&r))
+        let rule = self.correlation.rule();
+        if operation == rule.request
+            && result.is_some_and(|r| rule.callback_follows.contains(&r))
             && let Some(id) = &x.facts().message_id
         {
-            self.policy.forwarded.remember(id);
+            self.correlation.remember(id, x.route_name(), &x.peer().fingerprint);
             if let Some(p) = &self.pair {
                 p.remember(id).await;
             }
         }
     }
 
-    /// A callback the police side did not take (`delivered`: a 200) leaves its messageID for
-    /// the SPOC's retry.
+    /// A callback the police side did not take (`delivered`: a 200) leaves its ID for the
+    /// SPOC's retry.
     pub(super) fn release(&self, x: &mut Exchange<'_>, delivered: bool) {
-        if let Some((id, at)) = x.take_claim()
+        if let Some((id, pending)) = x.take_claim()
             && !delivered
         {
-            self.policy.forwarded.restore(&id, at);
+            let age = Duration::from_millis(now_ms().saturating_sub(pending.at_ms));
+            self.correlation.restore(&id, pending);
             if let Some(p) = &self.pair {
-                p.give_back(id, at.elapsed());
+                p.give_back(id, age);
             }
         }
     }

@@ -5,6 +5,8 @@
 
 use std::time::Instant;
 
+use super::super::correlation::Pending;
+
 use super::super::refusal::Refusal;
 use super::super::routes::{ListenerKind, Operation, Route};
 use super::super::upstream::Reply;
@@ -75,7 +77,7 @@ pub(super) struct Exchange<'a> {
     decision: Option<Decided>,
     /// A callback's messageID, claimed (taken out of the forwarded set) until it is delivered;
     /// put back if it is not.
-    claimed: Option<(String, Instant)>,
+    claimed: Option<(String, Pending)>,
     request_sha256: Option<String>,
     recipient: Option<&'static str>,
     request_record: RequestRecord,
@@ -192,10 +194,10 @@ impl<'a> Exchange<'a> {
     }
 
     // The correlator's.
-    pub(super) fn claims(&mut self, message_id: String, at: Instant) {
-        self.claimed = Some((message_id, at));
+    pub(super) fn claims(&mut self, message_id: String, pending: Pending) {
+        self.claimed = Some((message_id, pending));
     }
-    pub(super) fn take_claim(&mut self) -> Option<(String, Instant)> {
+    pub(super) fn take_claim(&mut self) -> Option<(String, Pending)> {
         self.claimed.take()
     }
 

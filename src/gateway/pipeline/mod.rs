@@ -11,7 +11,7 @@
 //! | admit | `Admission` | `admit.rs` | the request deadline, the in-flight caps, the rates |
 //! | check | `Checker` | `check.rs` | the schemas |
 //! | decide | `Decider` | `decide.rs` | the policy |
-//! | correlate | `Correlator` | `correlate.rs` | the forwarded messageIDs, the pair's peer |
+//! | correlate | `Correlator` | `correlate.rs` | the callbacks awaited (their journal), the pair's peer |
 //! | record | `Recorder` | `record.rs` | the audit log, the load-refusal summary |
 //! | forward | `Forwarder` | `forward.rs` | the upstreams, their metrics |
 //! | reply | `ReplyCheck` | `reply.rs` | the schemas, the upstreams' metrics |
@@ -94,6 +94,8 @@ pub struct PipelineParts {
     pub bare_audit: bool,
     /// The pair link to the other appliance, when this one is half of a pair.
     pub pair: Option<Arc<super::pair::PairLink>>,
+    /// The callbacks awaited.
+    pub correlation: Arc<super::correlation::Correlation>,
 }
 
 /// The stages, each holding what it uses.
@@ -215,7 +217,7 @@ impl Pipeline {
             router: Router::new(p.routes, p.schemas),
             admission,
             decider: Decider::new(p.policy.clone()),
-            correlator: Correlator::new(p.policy, p.pair),
+            correlator: Correlator::new(p.correlation, p.pair),
             recorder: Recorder::new(p.audit, p.load_refusals, !p.bare || p.bare_audit),
             forwarder: Forwarder::new(p.ministry, p.police_callback, p.upstream_metrics),
             responder: Responder::new(p.metrics),
@@ -417,6 +419,10 @@ mod tests {
             bare: false,
             bare_audit: false,
             pair: None,
+            correlation: Arc::new(crate::gateway::correlation::Correlation::in_memory(
+                crate::gateway::correlation::Rule::csn369791(std::time::Duration::from_secs(60)),
+                16,
+            )),
         });
         (pipeline, PeerIdentity::from_der(cert.der()).unwrap())
     }
