@@ -116,6 +116,10 @@ fn a_lone_appliance_serves_and_its_pair_link_answers_only_the_peer() {
         lb_callback: p(0),
     };
     generate(dir.path(), ports).unwrap();
+    // A copy quota of 100 bytes: one small record fits, a second does not.
+    let a_toml = dir.path().join("gateway-a.toml");
+    let text = std::fs::read_to_string(&a_toml).unwrap().replacen("[pair]\n", "[pair]\ncopy_max_bytes = 100\n", 1);
+    std::fs::write(&a_toml, text).unwrap();
     let path = |f: &str| dir.path().join(f).to_str().unwrap().to_owned();
     let _ministry =
         common::Proc::start(&["sim", "ministry", "--config", &path("ministry.toml")], dir.path().join("m.log"));
@@ -166,6 +170,27 @@ fn a_lone_appliance_serves_and_its_pair_link_answers_only_the_peer() {
         assert_eq!(call(&b, seg, &first).await.unwrap().0, 200);
         let other = String::from_utf8(spocgw::audit::Record::now("other").canonical()).unwrap() + "\n";
         assert_eq!(call(&b, seg, &other).await.unwrap().0, 409, "a rewrite");
+        // Past the copy's quota: 507, nothing written.
+        let second = other.replacen("{\"seq\":0", "{\"seq\":1", 1);
+        let at = format!("/pair/v1/log/append?file=segment-000001.jsonl&offset={}", first.len());
+        assert_eq!(call(&b, &at, &second).await.unwrap().0, 507, "over the quota");
+        // IDs only as the schema allows them, in bounded batches and bodies.
+        let long = serde_json::json!([{ "remember": { "id": "x".repeat(65), "age_ms": 0 } }]).to_string();
+        assert_eq!(call(&b, "/pair/v1/ids", &long).await.unwrap().0, 400, "an ID longer than the schema's");
+        let odd = serde_json::json!([{ "remember": { "id": "a b", "age_ms": 0 } }]).to_string();
+        assert_eq!(call(&b, "/pair/v1/ids", &odd).await.unwrap().0, 400, "an ID the schema does not allow");
+        let many: Vec<serde_json::Value> =
+            (0..1025).map(|i| serde_json::json!({ "remember": { "id": format!("id-{i}"), "age_ms": 0 } })).collect();
+        assert_eq!(call(&b, "/pair/v1/ids", &serde_json::to_string(&many).unwrap()).await.unwrap().0, 400);
+        let big = format!("\"{}\"", "y".repeat(300 << 10));
+        assert_eq!(call(&b, "/pair/v1/ids/claim", &big).await.unwrap().0, 413, "a body past the call's bound");
+        assert_eq!(call(&b, "/pair/v1/ids/claim", "\"no spaces allowed\"").await.unwrap().0, 400);
+        let snapshot = call(&b, "/pair/v1/ids/snapshot", "").await.unwrap().1;
+        assert!(snapshot.len() < 4096, "the refused IDs were not kept: {} bytes", snapshot.len());
+        // Malformed checkpoints, many: a bounded number of pair_witness records.
+        for _ in 0..30 {
+            assert_eq!(call(&b, "/pair/v1/witness/add-checkpoint", "garbage").await.unwrap().0, 400);
+        }
         assert_eq!(call(&b, "/pair/v1/log/append?file=..%2Fgateway-a.toml&offset=0", "x").await.unwrap().0, 409);
         // A checkpoint of B's origin that B's key did not sign is not cosigned.
         let forged = "old 0\n\nspocgw-b\n1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\nspocgw-time t\n\n\u{2014} spocgw-b AAAAAAAAAAAAAAAAAAAAAAAAAAAA\n";
@@ -182,4 +207,10 @@ fn a_lone_appliance_serves_and_its_pair_link_answers_only_the_peer() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(common::log_contains(&a.log, "not the peer appliance"), "{}", a.log_text());
+    let witness_records = spocgw::audit::segments(&dir.path().join("audit-a"))
+        .unwrap()
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap().matches("\"event\":\"pair_witness\"").count())
+        .sum::<usize>();
+    assert!((1..=10).contains(&witness_records), "{witness_records} pair_witness records for 30 refusals");
 }

@@ -31,6 +31,19 @@ pub struct Replica {
     dir: PathBuf,
     point: Vec<u8>,
     state: Mutex<State>,
+    /// The most the copy may hold, in bytes.
+    quota: u64,
+}
+
+/// Why an append was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CopyError {
+    /// Not evidence, not this copy's, or an I/O error: nothing was written.
+    #[error("{0}")]
+    Refused(String),
+    /// The copy holds its quota.
+    #[error("the copy holds {held} bytes; {more} more would pass its quota of {quota}")]
+    Full { held: u64, more: u64, quota: u64 },
 }
 
 /// What the copy holds, as far as the evidence goes.
@@ -40,6 +53,8 @@ struct State {
     last_segment: Option<String>,
     /// Records held (the next record's sequence number).
     records: u64,
+    /// Bytes held, every file.
+    bytes: u64,
     /// The tree at the newest checkpoint the copy matched, and where its records end on disk.
     base: CompactTree,
     cursor: (String, u64),
@@ -58,12 +73,18 @@ impl Replica {
     /// damaged (see [`Replica::damaged`]).
     pub fn open(dir: &Path, point: Vec<u8>) -> Result<Replica, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let r = Replica { dir: dir.to_path_buf(), point, state: Mutex::new(State::default()) };
+        let r = Replica { dir: dir.to_path_buf(), point, state: Mutex::new(State::default()), quota: u64::MAX };
         if let Err(e) = r.load() {
             tracing::error!(copy = %dir.display(), error = %e, "the audit copy is damaged: it takes nothing more");
             r.lock().damaged = Some(e);
         }
         Ok(r)
+    }
+
+    /// The copy takes at most `bytes`.
+    pub fn with_quota(mut self, bytes: u64) -> Replica {
+        self.quota = bytes;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -82,10 +103,12 @@ impl Replica {
             let name = file_name(&seg);
             let bytes = std::fs::read(&seg).map_err(|e| format!("{}: {e}", seg.display()))?;
             st.take_records(&name, &bytes)?;
+            st.bytes += bytes.len() as u64;
         }
         let cps = self.dir.join(CHECKPOINTS_FILE);
         if let Ok(bytes) = std::fs::read(&cps) {
             st.take_checkpoints(&self.dir, &self.point, &bytes)?;
+            st.bytes += bytes.len() as u64;
         }
         Ok(())
     }
@@ -107,29 +130,30 @@ impl Replica {
     ///
     /// # Errors
     /// Not a log file name, an offset past the end, bytes that differ from those already held,
-    /// new bytes that are not such evidence, a damaged copy, or an I/O error. Nothing is written
-    /// then.
-    pub fn append(&self, file: &str, offset: u64, bytes: &[u8]) -> Result<u64, String> {
+    /// new bytes that are not such evidence, a damaged copy, or an I/O error ([`CopyError::Refused`]);
+    /// new bytes past the quota ([`CopyError::Full`]). Nothing is written then.
+    pub fn append(&self, file: &str, offset: u64, bytes: &[u8]) -> Result<u64, CopyError> {
+        let refused = CopyError::Refused;
         if !log_file(file) {
-            return Err(format!("{file}: not a log file"));
+            return Err(refused(format!("{file}: not a log file")));
         }
         let mut st = self.lock();
         if let Some(d) = &st.damaged {
-            return Err(format!("the copy is damaged ({d}); it takes nothing until an operator restores it"));
+            return Err(refused(format!("the copy is damaged ({d}); it takes nothing until an operator restores it")));
         }
         let path = self.dir.join(file);
-        let io = |e: std::io::Error| format!("{}: {e}", path.display());
+        let io = |e: std::io::Error| CopyError::Refused(format!("{}: {e}", path.display()));
         let mut f = std::fs::OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(io)?;
         let len = f.metadata().map_err(io)?.len();
         if offset > len {
-            return Err(format!("{file}: offset {offset} is past the copy's end {len}"));
+            return Err(refused(format!("{file}: offset {offset} is past the copy's end {len}")));
         }
         let overlap = ((len - offset) as usize).min(bytes.len());
         let mut held = vec![0u8; overlap];
         f.seek(SeekFrom::Start(offset)).map_err(io)?;
         f.read_exact(&mut held).map_err(io)?;
         if held != bytes[..overlap] {
-            return Err(format!("{file}: refused, the bytes from {offset} differ from those shipped before"));
+            return Err(refused(format!("{file}: refused, the bytes from {offset} differ from those shipped before")));
         }
         let new = &bytes[overlap..];
         if new.is_empty() {
@@ -138,10 +162,15 @@ impl Replica {
         // Checked on a copy of the state: refused bytes change nothing.
         let mut next = st.clone();
         if file == CHECKPOINTS_FILE {
-            next.take_checkpoints(&self.dir, &self.point, new)?;
+            next.take_checkpoints(&self.dir, &self.point, new).map_err(refused)?;
         } else {
-            next.take_records(file, new)?;
+            next.take_records(file, new).map_err(refused)?;
         }
+        let more = new.len() as u64;
+        if st.bytes.saturating_add(more) > self.quota {
+            return Err(CopyError::Full { held: st.bytes, more, quota: self.quota });
+        }
+        next.bytes += more;
         f.write_all(new).and_then(|()| f.sync_data()).map_err(|e| {
             // A half-written append is not evidence either.
             let _ = f.set_len(len);

@@ -43,6 +43,9 @@ pub struct Rule {
     pub unsolicited: Option<&'static str>,
     /// How long a callback is awaited.
     pub ttl: Duration,
+    /// The longest ID, in characters of [`Rule::ID_CHARS`] (the schema's `MessageID`): what
+    /// the pair link takes from the peer is held to it.
+    pub id_max: usize,
 }
 
 impl Rule {
@@ -54,7 +57,17 @@ impl Rule {
             callback: Operation::SendCertificates,
             unsolicited: Some("new_cert_available_notification"),
             ttl,
+            id_max: 64,
         }
+    }
+
+    /// What an ID may be made of, besides letters and digits.
+    pub const ID_CHARS: &'static str = "._:-";
+
+    /// Whether `id` could be an ID of this rule (as the schema allows it).
+    pub fn valid_id(&self, id: &str) -> bool {
+        (1..=self.id_max).contains(&id.len())
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || Self::ID_CHARS.as_bytes().contains(&b))
     }
 }
 

@@ -324,6 +324,21 @@ impl PairWiring<'_> {
     }
 }
 
+/// The policy bundle, and the callbacks awaited as the journal beside the audit log holds them.
+fn policy_and_correlation(
+    cfg: &GatewayConfig,
+    file: &Path,
+    metrics: &Metrics,
+) -> Result<(Arc<PolicyState>, Arc<correlation::Correlation>), ConfigError> {
+    let policy = Arc::new(PolicyState::load(&cfg.policy).map_err(|e| ConfigError::new(file, "policy", e))?);
+    tracing::info!(digest = %policy.current().digest, origin = %policy.current().origin, "policy bundle loaded");
+    let rule = correlation::Rule::csn369791(Duration::from_secs(cfg.policy.callback_ttl_s));
+    let correlation =
+        correlation::Correlation::open(&cfg.audit.dir, rule, cfg.policy.callback_ids, metrics.correlation.clone())
+            .map_err(|e| ConfigError::new(file, "audit.dir", format!("the correlation journal: {e}")))?;
+    Ok((policy, Arc::new(correlation)))
+}
+
 impl Gateway {
     /// Builds every TLS configuration and upstream client, binds every listener, and starts
     /// serving. Any problem is a [`ConfigError`] naming the key behind it; nothing is served
@@ -343,14 +358,7 @@ impl Gateway {
         audit.attach_metrics(metrics.audit.clone());
         let listeners = Listeners::build(cfg, file, &audit, police, callback)?;
         let (schemas, routes) = schemas(cfg, file)?;
-        let policy = Arc::new(PolicyState::load(&cfg.policy).map_err(|e| ConfigError::new(file, "policy", e))?);
-        tracing::info!(digest = %policy.current().digest, origin = %policy.current().origin, "policy bundle loaded");
-        // The callbacks awaited, as the journal beside the audit log holds them.
-        let rule = correlation::Rule::csn369791(Duration::from_secs(cfg.policy.callback_ttl_s));
-        let correlation = Arc::new(
-            correlation::Correlation::open(&cfg.audit.dir, rule, cfg.policy.callback_ids, metrics.correlation.clone())
-                .map_err(|e| ConfigError::new(file, "audit.dir", format!("the correlation journal: {e}")))?,
-        );
+        let (policy, correlation) = policy_and_correlation(cfg, file, &metrics)?;
         audit.append(&key_event(cfg));
         let bound = BoundSockets::bind(cfg, file).await?;
         let (police_addr, callback_addr, admin_addr) = bound.addrs(file)?;

@@ -434,7 +434,19 @@ impl Ministry {
             let headers = soap_headers("text/xml; charset=utf-8", Some("\"\""), None);
             match cb.post("/spoc/csn369791", headers, Bytes::from(body)).await {
                 Ok(r) => {
-                    tracing::info!(message_id, status = r.status.as_u16(), "SendCertificatesRequest callback delivered")
+                    // What the gateway answered, not only its status: `failure_messageID_unknown`
+                    // comes with a 200.
+                    let text = String::from_utf8_lossy(&r.body);
+                    let result = text
+                        .split_once("<result>")
+                        .and_then(|(_, rest)| rest.split_once("</result>"))
+                        .map_or("(no result)", |(r, _)| r);
+                    tracing::info!(
+                        message_id,
+                        status = r.status.as_u16(),
+                        result,
+                        "SendCertificatesRequest callback answered"
+                    )
                 }
                 Err(e) => tracing::warn!(message_id, error = %e, "SendCertificatesRequest callback failed"),
             }

@@ -86,6 +86,14 @@ pub struct PairConfig {
         default = "default_interval_ms"
     )]
     pub sync_interval_ms: u64,
+    /// The most the peer's log copy (`DIR/log`) may hold: past it the copy takes nothing more
+    /// (507), so that a compromised peer cannot fill the partition the audit log needs.
+    #[serde(deserialize_with = "crate::config::units::bytes", default = "default_copy_max_bytes")]
+    pub copy_max_bytes: u64,
+}
+
+fn default_copy_max_bytes() -> u64 {
+    4 << 30
 }
 
 fn default_timeout_ms() -> u64 {
@@ -356,7 +364,9 @@ pub async fn start(
         .map_err(|e| err("witness_key", e.to_string()))?;
     let point =
         crate::audit::verify::public_point(&cfg.peer_checkpoint_key).map_err(|e| err("peer_checkpoint_key", e))?;
-    let replica = Arc::new(Replica::open(&cfg.dir.join("log"), point.clone()).map_err(|e| err("dir", e))?);
+    let replica = Arc::new(
+        Replica::open(&cfg.dir.join("log"), point.clone()).map_err(|e| err("dir", e))?.with_quota(cfg.copy_max_bytes),
+    );
     let trusted = TrustedLog { origin: cfg.peer_origin.clone(), point, copy: replica.clone() };
     let witness = Witness::open(&cfg.dir.join("witness"), key, vec![trusted]).map_err(|e| err("dir", e))?;
     tracing::info!(vkey = %witness.key().vkey().text(), "pair witness key");
@@ -390,6 +400,7 @@ pub async fn start(
         witness,
         replica,
         audit: p.audit,
+        witness_records: server::RecordBudget::default(),
     };
     tracing::info!(listener = "pair", addr = %cfg.listen, "listening");
     let mut tasks = vec![tokio::spawn(server::serve(tcp, tls, Arc::new(served), stopped.clone()))];

@@ -19,8 +19,43 @@ use crate::audit::Audit;
 use crate::audit::copy::Replica;
 use crate::audit::witness::Witness;
 
-/// A body over this is refused (a segment is shipped in pieces below it).
+/// A log append over this is refused (a segment is shipped in pieces below it).
 const MAX_BODY: usize = 16 << 20;
+/// Any other call's body: a batch of IDs, a checkpoint.
+const MAX_CALL: usize = 256 << 10;
+/// IDs in one `/pair/v1/ids` batch, at most.
+const MAX_BATCH: usize = 1024;
+
+/// `pair_witness` records a minute, at most: a peer sending malformed checkpoints cannot fill
+/// the audit log; the refusals past the bound are counted into the next record.
+const WITNESS_RECORDS_PER_MINUTE: u32 = 10;
+
+/// The bound on `pair_witness` records: (window start, records in it, refusals not recorded).
+#[derive(Debug)]
+pub(super) struct RecordBudget(std::sync::Mutex<(std::time::Instant, u32, u64)>);
+
+impl Default for RecordBudget {
+    fn default() -> Self {
+        RecordBudget(std::sync::Mutex::new((std::time::Instant::now(), 0, 0)))
+    }
+}
+
+impl RecordBudget {
+    /// Some(refusals not recorded since the last record) when this one may be recorded.
+    fn take(&self) -> Option<u64> {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if s.0.elapsed() >= Duration::from_secs(60) {
+            (s.0, s.1) = (std::time::Instant::now(), 0);
+        }
+        if s.1 < WITNESS_RECORDS_PER_MINUTE {
+            s.1 += 1;
+            Some(std::mem::take(&mut s.2))
+        } else {
+            s.2 += 1;
+            None
+        }
+    }
+}
 
 /// What the pair link serves.
 pub(super) struct Served {
@@ -29,6 +64,7 @@ pub(super) struct Served {
     pub(super) witness: Witness,
     pub(super) replica: Arc<Replica>,
     pub(super) audit: Arc<Audit>,
+    pub(super) witness_records: RecordBudget,
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -55,7 +91,8 @@ impl Served {
         }
         let path = req.uri().path().to_owned();
         let query = req.uri().query().unwrap_or_default().to_owned();
-        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        let limit = if path == "/pair/v1/log/append" { MAX_BODY } else { MAX_CALL };
+        let body = match Limited::new(req.into_body(), limit).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("body: {e}\n")),
         };
@@ -68,6 +105,9 @@ impl Served {
         match path {
             "/pair/v1/ids" => self.ids(body),
             "/pair/v1/ids/claim" => match serde_json::from_slice::<String>(body) {
+                Ok(id) if !self.correlation.rule().valid_id(&id) => {
+                    text(StatusCode::BAD_REQUEST, "not a messageID the schema allows\n")
+                }
                 Ok(id) => match self.correlation.claim(&id) {
                     Some(p) => json(&super::super::correlation::now_ms().saturating_sub(p.at_ms)),
                     None => text(StatusCode::NOT_FOUND, "unknown messageID\n"),
@@ -95,6 +135,10 @@ impl Served {
                 };
                 match self.replica.append(&file, offset, body) {
                     Ok(len) => json(&len),
+                    Err(e @ crate::audit::copy::CopyError::Full { .. }) => {
+                        tracing::warn!(peer = %self.peer_name, error = %e, "the peer's log copy is full (pair.copy_max_bytes)");
+                        text(StatusCode::INSUFFICIENT_STORAGE, format!("{e}\n"))
+                    }
                     Err(e) => text(StatusCode::CONFLICT, format!("{e}\n")),
                 }
             }
@@ -107,6 +151,17 @@ impl Served {
             Ok(o) => o,
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
         };
+        // Held to what the schema allows, in bounded batches: a peer cannot make this
+        // appliance keep what no callback could name.
+        if ops.len() > MAX_BATCH {
+            return text(StatusCode::BAD_REQUEST, format!("more than {MAX_BATCH} IDs in one call\n"));
+        }
+        let rule = self.correlation.rule();
+        if ops.iter().any(|op| match op {
+            IdOp::Remember { id, .. } | IdOp::Forget { id } => !rule.valid_id(id),
+        }) {
+            return text(StatusCode::BAD_REQUEST, "not a messageID the schema allows\n");
+        }
         for op in ops {
             match op {
                 IdOp::Remember { id, age_ms } => self.correlation.remember_aged(&id, Duration::from_millis(age_ms)),
@@ -127,10 +182,19 @@ impl Served {
             Err(e) => {
                 // A size conflict is how a (re)started log learns the witness's size; any
                 // other refusal may be evidence of the peer's misbehaviour: on record.
-                if !matches!(e, crate::audit::witness::WitnessError::Conflict { .. }) {
+                if !matches!(e, crate::audit::witness::WitnessError::Conflict { .. })
+                    && let Some(unrecorded) = self.witness_records.take()
+                {
                     tracing::warn!(peer = %self.peer_name, error = %e, "witness refused a checkpoint");
                     let mut r = crate::audit::Record::now("pair_witness");
-                    r.detail = Some(format!("refused a checkpoint of {}: {e}", self.peer_name));
+                    let more = if unrecorded > 0 {
+                        format!(
+                            " ({unrecorded} more refused since the last record, over the bound of {WITNESS_RECORDS_PER_MINUTE} a minute)"
+                        )
+                    } else {
+                        String::new()
+                    };
+                    r.detail = Some(format!("refused a checkpoint of {}: {e}{more}", self.peer_name));
                     self.audit.append(&r);
                 }
                 let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
