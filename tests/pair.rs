@@ -198,6 +198,16 @@ fn a_lone_appliance_serves_and_its_pair_link_answers_only_the_peer() {
         // A's own pair certificate is the pair CA's, but not the peer's: refused.
         let me = pair_client(dir.path(), ports.a_pair, "pair/gateway-a.pem", "pair/gateway-a.key", "pair/pair-ca.pem");
         assert!(call(&me, "/pair/v1/ids/snapshot", "").await.is_err());
+        // B's earlier certificate, revoked on the pair CA's CRL (a stolen or replaced
+        // appliance): refused, though its name is the peer's.
+        let stolen = pair_client(
+            dir.path(),
+            ports.a_pair,
+            "pair/gateway-b-revoked.pem",
+            "pair/gateway-b-revoked.key",
+            "pair/pair-ca.pem",
+        );
+        assert!(call(&stolen, "/pair/v1/ids/snapshot", "").await.is_err(), "a revoked pair certificate was served");
         // A police client certificate does not chain to the pair CA.
         let officer = pair_client(dir.path(), ports.a_pair, "clients/officer.pem", "clients/officer.key", "pair/pair-ca.pem");
         assert!(call(&officer, "/pair/v1/ids/snapshot", "").await.is_err());

@@ -120,7 +120,7 @@ impl<'a> Leaf<'a> {
 }
 
 /// A CRL of `ca` revoking `revoked` (for key compromise), PEM.
-fn crl(
+pub(super) fn crl(
     ca: &Ca,
     number: u64,
     revoked: Vec<SerialNumber>,

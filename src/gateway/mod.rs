@@ -356,17 +356,17 @@ impl Gateway {
         let audit =
             Audit::start_with(&cfg.audit, checkpoint, pseudonym).map_err(|e| ConfigError::new(file, "audit", e))?;
         audit.attach_metrics(metrics.audit.clone());
-        let listeners = Listeners::build(cfg, file, &audit, police, callback)?;
+        let mut listeners = Listeners::build(cfg, file, &audit, police, callback)?;
         let (schemas, routes) = schemas(cfg, file)?;
         let (policy, correlation) = policy_and_correlation(cfg, file, &metrics)?;
         audit.append(&key_event(cfg));
         let bound = BoundSockets::bind(cfg, file).await?;
         let (police_addr, callback_addr, admin_addr) = bound.addrs(file)?;
-
         let (stop, stopped) = watch::channel(false);
         let pair_wiring =
             PairWiring { keys: pair, checkpoint_point, correlation: &correlation, audit: &audit, metrics: &metrics };
         let (pair, pair_tasks) = pair_wiring.start(cfg, file, &stopped).await?;
+        listeners.crls.extend(pair.as_ref().map(|p| p.crls.clone()));
         let load_refusals = Arc::new(refusal_log::RequestRefusals::new(audit.clone()));
         let pipeline = Arc::new(Pipeline::new(pipeline::PipelineParts {
             routes,

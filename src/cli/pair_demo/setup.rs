@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::super::dev_pki::{self, DevPkiError, Leaf, Ports, issue, new_ca, write, write_pair};
+use super::super::dev_pki::{self, DevPkiError, Leaf, Ports, crl, issue, new_ca, write, write_pair};
 
 /// Every port of the pair.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +70,16 @@ pub fn generate(out: &Path, p: PairPorts) -> Result<(), DevPkiError> {
         write_pair(&out.join("pair"), name, &c, &k)?;
         seed(out, name)?;
     }
+    // B's earlier pair certificate, as a stolen or replaced appliance would still hold it:
+    // revoked on the pair CA's CRL, which both appliances load.
+    let mut old = Leaf::server("gateway-b", "Border Police");
+    old.client = true;
+    old.dns = Some("gateway-b");
+    let (c, k, serial) = issue(&pair_ca, &old)?;
+    write_pair(&out.join("pair"), "gateway-b-revoked", &c, &k)?;
+    let now = time::OffsetDateTime::now_utc();
+    let list = crl(&pair_ca, 1, vec![serial], now - time::Duration::minutes(5), now + time::Duration::days(30))?;
+    write(&out.join("pair/pair-ca.crl.pem"), &list, false)?;
     let a = std::fs::read_to_string(out.join("gateway.toml"))
         .map_err(|source| DevPkiError::Io { path: out.join("gateway.toml"), source })?;
     write(
@@ -122,6 +132,7 @@ peer_name = "{peer}"
 cert = "pair/{name}.pem"
 key = "pair/{name}.key"
 ca = "pair/pair-ca.pem"
+crls = ["pair/pair-ca.crl.pem"]
 witness_key = "pair/{name}-witness.key"
 peer_origin = "{peer_origin}"
 peer_checkpoint_key = "{peer_dir}/audit-checkpoint.pub.pem"

@@ -86,6 +86,10 @@ pub struct PairConfig {
         default = "default_interval_ms"
     )]
     pub sync_interval_ms: u64,
+    /// Revocation lists of the pair CA (PEM), reloaded when they change like the listeners':
+    /// a replaced or stolen appliance's certificate is refused.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
     /// The most the peer's log copy (`DIR/log`) may hold: past it the copy takes nothing more
     /// (507), so that a compromised peer cannot fill the partition the audit log needs.
     #[serde(deserialize_with = "crate::config::units::bytes", default = "default_copy_max_bytes")]
@@ -112,6 +116,9 @@ impl PairConfig {
         resolve_file(&mut self.ca, base, file, "pair.ca")?;
         resolve_file(&mut self.peer_checkpoint_key, base, file, "pair.peer_checkpoint_key")?;
         resolve_file(&mut self.peer_witness, base, file, "pair.peer_witness")?;
+        for (i, c) in self.crls.iter_mut().enumerate() {
+            resolve_file(c, base, file, &format!("pair.crls[{i}]"))?;
+        }
         self.key.resolve(base, file, "pair.key")?;
         self.witness_key.resolve(base, file, "pair.witness_key")?;
         if self.dir.is_relative() {
@@ -218,6 +225,8 @@ pub struct PairLink {
     synced: AtomicBool,
     cosigned: AtomicU64,
     status: Mutex<String>,
+    /// The pair CA's revocation lists, which the gateway's watcher reloads with the listeners'.
+    pub(crate) crls: Arc<crate::tls::crl::CrlSet>,
 }
 
 impl PairLink {
@@ -370,11 +379,12 @@ pub async fn start(
     let trusted = TrustedLog { origin: cfg.peer_origin.clone(), point, copy: replica.clone() };
     let witness = Witness::open(&cfg.dir.join("witness"), key, vec![trusted]).map_err(|e| err("dir", e))?;
     tracing::info!(vkey = %witness.key().vkey().text(), "pair witness key");
-    let tls = crate::tls::server_config(
+    let (tls, crls) = crate::tls::server_config_with_crls(
+        "pair",
         &crate::tls::ServerTlsConfig {
             cert: cfg.cert.clone(),
             client_ca: cfg.ca.clone(),
-            crls: Vec::new(),
+            crls: cfg.crls.clone(),
             crl_expired: crate::tls::crl::ExpiredCrl::Refuse,
             tls12: false,
         },
@@ -393,6 +403,7 @@ pub async fn start(
         synced: AtomicBool::new(false),
         cosigned: AtomicU64::new(0),
         status: Mutex::new("starting".into()),
+        crls,
     });
     let served = server::Served {
         peer_name: cfg.peer_name.clone(),
