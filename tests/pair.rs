@@ -224,3 +224,117 @@ fn a_lone_appliance_serves_and_its_pair_link_answers_only_the_peer() {
         .sum::<usize>();
     assert!((1..=10).contains(&witness_records), "{witness_records} pair_witness records for 30 refusals");
 }
+
+/// The same callback sent to both appliances at once, 100 times: delivered exactly once each
+/// time, whichever appliance wins (the one that did not forward the request claims it from the
+/// one that did; the owner's table is the arbiter while the link is up).
+#[test]
+fn a_callback_sent_to_both_appliances_at_once_is_delivered_once() {
+    use spocgw::cli::pair_demo::setup::{PairPorts, generate};
+    use spocgw::gateway::config::UpstreamConfig;
+    use spocgw::gateway::upstream::{Upstream, soap_headers};
+    let dir = tempfile::tempdir().unwrap();
+    let p = |_| common::free_port();
+    let ports = PairPorts {
+        a: spocgw::cli::dev_pki::Ports { gateway: p(0), callback: p(0), admin: p(0), ministry: p(0), receiver: p(0) },
+        b_police: p(0),
+        b_callback: p(0),
+        b_admin: p(0),
+        a_pair: p(0),
+        b_pair: p(0),
+        lb_police: p(0),
+        lb_callback: p(0),
+    };
+    generate(dir.path(), ports).unwrap();
+    // One terminal sends every request: lift the rates.
+    let routes = dir.path().join("policies/routes.toml");
+    let lifted: String = std::fs::read_to_string(&routes)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("per_second") || l.starts_with("burst") {
+                format!("{} = 100000\n", l.split('=').next().unwrap().trim())
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&routes, lifted).unwrap();
+    // The test sends the callbacks itself.
+    let m = dir.path().join("ministry.toml");
+    let text = std::fs::read_to_string(&m).unwrap().replace("callback_delay_ms = 300", "callback_delay_ms = 3600000");
+    std::fs::write(&m, text).unwrap();
+    let path = |f: &str| dir.path().join(f).to_str().unwrap().to_owned();
+    let _ministry =
+        common::Proc::start(&["sim", "ministry", "--config", &path("ministry.toml")], dir.path().join("m.log"));
+    let _receiver =
+        common::Proc::start(&["sim", "police-receiver", "--config", &path("receiver.toml")], dir.path().join("r.log"));
+    let a = common::Proc::start(&["serve", "--config", &path("gateway-a.toml")], dir.path().join("a.log"));
+    let b = common::Proc::start(&["serve", "--config", &path("gateway-b.toml")], dir.path().join("b.log"));
+    common::wait_port(ports.a.admin);
+    common::wait_port(ports.b_admin);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let linked = |admin: u16| {
+        let (s, body) = common::admin_get(admin, "/readyz");
+        s == 200 && body.contains("pair: ") && !body.contains("unreachable")
+    };
+    while !(linked(ports.a.admin) && linked(ports.b_admin)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(linked(ports.a.admin) && linked(ports.b_admin), "{}\n{}", a.log_text(), b.log_text());
+    let client = |port: u16, ca: &str, cert: &str, key: &str| {
+        let d = dir.path();
+        Upstream::new(&UpstreamConfig::client(
+            format!("https://127.0.0.1:{port}"),
+            &d.join(ca),
+            &d.join(cert),
+            &d.join(key),
+        ))
+        .unwrap()
+    };
+    let dv =
+        client(ports.a.gateway, "ca/police-ca.pem", "clients/document-verifier.pem", "clients/document-verifier.key");
+    let spoc = |port| client(port, "ca/ministry-ca.pem", "ministry/client.pem", "ministry/client.key");
+    let (to_a, to_b) = (spoc(ports.a.callback), spoc(ports.b_callback));
+    let headers = |action| soap_headers("text/xml; charset=utf-8", Some(action), None);
+    let env = |body: String| bytes::Bytes::from(spocgw::xml::soap::envelope(spocgw::xml::SoapVersion::V11, &body));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut winners = [0usize; 2];
+    rt.block_on(async {
+        for i in 0..100 {
+            let id = format!("ONCE-{i}");
+            let r = dv
+                .post(
+                    "/spoc/csn369791",
+                    headers("RequestCertificateRequest"),
+                    env(spocgw::sim::messages::request_certificate(&id)),
+                )
+                .await
+                .unwrap();
+            assert!(common::text(&r).contains("ok_reception_ack"), "{}", common::text(&r));
+            let cb = env(spocgw::sim::messages::send_certificates(&id));
+            let (ra, rb) = tokio::join!(
+                to_a.post("/spoc/csn369791", headers("SendCertificatesRequest"), cb.clone()),
+                to_b.post("/spoc/csn369791", headers("SendCertificatesRequest"), cb),
+            );
+            let refused = |r: &spocgw::gateway::upstream::Reply| common::text(r).contains("failure_messageID_unknown");
+            let (ra, rb) = (ra.unwrap(), rb.unwrap());
+            match (refused(&ra), refused(&rb)) {
+                (false, true) => winners[0] += 1,
+                (true, false) => winners[1] += 1,
+                other => panic!(
+                    "{id}: refused by (A, B) = {other:?}: delivered {} times",
+                    2 - other.0 as usize - other.1 as usize
+                ),
+            }
+        }
+    });
+    // The receiver saw each callback once.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let log = std::fs::read_to_string(dir.path().join("r.log")).unwrap();
+    for i in 0..100 {
+        let n = log.lines().filter(|l| l.contains("callback received") && l.contains(&format!("\"ONCE-{i}\""))).count();
+        assert_eq!(n, 1, "ONCE-{i} delivered {n} times");
+    }
+    eprintln!("delivered by A {}, by B {}", winners[0], winners[1]);
+}

@@ -80,6 +80,10 @@ pub struct Pending {
     pub route: String,
     #[serde(default)]
     pub caller: String,
+    /// Forwarded by the peer appliance, which owns it: a callback here claims it from the peer
+    /// first, so that a callback is delivered once whichever appliance it reaches.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub peer: bool,
 }
 
 /// One journal line.
@@ -273,7 +277,7 @@ impl Correlation {
 
     /// Remembers `id` (forwarded now, on `route`, for `caller`), durably before it returns.
     pub fn remember(&self, id: &str, route: &str, caller: &str) {
-        self.insert(id, Pending { at_ms: now_ms(), route: route.to_owned(), caller: caller.to_owned() });
+        self.insert(id, Pending { at_ms: now_ms(), route: route.to_owned(), caller: caller.to_owned(), peer: false });
     }
 
     fn insert(&self, id: &str, pending: Pending) {
@@ -305,7 +309,7 @@ impl Correlation {
     /// Remembers `id` as forwarded `age` ago by the peer appliance; one past the TTL is not.
     pub fn remember_aged(&self, id: &str, age: Duration) {
         let at_ms = now_ms().saturating_sub(age.as_millis() as u64);
-        self.restore(id, Pending { at_ms, route: String::new(), caller: String::new() });
+        self.restore(id, Pending { at_ms, route: String::new(), caller: String::new(), peer: true });
     }
 
     /// Every pending ID with its age (the pair link's catch-up).

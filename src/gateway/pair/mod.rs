@@ -167,6 +167,7 @@ pub struct PairMetrics {
     calls: Family<[(&'static str, &'static str); 2], Counter>,
     cosigned: Gauge,
     pending: Gauge,
+    partition_claims: Counter,
 }
 
 impl PairMetrics {
@@ -191,6 +192,11 @@ impl PairMetrics {
             "Correlation operations waiting for the peer to be reachable again",
             self.pending.clone(),
         );
+        registry.register(
+            "pair_partition_claims",
+            "Callbacks accepted for a messageID the peer forwarded while the peer did not answer (the peer may accept a replay of it too)",
+            self.partition_claims.clone(),
+        );
     }
 
     fn call(&self, kind: &'static str, ok: bool) {
@@ -214,6 +220,10 @@ enum IdOp {
 }
 
 const PENDING_MAX: usize = 65_536;
+
+/// The peer did not answer a call in time (or the link is down).
+#[derive(Debug, Clone, Copy)]
+pub struct Unreachable;
 
 /// This appliance's end of the pair link, shared by the pipeline and the background tasks.
 pub struct PairLink {
@@ -288,15 +298,29 @@ impl PairLink {
         });
     }
 
-    /// Asks the peer to give up `id` for a callback that arrived here: its age when the peer
-    /// had it. None when the peer does not know it or does not answer in time.
-    pub async fn claim(&self, id: &str) -> Option<Duration> {
-        let body = serde_json::to_vec(id).ok()?;
-        let r = tokio::time::timeout(self.timeout, self.call("claim", "/pair/v1/ids/claim", body)).await.ok()?.ok()?;
-        if r.status != http::StatusCode::OK {
-            return None;
+    /// Asks the peer to give up `id` for a callback that arrived here: Ok(Some(its age)) when
+    /// the peer had it (and no longer has), Ok(None) when the peer does not know it (never had
+    /// it, or a callback consumed it there), Err when the peer does not answer in time.
+    ///
+    /// # Errors
+    /// [`Unreachable`]: the link is down or slow; nothing can be said of the peer's table.
+    pub async fn claim(&self, id: &str) -> Result<Option<Duration>, Unreachable> {
+        let body = serde_json::to_vec(id).map_err(|_| Unreachable)?;
+        let r = tokio::time::timeout(self.timeout, self.call("claim", "/pair/v1/ids/claim", body))
+            .await
+            .map_err(|_| Unreachable)?
+            .map_err(|_| Unreachable)?;
+        match r.status {
+            http::StatusCode::OK => Ok(serde_json::from_slice::<u64>(&r.body).ok().map(Duration::from_millis)),
+            http::StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(Unreachable),
         }
-        serde_json::from_slice::<u64>(&r.body).ok().map(Duration::from_millis)
+    }
+
+    /// A callback accepted during a partition on a messageID the peer forwarded (availability
+    /// first: the peer may accept a replay of it too).
+    pub fn partition_claim(&self) {
+        self.metrics.partition_claims.inc();
     }
 
     /// Sends what is queued, oldest first, with each entry's age at sending.

@@ -48,6 +48,21 @@ impl Correlator {
         let unknown = || Outcome::Answered(Box::new(callback_unknown(version)));
         let id = facts.message_id.clone().ok_or_else(unknown)?;
         let pending = match (self.correlation.claim(&id), &self.pair) {
+            // The peer forwarded it and owns it: the peer gives it up first, so that a replay
+            // reaching both appliances at once is delivered once. While the peer does not
+            // answer, availability comes first (counted: the peer may accept a replay too).
+            (Some(p), Some(link)) if p.peer => match link.claim(&id).await {
+                Ok(Some(_)) => p,
+                Ok(None) => return Err(unknown()),
+                Err(_) => {
+                    link.partition_claim();
+                    tracing::warn!(
+                        incident_id = x.incident(),
+                        "callback accepted on a messageID the unreachable peer forwarded"
+                    );
+                    p
+                }
+            },
             (Some(p), pair) => {
                 if let Some(link) = pair {
                     link.forget(id.clone());
@@ -55,12 +70,9 @@ impl Correlator {
                 p
             }
             (None, Some(link)) => {
-                let age = link.claim(&id).await.ok_or_else(unknown)?;
-                Pending {
-                    at_ms: now_ms().saturating_sub(age.as_millis() as u64),
-                    route: String::new(),
-                    caller: String::new(),
-                }
+                let age = link.claim(&id).await.ok().flatten().ok_or_else(unknown)?;
+                let at_ms = now_ms().saturating_sub(age.as_millis() as u64);
+                Pending { at_ms, route: String::new(), caller: String::new(), peer: true }
             }
             (None, None) => return Err(unknown()),
         };
@@ -91,7 +103,8 @@ impl Correlator {
             && !delivered
         {
             let age = Duration::from_millis(now_ms().saturating_sub(pending.at_ms));
-            self.correlation.restore(&id, pending);
+            // Ours again (the peer gave it up, or never had it); the peer keeps a replica.
+            self.correlation.restore(&id, Pending { peer: false, ..pending });
             if let Some(p) = &self.pair {
                 p.give_back(id, age);
             }
