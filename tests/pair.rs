@@ -329,6 +329,39 @@ fn a_callback_sent_to_both_appliances_at_once_is_delivered_once() {
             }
         }
     });
+    // A power cut at the site: a certificate request forwarded through A, both appliances
+    // killed and started again; the Ministry's callback, sent to B, is delivered.
+    rt.block_on(async {
+        let r = dv
+            .post(
+                "/spoc/csn369791",
+                headers("RequestCertificateRequest"),
+                env(spocgw::sim::messages::request_certificate("POWER-CUT-1")),
+            )
+            .await
+            .unwrap();
+        assert!(common::text(&r).contains("ok_reception_ack"));
+    });
+    let (mut a, mut b) = (a, b);
+    for g in [&mut a, &mut b] {
+        g.signal("KILL");
+        assert!(g.wait_exit(std::time::Duration::from_secs(10)).is_some());
+    }
+    let _a = common::Proc::start(&["serve", "--config", &path("gateway-a.toml")], dir.path().join("a2.log"));
+    let _b = common::Proc::start(&["serve", "--config", &path("gateway-b.toml")], dir.path().join("b2.log"));
+    common::wait_port(ports.a.admin);
+    common::wait_port(ports.b_admin);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !(linked(ports.a.admin) && linked(ports.b_admin)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let after = rt.block_on(async {
+        let cb = env(spocgw::sim::messages::send_certificates("POWER-CUT-1"));
+        common::text(
+            &spoc(ports.b_callback).post("/spoc/csn369791", headers("SendCertificatesRequest"), cb).await.unwrap(),
+        )
+    });
+    assert!(!after.contains("failure_messageID_unknown"), "lost in the power cut: {after}");
     // The receiver saw each callback once.
     std::thread::sleep(std::time::Duration::from_millis(300));
     let log = std::fs::read_to_string(dir.path().join("r.log")).unwrap();
@@ -336,5 +369,6 @@ fn a_callback_sent_to_both_appliances_at_once_is_delivered_once() {
         let n = log.lines().filter(|l| l.contains("callback received") && l.contains(&format!("\"ONCE-{i}\""))).count();
         assert_eq!(n, 1, "ONCE-{i} delivered {n} times");
     }
+    assert_eq!(log.matches("\"POWER-CUT-1\"").count(), 1, "the callback after the power cut");
     eprintln!("delivered by A {}, by B {}", winners[0], winners[1]);
 }
