@@ -96,12 +96,8 @@ async fn call(c: &spocgw::gateway::upstream::Upstream, path: &str, body: &str) -
         .map_err(|e| e.to_string())
 }
 
-/// Appliance A alone (B never started): it serves, says so on /readyz, and a request whose
-/// callback B should learn of is answered anyway (queued for B). Its pair link answers only B's
-/// certificate; B cannot rewrite what it shipped, nor have a checkpoint signed by another key
-/// cosigned.
-#[test]
-fn a_lone_appliance_serves_and_its_pair_link_answers_only_the_peer() {
+/// A pair's development PKI and configurations, on free ports.
+fn pair_pki() -> (tempfile::TempDir, spocgw::cli::pair_demo::setup::PairPorts) {
     use spocgw::cli::pair_demo::setup::{PairPorts, generate};
     let dir = tempfile::tempdir().unwrap();
     let p = |_| common::free_port();
@@ -116,15 +112,31 @@ fn a_lone_appliance_serves_and_its_pair_link_answers_only_the_peer() {
         lb_callback: p(0),
     };
     generate(dir.path(), ports).unwrap();
+    (dir, ports)
+}
+
+/// The simulated Ministry and police receiver of a pair's PKI (logs `m.log`, `r.log`).
+fn simulators(dir: &std::path::Path) -> [common::Proc; 2] {
+    let path = |f: &str| dir.join(f).to_str().unwrap().to_owned();
+    [
+        common::Proc::start(&["sim", "ministry", "--config", &path("ministry.toml")], dir.join("m.log")),
+        common::Proc::start(&["sim", "police-receiver", "--config", &path("receiver.toml")], dir.join("r.log")),
+    ]
+}
+
+/// Appliance A alone (B never started): it serves, says so on /readyz, and a request whose
+/// callback B should learn of is answered anyway (queued for B). Its pair link answers only B's
+/// certificate; B cannot rewrite what it shipped, nor have a checkpoint signed by another key
+/// cosigned.
+#[test]
+fn a_lone_appliance_serves_and_its_pair_link_answers_only_the_peer() {
+    let (dir, ports) = pair_pki();
     // A copy quota of 100 bytes: one small record fits, a second does not.
     let a_toml = dir.path().join("gateway-a.toml");
     let text = std::fs::read_to_string(&a_toml).unwrap().replacen("[pair]\n", "[pair]\ncopy_max_bytes = 100\n", 1);
     std::fs::write(&a_toml, text).unwrap();
     let path = |f: &str| dir.path().join(f).to_str().unwrap().to_owned();
-    let _ministry =
-        common::Proc::start(&["sim", "ministry", "--config", &path("ministry.toml")], dir.path().join("m.log"));
-    let _receiver =
-        common::Proc::start(&["sim", "police-receiver", "--config", &path("receiver.toml")], dir.path().join("r.log"));
+    let _sims = simulators(dir.path());
     let a = common::Proc::start(&["serve", "--config", &path("gateway-a.toml")], dir.path().join("a.log"));
     common::wait_port(ports.a.admin);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -230,45 +242,17 @@ fn a_lone_appliance_serves_and_its_pair_link_answers_only_the_peer() {
 /// one that did; the owner's table is the arbiter while the link is up).
 #[test]
 fn a_callback_sent_to_both_appliances_at_once_is_delivered_once() {
-    use spocgw::cli::pair_demo::setup::{PairPorts, generate};
     use spocgw::gateway::config::UpstreamConfig;
     use spocgw::gateway::upstream::{Upstream, soap_headers};
-    let dir = tempfile::tempdir().unwrap();
-    let p = |_| common::free_port();
-    let ports = PairPorts {
-        a: spocgw::cli::dev_pki::Ports { gateway: p(0), callback: p(0), admin: p(0), ministry: p(0), receiver: p(0) },
-        b_police: p(0),
-        b_callback: p(0),
-        b_admin: p(0),
-        a_pair: p(0),
-        b_pair: p(0),
-        lb_police: p(0),
-        lb_callback: p(0),
-    };
-    generate(dir.path(), ports).unwrap();
-    // One terminal sends every request: lift the rates.
-    let routes = dir.path().join("policies/routes.toml");
-    let lifted: String = std::fs::read_to_string(&routes)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            if l.starts_with("per_second") || l.starts_with("burst") {
-                format!("{} = 100000\n", l.split('=').next().unwrap().trim())
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    std::fs::write(&routes, lifted).unwrap();
+    let (dir, ports) = pair_pki();
+    // One terminal sends every request.
+    common::lift_rates(&dir.path().join("policies/routes.toml"));
     // The test sends the callbacks itself.
     let m = dir.path().join("ministry.toml");
     let text = std::fs::read_to_string(&m).unwrap().replace("callback_delay_ms = 300", "callback_delay_ms = 3600000");
     std::fs::write(&m, text).unwrap();
     let path = |f: &str| dir.path().join(f).to_str().unwrap().to_owned();
-    let _ministry =
-        common::Proc::start(&["sim", "ministry", "--config", &path("ministry.toml")], dir.path().join("m.log"));
-    let _receiver =
-        common::Proc::start(&["sim", "police-receiver", "--config", &path("receiver.toml")], dir.path().join("r.log"));
+    let _sims = simulators(dir.path());
     let a = common::Proc::start(&["serve", "--config", &path("gateway-a.toml")], dir.path().join("a.log"));
     let b = common::Proc::start(&["serve", "--config", &path("gateway-b.toml")], dir.path().join("b.log"));
     common::wait_port(ports.a.admin);

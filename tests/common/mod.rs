@@ -162,19 +162,7 @@ impl World {
         assert!(out.status.success(), "dev-pki failed: {}", String::from_utf8_lossy(&out.stderr));
         // Tests send many requests from one certificate: lift the rates (the rate-limit test
         // puts its own back).
-        let routes = w.path("policies/routes.toml");
-        let text = std::fs::read_to_string(&routes).unwrap();
-        let lifted: String = text
-            .lines()
-            .map(|l| {
-                if l.starts_with("per_second") || l.starts_with("burst") {
-                    format!("{} = 100000\n", l.split('=').next().unwrap().trim())
-                } else {
-                    format!("{l}\n")
-                }
-            })
-            .collect();
-        std::fs::write(&routes, lifted).unwrap();
+        lift_rates(&w.path("policies/routes.toml"));
         w
     }
 
@@ -328,6 +316,23 @@ pub fn log_contains(path: &Path, needle: &str) -> bool {
     std::fs::File::open(path)
         .map(|f| BufReader::new(f).lines().map_while(Result::ok).any(|l| l.contains(needle)))
         .unwrap_or(false)
+}
+
+/// Lifts every rate of a `routes.toml` to 100,000 a second: tests send many requests from one
+/// certificate.
+pub fn lift_rates(routes: &Path) {
+    let lifted: String = std::fs::read_to_string(routes)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("per_second") || l.starts_with("burst") {
+                format!("{} = 100000\n", l.split('=').next().unwrap().trim())
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(routes, lifted).unwrap();
 }
 
 /// Whether an external tool is installed; with `CI` set, a missing tool fails the test.
