@@ -18,7 +18,12 @@ const XML11: &str = "text/xml; charset=utf-8";
 /// A world whose simulated Ministry does not call back by itself (the test sends the callback,
 /// after the restart).
 fn world() -> World {
+    world_with(|_| {})
+}
+
+fn world_with(edit: impl FnOnce(&World)) -> World {
     let mut w = World::new();
+    edit(&w);
     let m = w.path("ministry.toml");
     let text = std::fs::read_to_string(&m).unwrap().replace("callback_delay_ms = 300", "callback_delay_ms = 3600000");
     std::fs::write(&m, text).unwrap();
@@ -89,4 +94,32 @@ async fn a_pending_certificate_survives_a_stop_and_a_kill() {
         assert!(callback(&w, id).await.contains("failure_messageID_unknown"), "a replay after SIG{signal}");
         assert!(!pending(&w).contains(id));
     }
+}
+
+/// A callback after the TTL is answered as one never forwarded, but on record as late
+/// (`messageID_expired`), and an officer finds it by that code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_callback_is_on_record_as_late() {
+    let w = world_with(|w| {
+        let g = w.path("gateway.toml");
+        let text = std::fs::read_to_string(&g).unwrap().replacen("[policy]\n", "[policy]\ncallback_ttl_s = 1\n", 1);
+        std::fs::write(&g, text).unwrap();
+    });
+    request_certificate(&w, "LATE-1").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(callback(&w, "LATE-1").await.contains("failure_messageID_unknown"));
+    assert!(callback(&w, "NEVER-1").await.contains("failure_messageID_unknown"));
+    let query = |code: &str| {
+        let out = Command::new(BIN)
+            .args(["audit", "query"])
+            .arg(w.path("audit"))
+            .args(["--code", code, "--format", "json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let late = query("messageID_expired");
+    assert!(late.lines().count() == 1 && late.contains("SendCertificatesRequest"), "{late}");
+    assert_eq!(query("messageID_unknown").lines().count(), 1);
 }

@@ -130,7 +130,34 @@ struct Inner {
     seen: HashMap<String, Pending>,
     /// Registration order, for expiry and the bound.
     order: VecDeque<(String, u64)>,
+    /// IDs dropped because their TTL passed, the newest [`Correlation::capacity`] of them: a
+    /// late callback is told apart from one never forwarded.
+    expired: HashMap<String, u64>,
+    expired_order: VecDeque<String>,
     journal: Option<Journal>,
+}
+
+impl Inner {
+    fn new() -> Inner {
+        Inner {
+            seen: HashMap::new(),
+            order: VecDeque::new(),
+            expired: HashMap::new(),
+            expired_order: VecDeque::new(),
+            journal: None,
+        }
+    }
+
+    fn tombstone(&mut self, id: String, at_ms: u64, capacity: usize) {
+        if self.expired.insert(id.clone(), at_ms).is_none() {
+            self.expired_order.push_back(id);
+        }
+        while self.expired_order.len() > capacity {
+            if let Some(old) = self.expired_order.pop_front() {
+                self.expired.remove(&old);
+            }
+        }
+    }
 }
 
 struct Journal {
@@ -185,7 +212,7 @@ pub fn replay(path: &Path) -> Result<(HashMap<String, Pending>, usize), String> 
 impl Correlation {
     /// The IDs in memory only (tests, tools).
     pub fn in_memory(rule: Rule, capacity: usize) -> Correlation {
-        let inner = Inner { seen: HashMap::new(), order: VecDeque::new(), journal: None };
+        let inner = Inner::new();
         Correlation {
             rule,
             capacity: capacity.max(1),
@@ -204,18 +231,16 @@ impl Correlation {
         let (seen, _) = replay(&path)?;
         let now = now_ms();
         let ttl = rule.ttl.as_millis() as u64;
-        let mut live: Vec<(String, Pending)> =
-            seen.into_iter().filter(|(_, p)| now.saturating_sub(p.at_ms) <= ttl).collect();
+        let (mut live, gone): (Vec<_>, Vec<_>) =
+            seen.into_iter().partition(|(_, p): &(String, Pending)| now.saturating_sub(p.at_ms) <= ttl);
         live.sort_by_key(|(_, p)| p.at_ms);
         metrics.ttl.set(rule.ttl.as_secs() as i64);
-        let c = Correlation {
-            rule,
-            capacity: capacity.max(1),
-            inner: Mutex::new(Inner { seen: HashMap::new(), order: VecDeque::new(), journal: None }),
-            metrics,
-        };
+        let c = Correlation { rule, capacity: capacity.max(1), inner: Mutex::new(Inner::new()), metrics };
         {
             let mut inner = c.lock();
+            for (id, p) in gone {
+                inner.tombstone(id, p.at_ms, c.capacity);
+            }
             for (id, p) in live {
                 inner.order.push_back((id.clone(), p.at_ms));
                 inner.seen.insert(id, p);
@@ -241,9 +266,14 @@ impl Correlation {
             if now.saturating_sub(*at) <= ttl && inner.order.len() <= self.capacity {
                 break;
             }
-            // Only the oldest registration of the ID goes.
-            if inner.seen.get(id).is_some_and(|p| p.at_ms == *at) {
-                inner.seen.remove(id);
+            // Only the oldest registration of the ID goes; past its TTL, it is remembered as
+            // expired.
+            let (id, at) = (id.clone(), *at);
+            if inner.seen.get(&id).is_some_and(|p| p.at_ms == at) {
+                inner.seen.remove(&id);
+                if now.saturating_sub(at) > ttl {
+                    inner.tombstone(id, at, self.capacity);
+                }
             }
             inner.order.pop_front();
         }
@@ -329,6 +359,13 @@ impl Correlation {
         v
     }
 
+    /// True when `id` was pending and its TTL passed (as far as the newest expired IDs go).
+    pub fn expired(&self, id: &str) -> bool {
+        let mut inner = self.lock();
+        self.expire(&mut inner, now_ms());
+        inner.expired.contains_key(id)
+    }
+
     /// True when `id` is pending.
     pub fn knows(&self, id: &str) -> bool {
         let mut inner = self.lock();
@@ -380,6 +417,8 @@ mod tests {
         short.remember("x", "r", "f");
         std::thread::sleep(Duration::from_millis(5));
         assert!(!short.knows("x"));
+        assert!(short.expired("x"), "told apart from one never forwarded");
+        assert!(!short.expired("never"));
     }
 
     /// What was remembered survives a reopening; what was consumed stays consumed; a torn last

@@ -201,7 +201,7 @@ fn check_values(q: &QueryArgs) -> Result<Format, String> {
     if let Some(d) = q.decision.as_deref().filter(|d| !["allow", "deny"].contains(d)) {
         return Err(format!("--decision {d:?}: allow or deny"));
     }
-    let codes: Vec<&str> = ["ok", "refused"]
+    let codes: Vec<&str> = ["ok", "refused", "cancelled", "messageID_unknown", "messageID_expired"]
         .into_iter()
         .chain(Refusal::ALL.iter().map(|r| r.code()))
         .chain(crate::tls::HANDSHAKE_REASONS)

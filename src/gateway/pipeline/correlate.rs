@@ -45,8 +45,15 @@ impl Correlator {
         if operation != rule.callback || unsolicited {
             return Ok(());
         }
-        let unknown = || Outcome::Answered(Box::new(callback_unknown(version)));
-        let id = facts.message_id.clone().ok_or_else(unknown)?;
+        let id = facts.message_id.clone();
+        // Refused: never forwarded (or answered already), or forwarded longer ago than the TTL
+        // (a distinct outcome on record; the SPOC hears `failure_messageID_unknown` either way).
+        let unknown = || {
+            let expired = id.as_deref().is_some_and(|i| self.correlation.expired(i));
+            let code = if expired { "messageID_expired" } else { "messageID_unknown" };
+            Outcome::Answered(Box::new(callback_unknown(version)), code)
+        };
+        let id = id.clone().ok_or_else(unknown)?;
         let pending = match (self.correlation.claim(&id), &self.pair) {
             // The peer forwarded it and owns it: the peer gives it up first, so that a replay
             // reaching both appliances at once is delivered once. While the peer does not

@@ -19,8 +19,9 @@ use crate::xml::facts::MessageFacts;
 /// Where a request ended: the reply to pass back, or a refusal with its detail for the log.
 pub(super) enum Outcome {
     Forwarded(Box<Reply>),
-    /// The gateway answers itself (a callback it cannot correlate).
-    Answered(Box<Reply>),
+    /// The gateway answers itself (a callback it cannot correlate): the reply, and the outcome
+    /// code on record (`messageID_unknown`, or `messageID_expired` past the TTL).
+    Answered(Box<Reply>, &'static str),
     /// A service description (WSDL or schema) the gateway serves.
     Document(bytes::Bytes),
     Refused(Refusal, String),

@@ -50,10 +50,14 @@ impl Responder {
         let delivered = matches!(&outcome, Outcome::Forwarded(r) if r.status == StatusCode::OK);
         let (mut response, code, detail) = match outcome {
             Outcome::Forwarded(reply) => (passed_back(*reply), "ok", String::new()),
-            Outcome::Answered(reply) => (
+            Outcome::Answered(reply, code) => (
                 passed_back(*reply),
-                "messageID_unknown",
-                "callback for a messageID the gateway did not forward".to_owned(),
+                code,
+                if code == "messageID_expired" {
+                    "callback after the TTL of the request it answers".to_owned()
+                } else {
+                    "callback for a messageID the gateway did not forward".to_owned()
+                },
             ),
             Outcome::Refused(r, detail) => (refusal_response(x, r), r.code(), detail),
             Outcome::Document(doc) => {
