@@ -12,6 +12,7 @@
 mod commit;
 pub mod copy;
 pub mod merkle;
+mod metrics;
 pub mod note;
 pub mod proof;
 pub mod record;
@@ -32,8 +33,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
-pub use commit::AuditMetrics;
 use commit::Committer;
+pub use metrics::AuditMetrics;
 pub use record::{ClientCert, Record};
 pub use retention::{Anchor, read_anchor};
 pub use spool::{SPOOL_DIR, spool};
