@@ -361,6 +361,13 @@ async fn one_certificate_holds_at_most_its_connections() {
     w.wait_ready();
     let mut held = [w.raw_client("officer").await, w.raw_client("officer").await];
     let body = slow_request(0);
+    // The client's handshake can end before the gateway has counted the connection: wait until
+    // it has both.
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    let open = || metric(&admin_get(w.admin_port, "/metrics").1, "spocgw_connections_open{listener=\"police\"}");
+    while open() < 2.0 && std::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // A third connection of the same certificate: closed, no answer.
     let mut third = w.raw_client("officer").await;
     let _ = third.write_all(format!("{}{body}", request_head(body.len())).as_bytes()).await;

@@ -331,7 +331,7 @@ fn a_callback_sent_to_both_appliances_at_once_is_delivered_once() {
         g.signal("KILL");
         assert!(g.wait_exit(std::time::Duration::from_secs(10)).is_some());
     }
-    let _a = common::Proc::start(&["serve", "--config", &path("gateway-a.toml")], dir.path().join("a2.log"));
+    let mut a2 = common::Proc::start(&["serve", "--config", &path("gateway-a.toml")], dir.path().join("a2.log"));
     let _b = common::Proc::start(&["serve", "--config", &path("gateway-b.toml")], dir.path().join("b2.log"));
     common::wait_port(ports.a.admin);
     common::wait_port(ports.b_admin);
@@ -346,6 +346,36 @@ fn a_callback_sent_to_both_appliances_at_once_is_delivered_once() {
         )
     });
     assert!(!after.contains("failure_messageID_unknown"), "lost in the power cut: {after}");
+    // A partition: a request through A, then A gone; B accepts the callback on its replica
+    // (availability first), and says so in its audit log and metrics.
+    rt.block_on(async {
+        let rc = env(spocgw::sim::messages::request_certificate("PARTITION-1"));
+        let r = dv.post("/spoc/csn369791", headers("RequestCertificateRequest"), rc).await.unwrap();
+        assert!(common::text(&r).contains("ok_reception_ack"));
+    });
+    a2.signal("KILL");
+    assert!(a2.wait_exit(std::time::Duration::from_secs(10)).is_some());
+    let during = rt.block_on(async {
+        let cb = env(spocgw::sim::messages::send_certificates("PARTITION-1"));
+        common::text(
+            &spoc(ports.b_callback).post("/spoc/csn369791", headers("SendCertificatesRequest"), cb).await.unwrap(),
+        )
+    });
+    assert!(!during.contains("failure_messageID_unknown"), "{during}");
+    let metrics = common::admin_get(ports.b_admin, "/metrics").1;
+    assert_eq!(common::metric(&metrics, "spocgw_pair_partition_claims_total"), 1.0, "{metrics}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let b_log: String = spocgw::audit::segments(&dir.path().join("audit-b"))
+        .unwrap()
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(
+        b_log
+            .lines()
+            .any(|l| l.contains("\"message_id\":\"PARTITION-1\"") && l.contains("accepted during a partition")),
+        "the partition claim is on record"
+    );
     // The receiver saw each callback once.
     std::thread::sleep(std::time::Duration::from_millis(300));
     let log = std::fs::read_to_string(dir.path().join("r.log")).unwrap();

@@ -91,6 +91,11 @@ impl Replica {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Bytes the copy holds, and its quota.
+    pub fn usage(&self) -> (u64, u64) {
+        (self.lock().bytes, self.quota)
+    }
+
     /// Why the copy takes nothing, if it does not.
     pub fn damaged(&self) -> Option<String> {
         self.lock().damaged.clone()

@@ -168,6 +168,8 @@ pub struct PairMetrics {
     cosigned: Gauge,
     pending: Gauge,
     partition_claims: Counter,
+    pub(crate) copy_bytes: Gauge,
+    pub(crate) copy_quota: Gauge,
 }
 
 impl PairMetrics {
@@ -191,6 +193,12 @@ impl PairMetrics {
             "pair_pending",
             "Correlation operations waiting for the peer to be reachable again",
             self.pending.clone(),
+        );
+        registry.register("pair_copy_bytes", "Bytes of the peer's log copy on this appliance", self.copy_bytes.clone());
+        registry.register(
+            "pair_copy_quota_bytes",
+            "The most the peer's log copy may hold (pair.copy_max_bytes)",
+            self.copy_quota.clone(),
         );
         registry.register(
             "pair_partition_claims",
@@ -400,6 +408,9 @@ pub async fn start(
     let replica = Arc::new(
         Replica::open(&cfg.dir.join("log"), point.clone()).map_err(|e| err("dir", e))?.with_quota(cfg.copy_max_bytes),
     );
+    let (held, quota) = replica.usage();
+    p.metrics.copy_bytes.set(held as i64);
+    p.metrics.copy_quota.set(quota.min(i64::MAX as u64) as i64);
     let trusted = TrustedLog { origin: cfg.peer_origin.clone(), point, copy: replica.clone() };
     let witness = Witness::open(&cfg.dir.join("witness"), key, vec![trusted]).map_err(|e| err("dir", e))?;
     tracing::info!(vkey = %witness.key().vkey().text(), "pair witness key");
@@ -436,6 +447,7 @@ pub async fn start(
         replica,
         audit: p.audit,
         witness_records: server::RecordBudget::default(),
+        metrics: link.metrics.clone(),
     };
     tracing::info!(listener = "pair", addr = %cfg.listen, "listening");
     let mut tasks = vec![tokio::spawn(server::serve(tcp, tls, Arc::new(served), stopped.clone()))];

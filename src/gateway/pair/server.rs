@@ -65,6 +65,7 @@ pub(super) struct Served {
     pub(super) replica: Arc<Replica>,
     pub(super) audit: Arc<Audit>,
     pub(super) witness_records: RecordBudget,
+    pub(super) metrics: Arc<super::PairMetrics>,
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -133,7 +134,9 @@ impl Served {
                 let (Some(file), Some(offset)) = (file, offset) else {
                     return text(StatusCode::BAD_REQUEST, "file= and offset= are required\n");
                 };
-                match self.replica.append(&file, offset, body) {
+                let appended = self.replica.append(&file, offset, body);
+                self.metrics.copy_bytes.set(self.replica.usage().0 as i64);
+                match appended {
                     Ok(len) => json(&len),
                     Err(e @ crate::audit::copy::CopyError::Full { .. }) => {
                         tracing::warn!(peer = %self.peer_name, error = %e, "the peer's log copy is full (pair.copy_max_bytes)");

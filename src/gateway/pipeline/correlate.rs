@@ -16,6 +16,10 @@ use super::super::upstream::Reply;
 use super::exchange::{Exchange, Outcome};
 use crate::xml::SoapVersion;
 
+/// On the callback's records when it was accepted while the peer that forwarded the request did
+/// not answer.
+const PARTITION_CLAIM: &str = "accepted during a partition: the peer appliance that forwarded the request did not answer its claim, and may accept a replay too";
+
 /// The callbacks awaited, and the pair's peer.
 pub(super) struct Correlator {
     correlation: Arc<Correlation>,
@@ -63,6 +67,7 @@ impl Correlator {
                 Ok(None) => return Err(unknown()),
                 Err(_) => {
                     link.partition_claim();
+                    x.noted(PARTITION_CLAIM);
                     tracing::warn!(
                         incident_id = x.incident(),
                         "callback accepted on a messageID the unreachable peer forwarded"

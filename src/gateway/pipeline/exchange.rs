@@ -82,6 +82,8 @@ pub(super) struct Exchange<'a> {
     request_sha256: Option<String>,
     recipient: Option<&'static str>,
     request_record: RequestRecord,
+    /// What the records say besides the fields (never message content).
+    note: Option<&'static str>,
     upstream_status: Option<u16>,
     /// Reply fields removed by data minimisation.
     removed: Vec<String>,
@@ -108,6 +110,7 @@ impl<'a> Exchange<'a> {
             request_sha256: None,
             recipient: None,
             request_record: RequestRecord::Missing,
+            note: None,
             upstream_status: None,
             removed: Vec::new(),
             response_sha256: None,
@@ -222,6 +225,14 @@ impl<'a> Exchange<'a> {
     /// Whether the request has no record of its own (refused before one was built).
     pub(super) fn unrecorded(&self) -> bool {
         matches!(self.request_record, RequestRecord::Missing)
+    }
+
+    /// Something the records must say of this request (a callback accepted during a partition).
+    pub(super) fn noted(&mut self, note: &'static str) {
+        self.note = Some(note);
+    }
+    pub(super) fn note(&self) -> Option<&'static str> {
+        self.note
     }
 
     // The forwarder's and the reply check's.

@@ -78,6 +78,7 @@ impl Recorder {
             r.bundle = Some(d.bundle.clone());
         }
         r.request_sha256 = x.request_sha256().map(str::to_owned);
+        r.detail = x.note().map(str::to_owned);
         r
     }
 
@@ -102,6 +103,7 @@ impl Recorder {
             RequestRecord::Missing => self.record(x, "outcome"),
         };
         r.removed = x.removed().to_vec();
+        r.detail = x.note().map(str::to_owned).or(r.detail);
         r.code = Some(code.to_owned());
         r.status = Some(status);
         r.upstream_status = x.upstream_status();
