@@ -13,7 +13,7 @@ use super::super::correlation::{Correlation, Pending, now_ms};
 use super::super::pair::PairLink;
 use super::super::routes::Operation;
 use super::super::upstream::Reply;
-use super::exchange::{Exchange, Outcome};
+use super::exchange::{Exchange, Outcome, Uncorrelated};
 use crate::xml::SoapVersion;
 
 /// On the callback's records when it was accepted while the peer that forwarded the request did
@@ -54,8 +54,8 @@ impl Correlator {
         // (a distinct outcome on record; the SPOC hears `failure_messageID_unknown` either way).
         let unknown = || {
             let expired = id.as_deref().is_some_and(|i| self.correlation.expired(i));
-            let code = if expired { "messageID_expired" } else { "messageID_unknown" };
-            Outcome::Answered(Box::new(callback_unknown(version)), code)
+            let why = if expired { Uncorrelated::Expired } else { Uncorrelated::Unknown };
+            Outcome::Answered(Box::new(callback_unknown(version)), why)
         };
         let id = id.clone().ok_or_else(unknown)?;
         let pending = match (self.correlation.claim(&id), &self.pair) {

@@ -19,14 +19,38 @@ use crate::xml::facts::MessageFacts;
 /// Where a request ended: the reply to pass back, or a refusal with its detail for the log.
 pub(super) enum Outcome {
     Forwarded(Box<Reply>),
-    /// The gateway answers itself (a callback it cannot correlate): the reply, and the outcome
-    /// code on record (`messageID_unknown`, or `messageID_expired` past the TTL).
-    Answered(Box<Reply>, &'static str),
+    /// The gateway answers itself (a callback it cannot correlate): the reply, and why.
+    Answered(Box<Reply>, Uncorrelated),
     /// A service description (WSDL or schema) the gateway serves.
     Document(bytes::Bytes),
     Refused(Refusal, String),
     /// Nobody is left to answer: the client's body broke off.
     Abandoned(String),
+}
+
+/// Why a callback could not be correlated, as its record says it.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Uncorrelated {
+    /// Never forwarded, or answered already.
+    Unknown,
+    /// Forwarded longer ago than the TTL.
+    Expired,
+}
+
+impl Uncorrelated {
+    pub(super) fn code(self) -> &'static str {
+        match self {
+            Uncorrelated::Unknown => "messageID_unknown",
+            Uncorrelated::Expired => "messageID_expired",
+        }
+    }
+
+    pub(super) fn detail(self) -> &'static str {
+        match self {
+            Uncorrelated::Unknown => "callback for a messageID the gateway did not forward",
+            Uncorrelated::Expired => "callback after the TTL of the request it answers",
+        }
+    }
 }
 
 /// What the policy decided, as the record and the log line say it.

@@ -50,15 +50,7 @@ impl Responder {
         let delivered = matches!(&outcome, Outcome::Forwarded(r) if r.status == StatusCode::OK);
         let (mut response, code, detail) = match outcome {
             Outcome::Forwarded(reply) => (passed_back(*reply), "ok", String::new()),
-            Outcome::Answered(reply, code) => (
-                passed_back(*reply),
-                code,
-                if code == "messageID_expired" {
-                    "callback after the TTL of the request it answers".to_owned()
-                } else {
-                    "callback for a messageID the gateway did not forward".to_owned()
-                },
-            ),
+            Outcome::Answered(reply, why) => (passed_back(*reply), why.code(), why.detail().to_owned()),
             Outcome::Refused(r, detail) => (refusal_response(x, r), r.code(), detail),
             Outcome::Document(doc) => {
                 let mut resp = Response::new(Full::new(doc));
